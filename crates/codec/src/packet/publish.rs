@@ -1,0 +1,151 @@
+//! PUBLISH and its acknowledgements PUBACK, PUBREC, PUBREL, PUBCOMP (MQTT 5.0 sections 3.3 to 3.7).
+
+use bytes::{BufMut, Bytes, BytesMut};
+use bytestring::ByteString;
+
+use super::{check_packet_id, read_packet_id, read_reason};
+use crate::error::{DecodeError, EncodeError};
+use crate::properties::{Properties, PropertyContext};
+use crate::reason::ReasonCode;
+use crate::topic::{self, TopicError};
+use crate::types::{PacketType, ProtocolVersion, QoS};
+use crate::wire::{Reader, field_len, put_field};
+
+/// PUBLISH: an application message. The payload is a slice of the received buffer, shared, never copied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publish {
+    pub dup: bool,
+    pub qos: QoS,
+    pub retain: bool,
+    /// May be empty in 5.0 when a Topic Alias stands for it.
+    pub topic: ByteString,
+    /// Meaningful only for QoS 1 and 2, and then never 0; 0 for QoS 0.
+    pub packet_id: u16,
+    pub properties: Properties,
+    pub payload: Bytes,
+}
+
+impl Publish {
+    pub(crate) fn decode(mut r: Reader, flags: u8, version: ProtocolVersion) -> Result<Publish, DecodeError> {
+        let dup = flags & 0x08 != 0;
+        let qos = QoS::from_u8((flags >> 1) & 0x03).ok_or(DecodeError::InvalidQoS)?;
+        let retain = flags & 0x01 != 0;
+        if dup && qos == QoS::AtMostOnce {
+            return Err(DecodeError::DupOnQoS0);
+        }
+        let topic = r.string()?;
+        let packet_id = if qos == QoS::AtMostOnce { 0 } else { read_packet_id(&mut r, PacketType::Publish)? };
+        let properties =
+            if version.is_v5() { Properties::decode(&mut r, PropertyContext::Publish)? } else { Properties::default() };
+        match topic::validate_topic_name(&topic) {
+            Ok(()) => {}
+            Err(TopicError::Empty) if version.is_v5() => {
+                if properties.topic_alias.is_none() {
+                    return Err(DecodeError::EmptyTopicWithoutAlias);
+                }
+            }
+            Err(e) => return Err(DecodeError::InvalidTopicName(e)),
+        }
+        let payload = r.rest();
+        Ok(Publish { dup, qos, retain, topic, packet_id, properties, payload })
+    }
+
+    pub(crate) fn header_flags(&self) -> u8 {
+        (u8::from(self.dup) << 3) | ((self.qos as u8) << 1) | u8::from(self.retain)
+    }
+
+    pub(crate) fn body_len(&self, version: ProtocolVersion) -> Result<usize, EncodeError> {
+        let mut len = field_len(self.topic.as_bytes())? + self.payload.len();
+        if self.qos != QoS::AtMostOnce {
+            check_packet_id(self.packet_id, PacketType::Publish)?;
+            len += 2;
+        }
+        if version.is_v5() {
+            len += self.properties.encoded_len()?;
+        }
+        Ok(len)
+    }
+
+    pub(crate) fn write_body(&self, version: ProtocolVersion, buf: &mut BytesMut) {
+        put_field(buf, self.topic.as_bytes());
+        if self.qos != QoS::AtMostOnce {
+            buf.put_u16(self.packet_id);
+        }
+        if version.is_v5() {
+            self.properties.write(buf);
+        }
+        buf.put_slice(&self.payload);
+    }
+}
+
+/// PUBACK, PUBREC, PUBREL and PUBCOMP share one shape: a packet identifier, and in 5.0 a reason code and properties.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ack {
+    pub packet_id: u16,
+    /// Always `Success` before 5.0.
+    pub reason_code: ReasonCode,
+    pub properties: Properties,
+}
+
+impl Ack {
+    pub fn new(packet_id: u16) -> Ack {
+        Ack { packet_id, reason_code: ReasonCode::Success, properties: Properties::default() }
+    }
+
+    pub(crate) fn decode(mut r: Reader, packet: PacketType, version: ProtocolVersion) -> Result<Ack, DecodeError> {
+        if !version.is_v5() && r.remaining() != 2 {
+            return Err(DecodeError::InvalidRemainingLength { packet, expected: 2, actual: r.remaining() });
+        }
+        let packet_id = read_packet_id(&mut r, packet)?;
+        // MQTT 5.0 section 3.4.2.1: reason code and properties may be left out when there is nothing to say.
+        let reason_code = if r.is_empty() { ReasonCode::Success } else { read_reason(&mut r, packet)? };
+        let properties =
+            if r.is_empty() { Properties::default() } else { Properties::decode(&mut r, PropertyContext::PubAck)? };
+        r.finish()?;
+        Ok(Ack { packet_id, reason_code, properties })
+    }
+
+    pub(crate) fn body_len(&self, packet: PacketType, version: ProtocolVersion) -> Result<usize, EncodeError> {
+        check_packet_id(self.packet_id, packet)?;
+        Ok(match self.v5_tail(version) {
+            Tail::None => 2,
+            Tail::Reason => 3,
+            Tail::All => 3 + self.properties.encoded_len()?,
+        })
+    }
+
+    pub(crate) fn write_body(&self, version: ProtocolVersion, buf: &mut BytesMut) {
+        buf.put_u16(self.packet_id);
+        match self.v5_tail(version) {
+            Tail::None => {}
+            Tail::Reason => buf.put_u8(self.reason_code as u8),
+            Tail::All => {
+                buf.put_u8(self.reason_code as u8);
+                self.properties.write(buf);
+            }
+        }
+    }
+
+    fn v5_tail(&self, version: ProtocolVersion) -> Tail {
+        tail(version, self.reason_code, &self.properties)
+    }
+}
+
+/// How much of "reason code, properties" a 5.0 packet writes: the shortest form that says everything.
+pub(crate) enum Tail {
+    None,
+    Reason,
+    All,
+}
+
+pub(crate) fn tail(version: ProtocolVersion, reason: ReasonCode, props: &Properties) -> Tail {
+    if !version.is_v5() {
+        Tail::None
+    } else if !props.is_empty() {
+        Tail::All
+    } else if reason != ReasonCode::Success {
+        Tail::Reason
+    } else {
+        Tail::None
+    }
+}

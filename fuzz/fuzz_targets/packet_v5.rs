@@ -1,0 +1,8 @@
+//! Decodes arbitrary bytes as an MQTT 5.0 packet stream; see `skein_codec::fuzzing::packet_stream`.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let _ = skein_codec::fuzzing::packet_stream(data, skein_codec::ProtocolVersion::V5);
+});
