@@ -1,1 +1,135 @@
-fn main() {}
+//! `skein`: the broker's command line.
+
+mod config;
+mod http;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use skein_broker::{Broker, SingleNode};
+use tokio::net::TcpListener;
+
+use crate::config::{Config, LogFormat, ServeArgs};
+
+#[derive(Parser)]
+#[command(name = "skein", version, about = "A clustered MQTT broker")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the broker. With no flags: MQTT on 0.0.0.0:1883, state under ./skein-data.
+    Serve(ServeArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            let config = match args.resolve() {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("skein: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            init_logging(&config);
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("skein: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(serve(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e}");
+                    eprintln!("skein: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn serve(config: Config) -> Result<(), String> {
+    let data_dir = config.persistence.then_some(config.data_dir.as_path());
+    if let Some(dir) = data_dir {
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create data dir {}: {e}", dir.display()))?;
+    }
+    let broker = Broker::open(config.broker(), data_dir, Arc::new(SingleNode)).map_err(|e| {
+        format!("cannot open the data in {}: {e} (is another skein using this --data-dir?)", config.data_dir.display())
+    })?;
+    let mut listeners = Vec::new();
+    for addr in &config.mqtt {
+        let l = TcpListener::bind(addr).await.map_err(|e| format!("cannot listen for MQTT on {addr}: {e}"))?;
+        let local = l.local_addr().map_err(|e| e.to_string())?;
+        tracing::info!(%local, "listening for MQTT");
+        listeners.push(tokio::spawn(skein_broker::listener::serve_tcp(broker.clone(), l)));
+    }
+    if let Some(addr) = config.http {
+        let l = TcpListener::bind(addr).await.map_err(|e| format!("cannot listen for HTTP on {addr}: {e}"))?;
+        let local = l.local_addr().map_err(|e| e.to_string())?;
+        tracing::info!(%local, "listening for HTTP");
+        tokio::spawn(http::serve(l, broker.clone()));
+    }
+    tokio::spawn(skein_broker::sys::run(broker.clone()));
+    match data_dir {
+        Some(dir) => tracing::info!(data_dir = %dir.display(), version = env!("CARGO_PKG_VERSION"), "skein started"),
+        None => tracing::info!(version = env!("CARGO_PKG_VERSION"), "skein started, persistence off"),
+    }
+    if config.allow_anonymous {
+        tracing::warn!("anonymous clients are allowed (allow_anonymous = true)");
+    }
+
+    wait_for_signal().await;
+    tracing::info!("shutting down: closing connections");
+    broker.begin_shutdown();
+    for l in listeners {
+        let _ = l.await;
+    }
+    if !broker.wait_closed(Duration::from_secs(10)).await {
+        tracing::warn!(open = broker.open_connections(), "connections still open after 10 s; stopping anyway");
+    }
+    broker.flush().await.map_err(|e| format!("final flush of the data store failed: {e}"))?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

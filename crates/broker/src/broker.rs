@@ -1,0 +1,559 @@
+//! The node's shared state: the session registry, the router, retained messages and the store, and the operations
+//! connections perform on them (connect, publish, subscribe, disconnect). Locks here are plain `std` locks, taken
+//! for the length of a lookup or an update and never across an await.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
+
+use bytestring::ByteString;
+use skein_codec::topic::{self, Filter};
+use skein_codec::{ProtocolVersion, QoS, ReasonCode, RetainHandling, SubscriptionOptions};
+use tokio::sync::{Notify, oneshot, watch};
+
+use crate::cluster::Cluster;
+use crate::config::BrokerConfig;
+use crate::message::Message;
+use crate::retained::Retained;
+use crate::router::{Router, Subscriber, Target, delivered_qos};
+use crate::session::{Outgoing, Session, SessionLimits, StoreUpdate, Subscription};
+use crate::stats::Stats;
+use crate::store::{Store, StoreError, StoredSession};
+
+/// Locks a mutex, carrying on past a poisoned one: the state it guards is kept consistent by each holder, and one
+/// panicking task must not take the node down with it.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A session and the connection currently attached to it, if any.
+pub struct SessionHandle {
+    pub client_id: ByteString,
+    pub state: Mutex<Session>,
+    link: Mutex<Option<Link>>,
+}
+
+impl std::fmt::Debug for SessionHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionHandle").field("client_id", &self.client_id).finish()
+    }
+}
+
+/// The connection attached to a session: how to close it, and how to know it has finished.
+struct Link {
+    id: u64,
+    kick: Option<oneshot::Sender<ReasonCode>>,
+    done: watch::Receiver<bool>,
+}
+
+impl SessionHandle {
+    /// True while connection `id` is the one attached.
+    pub fn is_attached(&self, id: u64) -> bool {
+        lock(&self.link).as_ref().is_some_and(|l| l.id == id)
+    }
+}
+
+/// What `Broker::connect` hands the connection.
+pub struct Attached {
+    pub session: Arc<SessionHandle>,
+    pub session_present: bool,
+    pub connection_id: u64,
+    /// Fires when another connection takes the session over, with the reason to give the client.
+    pub kicked: oneshot::Receiver<ReasonCode>,
+    /// Set to true when this connection has finished its teardown.
+    pub done: watch::Sender<bool>,
+    /// Wakes this connection's writer.
+    pub waker: Arc<Notify>,
+}
+
+/// Result of routing one publish.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Routed {
+    /// Sessions the message was queued for.
+    pub delivered: usize,
+    /// A durable write was made: flush before acknowledging.
+    pub durable: bool,
+}
+
+pub struct Broker {
+    pub config: BrokerConfig,
+    sessions: Mutex<HashMap<ByteString, Arc<SessionHandle>>>,
+    router: RwLock<Router>,
+    retained: RwLock<Retained>,
+    store: Option<Store>,
+    cluster: Arc<dyn Cluster>,
+    pub stats: Stats,
+    pub started: Instant,
+    next_connection: AtomicU64,
+    shutdown: watch::Sender<bool>,
+    /// Open network connections, whatever their state.
+    connections: watch::Sender<usize>,
+}
+
+/// Counts one open connection for as long as it lives.
+pub struct ConnectionGuard(Arc<Broker>);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.connections.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+impl Broker {
+    /// A broker with its durable state in `data_dir` (restored from it), or in memory only when `None`.
+    pub fn open(
+        config: BrokerConfig,
+        data_dir: Option<&Path>,
+        cluster: Arc<dyn Cluster>,
+    ) -> Result<Arc<Broker>, StoreError> {
+        let store = data_dir.map(Store::open).transpose()?;
+        let broker = Arc::new(Broker {
+            config,
+            sessions: Mutex::new(HashMap::new()),
+            router: RwLock::new(Router::default()),
+            retained: RwLock::new(Retained::default()),
+            store,
+            cluster,
+            stats: Stats::default(),
+            started: Instant::now(),
+            next_connection: AtomicU64::new(1),
+            shutdown: watch::channel(false).0,
+            connections: watch::channel(0).0,
+        });
+        broker.restore()?;
+        Ok(broker)
+    }
+
+    fn restore(self: &Arc<Self>) -> Result<(), StoreError> {
+        let Some(store) = &self.store else { return Ok(()) };
+        let mut retained = write(&self.retained);
+        for m in store.load_retained()? {
+            retained.set(Arc::new(m));
+        }
+        drop(retained);
+        for (stored, messages) in store.load_sessions()? {
+            let handle = self.new_session(stored.client_id.clone());
+            {
+                let mut state = lock(&handle.state);
+                state.persistent = true;
+                for (filter, sub) in &stored.subscriptions {
+                    state.subscriptions.insert(filter.clone(), *sub);
+                    self.route_subscribe(
+                        filter,
+                        Subscriber { session: handle.clone(), options: sub.options, id: sub.id },
+                    );
+                }
+                for m in messages {
+                    let out = Outgoing {
+                        message: Arc::new(m.message),
+                        qos: m.qos,
+                        retain: m.retain,
+                        subscription_ids: m.subscription_ids,
+                        stored: Some(m.key),
+                    };
+                    state.restore(out, m.sent);
+                }
+            }
+            lock(&self.sessions).insert(stored.client_id, handle);
+        }
+        Ok(())
+    }
+
+    fn limits(&self) -> SessionLimits {
+        SessionLimits {
+            max_inflight: self.config.max_inflight_messages,
+            max_queued: self.config.max_queued_messages,
+            max_packet_size: None,
+            queue_qos0_offline: self.config.queue_qos0_messages,
+        }
+    }
+
+    fn new_session(&self, client_id: ByteString) -> Arc<SessionHandle> {
+        Arc::new(SessionHandle {
+            state: Mutex::new(Session::new(client_id.clone(), self.limits())),
+            client_id,
+            link: Mutex::new(None),
+        })
+    }
+
+    pub fn store(&self) -> Option<&Store> {
+        self.store.as_ref()
+    }
+
+    /// A receiver that turns true when the broker shuts down.
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    /// Asks every connection to close (MQTT 5.0 clients hear 0x8B, Server shutting down).
+    pub fn begin_shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// Registers an open connection; it counts until the guard drops.
+    pub fn connection_opened(self: &Arc<Self>) -> ConnectionGuard {
+        self.connections.send_modify(|n| *n += 1);
+        ConnectionGuard(self.clone())
+    }
+
+    pub fn open_connections(&self) -> usize {
+        *self.connections.borrow()
+    }
+
+    /// Waits until every connection has closed, or `limit` has passed; true if all closed.
+    pub async fn wait_closed(&self, limit: Duration) -> bool {
+        let mut rx = self.connections.subscribe();
+        tokio::time::timeout(limit, rx.wait_for(|n| *n == 0)).await.is_ok()
+    }
+
+    /// Attaches a new connection to the session of `client_id`, closing the one attached before it
+    /// [MQTT-3.1.4-2] and waiting (boundedly) for that one to finish. `persistent` is whether the session outlives
+    /// this connection; `clean_start` discards what the session held [MQTT-3.1.2-4].
+    pub async fn connect(
+        &self,
+        client_id: ByteString,
+        clean_start: bool,
+        persistent: bool,
+        version: ProtocolVersion,
+        max_packet_size: Option<usize>,
+        receive_maximum: Option<u16>,
+    ) -> Result<Attached, StoreError> {
+        let connection_id = self.next_connection.fetch_add(1, Ordering::Relaxed);
+        let waker = Arc::new(Notify::new());
+        let (kick_tx, kicked) = oneshot::channel();
+        let (done, done_rx) = watch::channel(false);
+        let session = lock(&self.sessions)
+            .entry(client_id.clone())
+            .or_insert_with(|| self.new_session(client_id.clone()))
+            .clone();
+        let previous = lock(&session.link).replace(Link { id: connection_id, kick: Some(kick_tx), done: done_rx });
+        if let Some(mut prev) = previous {
+            if let Some(kick) = prev.kick.take() {
+                let _ = kick.send(ReasonCode::SessionTakenOver);
+            }
+            // The old connection publishes its will and lets go of the session; don't let a stuck one hold us.
+            let _ = tokio::time::timeout(Duration::from_secs(5), prev.done.wait_for(|d| *d)).await;
+        }
+        let mut limits = self.limits();
+        limits.max_packet_size = max_packet_size;
+        if let Some(rm) = receive_maximum {
+            let rm = usize::from(rm);
+            limits.max_inflight = if limits.max_inflight == 0 { rm } else { limits.max_inflight.min(rm) };
+        }
+        let (session_present, removed) = {
+            let mut state = lock(&session.state);
+            // A session that was not persistent ended with its connection, even if its teardown has not run yet.
+            let existed = state.persistent && !clean_start;
+            let removed = if existed { Vec::new() } else { self.clear_session(&session, &mut state) };
+            state.persistent = persistent;
+            state.connected(connection_id, waker.clone(), version, limits);
+            (existed, removed)
+        };
+        if let Some(store) = &self.store {
+            for key in removed {
+                store.remove_queued(&client_id, key)?;
+            }
+            if persistent {
+                let subscriptions = lock(&session.state).subscriptions.iter().map(|(f, s)| (f.clone(), *s)).collect();
+                store.put_session(&StoredSession { client_id: client_id.clone(), subscriptions })?;
+            } else {
+                store.remove_session(&client_id)?;
+            }
+        }
+        Ok(Attached { session, session_present, connection_id, kicked, done, waker })
+    }
+
+    /// Drops a session's subscriptions from the router and empties it. Returns the stored message keys to delete.
+    fn clear_session(&self, handle: &Arc<SessionHandle>, state: &mut Session) -> Vec<u64> {
+        if !state.subscriptions.is_empty() {
+            let mut router = write(&self.router);
+            for filter in state.subscriptions.keys() {
+                if router.unsubscribe(filter, handle).node_changed {
+                    self.cluster.route_removed(filter);
+                }
+            }
+        }
+        state.clear()
+    }
+
+    /// Connection `connection_id` has ended. A non-persistent session ends with it [MQTT-3.1.2-6]; a persistent
+    /// one stays, collecting messages, until the client returns.
+    pub fn disconnect(&self, session: &Arc<SessionHandle>, connection_id: u64) {
+        let mut link = lock(&session.link);
+        if link.as_ref().is_none_or(|l| l.id != connection_id) {
+            // Taken over: the new connection owns the session now.
+            return;
+        }
+        *link = None;
+        let mut state = lock(&session.state);
+        state.disconnected();
+        if state.persistent {
+            return;
+        }
+        let removed = self.clear_session(session, &mut state);
+        drop(state);
+        drop(link);
+        {
+            let mut sessions = lock(&self.sessions);
+            if sessions.get(&session.client_id).is_some_and(|s| Arc::ptr_eq(s, session))
+                && lock(&session.link).is_none()
+            {
+                sessions.remove(&session.client_id);
+            }
+        }
+        if let Some(store) = &self.store {
+            for key in removed {
+                let _ = store.remove_queued(&session.client_id, key);
+            }
+        }
+    }
+
+    /// Routes `message` to every matching subscription and keeps it if retained. Never blocks on a subscriber.
+    pub fn publish(&self, message: Message) -> Routed {
+        let message = Arc::new(message);
+        let mut routed = Routed::default();
+        if message.retain && self.config.retain_available {
+            write(&self.retained).set(message.clone());
+            if let Some(store) = &self.store {
+                match store.put_retained(&message) {
+                    Ok(()) => routed.durable |= message.qos != QoS::AtMostOnce,
+                    Err(e) => tracing::error!(topic = %message.topic, error = %e, "retained message not stored"),
+                }
+            }
+        }
+        let mut targets = Vec::new();
+        read(&self.router).route(&message.topic, &mut targets);
+        if targets.is_empty() {
+            return routed;
+        }
+        // A session matched by several subscriptions gets the message once, at the highest QoS, with every
+        // Subscription Identifier [MQTT-3.3.4-2] [MQTT-3.3.4-3].
+        targets.sort_unstable_by_key(|t| Arc::as_ptr(&t.subscriber.session) as usize);
+        let mut i = 0;
+        while i < targets.len() {
+            let session = targets[i].subscriber.session.clone();
+            let mut qos = None::<QoS>;
+            let mut retain = false;
+            let mut ids = Vec::new();
+            while i < targets.len() && Arc::ptr_eq(&targets[i].subscriber.session, &session) {
+                let Target { subscriber, shared } = &targets[i];
+                i += 1;
+                // [MQTT-3.8.3-3]: No Local keeps a client's own messages from it (not for shared subscriptions).
+                if subscriber.options.no_local
+                    && !shared
+                    && message.publisher.as_ref().is_some_and(|p| *p == session.client_id)
+                {
+                    continue;
+                }
+                let q = delivered_qos(message.qos, subscriber.options.qos);
+                qos = Some(qos.map_or(q, |prev| prev.max(q)));
+                // [MQTT-3.3.1-12] / [MQTT-3.3.1-13]: the live RETAIN flag is 0 unless Retain As Published.
+                retain |= subscriber.options.retain_as_published && message.retain;
+                ids.extend(subscriber.id);
+            }
+            let Some(qos) = qos else { continue };
+            let out = Outgoing { message: message.clone(), qos, retain, subscription_ids: ids, stored: None };
+            let (queued, durable) = self.enqueue(&session, out);
+            routed.delivered += usize::from(queued);
+            routed.durable |= durable;
+        }
+        routed
+    }
+
+    /// Queues `out` for `session`, storing it first when the session is persistent and the QoS is above 0.
+    /// Returns (queued, durable write made).
+    fn enqueue(&self, session: &Arc<SessionHandle>, mut out: Outgoing) -> (bool, bool) {
+        let mut state = lock(&session.state);
+        let mut durable = false;
+        if state.persistent
+            && out.qos != QoS::AtMostOnce
+            && let Some(store) = &self.store
+        {
+            let stored =
+                store.next_key().and_then(|key| store.put_queued(&session.client_id, key, &out, None).map(|_| key));
+            match stored {
+                Ok(key) => {
+                    out.stored = Some(key);
+                    durable = true;
+                }
+                Err(e) => tracing::error!(client_id = %session.client_id, error = %e, "queued message not stored"),
+            }
+        }
+        let stored = out.stored;
+        match state.enqueue(out) {
+            Ok(()) => {
+                let waker = state.waker.clone();
+                drop(state);
+                if let Some(w) = waker {
+                    w.notify_one();
+                }
+                (true, durable)
+            }
+            Err(reason) => {
+                drop(state);
+                Stats::add(&self.stats.publish_dropped, 1);
+                tracing::debug!(client_id = %session.client_id, ?reason, "message dropped for subscriber");
+                if let (Some(store), Some(key)) = (&self.store, stored) {
+                    let _ = store.remove_queued(&session.client_id, key);
+                }
+                (false, false)
+            }
+        }
+    }
+
+    fn route_subscribe(&self, filter: &ByteString, sub: Subscriber) -> bool {
+        let change = write(&self.router).subscribe(filter, sub);
+        if change.node_changed {
+            self.cluster.route_added(filter);
+        }
+        change.session_changed
+    }
+
+    /// Subscribes `session` to each filter. Returns one reason code per filter [MQTT-3.9.3-1], the retained
+    /// messages to send after the SUBACK, and whether a durable write was made.
+    pub fn subscribe(
+        &self,
+        session: &Arc<SessionHandle>,
+        filters: &[(ByteString, SubscriptionOptions)],
+        id: Option<u32>,
+    ) -> (Vec<ReasonCode>, Vec<Outgoing>, bool) {
+        let mut codes = Vec::with_capacity(filters.len());
+        let mut retained = Vec::new();
+        for (filter, options) in filters {
+            let parsed = match topic::parse_filter(filter) {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::debug!(client_id = %session.client_id, %filter, error = %e, "subscription refused");
+                    codes.push(ReasonCode::TopicFilterInvalid);
+                    continue;
+                }
+            };
+            let sub = Subscription { options: *options, id };
+            lock(&session.state).subscriptions.insert(filter.clone(), sub);
+            let is_new = self.route_subscribe(filter, Subscriber { session: session.clone(), options: *options, id });
+            codes.push(ReasonCode::granted(options.qos));
+            // Retained messages on subscribe [MQTT-3.3.1-9] as Retain Handling says [MQTT-3.3.1-10] [MQTT-3.3.1-11];
+            // none for shared subscriptions (MQTT 5.0 section 4.8.2).
+            let send = match (parsed, options.retain_handling) {
+                (Filter::Shared { .. }, _) => false,
+                (_, RetainHandling::SendAtSubscribe) => true,
+                (_, RetainHandling::SendIfNew) => is_new,
+                (_, RetainHandling::DoNotSend) => false,
+            };
+            if send {
+                for m in read(&self.retained).matching(parsed.topic_filter()) {
+                    let qos = delivered_qos(m.qos, options.qos);
+                    retained.push(Outgoing {
+                        message: m,
+                        qos,
+                        retain: true,
+                        subscription_ids: id.into_iter().collect(),
+                        stored: None,
+                    });
+                }
+            }
+        }
+        let durable = self.persist_subscriptions(session);
+        (codes, retained, durable)
+    }
+
+    /// Removes `session`'s subscriptions on each filter; a code per filter.
+    pub fn unsubscribe(&self, session: &Arc<SessionHandle>, filters: &[ByteString]) -> (Vec<ReasonCode>, bool) {
+        let mut codes = Vec::with_capacity(filters.len());
+        for filter in filters {
+            lock(&session.state).subscriptions.remove(filter);
+            let change = write(&self.router).unsubscribe(filter, session);
+            if change.node_changed {
+                self.cluster.route_removed(filter);
+            }
+            codes.push(if change.session_changed { ReasonCode::Success } else { ReasonCode::NoSubscriptionExisted });
+        }
+        (codes, self.persist_subscriptions(session))
+    }
+
+    fn persist_subscriptions(&self, session: &Arc<SessionHandle>) -> bool {
+        let Some(store) = &self.store else { return false };
+        let state = lock(&session.state);
+        if !state.persistent {
+            return false;
+        }
+        let subscriptions = state.subscriptions.iter().map(|(f, s)| (f.clone(), *s)).collect();
+        drop(state);
+        match store.put_session(&StoredSession { client_id: session.client_id.clone(), subscriptions }) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(client_id = %session.client_id, error = %e, "subscriptions not stored");
+                false
+            }
+        }
+    }
+
+    /// Queues retained messages (from a subscribe) for `session`.
+    pub fn deliver(&self, session: &Arc<SessionHandle>, messages: Vec<Outgoing>) -> bool {
+        let mut durable = false;
+        for out in messages {
+            durable |= self.enqueue(session, out).1;
+        }
+        durable
+    }
+
+    /// Applies durable-copy changes a session reported.
+    pub fn apply_store_updates(&self, client_id: &str, updates: &[StoreUpdate]) {
+        let Some(store) = &self.store else { return };
+        for u in updates {
+            let r = match *u {
+                StoreUpdate::Sent { key, packet_id, state } => store.mark_sent(client_id, key, packet_id, state),
+                StoreUpdate::Done { key } => store.remove_queued(client_id, key),
+            };
+            if let Err(e) = r {
+                tracing::error!(%client_id, error = %e, "queued message state not stored");
+            }
+        }
+    }
+
+    /// Makes every write so far durable.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        match &self.store {
+            Some(store) => store.flush().await,
+            None => Ok(()),
+        }
+    }
+
+    pub fn session_count(&self) -> usize {
+        lock(&self.sessions).len()
+    }
+
+    pub fn subscription_count(&self) -> usize {
+        read(&self.router).len()
+    }
+
+    pub fn retained_count(&self) -> usize {
+        read(&self.retained).len()
+    }
+
+    /// Messages queued for or in flight to all sessions.
+    pub fn queued_count(&self) -> usize {
+        let sessions: Vec<_> = lock(&self.sessions).values().cloned().collect();
+        sessions
+            .iter()
+            .map(|s| {
+                let st = lock(&s.state);
+                st.queued() + st.inflight()
+            })
+            .sum()
+    }
+}

@@ -1,0 +1,53 @@
+//! The broker's limits and switches, with Mosquitto's names and meanings. The binary fills this from its one
+//! configuration schema; the broker itself reads no files or flags.
+
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerConfig {
+    /// Accept clients without a user name (Mosquitto `allow_anonymous`).
+    pub allow_anonymous: bool,
+    /// QoS 1 and 2 messages in flight to one client at a time; 0 means no limit (Mosquitto `max_inflight_messages`).
+    /// An MQTT 5.0 client's Receive Maximum lowers it further.
+    pub max_inflight_messages: usize,
+    /// Messages queued for one client beyond those in flight; 0 means no limit. When full, further messages for
+    /// that client are dropped and counted (Mosquitto `max_queued_messages`).
+    pub max_queued_messages: usize,
+    /// Largest payload accepted, in bytes; 0 means no limit (Mosquitto `message_size_limit`). Larger publishes
+    /// complete their QoS flow but are not delivered.
+    pub message_size_limit: usize,
+    /// Largest packet read from a client, header included; 0 means MQTT's own maximum (Mosquitto
+    /// `max_packet_size`). Larger packets close the connection.
+    pub max_packet_size: usize,
+    /// Concurrent client connections; 0 means no limit (Mosquitto `max_connections`, where -1 means none).
+    pub max_connections: usize,
+    /// Largest keep alive a client may ask for, seconds (Mosquitto `max_keepalive`). A 3.x client asking for more
+    /// is refused; an MQTT 5.0 client is told to use this value (Server Keep Alive).
+    pub max_keepalive: u16,
+    /// Time a new connection has to send CONNECT.
+    pub connect_timeout: Duration,
+    /// Interval of the `$SYS/` updates; zero turns them off (Mosquitto `sys_interval`).
+    pub sys_interval: Duration,
+    /// Queue QoS 0 messages for offline persistent sessions too (Mosquitto `queue_qos0_messages`).
+    pub queue_qos0_messages: bool,
+    /// Retained messages are accepted (MQTT 5.0 Retain Available).
+    pub retain_available: bool,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            allow_anonymous: true,
+            max_inflight_messages: 20,
+            max_queued_messages: 1000,
+            message_size_limit: 0,
+            max_packet_size: 0,
+            max_connections: 0,
+            max_keepalive: 65_535,
+            connect_timeout: Duration::from_secs(10),
+            sys_interval: Duration::from_secs(10),
+            queue_qos0_messages: false,
+            retain_available: true,
+        }
+    }
+}

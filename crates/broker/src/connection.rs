@@ -1,0 +1,635 @@
+//! The connection driver: one task reads and handles packets, one writes. Both are thin around the session state
+//! machine and the broker; what they add is I/O, time (CONNECT timeout, keep alive) and the order of durable
+//! writes and acknowledgements.
+//!
+//! The reader never waits on the writer except when the acknowledgements it has queued pass a bound (a client that
+//! does not read), and the writer never holds a lock while it writes.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use bytestring::ByteString;
+use skein_codec::topic::Filter;
+use skein_codec::{
+    Ack, ConnAck, Connect, DecodeError, Disconnect, MAX_PACKET_SIZE, Packet, Properties, ProtocolVersion, Publish, QoS,
+    ReasonCode, SubAck, UnsubAck, decode,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::Notify;
+
+use crate::broker::{Attached, Broker, lock};
+use crate::message::Message;
+use crate::stats::Stats;
+
+/// Acknowledgements queued beyond this stop the reader until the writer catches up.
+const CONTROL_LIMIT: usize = 256 * 1024;
+const READ_CHUNK: usize = 16 * 1024;
+/// How long a closing connection's writer gets to send what is left.
+const WRITER_GRACE: Duration = Duration::from_secs(3);
+
+/// Why a connection ends, and what that means for the client and its will.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Close {
+    /// DISCONNECT from the client; the will is sent only for 5.0's 0x04.
+    Disconnect {
+        send_will: bool,
+    },
+    /// Another connection took the session over.
+    TakenOver,
+    Shutdown,
+    KeepAlive,
+    /// A protocol violation or malformed packet, with the 5.0 reason to give.
+    Violation(ReasonCode),
+    /// The client closed the network connection, or it failed.
+    Closed,
+}
+
+impl Close {
+    /// The DISCONNECT reason an MQTT 5.0 client is told, if any.
+    fn reason(self) -> Option<ReasonCode> {
+        match self {
+            Close::Disconnect { .. } | Close::Closed => None,
+            Close::TakenOver => Some(ReasonCode::SessionTakenOver),
+            Close::Shutdown => Some(ReasonCode::ServerShuttingDown),
+            Close::KeepAlive => Some(ReasonCode::KeepAliveTimeout),
+            Close::Violation(code) => Some(code),
+        }
+    }
+
+    /// [MQTT-3.1.2-8]: the will is published unless the client disconnected cleanly. A shutting-down node does
+    /// not publish wills: the session stays, and the client will reconnect.
+    fn sends_will(self) -> bool {
+        match self {
+            Close::Disconnect { send_will } => send_will,
+            Close::Shutdown => false,
+            _ => true,
+        }
+    }
+}
+
+/// Per-connection signals between reader and writer.
+struct Shared {
+    waker: Arc<Notify>,
+    closing: AtomicBool,
+    /// The last packet to send before closing (a 5.0 DISCONNECT).
+    farewell: std::sync::Mutex<Option<Bytes>>,
+    drained: Notify,
+}
+
+/// Serves one client connection to the end.
+pub async fn serve<R, W>(broker: Arc<Broker>, mut reader: R, mut writer: W, peer: SocketAddr)
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let _guard = broker.connection_opened();
+    let max_packet = match broker.config.max_packet_size {
+        0 => MAX_PACKET_SIZE,
+        n => n,
+    };
+    let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
+    let first =
+        tokio::time::timeout(broker.config.connect_timeout, read_first(&broker, &mut reader, &mut rbuf, max_packet))
+            .await;
+    let connect = match first {
+        Ok(Ok(c)) => c,
+        Ok(Err(refusal)) => {
+            if let Some(bytes) = refusal {
+                let _ = writer.write_all(&bytes).await;
+            }
+            let _ = writer.shutdown().await;
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "no CONNECT in time");
+            return;
+        }
+    };
+    let version = connect.protocol;
+    let refuse = |code: ReasonCode| {
+        let mut buf = BytesMut::new();
+        let _ =
+            Packet::ConnAck(ConnAck { session_present: false, reason_code: code, properties: Properties::default() })
+                .encode(version, &mut buf);
+        buf
+    };
+    let accepted = match accept(&broker, &connect) {
+        Ok(a) => a,
+        Err(code) => {
+            Stats::add(&broker.stats.connections_refused, 1);
+            tracing::info!(%peer, client_id = %connect.client_id, reason = ?code, "connection refused");
+            let _ = writer.write_all(&refuse(code)).await;
+            let _ = writer.shutdown().await;
+            return;
+        }
+    };
+    let receive_maximum = connect.properties.receive_maximum;
+    let client_max_packet = connect.properties.maximum_packet_size.map(|n| n as usize);
+    let attached = match broker
+        .connect(
+            accepted.client_id.clone(),
+            connect.clean_start,
+            accepted.persistent,
+            version,
+            client_max_packet,
+            receive_maximum,
+        )
+        .await
+    {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!(client_id = %accepted.client_id, error = %e, "session could not be opened");
+            let _ = writer.write_all(&refuse(ReasonCode::UnspecifiedError)).await;
+            return;
+        }
+    };
+    let mut properties = Properties::default();
+    if version.is_v5() {
+        if accepted.assigned {
+            properties.assigned_client_identifier = Some(accepted.client_id.clone());
+        }
+        properties.server_keep_alive = accepted.server_keep_alive;
+        if !broker.config.retain_available {
+            properties.retain_available = Some(0);
+        }
+        if broker.config.max_packet_size != 0 {
+            properties.maximum_packet_size = u32::try_from(broker.config.max_packet_size).ok();
+        }
+    }
+    let connack = Packet::ConnAck(ConnAck {
+        session_present: attached.session_present,
+        reason_code: ReasonCode::Success,
+        properties,
+    });
+    let mut out = BytesMut::new();
+    let _ = connack.encode(version, &mut out);
+    if writer.write_all(&out).await.is_err() {
+        broker.disconnect(&attached.session, attached.connection_id);
+        let _ = attached.done.send(true);
+        return;
+    }
+    broker.stats.client_connected();
+    tracing::debug!(%peer, client_id = %accepted.client_id, %version, present = attached.session_present, "connected");
+
+    let shared = Arc::new(Shared {
+        waker: attached.waker.clone(),
+        closing: AtomicBool::new(false),
+        farewell: std::sync::Mutex::new(None),
+        drained: Notify::new(),
+    });
+    let writer_task = tokio::spawn(write_loop(
+        broker.clone(),
+        attached.session.clone(),
+        attached.connection_id,
+        writer,
+        shared.clone(),
+    ));
+    shared.waker.notify_one();
+
+    let keep_alive = accepted.keep_alive;
+    let Attached { session, connection_id, mut kicked, done, .. } = attached;
+    let mut conn = Conn {
+        broker: &broker,
+        session: &session,
+        connection_id,
+        version,
+        persistent: accepted.persistent,
+        will: connect.will.clone(),
+        client_id: accepted.client_id.clone(),
+    };
+    let close = conn.run(&mut reader, &mut rbuf, max_packet, keep_alive, &mut kicked, &shared).await;
+
+    // Teardown: tell the writer what is left to say, give it a moment, then let go of the session.
+    if let (true, Some(reason)) = (version.is_v5(), close.reason()) {
+        let mut buf = BytesMut::new();
+        let _ = Packet::Disconnect(Disconnect::new(reason)).encode(version, &mut buf);
+        *lock(&shared.farewell) = Some(buf.freeze());
+    }
+    shared.closing.store(true, Ordering::Release);
+    shared.waker.notify_one();
+    let mut writer_task = writer_task;
+    if tokio::time::timeout(WRITER_GRACE, &mut writer_task).await.is_err() {
+        writer_task.abort();
+    }
+    broker.disconnect(&session, connection_id);
+    broker.stats.client_disconnected();
+    tracing::debug!(%peer, client_id = %conn.client_id, reason = ?close, "disconnected");
+    if close.sends_will()
+        && let Some(will) = conn.will.take()
+    {
+        let routed = broker.publish(Message::from_will(will, conn.client_id.clone()));
+        if routed.durable {
+            let _ = broker.flush().await;
+        }
+    }
+    let _ = done.send(true);
+}
+
+/// Reads until the first packet, which must be CONNECT [MQTT-3.1.0-1]. On refusal returns the bytes to send
+/// before closing, if the specification gives any.
+async fn read_first<R: AsyncRead + Unpin>(
+    broker: &Broker,
+    reader: &mut R,
+    rbuf: &mut BytesMut,
+    max_packet: usize,
+) -> Result<Box<Connect>, Option<BytesMut>> {
+    loop {
+        match decode(rbuf, ProtocolVersion::V311, max_packet) {
+            Ok(Some(Packet::Connect(c))) => return Ok(c),
+            Ok(Some(other)) => {
+                tracing::debug!(packet = %other.packet_type(), "first packet is not CONNECT");
+                return Err(None);
+            }
+            Ok(None) => {}
+            Err(e) => return Err(connect_refusal(rbuf, &e)),
+        }
+        rbuf.reserve(READ_CHUNK);
+        match reader.read_buf(rbuf).await {
+            Ok(0) | Err(_) => return Err(None),
+            Ok(n) => Stats::add(&broker.stats.bytes_received, n as u64),
+        }
+    }
+}
+
+/// The CONNACK for a CONNECT that failed to decode: 3.x return code 1 for an unsupported protocol level
+/// [MQTT-3.1.2-2]; for 5.0 the error's reason code (section 3.1.4); otherwise nothing, the connection just closes.
+fn connect_refusal(rbuf: &BytesMut, e: &DecodeError) -> Option<BytesMut> {
+    tracing::debug!(error = %e, "CONNECT refused");
+    let v5 = peek_level(rbuf) == Some(5);
+    let mut buf = BytesMut::new();
+    let (version, code) = match e {
+        DecodeError::UnsupportedProtocolLevel { .. } | DecodeError::InvalidProtocolName(_) if !v5 => {
+            (ProtocolVersion::V311, ReasonCode::UnsupportedProtocolVersion)
+        }
+        _ if v5 => (ProtocolVersion::V5, e.reason_code()),
+        _ => return None,
+    };
+    let code = if code.allowed_in(skein_codec::PacketType::ConnAck) { code } else { ReasonCode::MalformedPacket };
+    let _ = Packet::ConnAck(ConnAck { session_present: false, reason_code: code, properties: Properties::default() })
+        .encode(version, &mut buf);
+    Some(buf)
+}
+
+/// The protocol level byte of a CONNECT at the start of `buf`, if it is there.
+fn peek_level(buf: &[u8]) -> Option<u8> {
+    let len_bytes = buf.iter().skip(1).take(4).position(|b| b & 0x80 == 0)? + 1;
+    let body = buf.get(1 + len_bytes..)?;
+    let name_len = usize::from(u16::from_be_bytes([*body.first()?, *body.get(1)?]));
+    body.get(2 + name_len).copied()
+}
+
+/// What the checks of a CONNECT decided.
+struct Accepted {
+    client_id: ByteString,
+    assigned: bool,
+    persistent: bool,
+    /// Seconds; 0 = no keep alive.
+    keep_alive: u16,
+    /// Sent to a 5.0 client when the server overrides its keep alive.
+    server_keep_alive: Option<u16>,
+}
+
+/// CONNECT checks: limits, authentication, client identifier, keep alive (3.1.1 section 3.1.4, 5.0 section 3.1.4).
+fn accept(broker: &Broker, c: &Connect) -> Result<Accepted, ReasonCode> {
+    let config = &broker.config;
+    if broker.is_shutting_down() {
+        return Err(ReasonCode::ServerUnavailable);
+    }
+    if config.max_connections != 0 && Stats::get(&broker.stats.clients_connected) as usize >= config.max_connections {
+        return Err(ReasonCode::ServerBusy);
+    }
+    if !config.allow_anonymous {
+        // No password file yet: with anonymous access off, nobody can be verified.
+        return Err(if c.username.is_some() { ReasonCode::BadUserNameOrPassword } else { ReasonCode::NotAuthorized });
+    }
+    let v5 = c.protocol.is_v5();
+    let (client_id, assigned) = if c.client_id.is_empty() {
+        // [MQTT-3.1.3-7] 3.1 requires an identifier; [MQTT-3.1.3-8] 3.1.1 only with a clean session.
+        if c.protocol == ProtocolVersion::V31 || (c.protocol == ProtocolVersion::V311 && !c.clean_start) {
+            return Err(ReasonCode::ClientIdentifierNotValid);
+        }
+        (assign_client_id(broker), true)
+    } else {
+        (c.client_id.clone(), false)
+    };
+    let mut keep_alive = c.keep_alive;
+    let mut server_keep_alive = None;
+    if keep_alive > config.max_keepalive || (keep_alive == 0 && config.max_keepalive < u16::MAX) {
+        if v5 {
+            keep_alive = config.max_keepalive;
+            server_keep_alive = Some(keep_alive);
+        } else if keep_alive > config.max_keepalive {
+            // Mosquitto's answer to a 3.x client over max_keepalive: identifier rejected.
+            return Err(ReasonCode::ClientIdentifierNotValid);
+        }
+    }
+    let persistent = if v5 { c.properties.session_expiry_interval.unwrap_or(0) > 0 } else { !c.clean_start };
+    Ok(Accepted { client_id, assigned, persistent, keep_alive, server_keep_alive })
+}
+
+fn assign_client_id(broker: &Broker) -> ByteString {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(broker.started.elapsed().as_nanos());
+    ByteString::from(format!("skein-{:016x}", h.finish()))
+}
+
+/// The reader side of one attached connection.
+struct Conn<'a> {
+    broker: &'a Arc<Broker>,
+    session: &'a Arc<crate::broker::SessionHandle>,
+    connection_id: u64,
+    version: ProtocolVersion,
+    persistent: bool,
+    will: Option<skein_codec::Will>,
+    client_id: ByteString,
+}
+
+/// What handling one read's packets produced, applied together after one flush.
+#[derive(Default)]
+struct Batch {
+    acks: BytesMut,
+    retained: Vec<crate::session::Outgoing>,
+    durable: bool,
+}
+
+impl Conn<'_> {
+    async fn run<R: AsyncRead + Unpin>(
+        &mut self,
+        reader: &mut R,
+        rbuf: &mut BytesMut,
+        max_packet: usize,
+        keep_alive: u16,
+        kicked: &mut tokio::sync::oneshot::Receiver<ReasonCode>,
+        shared: &Shared,
+    ) -> Close {
+        let mut shutdown = self.broker.shutdown_signal();
+        // [MQTT-3.1.2-24]: one and a half times the keep alive.
+        let deadline = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
+        let mut pending = std::mem::take(rbuf);
+        loop {
+            if !pending.is_empty() {
+                let mut batch = Batch::default();
+                let outcome = self.handle_all(&mut pending, max_packet, &mut batch);
+                self.commit(batch, shared).await;
+                if let Some(close) = outcome {
+                    return close;
+                }
+            }
+            // Backpressure: a client that does not read its acknowledgements stops being read.
+            while lock(&self.session.state).control.len() > CONTROL_LIMIT {
+                tokio::select! {
+                    _ = shared.drained.notified() => {}
+                    _ = &mut *kicked => return Close::TakenOver,
+                    _ = shutdown.wait_for(|s| *s) => return Close::Shutdown,
+                }
+            }
+            pending.reserve(READ_CHUNK);
+            let read = async {
+                match deadline {
+                    Some(d) => tokio::time::timeout(d, reader.read_buf(&mut pending)).await.ok(),
+                    None => Some(reader.read_buf(&mut pending).await),
+                }
+            };
+            tokio::select! {
+                biased;
+                _ = &mut *kicked => return Close::TakenOver,
+                _ = shutdown.wait_for(|s| *s) => return Close::Shutdown,
+                r = read => match r {
+                    None => return Close::KeepAlive,
+                    Some(Ok(0)) | Some(Err(_)) => return Close::Closed,
+                    Some(Ok(n)) => Stats::add(&self.broker.stats.bytes_received, n as u64),
+                },
+            }
+        }
+    }
+
+    /// Makes the batch's writes durable, then hands its acknowledgements and retained messages to the writer, in
+    /// that order: no PUBACK goes out before what it acknowledges is stored.
+    async fn commit(&self, batch: Batch, shared: &Shared) {
+        if batch.durable
+            && let Err(e) = self.broker.flush().await
+        {
+            tracing::error!(error = %e, "data store flush failed");
+        }
+        if !batch.acks.is_empty() {
+            let mut state = lock(&self.session.state);
+            if state.connection_id == self.connection_id {
+                state.control.extend_from_slice(&batch.acks);
+            }
+        }
+        if !batch.retained.is_empty() && self.broker.deliver(self.session, batch.retained) {
+            let _ = self.broker.flush().await;
+        }
+        shared.waker.notify_one();
+    }
+
+    fn handle_all(&mut self, buf: &mut BytesMut, max_packet: usize, batch: &mut Batch) -> Option<Close> {
+        loop {
+            match decode(buf, self.version, max_packet) {
+                Ok(Some(packet)) => {
+                    Stats::add(&self.broker.stats.messages_received, 1);
+                    if let Some(close) = self.handle(packet, batch) {
+                        return Some(close);
+                    }
+                }
+                Ok(None) => return None,
+                Err(e) => {
+                    tracing::debug!(client_id = %self.client_id, error = %e, "malformed packet");
+                    return Some(Close::Violation(e.reason_code()));
+                }
+            }
+        }
+    }
+
+    fn ack(&self, batch: &mut Batch, packet: Packet) {
+        let _ = packet.encode(self.version, &mut batch.acks);
+    }
+
+    fn handle(&mut self, packet: Packet, batch: &mut Batch) -> Option<Close> {
+        let v5 = self.version.is_v5();
+        match packet {
+            Packet::Publish(p) => return self.publish(p, batch),
+            Packet::PubAck(a) => {
+                let done = lock(&self.session.state).on_puback(a.packet_id);
+                if let Some(key) = done.and_then(|o| o.stored) {
+                    self.broker.apply_store_updates(&self.client_id, &[crate::session::StoreUpdate::Done { key }]);
+                }
+            }
+            Packet::PubRec(a) => {
+                let mut updates = Vec::new();
+                lock(&self.session.state).on_pubrec(a.packet_id, a.reason_code, &mut updates);
+                self.broker.apply_store_updates(&self.client_id, &updates);
+            }
+            Packet::PubComp(a) => {
+                let done = lock(&self.session.state).on_pubcomp(a.packet_id);
+                if let Some(key) = done.and_then(|o| o.stored) {
+                    self.broker.apply_store_updates(&self.client_id, &[crate::session::StoreUpdate::Done { key }]);
+                }
+            }
+            Packet::PubRel(a) => {
+                let known = lock(&self.session.state).on_pubrel(a.packet_id);
+                let mut ack = Ack::new(a.packet_id);
+                if !known && v5 {
+                    ack.reason_code = ReasonCode::PacketIdentifierNotFound;
+                }
+                self.ack(batch, Packet::PubComp(ack));
+            }
+            Packet::Subscribe(s) => {
+                if v5
+                    && s.filters.iter().any(|(f, o)| {
+                        o.no_local && matches!(skein_codec::topic::parse_filter(f), Ok(Filter::Shared { .. }))
+                    })
+                {
+                    // [MQTT-3.8.3-4]
+                    return Some(Close::Violation(ReasonCode::ProtocolError));
+                }
+                let id = s.properties.subscription_identifiers.first().copied();
+                let (reason_codes, retained, durable) = self.broker.subscribe(self.session, &s.filters, id);
+                batch.durable |= durable;
+                batch.retained.extend(retained);
+                self.ack(
+                    batch,
+                    Packet::SubAck(SubAck { packet_id: s.packet_id, properties: Properties::default(), reason_codes }),
+                );
+            }
+            Packet::Unsubscribe(u) => {
+                let (reason_codes, durable) = self.broker.unsubscribe(self.session, &u.filters);
+                batch.durable |= durable;
+                self.ack(
+                    batch,
+                    Packet::UnsubAck(UnsubAck {
+                        packet_id: u.packet_id,
+                        properties: Properties::default(),
+                        reason_codes,
+                    }),
+                );
+            }
+            Packet::PingReq => self.ack(batch, Packet::PingResp),
+            Packet::Disconnect(d) => {
+                if let Some(expiry) = d.properties.session_expiry_interval {
+                    // [MQTT-3.14.2-2]: a session that was to end with the connection cannot be extended here.
+                    if !self.persistent && expiry > 0 {
+                        return Some(Close::Violation(ReasonCode::ProtocolError));
+                    }
+                    lock(&self.session.state).persistent = expiry > 0;
+                }
+                return Some(Close::Disconnect { send_will: d.reason_code == ReasonCode::DisconnectWithWillMessage });
+            }
+            // A second CONNECT [MQTT-3.1.0-2], AUTH without an authentication method, or a server-to-client packet.
+            other => {
+                tracing::debug!(client_id = %self.client_id, packet = %other.packet_type(), "protocol violation");
+                return Some(Close::Violation(ReasonCode::ProtocolError));
+            }
+        }
+        None
+    }
+
+    fn publish(&mut self, p: Publish, batch: &mut Batch) -> Option<Close> {
+        let broker = self.broker;
+        let v5 = self.version.is_v5();
+        Stats::add(&broker.stats.publish_received, 1);
+        if p.properties.topic_alias.is_some() {
+            // We announce no Topic Alias Maximum, so any alias is out of range [MQTT-3.3.2-9].
+            return Some(Close::Violation(ReasonCode::TopicAliasInvalid));
+        }
+        if !p.properties.subscription_identifiers.is_empty() {
+            // [MQTT-3.3.4-6]
+            return Some(Close::Violation(ReasonCode::ProtocolError));
+        }
+        if p.retain && !broker.config.retain_available && v5 {
+            return Some(Close::Violation(ReasonCode::RetainNotSupported));
+        }
+        let mut refusal = None;
+        if broker.config.message_size_limit != 0 && p.payload.len() > broker.config.message_size_limit {
+            Stats::add(&broker.stats.publish_too_large, 1);
+            tracing::debug!(client_id = %self.client_id, size = p.payload.len(), "publish over message_size_limit dropped");
+            refusal = Some(ReasonCode::ImplementationSpecificError);
+        } else if v5 && p.properties.payload_format_indicator == Some(1) && std::str::from_utf8(&p.payload).is_err() {
+            // MQTT 5.0 section 3.3.2.3.2: a payload that says it is UTF-8 and is not.
+            refusal = Some(ReasonCode::PayloadFormatInvalid);
+        }
+        let qos = p.qos;
+        let packet_id = p.packet_id;
+        if qos == QoS::ExactlyOnce && !lock(&self.session.state).on_incoming_qos2(packet_id) {
+            // A repeat before PUBREL: acknowledge again, deliver nothing [MQTT-4.3.3-10].
+            self.ack(batch, Packet::PubRec(Ack::new(packet_id)));
+            return None;
+        }
+        let mut reason = ReasonCode::Success;
+        match refusal {
+            Some(code) => {
+                if qos == QoS::AtMostOnce && code == ReasonCode::PayloadFormatInvalid {
+                    return Some(Close::Violation(code));
+                }
+                reason = code;
+                if qos == QoS::ExactlyOnce {
+                    // An error PUBREC ends the exchange: the identifier is free again.
+                    lock(&self.session.state).on_pubrel(packet_id);
+                }
+            }
+            None => {
+                let routed = broker.publish(Message::from_publish(p, Some(self.client_id.clone())));
+                batch.durable |= routed.durable;
+                if routed.delivered == 0 && v5 {
+                    reason = ReasonCode::NoMatchingSubscribers;
+                }
+            }
+        }
+        if !v5 {
+            reason = ReasonCode::Success;
+        }
+        let ack = Ack { packet_id, reason_code: reason, properties: Properties::default() };
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.ack(batch, Packet::PubAck(ack)),
+            QoS::ExactlyOnce => self.ack(batch, Packet::PubRec(ack)),
+        }
+        None
+    }
+}
+
+/// Drains the session into the socket: many messages into one buffer, one write.
+async fn write_loop<W: AsyncWrite + Unpin>(
+    broker: Arc<Broker>,
+    session: Arc<crate::broker::SessionHandle>,
+    connection_id: u64,
+    mut writer: W,
+    shared: Arc<Shared>,
+) {
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut updates = Vec::new();
+    loop {
+        let written = {
+            let mut state = lock(&session.state);
+            if state.connection_id != connection_id { 0 } else { state.write_pending(&mut buf, &mut updates) }
+        };
+        if !updates.is_empty() {
+            broker.apply_store_updates(&session.client_id, &updates);
+            updates.clear();
+        }
+        if !buf.is_empty() {
+            Stats::add(&broker.stats.publish_sent, written as u64);
+            Stats::add(&broker.stats.messages_sent, written as u64);
+            Stats::add(&broker.stats.bytes_sent, buf.len() as u64);
+            if writer.write_all(&buf).await.is_err() {
+                break;
+            }
+            buf.clear();
+            shared.drained.notify_one();
+            continue;
+        }
+        if shared.closing.load(Ordering::Acquire) {
+            let farewell = lock(&shared.farewell).take();
+            if let Some(bytes) = farewell {
+                let _ = writer.write_all(&bytes).await;
+            }
+            break;
+        }
+        shared.waker.notified().await;
+    }
+    let _ = writer.shutdown().await;
+}

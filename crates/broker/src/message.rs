@@ -1,0 +1,79 @@
+//! The application message as the broker holds it: one `Arc<Message>` per publish, shared by every subscriber's
+//! queue, payload and topic never copied.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use bytestring::ByteString;
+use skein_codec::{Properties, PropertyContext, Publish, QoS};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub topic: ByteString,
+    pub payload: Bytes,
+    /// The QoS it was published with; each subscriber gets at most its granted QoS.
+    pub qos: QoS,
+    pub retain: bool,
+    /// MQTT 5.0 properties that travel with the message (payload format, expiry, content type, response topic,
+    /// correlation data, user properties). `None` when there are none, which keeps 3.x traffic small.
+    pub properties: Option<Box<Properties>>,
+    /// Client id of the publisher, for MQTT 5.0 No Local.
+    pub publisher: Option<ByteString>,
+    pub received: Instant,
+}
+
+impl Message {
+    /// The message a PUBLISH carries. Topic Alias and Subscription Identifiers are per connection, not per
+    /// message, so they are dropped here [MQTT-3.3.2-12]; the topic is the resolved one.
+    pub fn from_publish(publish: Publish, publisher: Option<ByteString>) -> Message {
+        let mut props = publish.properties;
+        props.topic_alias = None;
+        props.subscription_identifiers.clear();
+        Message {
+            topic: publish.topic,
+            payload: publish.payload,
+            qos: publish.qos,
+            retain: publish.retain,
+            properties: if props.is_empty() { None } else { Some(Box::new(props)) },
+            publisher,
+            received: Instant::now(),
+        }
+    }
+
+    /// A will, published when its connection ends without a clean DISCONNECT. Will Delay Interval is not a
+    /// PUBLISH property, so it is dropped.
+    pub fn from_will(will: skein_codec::Will, publisher: ByteString) -> Message {
+        let mut props = will.properties;
+        props.retain_allowed(PropertyContext::Publish);
+        Message {
+            topic: will.topic,
+            payload: will.payload,
+            qos: will.qos,
+            retain: will.retain,
+            properties: if props.is_empty() { None } else { Some(Box::new(props)) },
+            publisher: Some(publisher),
+            received: Instant::now(),
+        }
+    }
+
+    /// A message the broker itself publishes ($SYS).
+    pub fn system(topic: impl Into<ByteString>, payload: impl Into<Bytes>, retain: bool) -> Message {
+        Message {
+            topic: topic.into(),
+            payload: payload.into(),
+            qos: QoS::AtMostOnce,
+            retain,
+            properties: None,
+            publisher: None,
+            received: Instant::now(),
+        }
+    }
+
+    /// The PUBLISH that delivers this message at `qos` with `packet_id`. `retain` is the flag as delivered, which
+    /// depends on why it is sent (live or retained-on-subscribe) and the subscription's options.
+    pub fn to_publish(&self, qos: QoS, packet_id: u16, retain: bool, dup: bool, sub_ids: &[u32]) -> Publish {
+        let mut properties = self.properties.as_deref().cloned().unwrap_or_default();
+        properties.subscription_identifiers.extend_from_slice(sub_ids);
+        Publish { dup, qos, retain, topic: self.topic.clone(), packet_id, properties, payload: self.payload.clone() }
+    }
+}

@@ -1,0 +1,535 @@
+//! One client's session as a plain state machine (MQTT 5.0 section 4.1, 3.1.1 section 4.1): its subscriptions,
+//! the messages queued for it, the QoS 1/2 messages in flight to it, and the QoS 2 packet identifiers it has in
+//! flight to us. No sockets, no tasks, no clock: the connection driver feeds it events and writes what it returns.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use bytestring::ByteString;
+use skein_codec::{Ack, Packet, ProtocolVersion, QoS, ReasonCode, SubscriptionOptions};
+use tokio::sync::Notify;
+
+use crate::message::Message;
+
+/// A subscription as the session holds it, keyed by its filter string (which may be a `$share/` filter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subscription {
+    pub options: SubscriptionOptions,
+    /// MQTT 5.0 Subscription Identifier.
+    pub id: Option<u32>,
+}
+
+/// A message on its way to this session.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub message: Arc<Message>,
+    /// The QoS it is delivered at: the lower of the message's and the subscription's.
+    pub qos: QoS,
+    /// The RETAIN flag as delivered.
+    pub retain: bool,
+    pub subscription_ids: Vec<u32>,
+    /// Key of its durable copy, for persistent sessions at QoS > 0.
+    pub stored: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InflightState {
+    /// QoS 1 sent, PUBACK outstanding.
+    AwaitingPubAck,
+    /// QoS 2 sent, PUBREC outstanding.
+    AwaitingPubRec,
+    /// PUBREL sent, PUBCOMP outstanding: the message itself is delivered, only the identifier is in use.
+    AwaitingPubComp,
+}
+
+#[derive(Debug, Clone)]
+struct Inflight {
+    packet_id: u16,
+    out: Outgoing,
+    state: InflightState,
+}
+
+/// Why a message was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dropped {
+    /// `max_queued_messages` reached.
+    QueueFull,
+    /// QoS 0 for a client that is not connected (unless `queue_qos0_messages`).
+    Offline,
+}
+
+/// A change the durable copy of the session needs after a write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreUpdate {
+    /// The stored message `key` went out with `packet_id` and is now in `state`.
+    Sent { key: u64, packet_id: u16, state: InflightState },
+    /// The stored message `key` is done: acknowledged, or dropped.
+    Done { key: u64 },
+}
+
+#[derive(Debug, Clone)]
+pub struct SessionLimits {
+    /// 0 = no limit.
+    pub max_inflight: usize,
+    /// 0 = no limit.
+    pub max_queued: usize,
+    /// The client's MQTT 5.0 Maximum Packet Size; larger publishes are dropped for it [MQTT-3.1.2-25].
+    pub max_packet_size: Option<usize>,
+    pub queue_qos0_offline: bool,
+}
+
+#[derive(Debug)]
+pub struct Session {
+    pub client_id: ByteString,
+    /// The session outlives its connection (Clean Session 0, or a non-zero Session Expiry Interval).
+    pub persistent: bool,
+    pub subscriptions: HashMap<ByteString, Subscription>,
+    queue: VecDeque<Outgoing>,
+    inflight: VecDeque<Inflight>,
+    /// QoS 2 identifiers received, PUBREL not yet: a repeated PUBLISH with one of these is not delivered again.
+    incoming_qos2: HashSet<u16>,
+    next_packet_id: u16,
+    /// Inflight messages must go out again, in order, with DUP set [MQTT-4.4.0-1].
+    resend: bool,
+    /// Acknowledgements and other packets of the current connection, already encoded.
+    pub control: BytesMut,
+    pub limits: SessionLimits,
+    pub online: bool,
+    pub version: ProtocolVersion,
+    /// The connection attached now: only it may take from the queue or add control packets.
+    pub connection_id: u64,
+    /// Wakes the attached connection's writer.
+    pub waker: Option<Arc<Notify>>,
+    /// Messages dropped for this session, by any reason.
+    pub dropped: u64,
+}
+
+impl Session {
+    pub fn new(client_id: ByteString, limits: SessionLimits) -> Session {
+        Session {
+            client_id,
+            persistent: false,
+            subscriptions: HashMap::new(),
+            queue: VecDeque::new(),
+            inflight: VecDeque::new(),
+            incoming_qos2: HashSet::new(),
+            next_packet_id: 1,
+            resend: false,
+            control: BytesMut::new(),
+            limits,
+            online: false,
+            version: ProtocolVersion::V311,
+            connection_id: 0,
+            waker: None,
+            dropped: 0,
+        }
+    }
+
+    /// Forgets everything but the client id (Clean Session 1 / Clean Start 1). Returns the stored keys to delete.
+    pub fn clear(&mut self) -> Vec<u64> {
+        let keys = self.stored_keys();
+        self.subscriptions.clear();
+        self.queue.clear();
+        self.inflight.clear();
+        self.incoming_qos2.clear();
+        self.resend = false;
+        self.control.clear();
+        keys
+    }
+
+    fn stored_keys(&self) -> Vec<u64> {
+        self.queue.iter().map(|o| o.stored).chain(self.inflight.iter().map(|i| i.out.stored)).flatten().collect()
+    }
+
+    /// A new connection took this session over: what was in flight goes out again first, and the last connection's
+    /// unsent acknowledgements are void.
+    pub fn connected(
+        &mut self,
+        connection_id: u64,
+        waker: Arc<Notify>,
+        version: ProtocolVersion,
+        limits: SessionLimits,
+    ) {
+        self.online = true;
+        self.connection_id = connection_id;
+        self.waker = Some(waker);
+        self.version = version;
+        self.limits = limits;
+        self.control.clear();
+        self.resend = !self.inflight.is_empty();
+    }
+
+    pub fn disconnected(&mut self) {
+        self.online = false;
+        self.waker = None;
+        self.control.clear();
+    }
+
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub fn inflight(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// Queues a message for delivery.
+    pub fn enqueue(&mut self, out: Outgoing) -> Result<(), Dropped> {
+        if !self.online && out.qos == QoS::AtMostOnce && !self.limits.queue_qos0_offline {
+            self.dropped += 1;
+            return Err(Dropped::Offline);
+        }
+        if self.limits.max_queued != 0 && self.queue.len() >= self.limits.max_queued {
+            self.dropped += 1;
+            return Err(Dropped::QueueFull);
+        }
+        self.queue.push_back(out);
+        Ok(())
+    }
+
+    /// Re-queues a message restored from the store, with its packet identifier if it had been sent.
+    pub fn restore(&mut self, out: Outgoing, sent: Option<(u16, InflightState)>) {
+        match sent {
+            Some((packet_id, state)) => {
+                self.next_packet_id = self.next_packet_id.max(packet_id.wrapping_add(1)).max(1);
+                self.inflight.push_back(Inflight { packet_id, out, state });
+            }
+            None => self.queue.push_back(out),
+        }
+    }
+
+    fn allocate_packet_id(&mut self) -> Option<u16> {
+        // Identifiers in use are the inflight ones; with at most 65,535 of them a free one always exists when the
+        // window has room.
+        for _ in 0..=u16::MAX {
+            let id = self.next_packet_id;
+            self.next_packet_id = self.next_packet_id.checked_add(1).unwrap_or(1);
+            if id != 0 && !self.inflight.iter().any(|i| i.packet_id == id) {
+                return Some(id);
+            }
+        }
+        None
+    }
+
+    fn window_open(&self) -> bool {
+        let max = match self.limits.max_inflight {
+            0 => u16::MAX as usize,
+            n => n.min(u16::MAX as usize),
+        };
+        self.inflight.len() < max
+    }
+
+    /// Appends to `buf` what can be written now: resends, then control packets, then queued messages as far as the
+    /// inflight window allows. Durable-copy changes are pushed to `updates`. Returns the messages written.
+    pub fn write_pending(&mut self, buf: &mut BytesMut, updates: &mut Vec<StoreUpdate>) -> usize {
+        let mut written = 0;
+        let version = self.version;
+        if self.resend {
+            self.resend = false;
+            for i in &self.inflight {
+                let packet = match i.state {
+                    InflightState::AwaitingPubComp => Packet::PubRel(Ack::new(i.packet_id)),
+                    _ => Packet::Publish(i.out.message.to_publish(
+                        i.out.qos,
+                        i.packet_id,
+                        i.out.retain,
+                        true,
+                        &i.out.subscription_ids,
+                    )),
+                };
+                // The packet encoded once already; it cannot fail now.
+                let _ = packet.encode(version, buf);
+                written += 1;
+            }
+        }
+        if !self.control.is_empty() {
+            buf.extend_from_slice(&self.control);
+            self.control.clear();
+        }
+        while let Some(front) = self.queue.front() {
+            if front.qos != QoS::AtMostOnce && !self.window_open() {
+                break;
+            }
+            let Some(out) = self.queue.pop_front() else { break };
+            let packet_id = if out.qos == QoS::AtMostOnce {
+                0
+            } else {
+                match self.allocate_packet_id() {
+                    Some(id) => id,
+                    None => {
+                        self.queue.push_front(out);
+                        break;
+                    }
+                }
+            };
+            let packet =
+                Packet::Publish(out.message.to_publish(out.qos, packet_id, out.retain, false, &out.subscription_ids));
+            let too_large = match (self.limits.max_packet_size, packet.encoded_len(version)) {
+                (Some(max), Ok(len)) => len > max,
+                (_, Err(_)) => true,
+                (None, Ok(_)) => false,
+            };
+            if too_large {
+                // [MQTT-3.1.2-25]: discarded as if delivered.
+                self.dropped += 1;
+                if let Some(key) = out.stored {
+                    updates.push(StoreUpdate::Done { key });
+                }
+                continue;
+            }
+            let _ = packet.encode(version, buf);
+            written += 1;
+            if out.qos != QoS::AtMostOnce {
+                let state = if out.qos == QoS::AtLeastOnce {
+                    InflightState::AwaitingPubAck
+                } else {
+                    InflightState::AwaitingPubRec
+                };
+                if let Some(key) = out.stored {
+                    updates.push(StoreUpdate::Sent { key, packet_id, state });
+                }
+                self.inflight.push_back(Inflight { packet_id, out, state });
+            }
+        }
+        written
+    }
+
+    fn take_inflight(&mut self, packet_id: u16, state: InflightState) -> Option<Outgoing> {
+        let pos = self.inflight.iter().position(|i| i.packet_id == packet_id && i.state == state)?;
+        self.inflight.remove(pos).map(|i| i.out)
+    }
+
+    /// PUBACK from the client: the QoS 1 message is delivered.
+    pub fn on_puback(&mut self, packet_id: u16) -> Option<Outgoing> {
+        self.take_inflight(packet_id, InflightState::AwaitingPubAck)
+    }
+
+    /// PUBREC from the client. A success moves the message on to PUBREL; a 5.0 failure code ends it
+    /// (MQTT 5.0 section 4.3.3). Returns the stored key when the durable copy changes.
+    pub fn on_pubrec(&mut self, packet_id: u16, reason: ReasonCode, updates: &mut Vec<StoreUpdate>) {
+        let Some(i) =
+            self.inflight.iter_mut().find(|i| i.packet_id == packet_id && i.state == InflightState::AwaitingPubRec)
+        else {
+            // Not ours (or a repeat): answer so the client can finish its own state; 5.0 says why (0x92, section 3.6.2.1).
+            let mut ack = Ack::new(packet_id);
+            if self.version.is_v5() {
+                ack.reason_code = ReasonCode::PacketIdentifierNotFound;
+            }
+            if !reason.is_error() {
+                let _ = Packet::PubRel(ack).encode(self.version, &mut self.control);
+            }
+            return;
+        };
+        if reason.is_error() {
+            let out = self.take_inflight(packet_id, InflightState::AwaitingPubRec);
+            if let Some(key) = out.and_then(|o| o.stored) {
+                updates.push(StoreUpdate::Done { key });
+            }
+            return;
+        }
+        i.state = InflightState::AwaitingPubComp;
+        if let Some(key) = i.out.stored {
+            updates.push(StoreUpdate::Sent { key, packet_id, state: InflightState::AwaitingPubComp });
+        }
+        let _ = Packet::PubRel(Ack::new(packet_id)).encode(self.version, &mut self.control);
+    }
+
+    /// PUBCOMP from the client: the QoS 2 exchange is over and the identifier free.
+    pub fn on_pubcomp(&mut self, packet_id: u16) -> Option<Outgoing> {
+        self.take_inflight(packet_id, InflightState::AwaitingPubComp)
+    }
+
+    /// A QoS 2 PUBLISH from the client: true if it is new and must be delivered, false for a repeat of one whose
+    /// PUBREL has not come yet [MQTT-4.3.3-10].
+    pub fn on_incoming_qos2(&mut self, packet_id: u16) -> bool {
+        self.incoming_qos2.insert(packet_id)
+    }
+
+    /// PUBREL from the client: frees the identifier; false if it was not in use.
+    pub fn on_pubrel(&mut self, packet_id: u16) -> bool {
+        self.incoming_qos2.remove(&packet_id)
+    }
+
+    /// QoS 2 identifiers the client has in flight to us.
+    pub fn incoming_inflight(&self) -> usize {
+        self.incoming_qos2.len()
+    }
+
+    /// Queues an encoded control packet for the current connection.
+    pub fn send(&mut self, packet: &Packet) {
+        let _ = packet.encode(self.version, &mut self.control);
+    }
+
+    /// Messages queued or in flight, in order, for persisting or handing over.
+    pub fn pending(&self) -> impl Iterator<Item = &Outgoing> {
+        self.inflight.iter().map(|i| &i.out).chain(self.queue.iter())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skein_codec::{MAX_PACKET_SIZE, Publish, decode};
+
+    fn limits(max_inflight: usize, max_queued: usize) -> SessionLimits {
+        SessionLimits { max_inflight, max_queued, max_packet_size: None, queue_qos0_offline: false }
+    }
+
+    fn session(max_inflight: usize, max_queued: usize) -> Session {
+        let mut s = Session::new("c".into(), limits(max_inflight, max_queued));
+        s.connected(1, Arc::new(Notify::new()), ProtocolVersion::V311, limits(max_inflight, max_queued));
+        s
+    }
+
+    fn out(topic: &str, qos: QoS) -> Outgoing {
+        let message = Arc::new(Message::system(topic.to_string(), "x", false));
+        Outgoing { message, qos, retain: false, subscription_ids: vec![], stored: None }
+    }
+
+    fn packets(buf: &mut BytesMut) -> Vec<Packet> {
+        let mut v = Vec::new();
+        while let Some(p) = decode(buf, ProtocolVersion::V311, MAX_PACKET_SIZE).unwrap() {
+            v.push(p);
+        }
+        v
+    }
+
+    fn publishes(buf: &mut BytesMut) -> Vec<Publish> {
+        packets(buf)
+            .into_iter()
+            .map(|p| match p {
+                Packet::Publish(p) => p,
+                other => panic!("expected PUBLISH, got {other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn qos1_flow_and_inflight_window() {
+        let mut s = session(2, 0);
+        for t in ["a", "b", "c"] {
+            s.enqueue(out(t, QoS::AtLeastOnce)).unwrap();
+        }
+        let mut buf = BytesMut::new();
+        assert_eq!(s.write_pending(&mut buf, &mut vec![]), 2, "window of two");
+        let sent = publishes(&mut buf);
+        assert_eq!(sent.iter().map(|p| p.packet_id).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(s.write_pending(&mut buf, &mut vec![]), 0, "window full");
+        assert!(s.on_puback(1).is_some());
+        assert!(s.on_puback(1).is_none(), "a repeated PUBACK is ignored");
+        assert_eq!(s.write_pending(&mut buf, &mut vec![]), 1);
+        let sent = publishes(&mut buf);
+        assert_eq!((&*sent[0].topic, sent[0].packet_id), ("c", 3));
+    }
+
+    #[test]
+    fn qos0_is_not_held_by_the_window_but_keeps_order() {
+        let mut s = session(1, 0);
+        s.enqueue(out("a", QoS::AtLeastOnce)).unwrap();
+        s.enqueue(out("b", QoS::AtMostOnce)).unwrap();
+        s.enqueue(out("c", QoS::AtLeastOnce)).unwrap();
+        s.enqueue(out("d", QoS::AtMostOnce)).unwrap();
+        let mut buf = BytesMut::new();
+        s.write_pending(&mut buf, &mut vec![]);
+        let topics: Vec<String> = publishes(&mut buf).iter().map(|p| p.topic.to_string()).collect();
+        assert_eq!(topics, ["a", "b"], "c waits for the window and d waits behind c");
+    }
+
+    #[test]
+    fn qos2_flow_sends_pubrel_then_frees_on_pubcomp() {
+        let mut s = session(10, 0);
+        s.enqueue(out("a", QoS::ExactlyOnce)).unwrap();
+        let mut buf = BytesMut::new();
+        s.write_pending(&mut buf, &mut vec![]);
+        assert_eq!(publishes(&mut buf)[0].qos, QoS::ExactlyOnce);
+        s.on_pubrec(1, ReasonCode::Success, &mut vec![]);
+        s.write_pending(&mut buf, &mut vec![]);
+        assert_eq!(packets(&mut buf), vec![Packet::PubRel(Ack::new(1))]);
+        assert_eq!(s.inflight(), 1, "identifier still in use until PUBCOMP");
+        assert!(s.on_pubcomp(1).is_some());
+        assert_eq!(s.inflight(), 0);
+    }
+
+    #[test]
+    fn reconnect_resends_inflight_in_order_with_dup() {
+        let mut s = session(10, 0);
+        s.enqueue(out("a", QoS::AtLeastOnce)).unwrap();
+        s.enqueue(out("b", QoS::ExactlyOnce)).unwrap();
+        s.enqueue(out("c", QoS::ExactlyOnce)).unwrap();
+        let mut buf = BytesMut::new();
+        s.write_pending(&mut buf, &mut vec![]);
+        buf.clear();
+        s.on_pubrec(3, ReasonCode::Success, &mut vec![]);
+        s.disconnected();
+        s.connected(2, Arc::new(Notify::new()), ProtocolVersion::V311, limits(10, 0));
+        s.write_pending(&mut buf, &mut vec![]);
+        let p = packets(&mut buf);
+        assert_eq!(p.len(), 3);
+        let Packet::Publish(a) = &p[0] else { panic!() };
+        assert!(a.dup && a.packet_id == 1 && &*a.topic == "a");
+        let Packet::Publish(b) = &p[1] else { panic!() };
+        assert!(b.dup && b.packet_id == 2);
+        assert_eq!(p[2], Packet::PubRel(Ack::new(3)), "PUBREL, not the message, once PUBREC came");
+    }
+
+    #[test]
+    fn limits_drop_and_count() {
+        let mut s = session(1, 2);
+        for _ in 0..3 {
+            let _ = s.enqueue(out("a", QoS::AtLeastOnce));
+        }
+        assert_eq!(s.queued(), 2);
+        assert_eq!(s.dropped, 1);
+        s.disconnected();
+        assert_eq!(s.enqueue(out("b", QoS::AtMostOnce)), Err(Dropped::Offline));
+    }
+
+    #[test]
+    fn repeated_qos2_publish_is_delivered_once() {
+        let mut s = session(10, 0);
+        assert!(s.on_incoming_qos2(7));
+        assert!(!s.on_incoming_qos2(7), "the repeat before PUBREL is not new");
+        assert!(s.on_pubrel(7));
+        assert!(!s.on_pubrel(7));
+        assert!(s.on_incoming_qos2(7), "after PUBREL the identifier may be reused");
+    }
+
+    #[test]
+    fn packet_ids_skip_those_in_use_and_wrap() {
+        let mut s = session(0, 0);
+        s.next_packet_id = u16::MAX;
+        s.enqueue(out("a", QoS::AtLeastOnce)).unwrap();
+        s.enqueue(out("b", QoS::AtLeastOnce)).unwrap();
+        let mut buf = BytesMut::new();
+        s.write_pending(&mut buf, &mut vec![]);
+        let ids: Vec<u16> = publishes(&mut buf).iter().map(|p| p.packet_id).collect();
+        assert_eq!(ids, vec![u16::MAX, 1], "0 is never used");
+    }
+
+    #[test]
+    fn store_updates_follow_the_stored_message() {
+        let mut s = session(10, 0);
+        let mut o = out("a", QoS::ExactlyOnce);
+        o.stored = Some(42);
+        s.enqueue(o).unwrap();
+        let mut updates = vec![];
+        s.write_pending(&mut BytesMut::new(), &mut updates);
+        assert_eq!(updates, vec![StoreUpdate::Sent { key: 42, packet_id: 1, state: InflightState::AwaitingPubRec }]);
+        updates.clear();
+        s.on_pubrec(1, ReasonCode::Success, &mut updates);
+        assert_eq!(updates, vec![StoreUpdate::Sent { key: 42, packet_id: 1, state: InflightState::AwaitingPubComp }]);
+        assert_eq!(s.on_pubcomp(1).and_then(|o| o.stored), Some(42));
+    }
+
+    #[test]
+    fn too_large_for_the_client_is_dropped() {
+        let mut s = session(10, 0);
+        s.limits.max_packet_size = Some(8);
+        s.enqueue(out("a-long-topic", QoS::AtMostOnce)).unwrap();
+        let mut buf = BytesMut::new();
+        assert_eq!(s.write_pending(&mut buf, &mut vec![]), 0);
+        assert!(buf.is_empty());
+        assert_eq!(s.dropped, 1);
+    }
+}

@@ -1,0 +1,42 @@
+//! Counters of one node, read by `$SYS/` and (later) the metrics endpoint. Relaxed atomics: each is a count on
+//! its own, no two need to agree at an instant.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub connections_total: AtomicU64,
+    pub clients_connected: AtomicU64,
+    pub clients_maximum: AtomicU64,
+    pub messages_received: AtomicU64,
+    pub messages_sent: AtomicU64,
+    pub publish_received: AtomicU64,
+    pub publish_sent: AtomicU64,
+    /// Messages not delivered to a subscriber: queue full, QoS 0 for an offline client, too large for the client.
+    pub publish_dropped: AtomicU64,
+    /// Publishes refused because the payload is over `message_size_limit`.
+    pub publish_too_large: AtomicU64,
+    pub bytes_received: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    pub connections_refused: AtomicU64,
+}
+
+impl Stats {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+
+    pub fn client_connected(&self) {
+        let now = self.clients_connected.fetch_add(1, Ordering::Relaxed) + 1;
+        self.clients_maximum.fetch_max(now, Ordering::Relaxed);
+        self.connections_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn client_disconnected(&self) {
+        self.clients_connected.fetch_sub(1, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,320 @@
+//! Durable state in sled, under the node's data directory: retained messages, persistent sessions (their
+//! subscriptions) and the QoS 1/2 messages queued or in flight to them.
+//!
+//! Records reuse the wire format: a stored message is an MQTT 5.0 PUBLISH, a session's subscriptions are MQTT 5.0
+//! SUBSCRIBE packets, so there is one encoding to test, not two.
+//!
+//! Durability: writes go to sled at once; `flush` makes them durable (fsync). The connection driver flushes before
+//! it sends a PUBACK/PUBREC or SUBACK that depends on a write, batching every write of one read into one flush.
+
+use std::path::Path;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytestring::ByteString;
+use skein_codec::{MAX_PACKET_SIZE, Packet, Properties, ProtocolVersion, Publish, QoS, Subscribe, decode};
+
+use crate::message::Message;
+use crate::session::{InflightState, Subscription};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("data store: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("data store record {key:?} in {tree} is damaged: {what}")]
+    Corrupt { tree: &'static str, key: String, what: String },
+}
+
+/// A persistent session as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSession {
+    pub client_id: ByteString,
+    pub subscriptions: Vec<(ByteString, Subscription)>,
+}
+
+/// A message queued for (or in flight to) a stored session.
+#[derive(Debug, Clone)]
+pub struct StoredMessage {
+    pub key: u64,
+    pub message: Message,
+    pub qos: QoS,
+    pub retain: bool,
+    pub subscription_ids: Vec<u32>,
+    pub sent: Option<(u16, InflightState)>,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    retained: sled::Tree,
+    sessions: sled::Tree,
+    queue: sled::Tree,
+}
+
+const FORMAT: u8 = 1;
+
+impl Store {
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let db = sled::Config::new().path(dir.join("sled")).mode(sled::Mode::HighThroughput).open()?;
+        Ok(Store {
+            retained: db.open_tree("retained")?,
+            sessions: db.open_tree("sessions")?,
+            queue: db.open_tree("queue")?,
+            db,
+        })
+    }
+
+    /// Makes every write so far durable.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// A fresh key for a queued message, increasing across restarts.
+    pub fn next_key(&self) -> Result<u64, StoreError> {
+        Ok(self.db.generate_id()?)
+    }
+
+    pub fn put_retained(&self, message: &Message) -> Result<(), StoreError> {
+        if message.payload.is_empty() {
+            self.retained.remove(message.topic.as_bytes())?;
+        } else {
+            self.retained.insert(message.topic.as_bytes(), encode_message(message, &[]))?;
+        }
+        Ok(())
+    }
+
+    pub fn load_retained(&self) -> Result<Vec<Message>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.retained.iter() {
+            let (key, value) = item?;
+            let (message, _) = decode_message(&value).map_err(|what| corrupt("retained", &key, what))?;
+            out.push(message);
+        }
+        Ok(out)
+    }
+
+    pub fn put_session(&self, session: &StoredSession) -> Result<(), StoreError> {
+        let mut buf = BytesMut::new();
+        buf.put_u8(FORMAT);
+        for (filter, sub) in &session.subscriptions {
+            let packet = Packet::Subscribe(Subscribe {
+                packet_id: 1,
+                properties: Properties { subscription_identifiers: sub.id.into_iter().collect(), ..Default::default() },
+                filters: vec![(filter.clone(), sub.options)],
+            });
+            packet
+                .encode(ProtocolVersion::V5, &mut buf)
+                .map_err(|e| corrupt("sessions", filter.as_bytes(), e.to_string()))?;
+        }
+        self.sessions.insert(session.client_id.as_bytes(), &buf[..])?;
+        Ok(())
+    }
+
+    /// Forgets a session and everything queued for it.
+    pub fn remove_session(&self, client_id: &str) -> Result<(), StoreError> {
+        self.sessions.remove(client_id.as_bytes())?;
+        for item in self.queue.scan_prefix(queue_prefix(client_id)) {
+            let (key, _) = item?;
+            self.queue.remove(key)?;
+        }
+        Ok(())
+    }
+
+    pub fn load_sessions(&self) -> Result<Vec<(StoredSession, Vec<StoredMessage>)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.sessions.iter() {
+            let (key, value) = item?;
+            let client_id = ByteString::try_from(Bytes::copy_from_slice(&key))
+                .map_err(|_| corrupt("sessions", &key, "client id is not UTF-8".into()))?;
+            let subscriptions = decode_subscriptions(&value).map_err(|what| corrupt("sessions", &key, what))?;
+            let mut messages = Vec::new();
+            for item in self.queue.scan_prefix(queue_prefix(&client_id)) {
+                let (k, v) = item?;
+                let seq = k.len().checked_sub(8).and_then(|at| k.get(at..)).map(|mut b| b.get_u64());
+                let Some(seq) = seq else { return Err(corrupt("queue", &k, "short key".into())) };
+                messages.push(decode_queued(seq, &v).map_err(|what| corrupt("queue", &k, what))?);
+            }
+            out.push((StoredSession { client_id, subscriptions }, messages));
+        }
+        Ok(out)
+    }
+
+    pub fn put_queued(
+        &self,
+        client_id: &str,
+        key: u64,
+        out: &crate::session::Outgoing,
+        sent: Option<(u16, InflightState)>,
+    ) -> Result<(), StoreError> {
+        let mut buf = BytesMut::new();
+        buf.put_u8(FORMAT);
+        let (state, packet_id) = match sent {
+            None => (0u8, 0u16),
+            Some((id, InflightState::AwaitingPubAck)) => (1, id),
+            Some((id, InflightState::AwaitingPubRec)) => (2, id),
+            Some((id, InflightState::AwaitingPubComp)) => (3, id),
+        };
+        buf.put_u8(state);
+        buf.put_u16(packet_id);
+        buf.put_u8(out.qos as u8);
+        buf.put_u8(u8::from(out.retain));
+        buf.extend_from_slice(&encode_message(&out.message, &out.subscription_ids));
+        self.queue.insert(queue_key(client_id, key), &buf[..])?;
+        Ok(())
+    }
+
+    /// Changes the sent state of a stored queued message, keeping the message.
+    pub fn mark_sent(&self, client_id: &str, key: u64, packet_id: u16, state: InflightState) -> Result<(), StoreError> {
+        let k = queue_key(client_id, key);
+        let code = match state {
+            InflightState::AwaitingPubAck => 1u8,
+            InflightState::AwaitingPubRec => 2,
+            InflightState::AwaitingPubComp => 3,
+        };
+        self.queue.fetch_and_update(&k, |old| {
+            let mut v = old?.to_vec();
+            if v.len() >= 4 {
+                v[1] = code;
+                v[2..4].copy_from_slice(&packet_id.to_be_bytes());
+            }
+            Some(v)
+        })?;
+        Ok(())
+    }
+
+    pub fn remove_queued(&self, client_id: &str, key: u64) -> Result<(), StoreError> {
+        self.queue.remove(queue_key(client_id, key))?;
+        Ok(())
+    }
+}
+
+fn corrupt(tree: &'static str, key: &[u8], what: String) -> StoreError {
+    StoreError::Corrupt { tree, key: String::from_utf8_lossy(key).into_owned(), what }
+}
+
+/// Client ids hold no U+0000 [MQTT-1.5.4-2], so `id 0x00` is a prefix no other id shares.
+fn queue_prefix(client_id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(client_id.len() + 9);
+    k.extend_from_slice(client_id.as_bytes());
+    k.push(0);
+    k
+}
+
+fn queue_key(client_id: &str, key: u64) -> Vec<u8> {
+    let mut k = queue_prefix(client_id);
+    k.extend_from_slice(&key.to_be_bytes());
+    k
+}
+
+fn encode_message(message: &Message, sub_ids: &[u32]) -> Vec<u8> {
+    let publish = message.to_publish(message.qos, 1, message.retain, false, sub_ids);
+    let mut buf = BytesMut::new();
+    // A message that was decoded or built by the broker always encodes.
+    let _ = Packet::Publish(publish).encode(ProtocolVersion::V5, &mut buf);
+    buf.to_vec()
+}
+
+fn decode_message(bytes: &[u8]) -> Result<(Message, Vec<u32>), String> {
+    let mut buf = BytesMut::from(bytes);
+    match decode(&mut buf, ProtocolVersion::V5, MAX_PACKET_SIZE) {
+        Ok(Some(Packet::Publish(p))) => {
+            let sub_ids = p.properties.subscription_identifiers.clone();
+            Ok((Message::from_publish(Publish { packet_id: 0, ..p }, None), sub_ids))
+        }
+        Ok(_) => Err("not a PUBLISH record".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn decode_subscriptions(bytes: &[u8]) -> Result<Vec<(ByteString, Subscription)>, String> {
+    let Some((&FORMAT, rest)) = bytes.split_first() else { return Err("unknown record format".into()) };
+    let mut buf = BytesMut::from(rest);
+    let mut out = Vec::new();
+    while !buf.is_empty() {
+        match decode(&mut buf, ProtocolVersion::V5, MAX_PACKET_SIZE) {
+            Ok(Some(Packet::Subscribe(s))) => {
+                let id = s.properties.subscription_identifiers.first().copied();
+                for (filter, options) in s.filters {
+                    out.push((filter, Subscription { options, id }));
+                }
+            }
+            Ok(_) => return Err("not a SUBSCRIBE record".into()),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Ok(out)
+}
+
+fn decode_queued(key: u64, bytes: &[u8]) -> Result<StoredMessage, String> {
+    if bytes.len() < 6 || bytes[0] != FORMAT {
+        return Err("unknown record format".into());
+    }
+    let packet_id = u16::from_be_bytes([bytes[2], bytes[3]]);
+    let sent = match bytes[1] {
+        0 => None,
+        1 => Some((packet_id, InflightState::AwaitingPubAck)),
+        2 => Some((packet_id, InflightState::AwaitingPubRec)),
+        3 => Some((packet_id, InflightState::AwaitingPubComp)),
+        s => return Err(format!("unknown state {s}")),
+    };
+    let qos = QoS::from_u8(bytes[4]).ok_or("bad QoS")?;
+    let retain = bytes[5] != 0;
+    let (message, subscription_ids) = decode_message(&bytes[6..])?;
+    Ok(StoredMessage { key, message, qos, retain, subscription_ids, sent })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skein_codec::SubscriptionOptions;
+    use std::sync::Arc;
+
+    use crate::session::Outgoing;
+
+    fn options(qos: QoS) -> SubscriptionOptions {
+        SubscriptionOptions { qos, ..Default::default() }
+    }
+
+    #[test]
+    fn sessions_queued_and_retained_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let session = StoredSession {
+                client_id: "c1".into(),
+                subscriptions: vec![
+                    ("a/#".into(), Subscription { options: options(QoS::AtLeastOnce), id: None }),
+                    ("$share/g/b".into(), Subscription { options: options(QoS::ExactlyOnce), id: Some(7) }),
+                ],
+            };
+            store.put_session(&session).unwrap();
+            let message = Arc::new(Message::system("a/b", "hello", false));
+            let out =
+                Outgoing { message, qos: QoS::AtLeastOnce, retain: false, subscription_ids: vec![7], stored: None };
+            store.put_queued("c1", 5, &out, None).unwrap();
+            store.put_queued("c1", 6, &out, None).unwrap();
+            store.mark_sent("c1", 6, 9, InflightState::AwaitingPubAck).unwrap();
+            store.put_queued("c10", 7, &out, None).unwrap();
+            store.put_retained(&Message::system("r/t", "kept", true)).unwrap();
+            store.put_retained(&Message::system("r/gone", "x", true)).unwrap();
+            store.put_retained(&Message::system("r/gone", "", true)).unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let sessions = store.load_sessions().unwrap();
+        assert_eq!(sessions.len(), 1, "c10 has queued messages but no session record");
+        let (session, queued) = &sessions[0];
+        assert_eq!(&*session.client_id, "c1");
+        assert_eq!(session.subscriptions.len(), 2);
+        assert_eq!(session.subscriptions[1].1.id, Some(7));
+        assert_eq!(queued.iter().map(|m| m.key).collect::<Vec<_>>(), vec![5, 6], "c10's message is not c1's");
+        assert_eq!(queued[0].sent, None);
+        assert_eq!(queued[1].sent, Some((9, InflightState::AwaitingPubAck)));
+        assert_eq!(&queued[0].message.payload[..], b"hello");
+        assert_eq!(queued[0].subscription_ids, vec![7]);
+        let retained = store.load_retained().unwrap();
+        assert_eq!(retained.len(), 1);
+        assert_eq!(&*retained[0].topic, "r/t");
+        store.remove_session("c1").unwrap();
+        assert!(store.load_sessions().unwrap().is_empty());
+    }
+}

@@ -1,0 +1,245 @@
+//! The one configuration schema of `skein serve`. Every key can come from the TOML file (`--config`), from an
+//! environment variable `SKEIN_<KEY>` or from a flag `--<key-with-dashes>`; later sources win:
+//! defaults < file < environment < flags. Keys keep Mosquitto's names where Mosquitto has the setting.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Every key, with its default.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// MQTT over TCP listen addresses.
+    pub mqtt: Vec<SocketAddr>,
+    /// HTTP listen address for /healthz and /readyz; none by default.
+    pub http: Option<SocketAddr>,
+    /// Where sled keeps retained messages and persistent sessions.
+    pub data_dir: PathBuf,
+    /// Keep retained messages and persistent sessions on disk; off keeps them in memory only.
+    pub persistence: bool,
+    pub allow_anonymous: bool,
+    pub log_format: LogFormat,
+    /// `error`, `warn`, `info`, `debug`, `trace`, or a tracing filter such as `skein_broker=debug`.
+    pub log_level: String,
+    pub max_inflight_messages: usize,
+    pub max_queued_messages: usize,
+    pub message_size_limit: usize,
+    pub max_packet_size: usize,
+    /// -1 or 0: no limit.
+    pub max_connections: i64,
+    pub max_keepalive: u16,
+    /// Seconds between `$SYS` updates; 0 turns them off.
+    pub sys_interval: u64,
+    pub queue_qos0_messages: bool,
+    pub retain_available: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let broker = skein_broker::BrokerConfig::default();
+        Config {
+            mqtt: vec![SocketAddr::from(([0, 0, 0, 0], 1883))],
+            http: None,
+            data_dir: PathBuf::from("skein-data"),
+            persistence: true,
+            allow_anonymous: broker.allow_anonymous,
+            log_format: LogFormat::Text,
+            log_level: "info".into(),
+            max_inflight_messages: broker.max_inflight_messages,
+            max_queued_messages: broker.max_queued_messages,
+            message_size_limit: broker.message_size_limit,
+            max_packet_size: broker.max_packet_size,
+            max_connections: -1,
+            max_keepalive: broker.max_keepalive,
+            sys_interval: broker.sys_interval.as_secs(),
+            queue_qos0_messages: broker.queue_qos0_messages,
+            retain_available: broker.retain_available,
+        }
+    }
+}
+
+/// The flags of `skein serve`: one per key, each also read from `SKEIN_<KEY>`.
+#[derive(Debug, Args, Default)]
+pub struct ServeArgs {
+    /// TOML file with any of the keys below (underscores, e.g. `max_queued_messages = 100`).
+    #[arg(long, env = "SKEIN_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// MQTT over TCP listen address [default: 0.0.0.0:1883]; repeat for more.
+    #[arg(long, env = "SKEIN_MQTT", value_name = "ADDR", value_delimiter = ',')]
+    pub mqtt: Vec<SocketAddr>,
+    /// HTTP listen address for /healthz and /readyz [default: off].
+    #[arg(long, env = "SKEIN_HTTP", value_name = "ADDR")]
+    pub http: Option<SocketAddr>,
+    /// Directory for retained messages and persistent sessions [default: ./skein-data].
+    #[arg(long, env = "SKEIN_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Keep state on disk (true) or in memory only (false) [default: true].
+    #[arg(long, env = "SKEIN_PERSISTENCE", value_name = "BOOL")]
+    pub persistence: Option<bool>,
+    /// Accept clients that send no user name [default: true].
+    #[arg(long, env = "SKEIN_ALLOW_ANONYMOUS", value_name = "BOOL")]
+    pub allow_anonymous: Option<bool>,
+    /// Log lines as text or JSON [default: text].
+    #[arg(long, env = "SKEIN_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// Log level or tracing filter [default: info].
+    #[arg(long, env = "SKEIN_LOG_LEVEL", value_name = "FILTER")]
+    pub log_level: Option<String>,
+    /// QoS 1/2 messages in flight to one client; 0 = no limit [default: 20].
+    #[arg(long, env = "SKEIN_MAX_INFLIGHT_MESSAGES", value_name = "N")]
+    pub max_inflight_messages: Option<usize>,
+    /// Messages queued per client beyond those in flight; 0 = no limit [default: 1000].
+    #[arg(long, env = "SKEIN_MAX_QUEUED_MESSAGES", value_name = "N")]
+    pub max_queued_messages: Option<usize>,
+    /// Largest payload accepted, bytes; 0 = no limit [default: 0].
+    #[arg(long, env = "SKEIN_MESSAGE_SIZE_LIMIT", value_name = "BYTES")]
+    pub message_size_limit: Option<usize>,
+    /// Largest packet accepted from a client, bytes; 0 = MQTT's maximum [default: 0].
+    #[arg(long, env = "SKEIN_MAX_PACKET_SIZE", value_name = "BYTES")]
+    pub max_packet_size: Option<usize>,
+    /// Concurrent clients; -1 = no limit [default: -1].
+    #[arg(long, env = "SKEIN_MAX_CONNECTIONS", value_name = "N", allow_hyphen_values = true)]
+    pub max_connections: Option<i64>,
+    /// Largest keep alive a client may ask for, seconds [default: 65535].
+    #[arg(long, env = "SKEIN_MAX_KEEPALIVE", value_name = "SECONDS")]
+    pub max_keepalive: Option<u16>,
+    /// Seconds between $SYS updates; 0 = off [default: 10].
+    #[arg(long, env = "SKEIN_SYS_INTERVAL", value_name = "SECONDS")]
+    pub sys_interval: Option<u64>,
+    /// Queue QoS 0 messages for offline persistent sessions [default: false].
+    #[arg(long, env = "SKEIN_QUEUE_QOS0_MESSAGES", value_name = "BOOL")]
+    pub queue_qos0_messages: Option<bool>,
+    /// Accept retained messages [default: true].
+    #[arg(long, env = "SKEIN_RETAIN_AVAILABLE", value_name = "BOOL")]
+    pub retain_available: Option<bool>,
+}
+
+impl ServeArgs {
+    /// Defaults, then the file, then environment and flags.
+    pub fn resolve(&self) -> Result<Config, String> {
+        let mut c = match &self.config {
+            Some(path) => load_file(path)?,
+            None => Config::default(),
+        };
+        if !self.mqtt.is_empty() {
+            c.mqtt = self.mqtt.clone();
+        }
+        macro_rules! take {
+            ($($field:ident),*) => { $( if let Some(v) = &self.$field { c.$field = v.clone(); } )* };
+        }
+        take!(
+            data_dir,
+            persistence,
+            allow_anonymous,
+            log_format,
+            log_level,
+            max_inflight_messages,
+            max_queued_messages,
+            message_size_limit,
+            max_packet_size,
+            max_connections,
+            max_keepalive,
+            sys_interval,
+            queue_qos0_messages,
+            retain_available
+        );
+        if self.http.is_some() {
+            c.http = self.http;
+        }
+        c.check()?;
+        Ok(c)
+    }
+}
+
+fn load_file(path: &Path) -> Result<Config, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+    toml::from_str(&text).map_err(|e| {
+        format!(
+            "config file {}: {}\nfix or remove that key; `skein serve --help` lists every key and its default",
+            path.display(),
+            e.to_string().trim_end()
+        )
+    })
+}
+
+impl Config {
+    fn check(&self) -> Result<(), String> {
+        if self.mqtt.is_empty() {
+            return Err("no MQTT listener: give at least one `--mqtt ADDR` (or `mqtt = [\"ADDR\"]`)".into());
+        }
+        if self.max_connections < -1 {
+            return Err(format!("max_connections = {}: use -1 (no limit) or a positive number", self.max_connections));
+        }
+        if self.max_packet_size != 0 && self.max_packet_size < 16 {
+            return Err(format!(
+                "max_packet_size = {}: too small for any MQTT packet; use 0 (no limit) or more",
+                self.max_packet_size
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn broker(&self) -> skein_broker::BrokerConfig {
+        skein_broker::BrokerConfig {
+            allow_anonymous: self.allow_anonymous,
+            max_inflight_messages: self.max_inflight_messages,
+            max_queued_messages: self.max_queued_messages,
+            message_size_limit: self.message_size_limit,
+            max_packet_size: self.max_packet_size,
+            max_connections: usize::try_from(self.max_connections).unwrap_or(0),
+            max_keepalive: self.max_keepalive,
+            sys_interval: Duration::from_secs(self.sys_interval),
+            queue_qos0_messages: self.queue_qos0_messages,
+            retain_available: self.retain_available,
+            ..skein_broker::BrokerConfig::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_names_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("skein.toml");
+        std::fs::write(&path, "max_queued_messages = 10\nmax_queud_messages = 5\n").unwrap();
+        let args = ServeArgs { config: Some(path), ..Default::default() };
+        let err = args.resolve().unwrap_err();
+        assert!(err.contains("line 2"), "{err}");
+        assert!(err.contains("max_queud_messages"), "{err}");
+    }
+
+    #[test]
+    fn file_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("skein.toml");
+        std::fs::write(&path, "max_queued_messages = 10\nmax_inflight_messages = 3\nmqtt = [\"127.0.0.1:1999\"]\n")
+            .unwrap();
+        let args = ServeArgs { config: Some(path), max_inflight_messages: Some(7), ..Default::default() };
+        let c = args.resolve().unwrap();
+        assert_eq!(c.max_queued_messages, 10);
+        assert_eq!(c.max_inflight_messages, 7);
+        assert_eq!(c.mqtt, vec!["127.0.0.1:1999".parse().unwrap()]);
+        assert_eq!(c.data_dir, PathBuf::from("skein-data"));
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        let args = ServeArgs { max_connections: Some(-5), ..Default::default() };
+        assert!(args.resolve().unwrap_err().contains("max_connections"));
+    }
+}
