@@ -1,0 +1,100 @@
+//! Running the binary: configuration errors, probes, graceful shutdown.
+
+use std::io::{Read, Write};
+use std::process::Command;
+
+use skein_codec::*;
+
+use crate::support::*;
+
+fn serve(args: &[&str]) -> std::process::Output {
+    Command::new(skein_bin()).arg("serve").args(args).output().expect("runs")
+}
+
+#[test]
+fn a_bad_flag_stops_start_up_and_names_it() {
+    let out = serve(&["--max-queud-messages", "5"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--max-queud-messages"), "{err}");
+    assert!(err.contains("--max-queued-messages"), "clap suggests the right one: {err}");
+    let out = serve(&["--max-inflight-messages", "many"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("many"));
+}
+
+#[test]
+fn a_bad_config_key_names_the_line_and_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("skein.toml");
+    std::fs::write(&file, "# comment\nmax_queued_messages = 10\nallow_anonymus = true\n").unwrap();
+    let out = serve(&["--config", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 3") && err.contains("allow_anonymus"), "{err}");
+    assert!(err.contains("--help"), "says where the keys are listed: {err}");
+}
+
+#[test]
+fn config_file_environment_and_flags_are_one_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("skein.toml");
+    std::fs::write(&file, "max_keepalive = 10\nmax_connections = 5\n").unwrap();
+    // The file says 10, the environment 20: the environment wins; the file's other key stays.
+    let out = Command::new(skein_bin())
+        .args(["serve", "--config", file.to_str().unwrap(), "--mqtt", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env("SKEIN_MAX_KEEPALIVE", "20")
+        .env("SKEIN_MAX_CONNECTIONS", "-7")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "max_connections -7 from the environment is refused");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("max_connections"));
+    let broker = Skein::start(&["--config", file.to_str().unwrap(), "--max-keepalive", "25"]);
+    let mut c = connect_packet(ProtocolVersion::V5, "k", true);
+    c.keep_alive = 100;
+    let (_, ack) = Raw::connect(broker.mqtt, c);
+    assert_eq!(ack.properties.server_keep_alive, Some(25), "the flag beats the file");
+}
+
+#[test]
+fn the_data_dir_is_locked_by_one_broker() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = Skein::start_in(dir.path(), &[]);
+    let out = Command::new(skein_bin())
+        .args(["serve", "--mqtt", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("another skein"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn health_and_readiness_probes() {
+    let broker = Skein::start(&["--http", "127.0.0.1:0"]);
+    let http = broker.http.unwrap();
+    assert!(http_get(http, "/healthz").starts_with("HTTP/1.1 200"));
+    assert!(http_get(http, "/readyz").starts_with("HTTP/1.1 200"));
+    assert!(http_get(http, "/nope").starts_with("HTTP/1.1 404"));
+}
+
+#[test]
+fn sigterm_closes_clients_with_a_reason_and_exits_cleanly() {
+    let mut broker = Skein::start(&[]);
+    let (mut v5, _) = Raw::connect(broker.mqtt, connect_packet(ProtocolVersion::V5, "v5", true));
+    let (mut v3, _) = Raw::connect(broker.mqtt, connect_packet(ProtocolVersion::V311, "v3", true));
+    assert_eq!(broker.stop(), Some(0));
+    assert_eq!(v5.recv_until_closed(), vec![Packet::Disconnect(Disconnect::new(ReasonCode::ServerShuttingDown))]);
+    assert_eq!(v3.recv_until_closed(), vec![]);
+    assert!(broker.log().contains("stopped"));
+}

@@ -1,0 +1,126 @@
+//! State in sled survives restarts, and a `kill -9` loses nothing the broker had acknowledged.
+
+use skein_codec::*;
+
+use crate::support::*;
+
+fn publish(topic: &str, qos: QoS, id: u16, payload: &'static [u8], retain: bool) -> Packet {
+    Packet::Publish(Publish {
+        dup: false,
+        qos,
+        retain,
+        topic: topic.into(),
+        packet_id: id,
+        properties: Properties::default(),
+        payload: Bytes::from_static(payload),
+    })
+}
+
+fn subscribe(raw: &mut Raw, filter: &str, qos: QoS) {
+    raw.send(&Packet::Subscribe(Subscribe {
+        packet_id: 1,
+        properties: Properties::default(),
+        filters: vec![(filter.into(), SubscriptionOptions { qos, ..Default::default() })],
+    }));
+    assert!(matches!(raw.recv(), Some(Packet::SubAck(_))));
+}
+
+pub(crate) fn recv_publish(raw: &mut Raw) -> Publish {
+    match raw.recv() {
+        Some(Packet::Publish(p)) => p,
+        other => panic!("expected PUBLISH, got {other:?}"),
+    }
+}
+
+#[test]
+fn retained_messages_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Skein::start_in(dir.path(), &[]);
+    mosquitto_pub(&broker, &["-t", "keep/a", "-r", "-q", "1", "-m", "retained across restart"]);
+    assert_eq!(broker.stop(), Some(0), "clean exit on SIGTERM");
+    let broker = Skein::start_in(dir.path(), &[]);
+    let (sub, out) = mosquitto_sub(&broker, &["-t", "keep/#", "-C", "1", "-v"]);
+    out.wait_for(|l| l == "keep/a retained across restart");
+    sub.wait_output(WAIT);
+}
+
+#[test]
+fn kill_9_loses_no_acknowledged_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Skein::start_in(dir.path(), &[]);
+    // A persistent subscriber that leaves; then acknowledged QoS 1 and QoS 2 publishes and a retained one.
+    let (mut sub, _) = Raw::connect(broker.mqtt, connect_packet(ProtocolVersion::V311, "keeper", false));
+    subscribe(&mut sub, "k/#", QoS::ExactlyOnce);
+    sub.send(&Packet::Disconnect(Disconnect::default()));
+    assert_eq!(sub.recv(), None);
+    let (mut publ, _) = Raw::connect(broker.mqtt, connect_packet(ProtocolVersion::V311, "kp", true));
+    for i in 1..=20u16 {
+        publ.send(&publish("k/1", QoS::AtLeastOnce, i, b"one", false));
+        assert_eq!(publ.recv(), Some(Packet::PubAck(Ack::new(i))));
+    }
+    publ.send(&publish("k/2", QoS::ExactlyOnce, 100, b"two", false));
+    assert_eq!(publ.recv(), Some(Packet::PubRec(Ack::new(100))));
+    publ.send(&publish("k/r", QoS::AtLeastOnce, 101, b"kept", true));
+    assert_eq!(publ.recv(), Some(Packet::PubAck(Ack::new(101))));
+    broker.kill9();
+
+    let broker = Skein::start_in(dir.path(), &[]);
+    let (mut sub, ack) = Raw::connect(broker.mqtt, connect_packet(ProtocolVersion::V311, "keeper", false));
+    assert!(ack.session_present, "the session came back from disk");
+    let mut got = Vec::new();
+    let mut released = 0;
+    while got.len() < 22 || released < 1 {
+        match sub.recv() {
+            Some(Packet::Publish(p)) => {
+                match p.qos {
+                    QoS::AtLeastOnce => sub.send(&Packet::PubAck(Ack::new(p.packet_id))),
+                    QoS::ExactlyOnce => sub.send(&Packet::PubRec(Ack::new(p.packet_id))),
+                    QoS::AtMostOnce => panic!("QoS 0 was not published"),
+                }
+                got.push((p.topic.to_string(), p.payload.clone()));
+            }
+            Some(Packet::PubRel(a)) => {
+                sub.send(&Packet::PubComp(Ack::new(a.packet_id)));
+                released += 1;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(got.iter().filter(|(t, _)| t == "k/1").count(), 20, "all twenty QoS 1 messages, once each");
+    assert!(got.iter().any(|(t, p)| t == "k/2" && &p[..] == b"two"));
+    assert!(got.iter().any(|(t, p)| t == "k/r" && &p[..] == b"kept"));
+    // And the retained message is retained.
+    let (mut late, _) = Raw::connect(broker.mqtt, connect_packet(ProtocolVersion::V311, "late", true));
+    subscribe(&mut late, "k/r", QoS::AtMostOnce);
+    let p = recv_publish(&mut late);
+    assert!(p.retain && &p.payload[..] == b"kept");
+}
+
+#[test]
+fn persistent_session_and_its_queue_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Skein::start_in(dir.path(), &[]);
+    let (sub, _) = mosquitto_sub(&broker, &["-i", "traveller", "-c", "-q", "1", "-t", "trip/#", "-E"]);
+    sub.wait_output(WAIT);
+    for i in 0..3 {
+        mosquitto_pub(&broker, &["-t", "trip/x", "-q", "1", "-m", &format!("waiting {i}")]);
+    }
+    assert_eq!(broker.stop(), Some(0));
+    let broker = Skein::start_in(dir.path(), &[]);
+    let (sub, out) = mosquitto_sub(&broker, &["-i", "traveller", "-c", "-q", "1", "-t", "trip/#", "-C", "4"]);
+    out.wait_for(|l| l == "waiting 2");
+    // The subscription itself came back too: a new message reaches the resumed session.
+    mosquitto_pub(&broker, &["-t", "trip/y", "-q", "1", "-m", "after restart"]);
+    out.wait_for(|l| l == "after restart");
+    sub.wait_output(WAIT);
+    assert_eq!(out.messages(), vec!["waiting 0", "waiting 1", "waiting 2", "after restart"]);
+}
+
+#[test]
+fn persistence_off_keeps_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Skein::start_in(dir.path(), &["--persistence", "false"]);
+    mosquitto_pub(&broker, &["-t", "gone/a", "-r", "-m", "x"]);
+    broker.stop();
+    assert!(!dir.path().join("sled").exists(), "nothing written with persistence off");
+}

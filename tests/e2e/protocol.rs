@@ -1,0 +1,355 @@
+//! Byte-level checks of the protocol rules with a raw client on our codec: what exactly the server sends.
+
+use skein_codec::*;
+
+use crate::support::*;
+
+fn sub_packet(id: u16, filters: &[(&str, QoS)]) -> Packet {
+    Packet::Subscribe(Subscribe {
+        packet_id: id,
+        properties: Properties::default(),
+        filters: filters
+            .iter()
+            .map(|(f, q)| (ByteString::from(*f), SubscriptionOptions { qos: *q, ..Default::default() }))
+            .collect(),
+    })
+}
+
+fn publish(topic: &str, qos: QoS, id: u16, payload: &'static [u8]) -> Packet {
+    Packet::Publish(Publish {
+        dup: false,
+        qos,
+        retain: false,
+        topic: topic.into(),
+        packet_id: id,
+        properties: Properties::default(),
+        payload: Bytes::from_static(payload),
+    })
+}
+
+fn expect_publish(raw: &mut Raw) -> Publish {
+    match raw.recv() {
+        Some(Packet::Publish(p)) => p,
+        other => panic!("expected PUBLISH, got {other:?}"),
+    }
+}
+
+#[test]
+fn client_id_rules() {
+    let broker = Skein::start(&[]);
+    // [MQTT-3.1.3-8]: empty id with Clean Session 0 is refused with return code 2.
+    let (mut raw, ack) = Raw::connect(broker.mqtt, connect_packet(ProtocolVersion::V311, "", false));
+    assert_eq!(ack.reason_code, ReasonCode::ClientIdentifierNotValid);
+    assert_eq!(raw.recv(), None, "closed after the refusal");
+    // MQTT 3.1 requires an id.
+    let (_, ack) = Raw::connect(broker.mqtt, connect_packet(ProtocolVersion::V31, "", true));
+    assert_eq!(ack.reason_code, ReasonCode::ClientIdentifierNotValid);
+    // [MQTT-3.1.3-6]: empty id with a clean session gets one assigned.
+    let (_, ack) = Raw::connect(broker.mqtt, connect_packet(ProtocolVersion::V311, "", true));
+    assert_eq!(ack.reason_code, ReasonCode::Success);
+    // MQTT 5.0 tells the client the id it got [MQTT-3.2.2-16].
+    let (_, ack) = Raw::connect(broker.mqtt, connect_packet(ProtocolVersion::V5, "", true));
+    assert_eq!(ack.reason_code, ReasonCode::Success);
+    let assigned = ack.properties.assigned_client_identifier.expect("Assigned Client Identifier");
+    assert!(!assigned.is_empty());
+}
+
+#[test]
+fn unsupported_protocol_level_gets_return_code_1() {
+    let broker = Skein::start(&[]);
+    let mut raw = Raw::connect_tcp(broker.mqtt);
+    // CONNECT "MQTT" level 6.
+    raw.send_bytes(&[0x10, 12, 0, 4, b'M', b'Q', b'T', b'T', 6, 0x02, 0, 60, 0, 0]);
+    let got = raw.recv_until_closed();
+    assert_eq!(
+        got,
+        vec![Packet::ConnAck(ConnAck {
+            session_present: false,
+            reason_code: ReasonCode::UnsupportedProtocolVersion,
+            properties: Properties::default()
+        })],
+        "[MQTT-3.1.2-2]"
+    );
+}
+
+#[test]
+fn first_packet_must_be_connect() {
+    let broker = Skein::start(&[]);
+    let mut raw = Raw::connect_tcp(broker.mqtt);
+    raw.send(&Packet::PingReq);
+    assert_eq!(raw.recv_until_closed(), vec![], "[MQTT-3.1.0-1] closed without an answer");
+}
+
+#[test]
+fn second_connect_is_a_protocol_violation() {
+    let broker = Skein::start(&[]);
+    let (mut raw, _) = Raw::connect(broker.mqtt, connect_packet(ProtocolVersion::V5, "twice", true));
+    raw.send(&Packet::Connect(Box::new(connect_packet(ProtocolVersion::V5, "twice", true))));
+    assert_eq!(
+        raw.recv_until_closed(),
+        vec![Packet::Disconnect(Disconnect::new(ReasonCode::ProtocolError))],
+        "[MQTT-3.1.0-2]"
+    );
+}
+
+#[test]
+fn malformed_bytes_close_only_that_connection() {
+    let broker = Skein::start(&[]);
+    let (mut bystander, _) = Raw::connect(broker.mqtt, connect_packet(ProtocolVersion::V311, "bystander", true));
+    bystander.send(&sub_packet(1, &[("calm", QoS::AtLeastOnce)]));
+    assert!(matches!(bystander.recv(), Some(Packet::SubAck(_))));
+
+    let cases: Vec<(ProtocolVersion, Vec<u8>, Option<ReasonCode>)> = vec![
+        // Reserved flags on PINGREQ.
+        (ProtocolVersion::V311, vec![0xc1, 0], None),
+        (ProtocolVersion::V5, vec![0xc1, 0], Some(ReasonCode::MalformedPacket)),
+        // Remaining length of five bytes.
+        (ProtocolVersion::V5, vec![0x30, 0xff, 0xff, 0xff, 0xff, 0x01], Some(ReasonCode::MalformedPacket)),
+        // Wildcard in a topic name.
+        (ProtocolVersion::V5, vec![0x30, 4, 0, 1, b'#', 0], Some(ReasonCode::TopicNameInvalid)),
+        // Invalid UTF-8 in a topic name.
+        (ProtocolVersion::V311, vec![0x30, 4, 0, 2, 0xc3, 0x28], None),
+        // QoS 3.
+        (ProtocolVersion::V5, vec![0x36, 6, 0, 1, b't', 0, 1, 0], Some(ReasonCode::MalformedPacket)),
+        // SUBSCRIBE without filters.
+        (ProtocolVersion::V5, vec![0x82, 3, 0, 1, 0], Some(ReasonCode::ProtocolError)),
+    ];
+    for (i, (version, bytes, reason)) in cases.into_iter().enumerate() {
+        let (mut raw, _) = Raw::connect(broker.mqtt, connect_packet(version, &format!("bad-{i}"), true));
+        raw.send_bytes(&bytes);
+        let got = raw.recv_until_closed();
+        let want: Vec<Packet> = reason.map(|r| Packet::Disconnect(Disconnect::new(r))).into_iter().collect();
+        assert_eq!(got, want, "case {i}: {bytes:02x?}");
+    }
+    // The bystander's connection carried on.
+    let (mut publisher, _) = Raw::connect(broker.mqtt, connect_packet(ProtocolVersion::V311, "pub", true));
+    publisher.send(&publish("calm", QoS::AtLeastOnce, 1, b"still here"));
+    assert_eq!(publisher.recv(), Some(Packet::PubAck(Ack::new(1))));
+    assert_eq!(&expect_publish(&mut bystander).payload[..], b"still here");
+}
+
+#[test]
+fn a_huge_length_claim_is_refused_from_the_header() {
+    let broker = Skein::start(&["--max-packet-size", "65536"]);
+    let (mut raw, _) = Raw::connect(broker.mqtt, connect_packet(ProtocolVersion::V5, "huge", true));
+    // Claims 256 MiB and sends none of it: the header alone is enough to refuse.
+    raw.send_bytes(&[0x30, 0xff, 0xff, 0xff, 0x7f]);
+    assert_eq!(raw.recv_until_closed(), vec![Packet::Disconnect(Disconnect::new(ReasonCode::PacketTooLarge))]);
+}
+
+#[test]
+fn qos1_and_qos2_flows_from_the_server_side() {
+    let broker = Skein::start(&[]);
+    let (mut sub, _) = Raw::connect(broker.mqtt, connect_packet(ProtocolVersion::V311, "s", true));
+    sub.send(&sub_packet(1, &[("f/#", QoS::ExactlyOnce)]));
+    assert_eq!(
+        sub.recv(),
+        Some(Packet::SubAck(SubAck {
+            packet_id: 1,
+            properties: Properties::default(),
+            reason_codes: vec![ReasonCode::GrantedQoS2]
+        }))
+    );
+    let (mut publ, _) = Raw::connect(broker.mqtt, connect_packet(ProtocolVersion::V311, "p", true));
+    // QoS 2 in: PUBREC, then PUBREL/PUBCOMP; the message is delivered once even if the PUBLISH repeats.
+    publ.send(&publish("f/2", QoS::ExactlyOnce, 7, b"two"));
+    assert_eq!(publ.recv(), Some(Packet::PubRec(Ack::new(7))));
+    let mut again = publish("f/2", QoS::ExactlyOnce, 7, b"two");
+    if let Packet::Publish(p) = &mut again {
+        p.dup = true;
+    }
+    publ.send(&again);
+    assert_eq!(publ.recv(), Some(Packet::PubRec(Ack::new(7))));
+    publ.send(&Packet::PubRel(Ack::new(7)));
+    assert_eq!(publ.recv(), Some(Packet::PubComp(Ack::new(7))));
+    // QoS 2 out.
+    let p = expect_publish(&mut sub);
+    assert_eq!((p.qos, &p.payload[..]), (QoS::ExactlyOnce, &b"two"[..]));
+    sub.send(&Packet::PubRec(Ack::new(p.packet_id)));
+    assert_eq!(sub.recv(), Some(Packet::PubRel(Ack::new(p.packet_id))));
+    sub.send(&Packet::PubComp(Ack::new(p.packet_id)));
+    // A marker proves the repeated PUBLISH was not delivered a second time.
+    publ.send(&publish("f/marker", QoS::AtMostOnce, 0, b"m"));
+    assert_eq!(&expect_publish(&mut sub).topic[..], "f/marker");
+    // QoS 1 in and out.
+    publ.send(&publish("f/1", QoS::AtLeastOnce, 8, b"one"));
+    assert_eq!(publ.recv(), Some(Packet::PubAck(Ack::new(8))));
+    let p = expect_publish(&mut sub);
+    assert_eq!(p.qos, QoS::AtLeastOnce);
+    sub.send(&Packet::PubAck(Ack::new(p.packet_id)));
+}
+
+#[test]
+fn overlapping_subscriptions_deliver_once_at_the_highest_qos() {
+    let broker = Skein::start(&[]);
+    let (mut sub, _) = Raw::connect(broker.mqtt, connect_packet(ProtocolVersion::V311, "o", true));
+    sub.send(&sub_packet(1, &[("o/#", QoS::AtMostOnce), ("o/+", QoS::AtLeastOnce), ("o/x", QoS::AtMostOnce)]));
+    assert!(matches!(sub.recv(), Some(Packet::SubAck(_))));
+    let (mut publ, _) = Raw::connect(broker.mqtt, connect_packet(ProtocolVersion::V311, "op", true));
+    publ.send(&publish("o/x", QoS::ExactlyOnce, 1, b"once"));
+    let p = expect_publish(&mut sub);
+    assert_eq!(p.qos, QoS::AtLeastOnce, "[MQTT-3.3.5-1] the highest granted QoS");
+    sub.send(&Packet::PubAck(Ack::new(p.packet_id)));
+    publ.send(&publish("o/marker", QoS::AtMostOnce, 0, b"m"));
+    assert_eq!(&expect_publish(&mut sub).topic[..], "o/marker", "delivered once, not three times");
+}
+
+#[test]
+fn suback_failure_code_for_a_rejected_filter() {
+    let broker = Skein::start(&[]);
+    let (mut raw, _) = Raw::connect(broker.mqtt, connect_packet(ProtocolVersion::V311, "f", true));
+    raw.send(&sub_packet(3, &[("ok/+", QoS::AtLeastOnce), ("bad/#/x", QoS::AtMostOnce), ("a+", QoS::AtMostOnce)]));
+    let Some(Packet::SubAck(ack)) = raw.recv() else { panic!("SUBACK") };
+    assert_eq!(ack.reason_codes[0], ReasonCode::GrantedQoS1);
+    // 3.1.1 has one failure code, 0x80, which reads back as UnspecifiedError.
+    assert_eq!(ack.reason_codes[1..], [ReasonCode::UnspecifiedError, ReasonCode::UnspecifiedError]);
+    // MQTT 5.0 says why.
+    let (mut v5, _) = Raw::connect(broker.mqtt, connect_packet(ProtocolVersion::V5, "f5", true));
+    v5.send(&sub_packet(3, &[("bad/#/x", QoS::AtMostOnce)]));
+    let Some(Packet::SubAck(ack)) = v5.recv() else { panic!("SUBACK") };
+    assert_eq!(ack.reason_codes, vec![ReasonCode::TopicFilterInvalid]);
+    // UNSUBSCRIBE of what was and was not subscribed.
+    raw.send(&Packet::Unsubscribe(Unsubscribe {
+        packet_id: 4,
+        properties: Properties::default(),
+        filters: vec!["ok/+".into()],
+    }));
+    assert!(matches!(raw.recv(), Some(Packet::UnsubAck(a)) if a.packet_id == 4));
+    v5.send(&Packet::Unsubscribe(Unsubscribe {
+        packet_id: 5,
+        properties: Properties::default(),
+        filters: vec!["never".into()],
+    }));
+    let Some(Packet::UnsubAck(a)) = v5.recv() else { panic!("UNSUBACK") };
+    assert_eq!(a.reason_codes, vec![ReasonCode::NoSubscriptionExisted]);
+}
+
+#[test]
+fn duplicate_client_id_closes_the_older_connection() {
+    let broker = Skein::start(&[]);
+    let (mut first, _) = Raw::connect(broker.mqtt, connect_packet(ProtocolVersion::V5, "same", true));
+    let (mut second, ack) = Raw::connect(broker.mqtt, connect_packet(ProtocolVersion::V5, "same", true));
+    assert_eq!(ack.reason_code, ReasonCode::Success);
+    assert_eq!(
+        first.recv_until_closed(),
+        vec![Packet::Disconnect(Disconnect::new(ReasonCode::SessionTakenOver))],
+        "[MQTT-3.1.4-2] with 5.0's reason 0x8E"
+    );
+    second.send(&Packet::PingReq);
+    assert_eq!(second.recv(), Some(Packet::PingResp), "the new connection lives on");
+    // 3.1.1: the old connection is just closed.
+    let (mut old, _) = Raw::connect(broker.mqtt, connect_packet(ProtocolVersion::V311, "same3", true));
+    let _new = Raw::connect(broker.mqtt, connect_packet(ProtocolVersion::V311, "same3", true));
+    assert_eq!(old.recv_until_closed(), vec![]);
+}
+
+#[test]
+fn session_present_and_resend_with_dup_on_reconnect() {
+    let broker = Skein::start(&[]);
+    let (mut sub, ack) = Raw::connect(broker.mqtt, connect_packet(ProtocolVersion::V311, "resend", false));
+    assert!(!ack.session_present);
+    sub.send(&sub_packet(1, &[("r/t", QoS::AtLeastOnce)]));
+    assert!(matches!(sub.recv(), Some(Packet::SubAck(_))));
+    let (mut publ, _) = Raw::connect(broker.mqtt, connect_packet(ProtocolVersion::V311, "rp", true));
+    publ.send(&publish("r/t", QoS::AtLeastOnce, 1, b"unacked"));
+    assert_eq!(publ.recv(), Some(Packet::PubAck(Ack::new(1))));
+    let first = expect_publish(&mut sub);
+    assert!(!first.dup);
+    drop(sub); // no PUBACK, no DISCONNECT
+    let (mut sub, ack) = Raw::connect(broker.mqtt, connect_packet(ProtocolVersion::V311, "resend", false));
+    assert!(ack.session_present, "[MQTT-3.2.2-2]");
+    let again = expect_publish(&mut sub);
+    assert!(again.dup, "[MQTT-4.4.0-1] resent with DUP");
+    assert_eq!((again.packet_id, &again.payload[..]), (first.packet_id, &b"unacked"[..]));
+    sub.send(&Packet::PubAck(Ack::new(again.packet_id)));
+    // A clean session discards it all [MQTT-3.1.2-6].
+    drop(sub);
+    let (_, ack) = Raw::connect(broker.mqtt, connect_packet(ProtocolVersion::V311, "resend", true));
+    assert!(!ack.session_present);
+}
+
+#[test]
+fn keep_alive_timeout_closes_and_fires_the_will() {
+    let broker = Skein::start(&[]);
+    let (mut watcher, _) = Raw::connect(broker.mqtt, connect_packet(ProtocolVersion::V311, "watcher", true));
+    watcher.send(&sub_packet(1, &[("lost/#", QoS::AtMostOnce)]));
+    assert!(matches!(watcher.recv(), Some(Packet::SubAck(_))));
+    let mut c = connect_packet(ProtocolVersion::V5, "silent", true);
+    c.keep_alive = 1;
+    c.will = Some(Will {
+        topic: "lost/silent".into(),
+        payload: Bytes::from_static(b"timed out"),
+        qos: QoS::AtMostOnce,
+        retain: false,
+        properties: Properties::default(),
+    });
+    let (mut silent, _) = Raw::connect(broker.mqtt, c);
+    // Say nothing: after 1.5 s the server closes with 0x8D [MQTT-3.1.2-24] and publishes the will.
+    assert_eq!(silent.recv_until_closed(), vec![Packet::Disconnect(Disconnect::new(ReasonCode::KeepAliveTimeout))]);
+    let will = expect_publish(&mut watcher);
+    assert_eq!((&will.topic[..], &will.payload[..]), ("lost/silent", &b"timed out"[..]));
+}
+
+#[test]
+fn max_keepalive_refuses_3x_and_tells_5() {
+    let broker = Skein::start(&["--max-keepalive", "30"]);
+    let mut c = connect_packet(ProtocolVersion::V311, "ka", true);
+    c.keep_alive = 60;
+    let (_, ack) = Raw::connect(broker.mqtt, c);
+    assert_eq!(ack.reason_code, ReasonCode::ClientIdentifierNotValid, "Mosquitto's answer: return code 2");
+    let mut c = connect_packet(ProtocolVersion::V5, "ka5", true);
+    c.keep_alive = 60;
+    let (_, ack) = Raw::connect(broker.mqtt, c);
+    assert_eq!(ack.reason_code, ReasonCode::Success);
+    assert_eq!(ack.properties.server_keep_alive, Some(30));
+}
+
+#[test]
+fn message_size_limit_drops_but_completes_the_flow() {
+    let broker = Skein::start(&["--message-size-limit", "4"]);
+    let (mut sub, _) = Raw::connect(broker.mqtt, connect_packet(ProtocolVersion::V5, "ms", true));
+    sub.send(&sub_packet(1, &[("m/#", QoS::AtLeastOnce)]));
+    assert!(matches!(sub.recv(), Some(Packet::SubAck(_))));
+    let (mut publ, _) = Raw::connect(broker.mqtt, connect_packet(ProtocolVersion::V5, "mp", true));
+    publ.send(&publish("m/big", QoS::AtLeastOnce, 1, b"too long"));
+    let Some(Packet::PubAck(ack)) = publ.recv() else { panic!("PUBACK") };
+    assert_eq!(ack.reason_code, ReasonCode::ImplementationSpecificError);
+    publ.send(&publish("m/ok", QoS::AtMostOnce, 0, b"fit"));
+    assert_eq!(&expect_publish(&mut sub).topic[..], "m/ok", "the large one was not delivered");
+}
+
+#[test]
+fn max_connections_refuses_the_next_client() {
+    let broker = Skein::start(&["--max-connections", "1"]);
+    let (_one, ack) = Raw::connect(broker.mqtt, connect_packet(ProtocolVersion::V311, "one", true));
+    assert_eq!(ack.reason_code, ReasonCode::Success);
+    let (_, ack) = Raw::connect(broker.mqtt, connect_packet(ProtocolVersion::V5, "two", true));
+    assert_eq!(ack.reason_code, ReasonCode::ServerBusy);
+}
+
+#[test]
+fn max_queued_messages_bounds_a_stuck_subscriber() {
+    let broker = Skein::start(&["--max-queued-messages", "5", "--max-inflight-messages", "2"]);
+    let (mut stuck, _) = Raw::connect(broker.mqtt, connect_packet(ProtocolVersion::V311, "stuck", false));
+    stuck.send(&sub_packet(1, &[("s/t", QoS::AtLeastOnce)]));
+    assert!(matches!(stuck.recv(), Some(Packet::SubAck(_))));
+    let (mut publ, _) = Raw::connect(broker.mqtt, connect_packet(ProtocolVersion::V311, "sp", true));
+    for i in 1..=50u16 {
+        publ.send(&publish("s/t", QoS::AtLeastOnce, i, b"m"));
+        assert_eq!(publ.recv(), Some(Packet::PubAck(Ack::new(i))), "the publisher is never held up");
+    }
+    // Two in flight (never acknowledged) plus five queued; the other 43 were dropped and counted.
+    let a = expect_publish(&mut stuck);
+    let b = expect_publish(&mut stuck);
+    assert_eq!((a.packet_id, b.packet_id), (1, 2));
+    stuck.send(&Packet::PubAck(Ack::new(1)));
+    stuck.send(&Packet::PubAck(Ack::new(2)));
+    let mut rest = 0;
+    while rest < 5 {
+        let p = expect_publish(&mut stuck);
+        stuck.send(&Packet::PubAck(Ack::new(p.packet_id)));
+        rest += 1;
+    }
+    publ.send(&publish("s/t", QoS::AtMostOnce, 0, b"marker"));
+    assert_eq!(&expect_publish(&mut stuck).payload[..], b"marker", "exactly 2 + 5 were kept");
+}

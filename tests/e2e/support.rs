@@ -1,0 +1,345 @@
+//! The test harness: start the real `skein` binary on ephemeral loopback ports, read its log, stop it by PID; and
+//! a raw MQTT client built on our codec for byte-level checks. Every wait is bounded and waits for an event.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use skein_codec::{BytesMut, Connect, MAX_PACKET_SIZE, Packet, Properties, ProtocolVersion, decode};
+
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// The path of the built binary.
+pub fn skein_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_skein")
+}
+
+#[derive(Default)]
+struct Log {
+    text: Mutex<String>,
+    changed: Condvar,
+}
+
+/// A running `skein serve` process.
+pub struct Skein {
+    child: Option<Child>,
+    pub mqtt: SocketAddr,
+    pub http: Option<SocketAddr>,
+    pub data_dir: PathBuf,
+    log: Arc<Log>,
+    /// Keeps the temporary data directory alive when the harness made it.
+    _tmp: Option<Arc<tempfile::TempDir>>,
+}
+
+impl Skein {
+    /// Starts a broker with its own temporary data directory.
+    pub fn start(args: &[&str]) -> Skein {
+        let tmp = Arc::new(tempfile::tempdir().expect("temp dir"));
+        let mut s = Skein::start_in(tmp.path(), args);
+        s._tmp = Some(tmp);
+        s
+    }
+
+    /// Starts a broker on `data_dir` (kept by the caller, so a restart finds the same state).
+    pub fn start_in(data_dir: &Path, args: &[&str]) -> Skein {
+        let mut cmd = Command::new(skein_bin());
+        cmd.arg("serve").arg("--mqtt").arg("127.0.0.1:0").arg("--data-dir").arg(data_dir);
+        cmd.args(args).env_remove("RUST_LOG").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("skein starts");
+        let log = Arc::new(Log::default());
+        let stderr = child.stderr.take().expect("stderr");
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let mut text = sink.text.lock().unwrap();
+                text.push_str(&line);
+                text.push('\n');
+                sink.changed.notify_all();
+            }
+        });
+        let mut s = Skein {
+            child: Some(child),
+            mqtt: "0.0.0.0:0".parse().unwrap(),
+            http: None,
+            data_dir: data_dir.into(),
+            log,
+            _tmp: None,
+        };
+        let line = s.wait_log("listening for MQTT");
+        s.mqtt = addr_in(&line).expect("listen address in the log");
+        if args.contains(&"--http") {
+            s.http = Some(addr_in(&s.wait_log("listening for HTTP")).expect("http address"));
+        }
+        s
+    }
+
+    /// Waits for a log line containing `needle` and returns it; panics with the whole log after `WAIT`.
+    pub fn wait_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        let mut text = self.log.text.lock().unwrap();
+        loop {
+            if let Some(line) = text.lines().find(|l| l.contains(needle)) {
+                return line.to_string();
+            }
+            let now = Instant::now();
+            assert!(now < deadline, "no log line with {needle:?} within {WAIT:?}; log:\n{text}");
+            text = self.log.changed.wait_timeout(text, deadline - now).unwrap().0;
+        }
+    }
+
+    pub fn log(&self) -> String {
+        self.log.text.lock().unwrap().clone()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    pub fn port(&self) -> u16 {
+        self.mqtt.port()
+    }
+
+    /// SIGTERM, then waits for the process to exit; returns its exit code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("skein did not stop within {WAIT:?} of SIGTERM; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL: no chance to flush or say goodbye.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Skein {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn addr_in(line: &str) -> Option<SocketAddr> {
+    line.split(|c: char| c.is_whitespace() || c == '"')
+        .filter_map(|w| w.strip_prefix("local=").or(Some(w)))
+        .find_map(|w| w.parse().ok())
+}
+
+/// A child process (a client) that is killed when dropped.
+pub struct Proc(pub Option<Child>);
+
+impl Proc {
+    pub fn spawn(cmd: &mut Command) -> Proc {
+        Proc(Some(cmd.spawn().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.0.as_ref().expect("running").id()
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Waits for the process to exit within `limit` and returns its output.
+    pub fn wait_output(mut self, limit: Duration) -> std::process::Output {
+        let mut child = self.0.take().expect("running");
+        let deadline = Instant::now() + limit;
+        while child.try_wait().ok().flatten().is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let out = child.wait_with_output().expect("output");
+                panic!(
+                    "process did not finish within {limit:?}; stdout: {} stderr: {}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.wait_with_output().expect("output")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A blocking MQTT client on our own codec: sends exactly the packets a test writes, reads exactly what comes.
+pub struct Raw {
+    pub stream: TcpStream,
+    pub version: ProtocolVersion,
+    buf: BytesMut,
+}
+
+impl Raw {
+    pub fn connect_tcp(addr: SocketAddr) -> Raw {
+        let stream = TcpStream::connect(addr).expect("connects");
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Raw { stream, version: ProtocolVersion::V311, buf: BytesMut::new() }
+    }
+
+    /// Connects and completes CONNECT/CONNACK; returns the CONNACK.
+    pub fn connect(addr: SocketAddr, connect: Connect) -> (Raw, skein_codec::ConnAck) {
+        let mut raw = Raw::connect_tcp(addr);
+        raw.version = connect.protocol;
+        raw.send(&Packet::Connect(Box::new(connect)));
+        match raw.recv() {
+            Some(Packet::ConnAck(ack)) => (raw, ack),
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+    }
+
+    pub fn send(&mut self, packet: &Packet) {
+        let mut out = BytesMut::new();
+        packet.encode(self.version, &mut out).expect("encodes");
+        self.stream.write_all(&out).expect("writes");
+    }
+
+    pub fn send_bytes(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("writes");
+    }
+
+    /// The next packet, or `None` when the server closed the connection. Panics after `WAIT` without either.
+    pub fn recv(&mut self) -> Option<Packet> {
+        loop {
+            match decode(&mut self.buf, self.version, MAX_PACKET_SIZE) {
+                Ok(Some(p)) => return Some(p),
+                Ok(None) => {}
+                Err(e) => panic!("server sent a malformed packet: {e}"),
+            }
+            let mut chunk = [0u8; 4096];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
+                Err(e) => panic!("no packet and no close within {WAIT:?}: {e}"),
+            }
+        }
+    }
+
+    /// Reads until the server closes, returning what it sent before.
+    pub fn recv_until_closed(&mut self) -> Vec<Packet> {
+        let mut out = Vec::new();
+        while let Some(p) = self.recv() {
+            out.push(p);
+        }
+        out
+    }
+}
+
+/// A CONNECT with the usual defaults.
+pub fn connect_packet(version: ProtocolVersion, client_id: &str, clean: bool) -> Connect {
+    Connect {
+        protocol: version,
+        clean_start: clean,
+        keep_alive: 60,
+        properties: Properties::default(),
+        client_id: client_id.into(),
+        will: None,
+        username: None,
+        password: None,
+    }
+}
+
+/// Runs `mosquitto_pub` against `broker` with extra arguments and waits for it.
+pub fn mosquitto_pub(broker: &Skein, args: &[&str]) {
+    let out = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &broker.port().to_string()])
+        .args(args)
+        .output()
+        .expect("mosquitto_pub runs (is mosquitto-clients installed?)");
+    assert!(out.status.success(), "mosquitto_pub {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Starts `mosquitto_sub` with `-d` and waits until it has its SUBACK, so what is published next reaches it.
+pub fn mosquitto_sub(broker: &Skein, args: &[&str]) -> (Proc, Arc<Log2>) {
+    let (p, log) = mosquitto_sub_started(broker, args);
+    log.wait_for(|l| l.contains("received SUBACK"));
+    (p, log)
+}
+
+/// Starts `mosquitto_sub` with `-d` without waiting for anything (a resumed session may get its queued messages,
+/// and exit, before its SUBACK).
+pub fn mosquitto_sub_started(broker: &Skein, args: &[&str]) -> (Proc, Arc<Log2>) {
+    // Piped stdout is block-buffered by stdio; line buffering lets us see each line as it is printed.
+    let mut cmd = Command::new("stdbuf");
+    cmd.args(["-oL", "mosquitto_sub", "-h", "127.0.0.1", "-p", &broker.port().to_string(), "-d"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut p = Proc::spawn(&mut cmd);
+    let stdout = p.0.as_mut().unwrap().stdout.take().unwrap();
+    let log = Arc::new(Log2::default());
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            sink.push(line);
+        }
+    });
+    (p, log)
+}
+
+/// Lines of a client's output, waited on.
+#[derive(Default)]
+pub struct Log2 {
+    lines: Mutex<Vec<String>>,
+    changed: Condvar,
+}
+
+impl Log2 {
+    pub fn push(&self, line: String) {
+        self.lines.lock().unwrap().push(line);
+        self.changed.notify_all();
+    }
+
+    pub fn wait_for(&self, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + WAIT;
+        let mut lines = self.lines.lock().unwrap();
+        loop {
+            if let Some(l) = lines.iter().find(|l| pred(l)) {
+                return l.clone();
+            }
+            let now = Instant::now();
+            assert!(now < deadline, "expected output line not seen; got {:?}", *lines);
+            lines = self.changed.wait_timeout(lines, deadline - now).unwrap().0;
+        }
+    }
+
+    /// Output lines that are not mosquitto_sub's own `-d` debug lines.
+    pub fn messages(&self) -> Vec<String> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| !l.starts_with("Client ") && !l.starts_with("Subscribed"))
+            .cloned()
+            .collect()
+    }
+}
