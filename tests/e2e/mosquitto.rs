@@ -63,6 +63,22 @@ fn will_of_a_killed_client_is_published() {
 }
 
 #[test]
+fn a_retained_will_is_kept_for_later_subscribers() {
+    let broker = Skein::start(&[]);
+    let (_watcher, live) = mosquitto_sub(&broker, &["-t", "status/#", "-v"]);
+    let (mut victim, _) = mosquitto_sub(
+        &broker,
+        &["-i", "rv", "-t", "x", "--will-topic", "status/rv", "--will-payload", "offline", "--will-retain"],
+    );
+    victim.kill9();
+    live.wait_for(|l| l == "status/rv offline");
+    let (sub, out) = mosquitto_sub(&broker, &["-t", "status/#", "-v", "-C", "1"]);
+    out.wait_for(|l| l == "status/rv offline");
+    sub.wait_output(WAIT);
+    assert!(out.wait_for(|l| l.contains("received PUBLISH")).contains("r1"), "delivered as retained");
+}
+
+#[test]
 fn will_is_not_sent_after_a_clean_disconnect() {
     let broker = Skein::start(&[]);
     let (_watcher, out) = mosquitto_sub(&broker, &["-t", "wills/#", "-t", "done", "-v"]);

@@ -353,3 +353,40 @@ fn max_queued_messages_bounds_a_stuck_subscriber() {
     publ.send(&publish("s/t", QoS::AtMostOnce, 0, b"marker"));
     assert_eq!(&expect_publish(&mut stuck).payload[..], b"marker", "exactly 2 + 5 were kept");
 }
+
+#[test]
+fn shared_subscription_spreads_messages_over_its_members() {
+    let broker = Skein::start(&[]);
+    let mut members = Vec::new();
+    for name in ["m1", "m2"] {
+        let (mut m, _) = Raw::connect(broker.mqtt, connect_packet(ProtocolVersion::V311, name, true));
+        m.send(&sub_packet(1, &[("$share/g/sh/#", QoS::AtMostOnce)]));
+        assert!(matches!(m.recv(), Some(Packet::SubAck(a)) if a.reason_codes == [ReasonCode::Success]));
+        members.push(m);
+    }
+    let (mut plain, _) = Raw::connect(broker.mqtt, connect_packet(ProtocolVersion::V311, "plain", true));
+    plain.send(&sub_packet(1, &[("sh/#", QoS::AtMostOnce)]));
+    assert!(matches!(plain.recv(), Some(Packet::SubAck(_))));
+    let (mut publ, _) = Raw::connect(broker.mqtt, connect_packet(ProtocolVersion::V311, "shp", true));
+    for i in 0..10u8 {
+        let payload: &'static [u8] = [b"0", b"1", b"2", b"3", b"4", b"5", b"6", b"7", b"8", b"9"][i as usize];
+        publ.send(&publish("sh/t", QoS::AtMostOnce, 0, payload));
+    }
+    // The ordinary subscriber gets all ten; the group gets each once, round-robin: five each.
+    for i in 0..10u8 {
+        assert_eq!(expect_publish(&mut plain).payload[..], [b'0' + i]);
+    }
+    let mut seen = Vec::new();
+    for m in &mut members {
+        for _ in 0..5 {
+            seen.push(expect_publish(m).payload[0]);
+        }
+    }
+    seen.sort();
+    assert_eq!(seen, (b'0'..=b'9').collect::<Vec<_>>());
+    // Nothing more for either member: a marker sent to each proves it.
+    for m in &mut members {
+        m.send(&Packet::PingReq);
+        assert_eq!(m.recv(), Some(Packet::PingResp));
+    }
+}

@@ -328,7 +328,8 @@ impl Broker {
         let mut routed = Routed::default();
         if message.retain && self.config.retain_available {
             write(&self.retained).set(message.clone());
-            if let Some(store) = &self.store {
+            // `$SYS` values are the node's own and current; a restart republishes them rather than restoring.
+            if let Some(store) = self.store.as_ref().filter(|_| !message.topic.starts_with('$')) {
                 match store.put_retained(&message) {
                     Ok(()) => routed.durable |= message.qos != QoS::AtMostOnce,
                     Err(e) => tracing::error!(topic = %message.topic, error = %e, "retained message not stored"),
