@@ -1,0 +1,109 @@
+"""Turns the JSON reports of benches/compare into BENCHMARKS.md: both brokers side by side and the ratios."""
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+results, out, duration = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+
+
+def load(name, broker):
+    p = results / f"{name}.{broker}.json"
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def ratio(a, b):
+    if a is None or b is None or a == 0 or b == 0:
+        return "-"
+    return f"{a / b:.2f}×"
+
+
+def cpu_model():
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def version(cmd):
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout.strip().splitlines()[0]
+    except Exception:  # noqa: BLE001 - a missing version is not worth failing the report
+        return "unknown"
+
+
+names = sorted({p.name.split(".")[0] for p in results.glob("*.json")}, key=lambda n: (n.split("-")[0], n))
+order = ["p2p", "fanout", "fanin", "shared", "latency", "conn"]
+names.sort(key=lambda n: (order.index(n.split("-")[0]) if n.split("-")[0] in order else 99, n))
+
+lines = [
+    "# Benchmarks: Skein and Mosquitto side by side",
+    "",
+    "Made by `benches/compare` in one run on one machine: each scenario runs against a fresh Skein and then a fresh",
+    "Mosquitto, same limits (`max_inflight_messages 20`, `max_queued_messages 1000`), persistence off for both,",
+    "TCP_NODELAY on for both, load from `skein-bench` on the same machine. Ratios are Skein/Mosquitto; for latency",
+    "and memory lower is better, so the ratio shown there is Skein/Mosquitto too (below 1 means Skein is better).",
+    "",
+    f"- machine: {cpu_model()}, {os.cpu_count()} cores, Linux {platform.release()}",
+    f"- skein: {version(['target/release/skein', '--version'])}; mosquitto: {version(['mosquitto', '-h'])}",
+    f"- load: {duration} s per run after connecting, closed loop (each publisher at most 64 messages ahead of its",
+    "  deliveries; QoS 1/2 also at most 64 unacknowledged), 64-byte payloads; `latency-*` at a fixed 200 msg/s per",
+    "  publisher = 20,000 msg/s in all",
+    "",
+    "| scenario | Skein delivered/s | Mosquitto delivered/s | ratio | Skein msgs/broker-CPU-s | Mosquitto msgs/broker-CPU-s | ratio | Skein p99 µs | Mosquitto p99 µs | p99 ratio | lost (S/M) |",
+    "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+]
+conn_rows = []
+for n in names:
+    s, m = load(n, "skein"), load(n, "mosquitto")
+    if s is None or m is None:
+        continue
+    if s["scenario"] == "conn":
+        conn_rows.append((n, s, m))
+        continue
+    lines.append(
+        f"| {n} | {s['delivered_per_s']:,.0f} | {m['delivered_per_s']:,.0f} | {ratio(s['delivered_per_s'], m['delivered_per_s'])} "
+        f"| {(s['delivered_per_broker_cpu_s'] or 0):,.0f} | {(m['delivered_per_broker_cpu_s'] or 0):,.0f} "
+        f"| {ratio(s['delivered_per_broker_cpu_s'], m['delivered_per_broker_cpu_s'])} "
+        f"| {s['latency_us']['p99']:,} | {m['latency_us']['p99']:,} | {ratio(s['latency_us']['p99'], m['latency_us']['p99'])} "
+        f"| {s['lost']}/{m['lost']} |"
+    )
+if conn_rows:
+    lines += [
+        "",
+        "| scenario | Skein connections | Mosquitto connections | Skein connects/s | Mosquitto connects/s | ratio | Skein RSS/conn | Mosquitto RSS/conn | RSS ratio |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for n, s, m in conn_rows:
+        lines.append(
+            f"| {n} | {s['connections']:,} | {m['connections']:,} | {s['connects_per_s']:,.0f} | {m['connects_per_s']:,.0f} "
+            f"| {ratio(s['connects_per_s'], m['connects_per_s'])} | {s['rss_per_connection_bytes'] or 0:,.0f} B "
+            f"| {m['rss_per_connection_bytes'] or 0:,.0f} B | {ratio(s['rss_per_connection_bytes'], m['rss_per_connection_bytes'])} |"
+        )
+lines += [
+    "",
+    "Peak broker RSS per run (MiB), Skein / Mosquitto:",
+    "",
+]
+for n in names:
+    s, m = load(n, "skein"), load(n, "mosquitto")
+    if s and m and s.get("broker_peak_rss_bytes") and m.get("broker_peak_rss_bytes"):
+        lines.append(f"- {n}: {s['broker_peak_rss_bytes'] / 1048576:.1f} / {m['broker_peak_rss_bytes'] / 1048576:.1f}")
+lines += [
+    "",
+    "## Reproduce",
+    "",
+    "```sh",
+    "benches/compare          # builds in release mode, installs mosquitto if needed, writes BENCHMARKS.md",
+    "```",
+    "",
+    "Each run is one `skein-bench` command, for example",
+    "`target/release/skein-bench --port PORT --broker-pid PID p2p --clients 100 --qos 1 --duration 8`;",
+    "`skein-bench --help` lists every option. Raw JSON of every run is printed by the script as it goes.",
+]
+out.write_text("\n".join(lines) + "\n")
