@@ -26,7 +26,22 @@ use crate::stats::Stats;
 
 /// Acknowledgements queued beyond this stop the reader until the writer catches up.
 const CONTROL_LIMIT: usize = 256 * 1024;
+/// Room made for each read of a busy connection.
 const READ_CHUNK: usize = 16 * 1024;
+/// An idle connection keeps buffers up to this size; larger ones are given back until it is busy again.
+const IDLE_KEEP: usize = 1024;
+
+/// A connection's byte source. `ready` waits until a read would not block, without holding a buffer, so that an
+/// idle connection costs none; a source that cannot tell returns at once and is read with a buffer as usual.
+pub trait Source: AsyncRead + Unpin + Send + 'static {
+    fn ready(&mut self) -> impl std::future::Future<Output = std::io::Result<()>> + Send;
+}
+
+impl Source for tokio::net::tcp::OwnedReadHalf {
+    fn ready(&mut self) -> impl std::future::Future<Output = std::io::Result<()>> + Send {
+        self.readable()
+    }
+}
 /// How long a closing connection's writer gets to send what is left.
 const WRITER_GRACE: Duration = Duration::from_secs(3);
 
@@ -82,7 +97,7 @@ struct Shared {
 /// Serves one client connection to the end.
 pub async fn serve<R, W>(broker: Arc<Broker>, mut reader: R, mut writer: W, peer: SocketAddr)
 where
-    R: AsyncRead + Unpin + Send + 'static,
+    R: Source,
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let _guard = broker.connection_opened();
@@ -90,7 +105,7 @@ where
         0 => MAX_PACKET_SIZE,
         n => n,
     };
-    let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
+    let mut rbuf = BytesMut::new();
     let first =
         tokio::time::timeout(broker.config.connect_timeout, read_first(&broker, &mut reader, &mut rbuf, max_packet))
             .await;
@@ -197,9 +212,10 @@ where
         connection_id,
         version,
         persistent: accepted.persistent,
-        will: connect.will.clone(),
+        will: connect.will.as_ref().map(owned_will),
         client_id: accepted.client_id.clone(),
     };
+    drop(connect);
     let close = conn.run(&mut reader, &mut rbuf, max_packet, keep_alive, &mut kicked, &shared).await;
 
     // Teardown: tell the writer what is left to say, give it a moment, then let go of the session.
@@ -228,6 +244,17 @@ where
     let _ = done.send(true);
 }
 
+/// The will, copied out of the read buffer it arrived in (which would otherwise stay allocated while it waits).
+fn owned_will(w: &skein_codec::Will) -> skein_codec::Will {
+    skein_codec::Will {
+        topic: ByteString::from(&*w.topic),
+        payload: Bytes::copy_from_slice(&w.payload),
+        qos: w.qos,
+        retain: w.retain,
+        properties: w.properties.clone(),
+    }
+}
+
 /// Reads until the first packet, which must be CONNECT [MQTT-3.1.0-1]. On refusal returns the bytes to send
 /// before closing, if the specification gives any.
 async fn read_first<R: AsyncRead + Unpin>(
@@ -246,7 +273,7 @@ async fn read_first<R: AsyncRead + Unpin>(
             Ok(None) => {}
             Err(e) => return Err(connect_refusal(rbuf, &e)),
         }
-        rbuf.reserve(READ_CHUNK);
+        rbuf.reserve(IDLE_KEEP);
         match reader.read_buf(rbuf).await {
             Ok(0) | Err(_) => return Err(None),
             Ok(n) => Stats::add(&broker.stats.bytes_received, n as u64),
@@ -313,7 +340,8 @@ fn accept(broker: &Broker, c: &Connect) -> Result<Accepted, ReasonCode> {
         }
         (assign_client_id(broker), true)
     } else {
-        (c.client_id.clone(), false)
+        // A copy, not a slice: a slice would keep the whole first read buffer alive as long as the session.
+        (ByteString::from(&*c.client_id), false)
     };
     let mut keep_alive = c.keep_alive;
     let mut server_keep_alive = None;
@@ -357,7 +385,7 @@ struct Batch {
 }
 
 impl Conn<'_> {
-    async fn run<R: AsyncRead + Unpin>(
+    async fn run<R: Source>(
         &mut self,
         reader: &mut R,
         rbuf: &mut BytesMut,
@@ -385,6 +413,28 @@ impl Conn<'_> {
                     _ = shared.drained.notified() => {}
                     _ = &mut *kicked => return Close::TakenOver,
                     _ = shutdown.wait_for(|s| *s) => return Close::Shutdown,
+                }
+            }
+            if pending.is_empty() {
+                // Idle: give the buffer back and wait for bytes without one.
+                if pending.capacity() > IDLE_KEEP {
+                    pending = BytesMut::new();
+                }
+                let ready = async {
+                    match deadline {
+                        Some(d) => tokio::time::timeout(d, reader.ready()).await.ok(),
+                        None => Some(reader.ready().await),
+                    }
+                };
+                tokio::select! {
+                    biased;
+                    _ = &mut *kicked => return Close::TakenOver,
+                    _ = shutdown.wait_for(|s| *s) => return Close::Shutdown,
+                    r = ready => match r {
+                        None => return Close::KeepAlive,
+                        Some(Err(_)) => return Close::Closed,
+                        Some(Ok(())) => {}
+                    },
                 }
             }
             pending.reserve(READ_CHUNK);
@@ -600,7 +650,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     mut writer: W,
     shared: Arc<Shared>,
 ) {
-    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut buf = BytesMut::new();
     let mut updates = Vec::new();
     loop {
         let written = {
@@ -628,6 +678,9 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 let _ = writer.write_all(&bytes).await;
             }
             break;
+        }
+        if buf.capacity() > IDLE_KEEP {
+            buf = BytesMut::new();
         }
         shared.waker.notified().await;
     }
