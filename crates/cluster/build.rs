@@ -1,0 +1,10 @@
+//! Compiles `proto/cluster.proto` with protox (pure Rust), so no system `protoc` is needed.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let proto_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../proto");
+    let file = format!("{proto_dir}/cluster.proto");
+    println!("cargo:rerun-if-changed={file}");
+    let fds = protox::compile([file.as_str()], [proto_dir])?;
+    tonic_prost_build::configure().build_server(true).build_client(true).compile_fds(fds)?;
+    Ok(())
+}

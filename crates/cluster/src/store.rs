@@ -1,0 +1,309 @@
+//! The Raft storage of one node, in sled under `<data_dir>/raft`: the log, the vote, the committed id and the last
+//! snapshot are durable; the state machine is rebuilt from the snapshot and the log after a restart.
+
+use std::fmt::Debug;
+use std::io::Cursor;
+use std::ops::{Bound, RangeBounds};
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
+use openraft::{
+    AnyError, BasicNode, Entry, EntryPayload, LogId, OptionalSend, RaftLogReader, RaftSnapshotBuilder, SnapshotMeta,
+    StorageError, StorageIOError, StoredMembership, Vote,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::state::{Applied, ClusterState, Command, NodeId};
+
+openraft::declare_raft_types!(
+    /// The Raft types of a Skein cluster.
+    pub TypeConfig:
+        D = Command,
+        R = Applied,
+);
+
+pub type Raft = openraft::Raft<TypeConfig>;
+type Error = StorageError<NodeId>;
+
+fn io<E: std::error::Error + 'static>(make: fn(AnyError) -> StorageIOError<NodeId>) -> impl Fn(E) -> Error {
+    move |e| make(AnyError::new(&e)).into()
+}
+
+/// Opens (or creates) the node's Raft storage.
+pub fn open(dir: &Path) -> Result<(LogStore, StateMachine), sled::Error> {
+    let db = sled::Config::new().path(dir.join("raft")).open()?;
+    let log = LogStore { logs: db.open_tree("log")?, meta: db.open_tree("meta")?, db: db.clone() };
+    let sm =
+        StateMachine { inner: Arc::new(RwLock::new(Applier::default())), snapshots: db.open_tree("snapshot")?, db };
+    Ok((log, sm))
+}
+
+#[derive(Clone)]
+pub struct LogStore {
+    db: sled::Db,
+    logs: sled::Tree,
+    meta: sled::Tree,
+}
+
+impl LogStore {
+    fn get_meta<T: for<'de> Deserialize<'de>>(&self, key: &str) -> Result<Option<T>, Error> {
+        match self.meta.get(key).map_err(io(StorageIOError::read))? {
+            Some(v) => Ok(Some(serde_json::from_slice(&v).map_err(io(StorageIOError::read))?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn put_meta<T: Serialize>(&self, key: &str, value: &T) -> Result<(), Error> {
+        let v = serde_json::to_vec(value).map_err(io(StorageIOError::write))?;
+        self.meta.insert(key, v).map_err(io(StorageIOError::write))?;
+        self.db.flush_async().await.map_err(io(StorageIOError::write))?;
+        Ok(())
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, Error> {
+        let start = match range.start_bound() {
+            Bound::Included(i) => *i,
+            Bound::Excluded(i) => i.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let mut out = Vec::new();
+        for item in self.logs.range(start.to_be_bytes()..) {
+            let (k, v) = item.map_err(io(StorageIOError::read_logs))?;
+            let index = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0xff; 8]));
+            if !range.contains(&index) {
+                break;
+            }
+            out.push(serde_json::from_slice(&v).map_err(io(StorageIOError::read_logs))?);
+        }
+        Ok(out)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, Error> {
+        let last_purged_log_id: Option<LogId<NodeId>> = self.get_meta("last_purged")?;
+        let last = match self.logs.last().map_err(io(StorageIOError::read_logs))? {
+            Some((_, v)) => {
+                let e: Entry<TypeConfig> = serde_json::from_slice(&v).map_err(io(StorageIOError::read_logs))?;
+                Some(e.log_id)
+            }
+            None => last_purged_log_id,
+        };
+        Ok(LogState { last_purged_log_id, last_log_id: last })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), Error> {
+        self.put_meta("vote", vote).await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, Error> {
+        self.get_meta("vote")
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), Error> {
+        self.put_meta("committed", &committed).await
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, Error> {
+        Ok(self.get_meta::<Option<LogId<NodeId>>>("committed")?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), Error>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = sled::Batch::default();
+        for e in entries {
+            let v = serde_json::to_vec(&e).map_err(io(StorageIOError::write_logs))?;
+            batch.insert(&e.log_id.index.to_be_bytes(), v);
+        }
+        self.logs.apply_batch(batch).map_err(io(StorageIOError::write_logs))?;
+        let flushed = self.db.flush_async().await.map(|_| ()).map_err(std::io::Error::other);
+        callback.log_io_completed(flushed);
+        Ok(())
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), Error> {
+        let keys: Vec<_> = self
+            .logs
+            .range(log_id.index.to_be_bytes()..)
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(io(StorageIOError::write_logs))?;
+        for k in keys {
+            self.logs.remove(k).map_err(io(StorageIOError::write_logs))?;
+        }
+        self.db.flush_async().await.map_err(io(StorageIOError::write_logs))?;
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), Error> {
+        self.put_meta("last_purged", &log_id).await?;
+        let keys: Vec<_> = self
+            .logs
+            .range(..=log_id.index.to_be_bytes())
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(io(StorageIOError::write_logs))?;
+        for k in keys {
+            self.logs.remove(k).map_err(io(StorageIOError::write_logs))?;
+        }
+        Ok(())
+    }
+}
+
+/// The applied state and what openraft needs to know about it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Applier {
+    pub last_applied: Option<LogId<NodeId>>,
+    pub last_membership: StoredMembership<NodeId, BasicNode>,
+    pub state: ClusterState,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta<NodeId, BasicNode>,
+    data: Vec<u8>,
+}
+
+/// The state machine. Readers (the forwarding path) take `inner` for reading only.
+#[derive(Clone)]
+pub struct StateMachine {
+    pub inner: Arc<RwLock<Applier>>,
+    snapshots: sled::Tree,
+    db: sled::Db,
+}
+
+impl StateMachine {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Applier> {
+        self.inner.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Applier> {
+        self.inner.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, Error> {
+        let (data, last_log_id, last_membership) = {
+            let a = self.read();
+            let data = serde_json::to_vec(&a.state).map_err(io(StorageIOError::read_state_machine))?;
+            (data, a.last_applied, a.last_membership.clone())
+        };
+        let snapshot_id = match last_log_id {
+            Some(l) => format!("{}-{}", l.leader_id, l.index),
+            None => "empty".to_string(),
+        };
+        let meta = SnapshotMeta { last_log_id, last_membership, snapshot_id };
+        let stored = serde_json::to_vec(&StoredSnapshot { meta: meta.clone(), data: data.clone() })
+            .map_err(io(StorageIOError::write_state_machine))?;
+        self.snapshots.insert("current", stored).map_err(io(StorageIOError::write_state_machine))?;
+        self.db.flush_async().await.map_err(io(StorageIOError::write_state_machine))?;
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = StateMachine;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, BasicNode>), Error> {
+        let a = self.read();
+        Ok((a.last_applied, a.last_membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Applied>, Error>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut a = self.write();
+        let mut out = Vec::new();
+        for e in entries {
+            a.last_applied = Some(e.log_id);
+            out.push(match e.payload {
+                EntryPayload::Blank => Applied::default(),
+                EntryPayload::Normal(cmd) => a.state.apply(&cmd),
+                EntryPayload::Membership(m) => {
+                    a.last_membership = StoredMembership::new(Some(e.log_id), m);
+                    Applied::default()
+                }
+            });
+        }
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, Error> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), Error> {
+        let data = snapshot.into_inner();
+        let state: ClusterState = serde_json::from_slice(&data)
+            .map_err(|e| Error::from(StorageIOError::read_snapshot(None, AnyError::new(&e))))?;
+        {
+            let mut a = self.write();
+            a.state = state;
+            a.last_applied = meta.last_log_id;
+            a.last_membership = meta.last_membership.clone();
+        }
+        let stored = serde_json::to_vec(&StoredSnapshot { meta: meta.clone(), data })
+            .map_err(io(StorageIOError::write_state_machine))?;
+        self.snapshots.insert("current", stored).map_err(io(StorageIOError::write_state_machine))?;
+        self.db.flush_async().await.map_err(io(StorageIOError::write_state_machine))?;
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, Error> {
+        let Some(v) = self.snapshots.get("current").map_err(io(StorageIOError::read_state_machine))? else {
+            return Ok(None);
+        };
+        let s: StoredSnapshot = serde_json::from_slice(&v).map_err(io(StorageIOError::read_state_machine))?;
+        Ok(Some(Snapshot { meta: s.meta, snapshot: Box::new(Cursor::new(s.data)) }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::StorageError;
+    use openraft::testing::{StoreBuilder, Suite};
+
+    use super::*;
+
+    struct Builder;
+
+    impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Builder {
+        async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<NodeId>> {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let (log, sm) = open(dir.path()).expect("opens");
+            Ok((dir, log, sm))
+        }
+    }
+
+    /// openraft's own storage test suite, against the sled stores.
+    #[test]
+    fn openraft_storage_suite() {
+        Suite::test_all(Builder).expect("the suite passes");
+    }
+}
