@@ -44,6 +44,17 @@ pub struct Config {
     pub sys_interval: u64,
     pub queue_qos0_messages: bool,
     pub retain_available: bool,
+    /// This node's id in a cluster; defaults to the ordinal of a StatefulSet host name (`skein-2` → 2), else 1.
+    pub node_id: Option<u64>,
+    /// Listen address of the node-to-node gRPC service; clustering is off without it.
+    pub cluster: Option<SocketAddr>,
+    /// The address peers reach this node's cluster service at [default: `cluster`, with the host's name if it
+    /// listens on 0.0.0.0].
+    pub cluster_advertise: Option<String>,
+    /// Seed nodes' cluster addresses: nodes started with the same list form one cluster.
+    pub join: Vec<String>,
+    /// Voters the cluster keeps; other nodes are learners.
+    pub voters: usize,
 }
 
 impl Default for Config {
@@ -66,6 +77,11 @@ impl Default for Config {
             sys_interval: broker.sys_interval.as_secs(),
             queue_qos0_messages: broker.queue_qos0_messages,
             retain_available: broker.retain_available,
+            node_id: None,
+            cluster: None,
+            cluster_advertise: None,
+            join: Vec::new(),
+            voters: 3,
         }
     }
 }
@@ -124,6 +140,21 @@ pub struct ServeArgs {
     /// Accept retained messages [default: true].
     #[arg(long, env = "SKEIN_RETAIN_AVAILABLE", value_name = "BOOL")]
     pub retain_available: Option<bool>,
+    /// Node id in a cluster [default: the StatefulSet ordinal of the host name, else 1].
+    #[arg(long, env = "SKEIN_NODE_ID", value_name = "N")]
+    pub node_id: Option<u64>,
+    /// Listen address for the node-to-node gRPC service; turns clustering on [default: off].
+    #[arg(long, env = "SKEIN_CLUSTER", value_name = "ADDR")]
+    pub cluster: Option<SocketAddr>,
+    /// Address peers reach this node's cluster service at [default: --cluster].
+    #[arg(long, env = "SKEIN_CLUSTER_ADVERTISE", value_name = "HOST:PORT")]
+    pub cluster_advertise: Option<String>,
+    /// Seed nodes' cluster addresses, comma separated; the same list on every seed forms one cluster.
+    #[arg(long, env = "SKEIN_JOIN", value_name = "ADDR,ADDR", value_delimiter = ',')]
+    pub join: Vec<String>,
+    /// Voters the cluster keeps; further nodes are learners [default: 3].
+    #[arg(long, env = "SKEIN_VOTERS", value_name = "N")]
+    pub voters: Option<usize>,
 }
 
 impl ServeArgs {
@@ -158,6 +189,21 @@ impl ServeArgs {
         if self.http.is_some() {
             c.http = self.http;
         }
+        if !self.join.is_empty() {
+            c.join = self.join.clone();
+        }
+        if self.node_id.is_some() {
+            c.node_id = self.node_id;
+        }
+        if self.cluster.is_some() {
+            c.cluster = self.cluster;
+        }
+        if self.cluster_advertise.is_some() {
+            c.cluster_advertise = self.cluster_advertise.clone();
+        }
+        if let Some(v) = self.voters {
+            c.voters = v;
+        }
         c.check()?;
         Ok(c)
     }
@@ -175,12 +221,28 @@ fn load_file(path: &Path) -> Result<Config, String> {
 }
 
 impl Config {
+    /// The node id: as configured, else the ordinal at the end of the host name (`skein-2`), else 1.
+    pub fn node_id(&self) -> u64 {
+        self.node_id.unwrap_or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .and_then(|h| h.trim().rsplit_once('-').and_then(|(_, n)| n.parse().ok()))
+                .unwrap_or(1)
+        })
+    }
+
     fn check(&self) -> Result<(), String> {
         if self.mqtt.is_empty() {
             return Err("no MQTT listener: give at least one `--mqtt ADDR` (or `mqtt = [\"ADDR\"]`)".into());
         }
         if self.max_connections < -1 {
             return Err(format!("max_connections = {}: use -1 (no limit) or a positive number", self.max_connections));
+        }
+        if self.cluster.is_none() && !self.join.is_empty() {
+            return Err("join is set but cluster is not: give `--cluster ADDR` to listen for peers".into());
+        }
+        if self.voters == 0 {
+            return Err("voters = 0: a cluster needs at least one voter".into());
         }
         if self.max_packet_size != 0 && self.max_packet_size < 16 {
             return Err(format!(

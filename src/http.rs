@@ -1,14 +1,16 @@
-//! The HTTP endpoint for probes: `GET /healthz` (the process answers) and `GET /readyz` (the MQTT listeners are up
-//! and the node is not shutting down). Deliberately tiny: one request per connection, bounded reads.
+//! The HTTP endpoint for probes and status: `GET /healthz` (the process answers), `GET /readyz` (the MQTT
+//! listeners are up, the node is not shutting down, and, when clustered, it has joined and knows a leader) and
+//! `GET /cluster` (the cluster as this node sees it, JSON). Deliberately tiny: one request per connection.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use skein_broker::Broker;
+use skein_cluster::node::ClusterNode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-pub async fn serve(listener: TcpListener, broker: Arc<Broker>) {
+pub async fn serve(listener: TcpListener, broker: Arc<Broker>, node: Option<Arc<ClusterNode>>) {
     let mut shutdown = broker.shutdown_signal();
     loop {
         let accepted = tokio::select! {
@@ -16,15 +18,15 @@ pub async fn serve(listener: TcpListener, broker: Arc<Broker>) {
             _ = shutdown.wait_for(|s| *s) => return,
         };
         if let Ok((stream, _)) = accepted {
-            let broker = broker.clone();
+            let (broker, node) = (broker.clone(), node.clone());
             tokio::spawn(async move {
-                let _ = tokio::time::timeout(Duration::from_secs(5), answer(stream, &broker)).await;
+                let _ = tokio::time::timeout(Duration::from_secs(5), answer(stream, &broker, node.as_deref())).await;
             });
         }
     }
 }
 
-async fn answer(mut stream: TcpStream, broker: &Broker) -> std::io::Result<()> {
+async fn answer(mut stream: TcpStream, broker: &Broker, node: Option<&ClusterNode>) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 8192 {
@@ -38,15 +40,24 @@ async fn answer(mut stream: TcpStream, broker: &Broker) -> std::io::Result<()> {
     let line = String::from_utf8_lossy(line);
     let mut parts = line.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let (status, body) = match (method, path) {
-        ("GET", "/healthz") => ("200 OK", "ok\n"),
-        ("GET", "/readyz") if broker.is_shutting_down() => ("503 Service Unavailable", "shutting down\n"),
-        ("GET", "/readyz") => ("200 OK", "ready\n"),
-        ("GET", _) => ("404 Not Found", "not found\n"),
-        _ => ("405 Method Not Allowed", "only GET\n"),
+    let (status, kind, body): (&str, &str, String) = match (method, path) {
+        ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".into()),
+        ("GET", "/readyz") if broker.is_shutting_down() => {
+            ("503 Service Unavailable", "text/plain", "shutting down\n".into())
+        }
+        ("GET", "/readyz") if node.is_some_and(|n| !n.ready()) => {
+            ("503 Service Unavailable", "text/plain", "not joined to a cluster with a leader yet\n".into())
+        }
+        ("GET", "/readyz") => ("200 OK", "text/plain", "ready\n".into()),
+        ("GET", "/cluster") => match node {
+            Some(n) => ("200 OK", "application/json", format!("{}\n", n.status())),
+            None => ("404 Not Found", "text/plain", "not clustered: start with --cluster ADDR\n".into()),
+        },
+        ("GET", _) => ("404 Not Found", "text/plain", "not found\n".into()),
+        _ => ("405 Method Not Allowed", "text/plain", "only GET\n".into()),
     };
     let response = format!(
-        "HTTP/1.1 {status}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        "HTTP/1.1 {status}\r\ncontent-type: {kind}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(response.as_bytes()).await?;

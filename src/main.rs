@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use skein_broker::{Broker, SingleNode};
+use skein_broker::{Broker, Cluster, SingleNode};
+use skein_cluster::node::{ClusterConfig, ClusterNode};
 use tokio::net::TcpListener;
 
 use crate::config::{Config, LogFormat, ServeArgs};
@@ -58,8 +59,14 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(config: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // A bare level keeps the Raft library's own chatter at warnings; a full filter is taken as it is.
+    let directives = if config.log_level.contains('=') {
+        config.log_level.clone()
+    } else {
+        format!("{},openraft=warn", config.log_level)
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&directives)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
     match config.log_format {
@@ -73,12 +80,42 @@ async fn serve(config: Config) -> Result<(), String> {
     if let Some(dir) = data_dir {
         std::fs::create_dir_all(dir).map_err(|e| format!("cannot create data dir {}: {e}", dir.display()))?;
     }
-    let broker = Broker::open(config.broker(), data_dir, Arc::new(SingleNode)).map_err(|e| {
-        format!("cannot open the data in {}: {e} (is another skein using this --data-dir?)", config.data_dir.display())
-    })?;
-    let mut listeners = Vec::new();
+    let mut listeners_bound = Vec::new();
     for addr in &config.mqtt {
         let l = TcpListener::bind(addr).await.map_err(|e| format!("cannot listen for MQTT on {addr}: {e}"))?;
+        listeners_bound.push(l);
+    }
+    let mqtt_local =
+        listeners_bound.first().and_then(|l| l.local_addr().ok()).map(|a| a.to_string()).unwrap_or_default();
+    let node = match config.cluster {
+        Some(listen) => {
+            let cluster_config = ClusterConfig {
+                node_id: config.node_id(),
+                listen,
+                advertise: config.cluster_advertise.clone().unwrap_or_else(|| listen.to_string()),
+                mqtt_advertise: mqtt_local.clone(),
+                join: config.join.clone(),
+                voters: config.voters,
+                data_dir: config.data_dir.clone(),
+            };
+            std::fs::create_dir_all(&config.data_dir)
+                .map_err(|e| format!("cannot create data dir {}: {e}", config.data_dir.display()))?;
+            Some(ClusterNode::new(cluster_config).await.map_err(|e| e.to_string())?)
+        }
+        None => None,
+    };
+    let cluster: Arc<dyn Cluster> = match &node {
+        Some(n) => n.clone(),
+        None => Arc::new(SingleNode),
+    };
+    let broker = Broker::open(config.broker(), data_dir, cluster).map_err(|e| {
+        format!("cannot open the data in {}: {e} (is another skein using this --data-dir?)", config.data_dir.display())
+    })?;
+    if let Some(n) = &node {
+        n.start(broker.clone()).await.map_err(|e| e.to_string())?;
+    }
+    let mut listeners = Vec::new();
+    for l in listeners_bound {
         let local = l.local_addr().map_err(|e| e.to_string())?;
         tracing::info!(%local, "listening for MQTT");
         listeners.push(tokio::spawn(skein_broker::listener::serve_tcp(broker.clone(), l)));
@@ -87,7 +124,7 @@ async fn serve(config: Config) -> Result<(), String> {
         let l = TcpListener::bind(addr).await.map_err(|e| format!("cannot listen for HTTP on {addr}: {e}"))?;
         let local = l.local_addr().map_err(|e| e.to_string())?;
         tracing::info!(%local, "listening for HTTP");
-        tokio::spawn(http::serve(l, broker.clone()));
+        tokio::spawn(http::serve(l, broker.clone(), node.clone()));
     }
     tokio::spawn(skein_broker::sys::run(broker.clone()));
     match data_dir {
@@ -108,6 +145,9 @@ async fn serve(config: Config) -> Result<(), String> {
         tracing::warn!(open = broker.open_connections(), "connections still open after 10 s; stopping anyway");
     }
     broker.flush().await.map_err(|e| format!("final flush of the data store failed: {e}"))?;
+    if let Some(n) = &node {
+        let _ = n.raft.shutdown().await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

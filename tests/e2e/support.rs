@@ -343,3 +343,101 @@ impl Log2 {
             .collect()
     }
 }
+
+/// A port nobody listens on right now (for addresses that must be known before a process starts).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+/// GET `path` on an HTTP address; (status code, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(WAIT)).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let code = out.split_whitespace().nth(1)?.parse().ok()?;
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Some((code, body))
+}
+
+/// Waits until `GET /readyz` answers 200.
+pub fn wait_ready(http: SocketAddr) {
+    let deadline = Instant::now() + WAIT * 3;
+    while http_get(http, "/readyz").map(|(c, _)| c) != Some(200) {
+        assert!(Instant::now() < deadline, "{http} never became ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A cluster of real `skein` processes on loopback.
+pub struct Nodes {
+    pub nodes: Vec<Skein>,
+    pub cluster_addrs: Vec<String>,
+    pub dirs: Vec<tempfile::TempDir>,
+}
+
+impl Nodes {
+    /// Starts `n` seed nodes with ids 1..=n and the same join list, and waits until all are ready.
+    pub fn start(n: usize) -> Nodes {
+        let cluster_addrs: Vec<String> = (0..n).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+        let dirs: Vec<tempfile::TempDir> = (0..n).map(|_| tempfile::tempdir().unwrap()).collect();
+        let mut nodes = Nodes { nodes: Vec::new(), cluster_addrs, dirs };
+        for i in 0..n {
+            let s = nodes.spawn(i, &nodes.cluster_addrs.join(","));
+            nodes.nodes.push(s);
+        }
+        for s in &nodes.nodes {
+            wait_ready(s.http.unwrap());
+        }
+        nodes
+    }
+
+    /// Starts node `i` (id i+1) on its data dir with `join`.
+    pub fn spawn(&self, i: usize, join: &str) -> Skein {
+        let id = (i + 1).to_string();
+        Skein::start_in(
+            self.dirs[i].path(),
+            &["--node-id", &id, "--cluster", &self.cluster_addrs[i], "--join", join, "--http", "127.0.0.1:0"],
+        )
+    }
+
+    pub fn status(&self, i: usize) -> serde_json::Value {
+        let (_, body) = http_get(self.nodes[i].http.unwrap(), "/cluster").expect("status");
+        serde_json::from_str(&body).expect("JSON")
+    }
+
+    /// Waits until node `i` has a route entry for `count` filters.
+    pub fn wait_routes(&self, i: usize, count: u64) {
+        let deadline = Instant::now() + WAIT;
+        while self.status(i)["routes"].as_u64() != Some(count) {
+            assert!(Instant::now() < deadline, "node {i} never saw {count} routes: {}", self.status(i));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// HAProxy in front of `backends`, round-robin, plain TCP.
+pub fn haproxy(backends: &[SocketAddr]) -> (Proc, SocketAddr, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut cfg = format!(
+        "global\n  maxconn 1000\ndefaults\n  mode tcp\n  timeout connect 2s\n  timeout client 60s\n  timeout server 60s\n\
+         frontend mqtt\n  bind 127.0.0.1:{port}\n  default_backend nodes\nbackend nodes\n  balance roundrobin\n"
+    );
+    for (i, b) in backends.iter().enumerate() {
+        cfg.push_str(&format!("  server n{i} {b} check inter 200ms fall 1 rise 1\n"));
+    }
+    let path = dir.path().join("haproxy.cfg");
+    std::fs::write(&path, cfg).unwrap();
+    let p = Proc::spawn(
+        Command::new("haproxy").arg("-db").arg("-f").arg(&path).stdout(Stdio::null()).stderr(Stdio::null()),
+    );
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = Instant::now() + WAIT;
+    while TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "haproxy did not open {addr} (is haproxy installed?)");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (p, addr, dir)
+}

@@ -77,12 +77,14 @@ pub struct Attached {
 }
 
 /// Result of routing one publish.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Default)]
 pub struct Routed {
-    /// Sessions the message was queued for.
+    /// Sessions the message was queued for on this node.
     pub delivered: usize,
     /// A durable write was made: flush before acknowledging.
     pub durable: bool,
+    /// Forwarded to other nodes: acknowledge (QoS > 0) only once they accepted it.
+    pub remote: Option<crate::cluster::Accepted>,
 }
 
 pub struct Broker {
@@ -322,15 +324,27 @@ impl Broker {
         }
     }
 
-    /// Routes `message` to every matching subscription and keeps it if retained. Never blocks on a subscriber.
+    /// Routes `message` to every matching subscription here and on other nodes, and keeps it if retained. Never
+    /// blocks on a subscriber.
     pub fn publish(&self, message: Message) -> Routed {
         let message = Arc::new(message);
+        let mut routed = self.route_local(&message);
+        routed.remote = self.cluster.forward(&message);
+        routed
+    }
+
+    /// Delivers a message another node forwarded here: to local subscribers only.
+    pub fn publish_forwarded(&self, message: Message) -> Routed {
+        self.route_local(&Arc::new(message))
+    }
+
+    fn route_local(&self, message: &Arc<Message>) -> Routed {
         let mut routed = Routed::default();
         if message.retain && self.config.retain_available {
             write(&self.retained).set(message.clone());
             // `$SYS` values are the node's own and current; a restart republishes them rather than restoring.
             if let Some(store) = self.store.as_ref().filter(|_| !message.topic.starts_with('$')) {
-                match store.put_retained(&message) {
+                match store.put_retained(message) {
                     Ok(()) => routed.durable |= message.qos != QoS::AtMostOnce,
                     Err(e) => tracing::error!(topic = %message.topic, error = %e, "retained message not stored"),
                 }
@@ -338,6 +352,7 @@ impl Broker {
         }
         let mut targets = Vec::new();
         read(&self.router).route(&message.topic, &mut targets);
+        let message = message.clone();
         if targets.is_empty() {
             return routed;
         }
@@ -540,6 +555,11 @@ impl Broker {
 
     pub fn subscription_count(&self) -> usize {
         read(&self.router).len()
+    }
+
+    /// The filters this node has at least one subscriber on: its full route set, for announcing to a cluster.
+    pub fn local_filters(&self) -> Vec<String> {
+        read(&self.router).filters().map(|f| f.to_string()).collect()
     }
 
     pub fn retained_count(&self) -> usize {

@@ -382,6 +382,8 @@ struct Batch {
     acks: BytesMut,
     retained: Vec<crate::session::Outgoing>,
     durable: bool,
+    /// Other nodes' acceptance of forwarded QoS 1/2 messages.
+    remote: Vec<crate::cluster::Accepted>,
 }
 
 impl Conn<'_> {
@@ -464,6 +466,9 @@ impl Conn<'_> {
             && let Err(e) = self.broker.flush().await
         {
             tracing::error!(error = %e, "data store flush failed");
+        }
+        for accepted in batch.remote {
+            accepted.await;
         }
         if !batch.acks.is_empty() {
             let mut state = lock(&self.session.state);
@@ -624,8 +629,13 @@ impl Conn<'_> {
             None => {
                 let routed = broker.publish(Message::from_publish(p, Some(self.client_id.clone())));
                 batch.durable |= routed.durable;
-                if routed.delivered == 0 && v5 {
+                if routed.delivered == 0 && routed.remote.is_none() && v5 {
                     reason = ReasonCode::NoMatchingSubscribers;
+                }
+                if let Some(remote) = routed.remote
+                    && qos != QoS::AtMostOnce
+                {
+                    batch.remote.push(remote);
                 }
             }
         }

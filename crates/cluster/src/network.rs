@@ -1,0 +1,96 @@
+//! Raft's network: openraft's RPCs over the `Cluster` gRPC service, each request and response serialized as JSON.
+
+use openraft::BasicNode;
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tonic::transport::Channel;
+
+use crate::proto::RaftMessage;
+use crate::proto::cluster_client::ClusterClient;
+use crate::state::NodeId;
+use crate::store::TypeConfig;
+
+/// A client of a peer's gRPC service; connects on first use and reconnects as tonic does.
+pub fn client(addr: &str) -> Result<ClusterClient<Channel>, tonic::transport::Error> {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(std::time::Duration::from_secs(2))
+        .tcp_nodelay(true);
+    Ok(ClusterClient::new(endpoint.connect_lazy()))
+}
+
+pub struct Factory;
+
+impl RaftNetworkFactory<TypeConfig> for Factory {
+    type Network = Network;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Network {
+        Network { target, client: client(&node.addr).ok() }
+    }
+}
+
+pub struct Network {
+    target: NodeId,
+    client: Option<ClusterClient<Channel>>,
+}
+
+pub fn to_message<T: Serialize>(value: &T) -> Result<RaftMessage, serde_json::Error> {
+    Ok(RaftMessage { json: serde_json::to_vec(value)? })
+}
+
+impl Network {
+    async fn call<Req, Resp, E>(
+        &mut self,
+        req: &Req,
+        rpc: impl AsyncFnOnce(
+            &mut ClusterClient<Channel>,
+            RaftMessage,
+        ) -> Result<tonic::Response<RaftMessage>, tonic::Status>,
+    ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let Some(client) = self.client.as_mut() else {
+            return Err(RPCError::Unreachable(Unreachable::new(&std::io::Error::other("bad peer address"))));
+        };
+        let msg = to_message(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let reply = rpc(client, msg).await.map_err(|s| RPCError::Unreachable(Unreachable::new(&s)))?;
+        let result: Result<Resp, RaftError<NodeId, E>> =
+            serde_json::from_slice(&reply.into_inner().json).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for Network {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.call(&rpc, async |c, m| c.append_entries(m).await).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>>
+    {
+        self.call(&rpc, async |c, m| c.install_snapshot(m).await).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        _option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.call(&rpc, async |c, m| c.vote(m).await).await
+    }
+}

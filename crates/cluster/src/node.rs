@@ -1,0 +1,612 @@
+//! One node of a cluster: its Raft instance, the gRPC service peers call, formation and joining, route proposals,
+//! and publish forwarding. Implements the broker's `Cluster` trait.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, ChangeMembers, Config, SnapshotPolicy};
+use skein_broker::Broker;
+use skein_broker::cluster::Accepted;
+use skein_broker::message::Message;
+use skein_codec::{MAX_PACKET_SIZE, Packet, ProtocolVersion, decode};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status};
+
+use crate::network::{self, Factory, to_message};
+use crate::proto::cluster_server::{Cluster as ClusterService, ClusterServer};
+use crate::proto::{
+    ForwardAck, ForwardBatch, Forwarded, HelloReply, HelloRequest, JoinReply, JoinRequest, RaftMessage,
+};
+use crate::state::{Command, Member, NodeId, RouteIndex};
+use crate::store::{self, Raft, StateMachine};
+
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub node_id: NodeId,
+    /// Where the node-to-node gRPC service listens.
+    pub listen: SocketAddr,
+    /// The address peers reach that service at.
+    pub advertise: String,
+    /// The MQTT address clients reach this node at (shown in status).
+    pub mqtt_advertise: String,
+    /// Seed nodes' cluster addresses. Nodes started with the same list form one cluster; a node not in the list
+    /// joins through any of them.
+    pub join: Vec<String>,
+    /// How many voters the cluster keeps; further nodes are learners, which still apply the log.
+    pub voters: usize,
+    pub data_dir: PathBuf,
+}
+
+/// A route change the broker reported, waiting to be proposed.
+enum RouteChange {
+    Added(String),
+    Removed(String),
+}
+
+pub struct ClusterNode {
+    pub config: ClusterConfig,
+    pub raft: Raft,
+    sm: StateMachine,
+    broker: OnceLock<Arc<Broker>>,
+    routes: mpsc::UnboundedSender<RouteChange>,
+    routes_rx: Mutex<Option<mpsc::UnboundedReceiver<RouteChange>>>,
+    index: RwLock<(Option<u64>, Arc<RouteIndex>)>,
+    forwarders: Mutex<HashMap<NodeId, mpsc::UnboundedSender<Outbound>>>,
+    /// Forwarded messages that could not be handed to a node in time.
+    pub forward_failures: AtomicU64,
+    /// This node itself, for the tasks it starts from `&self`.
+    this: std::sync::Weak<ClusterNode>,
+}
+
+type Outbound = (Arc<Message>, oneshot::Sender<bool>);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot open the Raft store: {0}")]
+    Store(#[from] sled::Error),
+    #[error("cannot start Raft: {0}")]
+    Raft(String),
+    #[error("cannot listen for the cluster on {addr}: {error}")]
+    Listen { addr: SocketAddr, error: std::io::Error },
+}
+
+impl ClusterNode {
+    pub async fn new(config: ClusterConfig) -> Result<Arc<ClusterNode>, StartError> {
+        let raft_config = Config {
+            cluster_name: "skein".into(),
+            heartbeat_interval: 250,
+            election_timeout_min: 1000,
+            election_timeout_max: 2000,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(5000),
+            max_in_snapshot_log_to_keep: 1000,
+            ..Config::default()
+        };
+        let raft_config = Arc::new(raft_config.validate().map_err(|e| StartError::Raft(e.to_string()))?);
+        let (log, sm) = store::open(&config.data_dir)?;
+        let raft = Raft::new(config.node_id, raft_config, Factory, log, sm.clone())
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        Ok(Arc::new_cyclic(|this| ClusterNode {
+            this: this.clone(),
+            config,
+            raft,
+            sm,
+            broker: OnceLock::new(),
+            routes: tx,
+            routes_rx: Mutex::new(Some(rx)),
+            index: RwLock::new((None, Arc::new(RouteIndex::default()))),
+            forwarders: Mutex::new(HashMap::new()),
+            forward_failures: AtomicU64::new(0),
+        }))
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.config.node_id
+    }
+
+    /// Starts the gRPC service, forms or joins the cluster, and proposes route changes; returns once listening.
+    pub async fn start(self: &Arc<Self>, broker: Arc<Broker>) -> Result<(), StartError> {
+        let _ = self.broker.set(broker);
+        let listener = tokio::net::TcpListener::bind(self.config.listen)
+            .await
+            .map_err(|error| StartError::Listen { addr: self.config.listen, error })?;
+        tracing::info!(local = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), node_id = self.id(), "listening for the cluster");
+        let service = ClusterServer::new(Service(self.clone()));
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        tokio::spawn(async move {
+            if let Err(e) = tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming).await
+            {
+                tracing::error!(error = %e, "cluster service stopped");
+            }
+        });
+        let me = self.clone();
+        tokio::spawn(async move { me.form().await });
+        let me = self.clone();
+        let rx = self.routes_rx.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(rx) = rx {
+            tokio::spawn(async move { me.propose_routes(rx).await });
+        }
+        Ok(())
+    }
+
+    /// Forms the cluster from the seed list, or joins it, then announces this node.
+    async fn form(self: Arc<Self>) {
+        let mut wait = Duration::from_millis(200);
+        loop {
+            if self.raft.is_initialized().await.unwrap_or(false) {
+                break;
+            }
+            match self.try_form().await {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(e) => tracing::debug!(error = %e, "cluster not formed yet"),
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(2));
+        }
+        // Wait for a leader, then say who we are and what we route.
+        let mut metrics = self.raft.metrics();
+        let _ = metrics.wait_for(|m| m.current_leader.is_some()).await;
+        let member =
+            Member { cluster_addr: self.config.advertise.clone(), mqtt_addr: self.config.mqtt_advertise.clone() };
+        self.propose(Command::Member { node: self.id(), member }).await;
+        let filters = self.broker.get().map(|b| b.local_filters()).unwrap_or_default();
+        self.propose(Command::Announce { node: self.id(), filters }).await;
+        tracing::info!(node_id = self.id(), "joined the cluster");
+    }
+
+    /// One attempt: true when this node is part of a cluster.
+    async fn try_form(&self) -> Result<bool, String> {
+        let me = self.id();
+        let seeds: Vec<String> = self.config.join.iter().filter(|a| **a != self.config.advertise).cloned().collect();
+        let am_seed = self.config.join.contains(&self.config.advertise);
+        let mut known = BTreeMap::from([(me, self.config.advertise.clone())]);
+        let mut initialized = Vec::new();
+        for addr in &seeds {
+            let Ok(mut c) = network::client(addr) else { continue };
+            match c.hello(HelloRequest {}).await {
+                Ok(r) => {
+                    let r = r.into_inner();
+                    known.insert(r.node_id, r.cluster_addr.clone());
+                    if r.initialized {
+                        initialized.push(addr.clone());
+                    }
+                }
+                Err(_) => continue,
+            }
+        }
+        // An existing cluster: ask it to add us.
+        if let Some(addr) = initialized.first() {
+            let mut c = network::client(addr).map_err(|e| e.to_string())?;
+            let reply = c
+                .join(JoinRequest {
+                    node_id: me,
+                    cluster_addr: self.config.advertise.clone(),
+                    mqtt_addr: self.config.mqtt_advertise.clone(),
+                })
+                .await
+                .map_err(|e| e.to_string())?
+                .into_inner();
+            if reply.ok {
+                return Ok(true);
+            }
+            return Err(reply.error);
+        }
+        // A new cluster: the seed with the lowest id initializes it, once every seed has answered, so that two
+        // nodes starting together never both do.
+        let all_answered = known.len() == self.config.join.len();
+        if am_seed && all_answered && known.keys().next() == Some(&me) {
+            let voters: BTreeMap<NodeId, BasicNode> = known
+                .iter()
+                .take(self.config.voters.max(1))
+                .map(|(id, addr)| (*id, BasicNode { addr: addr.clone() }))
+                .collect();
+            tracing::info!(node_id = me, voters = ?voters.keys().collect::<Vec<_>>(), "forming a new cluster");
+            self.raft.initialize(voters).await.map_err(|e| e.to_string())?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Adds a node (as a voter while there are fewer than `voters`, else as a learner). Leader only.
+    async fn add_node(&self, id: NodeId, addr: String) -> Result<(), String> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        if membership.get_node(&id).is_some() {
+            return Ok(());
+        }
+        self.raft.add_learner(id, BasicNode { addr }, true).await.map_err(|e| e.to_string())?;
+        let voters = membership.voter_ids().count();
+        if voters < self.config.voters {
+            self.raft
+                .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    fn leader_addr(&self) -> Option<String> {
+        let m = self.raft.metrics().borrow().clone();
+        let leader = m.current_leader?;
+        m.membership_config.membership().get_node(&leader).map(|n| n.addr.clone())
+    }
+
+    /// Writes `command` through the leader, retrying while there is none. Route changes wait for quorum; local
+    /// delivery never does.
+    async fn propose(&self, command: Command) {
+        let mut wait = Duration::from_millis(100);
+        loop {
+            match self.raft.client_write(command.clone()).await {
+                Ok(_) => return,
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                    if let Some(addr) = self.leader_addr()
+                        && let Ok(mut c) = network::client(&addr)
+                        && let Ok(msg) = to_message(&command)
+                        && let Ok(reply) = c.propose(msg).await
+                        && serde_json::from_slice::<Result<(), String>>(&reply.into_inner().json)
+                            .is_ok_and(|r| r.is_ok())
+                    {
+                        return;
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "proposal failed; retrying"),
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// Batches the broker's route changes into one proposal at a time.
+    async fn propose_routes(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<RouteChange>) {
+        while let Some(first) = rx.recv().await {
+            // Collect what else is waiting: a subscribe storm becomes a few proposals, not one per filter.
+            let mut changes = vec![first];
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            while let Ok(c) = rx.try_recv() {
+                changes.push(c);
+            }
+            let mut last: BTreeMap<String, bool> = BTreeMap::new();
+            for c in changes {
+                match c {
+                    RouteChange::Added(f) => last.insert(f, true),
+                    RouteChange::Removed(f) => last.insert(f, false),
+                };
+            }
+            let added = last.iter().filter(|(_, a)| **a).map(|(f, _)| f.clone()).collect();
+            let removed = last.iter().filter(|(_, a)| !**a).map(|(f, _)| f.clone()).collect();
+            self.propose(Command::Routes { node: self.id(), added, removed }).await;
+        }
+    }
+
+    /// The route index, rebuilt when the applied state has moved on.
+    fn route_index(&self) -> Arc<RouteIndex> {
+        let applied = self.sm.inner.read().unwrap_or_else(|e| e.into_inner()).last_applied.map(|l| l.index);
+        {
+            let cached = self.index.read().unwrap_or_else(|e| e.into_inner());
+            if cached.0 == applied {
+                return cached.1.clone();
+            }
+        }
+        let index = Arc::new(self.sm.inner.read().unwrap_or_else(|e| e.into_inner()).state.index());
+        *self.index.write().unwrap_or_else(|e| e.into_inner()) = (applied, index.clone());
+        index
+    }
+
+    fn member_addr(&self, node: NodeId) -> Option<String> {
+        let a = self.sm.inner.read().unwrap_or_else(|e| e.into_inner());
+        a.last_membership.membership().get_node(&node).map(|n| n.addr.clone())
+    }
+
+    /// The peers a message goes to: those with matching routes, and every member for a retained message, so that
+    /// each node keeps it and answers later subscribers itself.
+    fn targets(&self, message: &Message) -> Vec<NodeId> {
+        let me = self.id();
+        if message.retain {
+            let a = self.sm.inner.read().unwrap_or_else(|e| e.into_inner());
+            return a.last_membership.membership().nodes().map(|(id, _)| *id).filter(|id| *id != me).collect();
+        }
+        self.route_index().remote_nodes(&message.topic, me)
+    }
+
+    fn forwarder(&self, node: NodeId) -> Option<mpsc::UnboundedSender<Outbound>> {
+        let mut f = self.forwarders.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = f.get(&node)
+            && !tx.is_closed()
+        {
+            return Some(tx.clone());
+        }
+        let addr = self.member_addr(node)?;
+        let me = self.this.upgrade()?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        f.insert(node, tx.clone());
+        tokio::spawn(forward_loop(me, node, addr, rx));
+        Some(tx)
+    }
+
+    /// A JSON view of this node's cluster state, for `GET /cluster` and `skein cluster status`.
+    pub fn status(&self) -> serde_json::Value {
+        let m = self.raft.metrics().borrow().clone();
+        let a = self.sm.inner.read().unwrap_or_else(|e| e.into_inner());
+        let voters: BTreeSet<NodeId> = m.membership_config.membership().voter_ids().collect();
+        let members: Vec<serde_json::Value> = m
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, n)| {
+                serde_json::json!({
+                    "id": id,
+                    "cluster_addr": n.addr,
+                    "mqtt_addr": a.state.members.get(id).map(|x| x.mqtt_addr.clone()),
+                    "role": if Some(*id) == m.current_leader { "leader" } else if voters.contains(id) { "voter" } else { "learner" },
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "node_id": m.id,
+            "state": format!("{:?}", m.state),
+            "leader": m.current_leader,
+            "term": m.current_term,
+            "applied_index": m.last_applied.map(|l| l.index),
+            "members": members,
+            "routes": a.state.routes.len(),
+            "forward_failures": self.forward_failures.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Joined, with a known leader.
+    pub fn ready(&self) -> bool {
+        let m = self.raft.metrics().borrow().clone();
+        m.current_leader.is_some() && m.membership_config.membership().get_node(&m.id).is_some()
+    }
+}
+
+impl skein_broker::Cluster for ClusterNode {
+    fn route_added(&self, filter: &str) {
+        let _ = self.routes.send(RouteChange::Added(filter.to_string()));
+    }
+
+    fn route_removed(&self, filter: &str) {
+        let _ = self.routes.send(RouteChange::Removed(filter.to_string()));
+    }
+
+    fn forward(&self, message: &Arc<Message>) -> Option<Accepted> {
+        let targets = self.targets(message);
+        if targets.is_empty() {
+            return None;
+        }
+        let mut waits = Vec::with_capacity(targets.len());
+        for node in targets {
+            let (tx, rx) = oneshot::channel();
+            match self.forwarder(node) {
+                Some(f) if f.send((message.clone(), tx)).is_ok() => waits.push(rx),
+                _ => {
+                    self.forward_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(node, topic = %message.topic, "no way to forward to node");
+                }
+            }
+        }
+        Some(Box::pin(async move {
+            let mut all = true;
+            for w in waits {
+                all &= w.await.unwrap_or(false);
+            }
+            all
+        }))
+    }
+}
+
+/// How long a batch may wait for a node before its messages are counted as failed.
+const FORWARD_GIVE_UP: Duration = Duration::from_secs(10);
+
+/// Keeps one stream to `node` and sends it batches; a batch is acknowledged once delivered there. On a broken
+/// stream it reconnects and sends the unacknowledged batches again.
+async fn forward_loop(node: Arc<ClusterNode>, target: NodeId, addr: String, mut rx: mpsc::UnboundedReceiver<Outbound>) {
+    let mut next_batch = 1u64;
+    // Batches sent and not yet acknowledged, oldest first.
+    let mut unacked: Vec<(u64, ForwardBatch, Vec<oneshot::Sender<bool>>, tokio::time::Instant)> = Vec::new();
+    let mut backoff = Duration::from_millis(50);
+    'connect: loop {
+        let Ok(mut client) = network::client(&addr) else { break };
+        let (btx, brx) = mpsc::channel::<ForwardBatch>(64);
+        for (_, b, _, _) in &unacked {
+            let _ = btx.try_send(b.clone());
+        }
+        let acks = match client.forward(tokio_stream::wrappers::ReceiverStream::new(brx)).await {
+            Ok(r) => r.into_inner(),
+            Err(e) => {
+                tracing::debug!(target, error = %e, "forward stream not open; retrying");
+                fail_old(&node, &mut unacked);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue 'connect;
+            }
+        };
+        backoff = Duration::from_millis(50);
+        tokio::pin!(acks);
+        loop {
+            tokio::select! {
+                item = rx.recv() => {
+                    let Some(first) = item else { break 'connect };
+                    let mut items = vec![first];
+                    while items.len() < 256 {
+                        match rx.try_recv() {
+                            Ok(i) => items.push(i),
+                            Err(_) => break,
+                        }
+                    }
+                    let mut messages = Vec::with_capacity(items.len());
+                    let mut waiters = Vec::with_capacity(items.len());
+                    for (m, w) in items {
+                        messages.push(encode(&m));
+                        waiters.push(w);
+                    }
+                    let batch = ForwardBatch { batch_id: next_batch, from_node: node.id(), messages };
+                    next_batch += 1;
+                    unacked.push((batch.batch_id, batch.clone(), waiters, tokio::time::Instant::now()));
+                    if btx.send(batch).await.is_err() {
+                        continue 'connect;
+                    }
+                }
+                ack = acks.next() => match ack {
+                    Some(Ok(ForwardAck { batch_id })) => {
+                        while let Some(pos) = unacked.iter().position(|(id, ..)| *id <= batch_id) {
+                            let (_, _, waiters, _) = unacked.remove(pos);
+                            for w in waiters {
+                                let _ = w.send(true);
+                            }
+                        }
+                    }
+                    _ => {
+                        tracing::debug!(target, "forward stream closed; reconnecting");
+                        fail_old(&node, &mut unacked);
+                        tokio::time::sleep(backoff).await;
+                        continue 'connect;
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// Gives up on batches a node has not taken for `FORWARD_GIVE_UP`: their publishers are answered, the loss counted.
+fn fail_old(
+    node: &ClusterNode,
+    unacked: &mut Vec<(u64, ForwardBatch, Vec<oneshot::Sender<bool>>, tokio::time::Instant)>,
+) {
+    let now = tokio::time::Instant::now();
+    unacked.retain_mut(|(_, b, waiters, since)| {
+        if now.duration_since(*since) < FORWARD_GIVE_UP {
+            return true;
+        }
+        node.forward_failures.fetch_add(b.messages.len() as u64, Ordering::Relaxed);
+        tracing::warn!(messages = b.messages.len(), "forwarded messages not accepted in time");
+        for w in waiters.drain(..) {
+            let _ = w.send(false);
+        }
+        false
+    });
+}
+
+fn encode(m: &Message) -> Forwarded {
+    let mut buf = BytesMut::new();
+    let _ = Packet::Publish(m.to_publish(m.qos, 1, m.retain, false, &[])).encode(ProtocolVersion::V5, &mut buf);
+    Forwarded { publish: buf.to_vec(), publisher: m.publisher.as_deref().unwrap_or("").to_string() }
+}
+
+fn decode_forwarded(f: Forwarded) -> Option<Message> {
+    let mut buf = BytesMut::from(&f.publish[..]);
+    match decode(&mut buf, ProtocolVersion::V5, MAX_PACKET_SIZE) {
+        Ok(Some(Packet::Publish(p))) => {
+            let publisher = (!f.publisher.is_empty()).then(|| f.publisher.as_str().into());
+            Some(Message::from_publish(p, publisher))
+        }
+        _ => None,
+    }
+}
+
+struct Service(Arc<ClusterNode>);
+
+fn parse<T: serde::de::DeserializeOwned>(m: &RaftMessage) -> Result<T, Status> {
+    serde_json::from_slice(&m.json).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+fn reply<T: serde::Serialize>(v: &T) -> Result<Response<RaftMessage>, Status> {
+    to_message(v).map(Response::new).map_err(|e| Status::internal(e.to_string()))
+}
+
+#[tonic::async_trait]
+impl ClusterService for Service {
+    async fn append_entries(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let req = parse(request.get_ref())?;
+        reply(&self.0.raft.append_entries(req).await)
+    }
+
+    async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let req = parse(request.get_ref())?;
+        reply(&self.0.raft.vote(req).await)
+    }
+
+    async fn install_snapshot(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let req = parse(request.get_ref())?;
+        reply(&self.0.raft.install_snapshot(req).await)
+    }
+
+    async fn hello(&self, _: Request<HelloRequest>) -> Result<Response<HelloReply>, Status> {
+        let n = &self.0;
+        Ok(Response::new(HelloReply {
+            node_id: n.id(),
+            cluster_addr: n.config.advertise.clone(),
+            mqtt_addr: n.config.mqtt_advertise.clone(),
+            initialized: n.raft.is_initialized().await.unwrap_or(false),
+        }))
+    }
+
+    async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinReply>, Status> {
+        let req = request.into_inner();
+        let node = &self.0;
+        let is_leader = node.raft.metrics().borrow().current_leader == Some(node.id());
+        let result = if is_leader {
+            node.add_node(req.node_id, req.cluster_addr).await
+        } else {
+            match node.leader_addr() {
+                Some(addr) => match network::client(&addr) {
+                    Ok(mut c) => match c.join(req).await {
+                        Ok(r) => return Ok(r),
+                        Err(e) => Err(e.to_string()),
+                    },
+                    Err(e) => Err(e.to_string()),
+                },
+                None => Err("no leader yet".into()),
+            }
+        };
+        Ok(Response::new(match result {
+            Ok(()) => JoinReply { ok: true, error: String::new() },
+            Err(error) => JoinReply { ok: false, error },
+        }))
+    }
+
+    async fn propose(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let command: Command = parse(request.get_ref())?;
+        let result: Result<(), String> = self.0.raft.client_write(command).await.map(|_| ()).map_err(|e| e.to_string());
+        reply(&result)
+    }
+
+    type ForwardStream = tokio_stream::wrappers::ReceiverStream<Result<ForwardAck, Status>>;
+
+    async fn forward(
+        &self,
+        request: Request<tonic::Streaming<ForwardBatch>>,
+    ) -> Result<Response<Self::ForwardStream>, Status> {
+        let mut batches = request.into_inner();
+        let Some(broker) = self.0.broker.get().cloned() else {
+            return Err(Status::unavailable("broker not ready"));
+        };
+        let (tx, rx) = mpsc::channel(64);
+        tokio::spawn(async move {
+            while let Some(Ok(batch)) = batches.next().await {
+                let mut durable = false;
+                for f in batch.messages {
+                    if let Some(m) = decode_forwarded(f) {
+                        durable |= broker.publish_forwarded(m).durable;
+                    }
+                }
+                if durable {
+                    let _ = broker.flush().await;
+                }
+                if tx.send(Ok(ForwardAck { batch_id: batch.batch_id })).await.is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+}

@@ -1,0 +1,123 @@
+//! Several real `skein` processes as one broker: formation, cross-node delivery, retained messages, joining,
+//! restarts, and clients behind HAProxy.
+
+use std::process::Command;
+
+use crate::support::*;
+
+fn port_of(s: &Skein) -> String {
+    s.port().to_string()
+}
+
+/// mosquitto_pub against a given port.
+fn publish_to(port: &str, args: &[&str]) {
+    let out = Command::new("mosquitto_pub").args(["-h", "127.0.0.1", "-p", port]).args(args).output().unwrap();
+    assert!(out.status.success(), "mosquitto_pub {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn three_nodes_form_one_cluster_and_deliver_across_nodes() {
+    let c = Nodes::start(3);
+    let status = c.status(0);
+    assert_eq!(status["members"].as_array().map(|m| m.len()), Some(3), "{status}");
+    let leaders: Vec<_> = (0..3).map(|i| c.status(i)["leader"].clone()).collect();
+    assert!(leaders.iter().all(|l| *l == leaders[0] && !l.is_null()), "one leader for all: {leaders:?}");
+    // A subscriber on node 2, publishers on nodes 1 and 3, every QoS.
+    let (sub, out) = mosquitto_sub(&c.nodes[1], &["-t", "x/#", "-q", "2", "-v", "-C", "3"]);
+    for i in [0, 2] {
+        c.wait_routes(i, 1);
+    }
+    publish_to(&port_of(&c.nodes[0]), &["-t", "x/0", "-q", "0", "-m", "zero"]);
+    publish_to(&port_of(&c.nodes[2]), &["-t", "x/1", "-q", "1", "-m", "one"]);
+    publish_to(&port_of(&c.nodes[0]), &["-t", "x/2", "-q", "2", "-m", "two"]);
+    out.wait_for(|l| l == "x/2 two");
+    sub.wait_output(WAIT);
+    assert_eq!(out.messages(), vec!["x/0 zero", "x/1 one", "x/2 two"], "each once, in order");
+}
+
+#[test]
+fn retained_set_on_one_node_is_seen_from_the_others() {
+    let c = Nodes::start(3);
+    publish_to(&port_of(&c.nodes[0]), &["-t", "r/t", "-r", "-q", "1", "-m", "kept"]);
+    for i in [1, 2] {
+        let (sub, out) = mosquitto_sub(&c.nodes[i], &["-t", "r/#", "-v", "-C", "1"]);
+        out.wait_for(|l| l == "r/t kept");
+        sub.wait_output(WAIT);
+    }
+}
+
+#[test]
+fn a_fourth_node_joins_through_any_member_as_a_learner() {
+    let mut c = Nodes::start(3);
+    c.cluster_addrs.push(format!("127.0.0.1:{}", free_port()));
+    c.dirs.push(tempfile::tempdir().unwrap());
+    // It names one member only, not the seed list.
+    let fourth = c.spawn(3, &c.cluster_addrs[1].clone());
+    wait_ready(fourth.http.unwrap());
+    c.nodes.push(fourth);
+    let status = c.status(0);
+    let members = status["members"].as_array().unwrap();
+    assert_eq!(members.len(), 4, "{status}");
+    let role = members.iter().find(|m| m["id"] == 4).map(|m| m["role"].clone());
+    assert_eq!(role, Some(serde_json::json!("learner")), "three voters, the fourth learns: {status}");
+    // And it is part of the one broker.
+    let (sub, out) = mosquitto_sub(&c.nodes[3], &["-t", "j/#", "-v", "-C", "1"]);
+    c.wait_routes(0, 1);
+    publish_to(&port_of(&c.nodes[0]), &["-t", "j/x", "-q", "1", "-m", "to the newcomer"]);
+    out.wait_for(|l| l == "j/x to the newcomer");
+    sub.wait_output(WAIT);
+}
+
+#[test]
+fn the_cluster_re_forms_after_all_nodes_restart() {
+    let mut c = Nodes::start(3);
+    let (sub, _) = mosquitto_sub(&c.nodes[2], &["-i", "stays", "-c", "-q", "1", "-t", "back/#", "-E"]);
+    sub.wait_output(WAIT);
+    c.wait_routes(0, 1);
+    for n in &mut c.nodes {
+        assert_eq!(n.stop(), Some(0));
+    }
+    let join = c.cluster_addrs.join(",");
+    c.nodes = (0..3).map(|i| c.spawn(i, &join)).collect();
+    for n in &c.nodes {
+        wait_ready(n.http.unwrap());
+    }
+    // The route of node 3's persistent session came back with it.
+    c.wait_routes(0, 1);
+    publish_to(&port_of(&c.nodes[0]), &["-t", "back/x", "-q", "1", "-m", "after restart"]);
+    let (sub, out) = mosquitto_sub_started(&c.nodes[2], &["-i", "stays", "-c", "-q", "1", "-t", "back/#", "-C", "1"]);
+    out.wait_for(|l| l == "after restart");
+    sub.wait_output(WAIT);
+}
+
+#[test]
+fn clients_behind_haproxy_see_one_broker() {
+    let c = Nodes::start(3);
+    let backends: Vec<_> = c.nodes.iter().map(|n| n.mqtt).collect();
+    let (_lb, lb, _dir) = haproxy(&backends);
+    let port = lb.port().to_string();
+    // Round-robin: the subscriber and the publishers land on different nodes.
+    let mut cmd = Command::new("stdbuf");
+    cmd.args(["-oL", "mosquitto_sub", "-h", "127.0.0.1", "-p", &port, "-d", "-t", "lb/#", "-q", "1", "-v", "-C", "4"])
+        .stdout(std::process::Stdio::piped());
+    let mut p = Proc::spawn(&mut cmd);
+    let stdout = p.0.as_mut().unwrap().stdout.take().unwrap();
+    let log = std::sync::Arc::new(Log2::default());
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            sink.push(line);
+        }
+    });
+    log.wait_for(|l| l.contains("received SUBACK"));
+    for i in 0..3 {
+        c.wait_routes(i, 1);
+    }
+    for i in 0..4 {
+        publish_to(&port, &["-t", &format!("lb/{i}"), "-q", "1", "-m", &format!("via lb {i}")]);
+    }
+    log.wait_for(|l| l == "lb/3 via lb 3");
+    p.wait_output(WAIT);
+    assert_eq!(log.messages(), vec!["lb/0 via lb 0", "lb/1 via lb 1", "lb/2 via lb 2", "lb/3 via lb 3"]);
+}
