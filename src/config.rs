@@ -55,6 +55,8 @@ pub struct Config {
     pub join: Vec<String>,
     /// Voters the cluster keeps; other nodes are learners.
     pub voters: usize,
+    /// Seconds a member may stay silent before its routes are purged.
+    pub node_timeout: f64,
 }
 
 impl Default for Config {
@@ -82,6 +84,7 @@ impl Default for Config {
             cluster_advertise: None,
             join: Vec::new(),
             voters: 3,
+            node_timeout: 10.0,
         }
     }
 }
@@ -155,6 +158,9 @@ pub struct ServeArgs {
     /// Voters the cluster keeps; further nodes are learners [default: 3].
     #[arg(long, env = "SKEIN_VOTERS", value_name = "N")]
     pub voters: Option<usize>,
+    /// Seconds a silent member keeps its routes before they are purged [default: 10].
+    #[arg(long, env = "SKEIN_NODE_TIMEOUT", value_name = "SECONDS")]
+    pub node_timeout: Option<f64>,
 }
 
 impl ServeArgs {
@@ -204,6 +210,9 @@ impl ServeArgs {
         if let Some(v) = self.voters {
             c.voters = v;
         }
+        if let Some(t) = self.node_timeout {
+            c.node_timeout = t;
+        }
         c.check()?;
         Ok(c)
     }
@@ -240,6 +249,9 @@ impl Config {
         }
         if self.cluster.is_none() && !self.join.is_empty() {
             return Err("join is set but cluster is not: give `--cluster ADDR` to listen for peers".into());
+        }
+        if !(self.node_timeout.is_finite() && self.node_timeout > 0.0) {
+            return Err(format!("node_timeout = {}: use a number of seconds above 0", self.node_timeout));
         }
         if self.voters == 0 {
             return Err("voters = 0: a cluster needs at least one voter".into());

@@ -96,6 +96,7 @@ async fn serve(config: Config) -> Result<(), String> {
                 mqtt_advertise: mqtt_local.clone(),
                 join: config.join.clone(),
                 voters: config.voters,
+                node_timeout: Duration::from_secs_f64(config.node_timeout),
                 data_dir: config.data_dir.clone(),
             };
             std::fs::create_dir_all(&config.data_dir)

@@ -121,3 +121,50 @@ fn clients_behind_haproxy_see_one_broker() {
     p.wait_output(WAIT);
     assert_eq!(log.messages(), vec!["lb/0 via lb 0", "lb/1 via lb 1", "lb/2 via lb 2", "lb/3 via lb 3"]);
 }
+
+#[test]
+fn kill_9_of_a_node_loses_no_acknowledged_message_and_clients_reconnect_through_haproxy() {
+    use skein_codec::*;
+    let mut c = Nodes::start_with(3, &["--node-timeout", "2"]);
+    let backends: Vec<_> = c.nodes.iter().map(|n| n.mqtt).collect();
+    let (_lb, lb, _dir) = haproxy(&backends);
+    // Subscribers on the same filter on node 2 (survives) and node 3 (killed): routes name both.
+    let (_doomed, _) = mosquitto_sub(&c.nodes[2], &["-t", "k/#", "-q", "1"]);
+    let (_survivor, out) = mosquitto_sub(&c.nodes[1], &["-t", "k/#", "-q", "1", "-v"]);
+    for node in [2, 3] {
+        c.wait_node_routes(0, node, 1);
+    }
+    let (mut publ, _) = Raw::connect(c.nodes[0].mqtt, connect_packet(ProtocolVersion::V311, "k-pub", true));
+    let mut acked = Vec::new();
+    for i in 1..=60u16 {
+        if i == 20 {
+            c.nodes[2].kill9();
+        }
+        publ.send(&Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: "k/t".into(),
+            packet_id: i,
+            properties: Properties::default(),
+            payload: Bytes::from(format!("m{i}")),
+        }));
+        match publ.recv() {
+            Some(Packet::PubAck(a)) if a.packet_id == i => acked.push(i),
+            other => panic!("expected PUBACK {i}, got {other:?}"),
+        }
+    }
+    // Every acknowledged message reached the surviving subscriber.
+    out.wait_for(|l| l == "k/t m60");
+    let got = out.messages();
+    for i in &acked {
+        assert!(got.contains(&format!("k/t m{i}")), "m{i} was acknowledged but not delivered: {got:?}");
+    }
+    // The dead node's routes are purged, so publishes no longer wait on it.
+    c.wait_node_routes(0, 3, 0);
+    // New clients through the load balancer land on live nodes.
+    for i in 0..4 {
+        let (_, ack) = Raw::connect(lb, connect_packet(ProtocolVersion::V311, &format!("lb-{i}"), true));
+        assert_eq!(ack.reason_code, ReasonCode::Success);
+    }
+}

@@ -375,14 +375,21 @@ pub struct Nodes {
     pub nodes: Vec<Skein>,
     pub cluster_addrs: Vec<String>,
     pub dirs: Vec<tempfile::TempDir>,
+    extra: Vec<String>,
 }
 
 impl Nodes {
     /// Starts `n` seed nodes with ids 1..=n and the same join list, and waits until all are ready.
     pub fn start(n: usize) -> Nodes {
+        Nodes::start_with(n, &[])
+    }
+
+    /// The same, with extra flags for every node.
+    pub fn start_with(n: usize, extra: &[&str]) -> Nodes {
         let cluster_addrs: Vec<String> = (0..n).map(|_| format!("127.0.0.1:{}", free_port())).collect();
         let dirs: Vec<tempfile::TempDir> = (0..n).map(|_| tempfile::tempdir().unwrap()).collect();
-        let mut nodes = Nodes { nodes: Vec::new(), cluster_addrs, dirs };
+        let mut nodes =
+            Nodes { nodes: Vec::new(), cluster_addrs, dirs, extra: extra.iter().map(|s| s.to_string()).collect() };
         for i in 0..n {
             let s = nodes.spawn(i, &nodes.cluster_addrs.join(","));
             nodes.nodes.push(s);
@@ -396,15 +403,24 @@ impl Nodes {
     /// Starts node `i` (id i+1) on its data dir with `join`.
     pub fn spawn(&self, i: usize, join: &str) -> Skein {
         let id = (i + 1).to_string();
-        Skein::start_in(
-            self.dirs[i].path(),
-            &["--node-id", &id, "--cluster", &self.cluster_addrs[i], "--join", join, "--http", "127.0.0.1:0"],
-        )
+        let mut args =
+            vec!["--node-id", &id, "--cluster", &self.cluster_addrs[i], "--join", join, "--http", "127.0.0.1:0"];
+        args.extend(self.extra.iter().map(String::as_str));
+        Skein::start_in(self.dirs[i].path(), &args)
     }
 
     pub fn status(&self, i: usize) -> serde_json::Value {
         let (_, body) = http_get(self.nodes[i].http.unwrap(), "/cluster").expect("status");
         serde_json::from_str(&body).expect("JSON")
+    }
+
+    /// Waits until node `i` sees `count` route entries for node id `node`.
+    pub fn wait_node_routes(&self, i: usize, node: u64, count: u64) {
+        let deadline = Instant::now() + WAIT;
+        while self.status(i)["routes_per_node"][node.to_string()].as_u64() != Some(count) {
+            assert!(Instant::now() < deadline, "node {i} never saw {count} routes of node {node}: {}", self.status(i));
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Waits until node `i` has a route entry for `count` filters.
@@ -423,7 +439,8 @@ pub fn haproxy(backends: &[SocketAddr]) -> (Proc, SocketAddr, tempfile::TempDir)
     let port = free_port();
     let mut cfg = format!(
         "global\n  maxconn 1000\ndefaults\n  mode tcp\n  timeout connect 2s\n  timeout client 60s\n  timeout server 60s\n\
-         frontend mqtt\n  bind 127.0.0.1:{port}\n  default_backend nodes\nbackend nodes\n  balance roundrobin\n"
+         frontend mqtt\n  bind 127.0.0.1:{port}\n  default_backend nodes\nbackend nodes\n  balance roundrobin\n  \
+         option redispatch\n  retries 3\n"
     );
     for (i, b) in backends.iter().enumerate() {
         cfg.push_str(&format!("  server n{i} {b} check inter 200ms fall 1 rise 1\n"));

@@ -41,6 +41,9 @@ pub struct ClusterConfig {
     pub join: Vec<String>,
     /// How many voters the cluster keeps; further nodes are learners, which still apply the log.
     pub voters: usize,
+    /// A member that has not answered for this long has its routes purged; it announces them again on return.
+    /// Forwarded messages it has not taken by then are given up (and counted).
+    pub node_timeout: Duration,
     pub data_dir: PathBuf,
 }
 
@@ -63,6 +66,8 @@ pub struct ClusterNode {
     pub forward_failures: AtomicU64,
     /// This node itself, for the tasks it starts from `&self`.
     this: std::sync::Weak<ClusterNode>,
+    /// Route changes reported and not yet proposed.
+    pending_routes: std::sync::atomic::AtomicUsize,
 }
 
 type Outbound = (Arc<Message>, oneshot::Sender<bool>);
@@ -96,6 +101,7 @@ impl ClusterNode {
         let (tx, rx) = mpsc::unbounded_channel();
         Ok(Arc::new_cyclic(|this| ClusterNode {
             this: this.clone(),
+            pending_routes: std::sync::atomic::AtomicUsize::new(0),
             config,
             raft,
             sm,
@@ -130,6 +136,10 @@ impl ClusterNode {
         let me = self.clone();
         tokio::spawn(async move { me.form().await });
         let me = self.clone();
+        tokio::spawn(async move { me.watch_members().await });
+        let me = self.clone();
+        tokio::spawn(async move { me.reconcile_routes().await });
+        let me = self.clone();
         let rx = self.routes_rx.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(rx) = rx {
             tokio::spawn(async move { me.propose_routes(rx).await });
@@ -161,6 +171,81 @@ impl ClusterNode {
         let filters = self.broker.get().map(|b| b.local_filters()).unwrap_or_default();
         self.propose(Command::Announce { node: self.id(), filters }).await;
         tracing::info!(node_id = self.id(), "joined the cluster");
+    }
+
+    /// On the leader: probes every member and purges the routes of one that has not answered for `node_timeout`,
+    /// so that publishes stop waiting on it. Leadership changes and lost quorum only pause this; delivery on the
+    /// live nodes goes on regardless.
+    async fn watch_members(self: Arc<Self>) {
+        let mut last_seen: HashMap<NodeId, tokio::time::Instant> = HashMap::new();
+        let mut purged: BTreeSet<NodeId> = BTreeSet::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tick.tick().await;
+            let m = self.raft.metrics().borrow().clone();
+            if m.current_leader != Some(self.id()) {
+                last_seen.clear();
+                continue;
+            }
+            let now = tokio::time::Instant::now();
+            let members: Vec<(NodeId, String)> = m
+                .membership_config
+                .membership()
+                .nodes()
+                .filter(|(id, _)| **id != self.id())
+                .map(|(id, n)| (*id, n.addr.clone()))
+                .collect();
+            for (id, addr) in members {
+                let alive = match network::client(&addr) {
+                    Ok(mut c) => tokio::time::timeout(Duration::from_millis(500), c.hello(HelloRequest {}))
+                        .await
+                        .is_ok_and(|r| r.is_ok()),
+                    Err(_) => false,
+                };
+                let seen = last_seen.entry(id).or_insert(now);
+                if alive {
+                    *seen = now;
+                    purged.remove(&id);
+                } else if now.duration_since(*seen) > self.config.node_timeout && !purged.contains(&id) {
+                    let has_routes = self
+                        .sm
+                        .inner
+                        .read()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .state
+                        .routes
+                        .values()
+                        .any(|n| n.contains(&id));
+                    if has_routes {
+                        tracing::warn!(node = id, "node not answering; purging its routes");
+                        self.propose(Command::Purge { node: id }).await;
+                    }
+                    purged.insert(id);
+                }
+            }
+        }
+    }
+
+    /// Every node, every second: if the route table's entries for this node differ from what its broker holds
+    /// (it was purged while away, or a proposal was lost), announce the whole set again.
+    async fn reconcile_routes(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            if !self.ready() || self.pending_routes.load(Ordering::Acquire) != 0 {
+                continue;
+            }
+            let Some(broker) = self.broker.get() else { continue };
+            let local: BTreeSet<String> = broker.local_filters().into_iter().collect();
+            let replicated: BTreeSet<String> = {
+                let a = self.sm.inner.read().unwrap_or_else(|e| e.into_inner());
+                a.state.routes.iter().filter(|(_, n)| n.contains(&self.id())).map(|(f, _)| f.clone()).collect()
+            };
+            if local != replicated {
+                tracing::info!(node = self.id(), routes = local.len(), "announcing this node's routes again");
+                self.propose(Command::Announce { node: self.id(), filters: local.into_iter().collect() }).await;
+            }
+        }
     }
 
     /// One attempt: true when this node is part of a cluster.
@@ -274,6 +359,7 @@ impl ClusterNode {
             while let Ok(c) = rx.try_recv() {
                 changes.push(c);
             }
+            let n = changes.len();
             let mut last: BTreeMap<String, bool> = BTreeMap::new();
             for c in changes {
                 match c {
@@ -284,6 +370,7 @@ impl ClusterNode {
             let added = last.iter().filter(|(_, a)| **a).map(|(f, _)| f.clone()).collect();
             let removed = last.iter().filter(|(_, a)| !**a).map(|(f, _)| f.clone()).collect();
             self.propose(Command::Routes { node: self.id(), added, removed }).await;
+            self.pending_routes.fetch_sub(n, Ordering::AcqRel);
         }
     }
 
@@ -358,6 +445,9 @@ impl ClusterNode {
             "applied_index": m.last_applied.map(|l| l.index),
             "members": members,
             "routes": a.state.routes.len(),
+            "routes_per_node": a.state.members.keys().chain(voters.iter()).collect::<BTreeSet<_>>().into_iter()
+                .map(|id| (id.to_string(), a.state.routes.values().filter(|n| n.contains(id)).count()))
+                .collect::<BTreeMap<_, _>>(),
             "forward_failures": self.forward_failures.load(Ordering::Relaxed),
         })
     }
@@ -371,11 +461,17 @@ impl ClusterNode {
 
 impl skein_broker::Cluster for ClusterNode {
     fn route_added(&self, filter: &str) {
-        let _ = self.routes.send(RouteChange::Added(filter.to_string()));
+        self.pending_routes.fetch_add(1, Ordering::AcqRel);
+        if self.routes.send(RouteChange::Added(filter.to_string())).is_err() {
+            self.pending_routes.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 
     fn route_removed(&self, filter: &str) {
-        let _ = self.routes.send(RouteChange::Removed(filter.to_string()));
+        self.pending_routes.fetch_add(1, Ordering::AcqRel);
+        if self.routes.send(RouteChange::Removed(filter.to_string())).is_err() {
+            self.pending_routes.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 
     fn forward(&self, message: &Arc<Message>) -> Option<Accepted> {
@@ -404,9 +500,6 @@ impl skein_broker::Cluster for ClusterNode {
     }
 }
 
-/// How long a batch may wait for a node before its messages are counted as failed.
-const FORWARD_GIVE_UP: Duration = Duration::from_secs(10);
-
 /// Keeps one stream to `node` and sends it batches; a batch is acknowledged once delivered there. On a broken
 /// stream it reconnects and sends the unacknowledged batches again.
 async fn forward_loop(node: Arc<ClusterNode>, target: NodeId, addr: String, mut rx: mpsc::UnboundedReceiver<Outbound>) {
@@ -424,6 +517,12 @@ async fn forward_loop(node: Arc<ClusterNode>, target: NodeId, addr: String, mut 
             Ok(r) => r.into_inner(),
             Err(e) => {
                 tracing::debug!(target, error = %e, "forward stream not open; retrying");
+                // What arrived meanwhile waits with the unacknowledged batches, and times out with them.
+                while let Ok((m, w)) = rx.try_recv() {
+                    let batch = ForwardBatch { batch_id: next_batch, from_node: node.id(), messages: vec![encode(&m)] };
+                    next_batch += 1;
+                    unacked.push((batch.batch_id, batch, vec![w], tokio::time::Instant::now()));
+                }
                 fail_old(&node, &mut unacked);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(1));
@@ -477,14 +576,14 @@ async fn forward_loop(node: Arc<ClusterNode>, target: NodeId, addr: String, mut 
     }
 }
 
-/// Gives up on batches a node has not taken for `FORWARD_GIVE_UP`: their publishers are answered, the loss counted.
+/// Gives up on batches a node has not taken for `node_timeout`: their publishers are answered, the loss counted.
 fn fail_old(
     node: &ClusterNode,
     unacked: &mut Vec<(u64, ForwardBatch, Vec<oneshot::Sender<bool>>, tokio::time::Instant)>,
 ) {
     let now = tokio::time::Instant::now();
     unacked.retain_mut(|(_, b, waiters, since)| {
-        if now.duration_since(*since) < FORWARD_GIVE_UP {
+        if now.duration_since(*since) < node.config.node_timeout {
             return true;
         }
         node.forward_failures.fetch_add(b.messages.len() as u64, Ordering::Relaxed);
