@@ -168,3 +168,47 @@ fn kill_9_of_a_node_loses_no_acknowledged_message_and_clients_reconnect_through_
         assert_eq!(ack.reason_code, ReasonCode::Success);
     }
 }
+
+#[test]
+fn the_same_client_id_through_two_nodes_closes_the_older_connection() {
+    use skein_codec::*;
+    let c = Nodes::start(3);
+    let (mut first, _) = Raw::connect(c.nodes[0].mqtt, connect_packet(ProtocolVersion::V5, "roamer", true));
+    let (mut second, ack) = Raw::connect(c.nodes[1].mqtt, connect_packet(ProtocolVersion::V5, "roamer", true));
+    assert_eq!(ack.reason_code, ReasonCode::Success);
+    assert_eq!(
+        first.recv_until_closed(),
+        vec![Packet::Disconnect(Disconnect::new(ReasonCode::SessionTakenOver))],
+        "the older connection, on another node, is closed with 0x8E"
+    );
+    second.send(&Packet::PingReq);
+    assert_eq!(second.recv(), Some(Packet::PingResp));
+}
+
+#[test]
+fn a_persistent_session_resumes_on_another_node_with_its_queued_messages() {
+    let c = Nodes::start(3);
+    // Subscribe on node 1 with a persistent session, then leave.
+    let (sub, _) = mosquitto_sub(&c.nodes[0], &["-i", "nomad", "-c", "-q", "1", "-t", "nomad/#", "-E"]);
+    sub.wait_output(WAIT);
+    c.wait_routes(2, 1);
+    // Messages published on node 3 queue in the session on node 1.
+    for i in 0..3 {
+        publish_to(&port_of(&c.nodes[2]), &["-t", "nomad/x", "-q", "1", "-m", &format!("queued {i}")]);
+    }
+    // The client comes back through node 2: the session moves there, queued messages and subscription with it.
+    let (sub, out) =
+        mosquitto_sub_started(&c.nodes[1], &["-i", "nomad", "-c", "-q", "1", "-t", "nomad/#", "-C", "4", "-v"]);
+    out.wait_for(|l| l == "nomad/x queued 2");
+    // The route now points at node 2: a new message reaches the session there.
+    c.wait_node_routes(2, 2, 1);
+    publish_to(&port_of(&c.nodes[2]), &["-t", "nomad/y", "-q", "1", "-m", "after the move"]);
+    out.wait_for(|l| l == "nomad/y after the move");
+    sub.wait_output(WAIT);
+    assert_eq!(
+        out.messages(),
+        vec!["nomad/x queued 0", "nomad/x queued 1", "nomad/x queued 2", "nomad/y after the move"]
+    );
+    // Node 1 no longer routes for it.
+    c.wait_node_routes(2, 1, 0);
+}

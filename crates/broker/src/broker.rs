@@ -18,7 +18,7 @@ use crate::config::BrokerConfig;
 use crate::message::Message;
 use crate::retained::Retained;
 use crate::router::{Router, Subscriber, Target, delivered_qos};
-use crate::session::{Outgoing, Session, SessionLimits, StoreUpdate, Subscription};
+use crate::session::{Outgoing, Session, SessionExport, SessionLimits, StoreUpdate, Subscription};
 use crate::stats::Stats;
 use crate::store::{Store, StoreError, StoredSession};
 
@@ -54,6 +54,8 @@ struct Link {
     id: u64,
     kick: Option<oneshot::Sender<ReasonCode>>,
     done: watch::Receiver<bool>,
+    /// When the connection attached: a takeover from another node closes only connections older than its own.
+    since: std::time::SystemTime,
 }
 
 impl SessionHandle {
@@ -61,6 +63,22 @@ impl SessionHandle {
     pub fn is_attached(&self, id: u64) -> bool {
         lock(&self.link).as_ref().is_some_and(|l| l.id == id)
     }
+}
+
+/// What a connection asks of `Broker::connect`.
+pub struct ConnectRequest {
+    pub client_id: ByteString,
+    /// Discard what the session held [MQTT-3.1.2-4].
+    pub clean_start: bool,
+    /// The session outlives this connection.
+    pub persistent: bool,
+    pub version: ProtocolVersion,
+    /// The client's MQTT 5.0 Maximum Packet Size.
+    pub max_packet_size: Option<usize>,
+    /// The client's MQTT 5.0 Receive Maximum.
+    pub receive_maximum: Option<u16>,
+    /// The session another node handed over, if it held one.
+    pub imported: Option<SessionExport>,
 }
 
 /// What `Broker::connect` hands the connection.
@@ -222,18 +240,11 @@ impl Broker {
         tokio::time::timeout(limit, rx.wait_for(|n| *n == 0)).await.is_ok()
     }
 
-    /// Attaches a new connection to the session of `client_id`, closing the one attached before it
-    /// [MQTT-3.1.4-2] and waiting (boundedly) for that one to finish. `persistent` is whether the session outlives
-    /// this connection; `clean_start` discards what the session held [MQTT-3.1.2-4].
-    pub async fn connect(
-        &self,
-        client_id: ByteString,
-        clean_start: bool,
-        persistent: bool,
-        version: ProtocolVersion,
-        max_packet_size: Option<usize>,
-        receive_maximum: Option<u16>,
-    ) -> Result<Attached, StoreError> {
+    /// Attaches a new connection to the session of its client id, closing the one attached before it
+    /// [MQTT-3.1.4-2] and waiting (boundedly) for that one to finish.
+    pub async fn connect(&self, request: ConnectRequest) -> Result<Attached, StoreError> {
+        let ConnectRequest { client_id, clean_start, persistent, version, max_packet_size, receive_maximum, imported } =
+            request;
         let connection_id = self.next_connection.fetch_add(1, Ordering::Relaxed);
         let waker = Arc::new(Notify::new());
         let (kick_tx, kicked) = oneshot::channel();
@@ -242,7 +253,12 @@ impl Broker {
             .entry(client_id.clone())
             .or_insert_with(|| self.new_session(client_id.clone()))
             .clone();
-        let previous = lock(&session.link).replace(Link { id: connection_id, kick: Some(kick_tx), done: done_rx });
+        let previous = lock(&session.link).replace(Link {
+            id: connection_id,
+            kick: Some(kick_tx),
+            done: done_rx,
+            since: std::time::SystemTime::now(),
+        });
         if let Some(mut prev) = previous {
             if let Some(kick) = prev.kick.take() {
                 let _ = kick.send(ReasonCode::SessionTakenOver);
@@ -259,9 +275,37 @@ impl Broker {
         let (session_present, removed) = {
             let mut state = lock(&session.state);
             // A session that was not persistent ended with its connection, even if its teardown has not run yet.
-            let existed = state.persistent && !clean_start;
+            let mut existed = state.persistent && !clean_start;
             let removed = if existed { Vec::new() } else { self.clear_session(&session, &mut state) };
             state.persistent = persistent;
+            if let Some(export) = imported.filter(|_| !clean_start && !existed) {
+                // The session another node held: its subscriptions route here now, its messages go out from here.
+                for (filter, sub) in export.subscriptions {
+                    state.subscriptions.insert(filter.clone(), sub);
+                    self.route_subscribe(
+                        &filter,
+                        Subscriber { session: session.clone(), options: sub.options, id: sub.id },
+                    );
+                }
+                for m in export.messages {
+                    let mut out = Outgoing {
+                        message: Arc::new(m.message),
+                        qos: m.qos,
+                        retain: m.retain,
+                        subscription_ids: m.subscription_ids,
+                        stored: None,
+                    };
+                    if persistent
+                        && let Some(store) = &self.store
+                        && let Ok(key) = store.next_key()
+                        && store.put_queued(&client_id, key, &out, m.sent).is_ok()
+                    {
+                        out.stored = Some(key);
+                    }
+                    state.restore(out, m.sent);
+                }
+                existed = true;
+            }
             state.connected(connection_id, waker.clone(), version, limits);
             (existed, removed)
         };
@@ -277,6 +321,59 @@ impl Broker {
             }
         }
         Ok(Attached { session, session_present, connection_id, kicked, done, waker })
+    }
+
+    /// Another node is taking `client_id` over: closes its connection here (and waits for it to finish), and hands
+    /// back its session if it was persistent and `want_session`. The session is gone from this node afterwards.
+    pub async fn take_over(
+        &self,
+        client_id: &str,
+        want_session: bool,
+        newer_than: std::time::SystemTime,
+    ) -> Option<SessionExport> {
+        let session = lock(&self.sessions).get(client_id).cloned()?;
+        let previous = {
+            let mut link = lock(&session.link);
+            if link.as_ref().is_some_and(|l| l.since > newer_than) {
+                // Ours is the newer connection: the request is late, and loses.
+                return None;
+            }
+            link.take()
+        };
+        if let Some(mut prev) = previous {
+            if let Some(kick) = prev.kick.take() {
+                let _ = kick.send(ReasonCode::SessionTakenOver);
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(5), prev.done.wait_for(|d| *d)).await;
+        }
+        if lock(&session.link).is_some() {
+            // A connection came back here meanwhile; it wins.
+            return None;
+        }
+        let (export, removed) = {
+            let mut state = lock(&session.state);
+            let export = (state.persistent && want_session).then(|| state.export());
+            state.disconnected();
+            state.persistent = false;
+            (export, self.clear_session(&session, &mut state))
+        };
+        {
+            let mut sessions = lock(&self.sessions);
+            if sessions.get(client_id).is_some_and(|s| Arc::ptr_eq(s, &session)) {
+                sessions.remove(client_id);
+            }
+        }
+        if let Some(store) = &self.store {
+            for key in removed {
+                let _ = store.remove_queued(client_id, key);
+            }
+            let _ = store.remove_session(client_id);
+        }
+        export
+    }
+
+    pub fn cluster(&self) -> &Arc<dyn Cluster> {
+        &self.cluster
     }
 
     /// Drops a session's subscriptions from the router and empties it. Returns the stored message keys to delete.

@@ -8,6 +8,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::message::Message;
+use crate::session::SessionExport;
+
+/// Resolves when the other nodes have closed any connection of a client id; carries its session if one of them
+/// held it persistently.
+pub type TakenOver = Pin<Box<dyn Future<Output = Option<SessionExport>> + Send>>;
 
 /// Resolves when every node a message was forwarded to has accepted it: true if all did, false if one could not
 /// be reached in time (counted and logged by the cluster).
@@ -19,6 +24,13 @@ pub trait Cluster: Send + Sync + 'static {
     /// such node. Called for messages published on this node, never for ones forwarded to it.
     fn forward(&self, message: &Arc<Message>) -> Option<Accepted> {
         let _ = message;
+        None
+    }
+
+    /// A client is connecting here: close its connection on any other node (MQTT 5.0 clients hear 0x8E) and, when
+    /// `want_session`, bring its persistent session over. `None` when there are no other nodes.
+    fn take_over(&self, client_id: &str, want_session: bool, connected_at: std::time::SystemTime) -> Option<TakenOver> {
+        let _ = (client_id, want_session, connected_at);
         None
     }
 

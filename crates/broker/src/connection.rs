@@ -20,7 +20,7 @@ use skein_codec::{
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 
-use crate::broker::{Attached, Broker, lock};
+use crate::broker::{Attached, Broker, ConnectRequest, lock};
 use crate::message::Message;
 use crate::stats::Stats;
 
@@ -141,19 +141,25 @@ where
             return;
         }
     };
+    let connected_at = std::time::SystemTime::now();
     let receive_maximum = connect.properties.receive_maximum;
     let client_max_packet = connect.properties.maximum_packet_size.map(|n| n as usize);
-    let attached = match broker
-        .connect(
-            accepted.client_id.clone(),
-            connect.clean_start,
-            accepted.persistent,
-            version,
-            client_max_packet,
-            receive_maximum,
-        )
-        .await
-    {
+    // The client id is unique across the cluster: other nodes close their connection of it, and hand its session
+    // over when this one resumes it.
+    let imported = match broker.cluster().take_over(&accepted.client_id, !connect.clean_start, connected_at) {
+        Some(taken) => taken.await,
+        None => None,
+    };
+    let request = ConnectRequest {
+        client_id: accepted.client_id.clone(),
+        clean_start: connect.clean_start,
+        persistent: accepted.persistent,
+        version,
+        max_packet_size: client_max_packet,
+        receive_maximum,
+        imported,
+    };
+    let attached = match broker.connect(request).await {
         Ok(a) => a,
         Err(e) => {
             tracing::error!(client_id = %accepted.client_id, error = %e, "session could not be opened");

@@ -50,6 +50,23 @@ struct Inflight {
     state: InflightState,
 }
 
+/// A persistent session moving to another node: its subscriptions and what was queued or in flight, in order.
+#[derive(Debug, Clone, Default)]
+pub struct SessionExport {
+    pub subscriptions: Vec<(ByteString, Subscription)>,
+    pub messages: Vec<ExportedMessage>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ExportedMessage {
+    pub message: Message,
+    pub qos: QoS,
+    pub retain: bool,
+    pub subscription_ids: Vec<u32>,
+    /// Packet identifier and state if it had been sent.
+    pub sent: Option<(u16, InflightState)>,
+}
+
 /// Why a message was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dropped {
@@ -364,6 +381,21 @@ impl Session {
     /// Messages queued or in flight, in order, for persisting or handing over.
     pub fn pending(&self) -> impl Iterator<Item = &Outgoing> {
         self.inflight.iter().map(|i| &i.out).chain(self.queue.iter())
+    }
+
+    /// Everything another node needs to carry this session on.
+    pub fn export(&self) -> SessionExport {
+        let one = |o: &Outgoing, sent| ExportedMessage {
+            message: (*o.message).clone(),
+            qos: o.qos,
+            retain: o.retain,
+            subscription_ids: o.subscription_ids.clone(),
+            sent,
+        };
+        let mut messages: Vec<ExportedMessage> =
+            self.inflight.iter().map(|i| one(&i.out, Some((i.packet_id, i.state)))).collect();
+        messages.extend(self.queue.iter().map(|o| one(o, None)));
+        SessionExport { subscriptions: self.subscriptions.iter().map(|(f, s)| (f.clone(), *s)).collect(), messages }
     }
 }
 

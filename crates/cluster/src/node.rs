@@ -8,21 +8,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
-use bytes::BytesMut;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, Config, SnapshotPolicy};
 use skein_broker::Broker;
 use skein_broker::cluster::Accepted;
 use skein_broker::message::Message;
-use skein_codec::{MAX_PACKET_SIZE, Packet, ProtocolVersion, decode};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
 
+use crate::handover;
 use crate::network::{self, Factory, to_message};
 use crate::proto::cluster_server::{Cluster as ClusterService, ClusterServer};
 use crate::proto::{
-    ForwardAck, ForwardBatch, Forwarded, HelloReply, HelloRequest, JoinReply, JoinRequest, RaftMessage,
+    ForwardAck, ForwardBatch, HelloReply, HelloRequest, JoinReply, JoinRequest, RaftMessage, TakeoverReply,
+    TakeoverRequest,
 };
 use crate::state::{Command, Member, NodeId, RouteIndex};
 use crate::store::{self, Raft, StateMachine};
@@ -388,9 +388,15 @@ impl ClusterNode {
         index
     }
 
+    /// Members and their cluster addresses, as this node's Raft knows them (the log's latest membership, which a
+    /// follower knows before it has applied it).
+    fn members(&self) -> Vec<(NodeId, String)> {
+        let m = self.raft.metrics().borrow().membership_config.clone();
+        m.membership().nodes().map(|(id, n)| (*id, n.addr.clone())).collect()
+    }
+
     fn member_addr(&self, node: NodeId) -> Option<String> {
-        let a = self.sm.inner.read().unwrap_or_else(|e| e.into_inner());
-        a.last_membership.membership().get_node(&node).map(|n| n.addr.clone())
+        self.members().into_iter().find(|(id, _)| *id == node).map(|(_, a)| a)
     }
 
     /// The peers a message goes to: those with matching routes, and every member for a retained message, so that
@@ -398,8 +404,7 @@ impl ClusterNode {
     fn targets(&self, message: &Message) -> Vec<NodeId> {
         let me = self.id();
         if message.retain {
-            let a = self.sm.inner.read().unwrap_or_else(|e| e.into_inner());
-            return a.last_membership.membership().nodes().map(|(id, _)| *id).filter(|id| *id != me).collect();
+            return self.members().into_iter().map(|(id, _)| id).filter(|id| *id != me).collect();
         }
         self.route_index().remote_nodes(&message.topic, me)
     }
@@ -474,6 +479,47 @@ impl skein_broker::Cluster for ClusterNode {
         }
     }
 
+    fn take_over(
+        &self,
+        client_id: &str,
+        want_session: bool,
+        connected_at: std::time::SystemTime,
+    ) -> Option<skein_broker::cluster::TakenOver> {
+        let connected_at_ns =
+            connected_at.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+        let peers: Vec<String> =
+            self.members().into_iter().filter(|(id, _)| *id != self.id()).map(|(_, a)| a).collect();
+        if peers.is_empty() {
+            return None;
+        }
+        let client_id = client_id.to_string();
+        let asks = async move {
+            let mut asks = Vec::with_capacity(peers.len());
+            for addr in peers {
+                let req = TakeoverRequest { client_id: client_id.clone(), want_session, connected_at_ns };
+                asks.push(tokio::spawn(async move {
+                    let mut c = network::client(&addr).ok()?;
+                    // A node that does not answer soon is down or cut off; its copy of the session is lost to us.
+                    let reply = tokio::time::timeout(Duration::from_secs(1), c.takeover(req)).await.ok()?.ok()?;
+                    handover::from_reply(reply.into_inner())
+                }));
+            }
+            let mut session = None;
+            for a in asks {
+                if let Ok(Some(s)) = a.await {
+                    session = Some(s);
+                }
+            }
+            session
+        };
+        if !want_session {
+            // A clean session has nothing to bring over: close the other connections, but don't wait for it.
+            tokio::spawn(asks);
+            return None;
+        }
+        Some(Box::pin(asks))
+    }
+
     fn forward(&self, message: &Arc<Message>) -> Option<Accepted> {
         let targets = self.targets(message);
         if targets.is_empty() {
@@ -519,7 +565,11 @@ async fn forward_loop(node: Arc<ClusterNode>, target: NodeId, addr: String, mut 
                 tracing::debug!(target, error = %e, "forward stream not open; retrying");
                 // What arrived meanwhile waits with the unacknowledged batches, and times out with them.
                 while let Ok((m, w)) = rx.try_recv() {
-                    let batch = ForwardBatch { batch_id: next_batch, from_node: node.id(), messages: vec![encode(&m)] };
+                    let batch = ForwardBatch {
+                        batch_id: next_batch,
+                        from_node: node.id(),
+                        messages: vec![handover::encode_message(&m)],
+                    };
                     next_batch += 1;
                     unacked.push((batch.batch_id, batch, vec![w], tokio::time::Instant::now()));
                 }
@@ -545,7 +595,7 @@ async fn forward_loop(node: Arc<ClusterNode>, target: NodeId, addr: String, mut 
                     let mut messages = Vec::with_capacity(items.len());
                     let mut waiters = Vec::with_capacity(items.len());
                     for (m, w) in items {
-                        messages.push(encode(&m));
+                        messages.push(handover::encode_message(&m));
                         waiters.push(w);
                     }
                     let batch = ForwardBatch { batch_id: next_batch, from_node: node.id(), messages };
@@ -593,23 +643,6 @@ fn fail_old(
         }
         false
     });
-}
-
-fn encode(m: &Message) -> Forwarded {
-    let mut buf = BytesMut::new();
-    let _ = Packet::Publish(m.to_publish(m.qos, 1, m.retain, false, &[])).encode(ProtocolVersion::V5, &mut buf);
-    Forwarded { publish: buf.to_vec(), publisher: m.publisher.as_deref().unwrap_or("").to_string() }
-}
-
-fn decode_forwarded(f: Forwarded) -> Option<Message> {
-    let mut buf = BytesMut::from(&f.publish[..]);
-    match decode(&mut buf, ProtocolVersion::V5, MAX_PACKET_SIZE) {
-        Ok(Some(Packet::Publish(p))) => {
-            let publisher = (!f.publisher.is_empty()).then(|| f.publisher.as_str().into());
-            Some(Message::from_publish(p, publisher))
-        }
-        _ => None,
-    }
 }
 
 struct Service(Arc<ClusterNode>);
@@ -679,6 +712,17 @@ impl ClusterService for Service {
         reply(&result)
     }
 
+    async fn takeover(&self, request: Request<TakeoverRequest>) -> Result<Response<TakeoverReply>, Status> {
+        let req = request.into_inner();
+        let Some(broker) = self.0.broker.get() else { return Ok(Response::new(TakeoverReply::default())) };
+        let newer_than = std::time::UNIX_EPOCH + Duration::from_nanos(req.connected_at_ns);
+        let export = broker.take_over(&req.client_id, req.want_session, newer_than).await;
+        if export.is_some() {
+            tracing::info!(client_id = %req.client_id, "session handed over to another node");
+        }
+        Ok(Response::new(handover::to_reply(export)))
+    }
+
     type ForwardStream = tokio_stream::wrappers::ReceiverStream<Result<ForwardAck, Status>>;
 
     async fn forward(
@@ -694,7 +738,7 @@ impl ClusterService for Service {
             while let Some(Ok(batch)) = batches.next().await {
                 let mut durable = false;
                 for f in batch.messages {
-                    if let Some(m) = decode_forwarded(f) {
+                    if let Some(m) = handover::decode_message(&f) {
                         durable |= broker.publish_forwarded(m).durable;
                     }
                 }
