@@ -37,7 +37,7 @@ def version(cmd):
         return "unknown"
 
 
-names = sorted({p.name.split(".")[0] for p in results.glob("*.json")}, key=lambda n: (n.split("-")[0], n))
+names = sorted({p.name.split(".")[0] for p in results.glob("*.json") if not p.name.endswith(".cluster.json")}, key=lambda n: (n.split("-")[0], n))
 order = ["p2p", "fanout", "fanin", "shared", "latency", "conn"]
 names.sort(key=lambda n: (order.index(n.split("-")[0]) if n.split("-")[0] in order else 99, n))
 
@@ -85,6 +85,26 @@ if conn_rows:
             f"| {ratio(s['connects_per_s'], m['connects_per_s'])} | {s['rss_per_connection_bytes'] or 0:,.0f} B "
             f"| {m['rss_per_connection_bytes'] or 0:,.0f} B | {ratio(s['rss_per_connection_bytes'], m['rss_per_connection_bytes'])} |"
         )
+cluster_rows = []
+for p in sorted(results.glob("*.cluster.json")):
+    n = p.name.split(".")[0]
+    c, single = json.loads(p.read_text()), load(n, "skein")
+    if single:
+        cluster_rows.append(
+            f"| {n} | {c['delivered_per_s']:,.0f} | {single['delivered_per_s']:,.0f} "
+            f"| {ratio(c['delivered_per_s'], single['delivered_per_s'])} | {(c['delivered_per_broker_cpu_s'] or 0):,.0f} "
+            f"| {c['latency_us']['p99']:,} | {c['lost']} |"
+        )
+if cluster_rows:
+    lines += [
+        "",
+        "Across a 3-node Skein cluster (publishers on node 1, subscribers on node 2: every message is forwarded once",
+        "between nodes), against single-node Skein in the same run; CPU is all three nodes together:",
+        "",
+        "| scenario | cluster delivered/s | single node delivered/s | ratio | cluster msgs/CPU-s (3 nodes) | cluster p99 µs | lost |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        *cluster_rows,
+    ]
 lines += [
     "",
     "Peak broker RSS per run (MiB), Skein / Mosquitto:",

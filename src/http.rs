@@ -1,6 +1,7 @@
 //! The HTTP endpoint for probes and status: `GET /healthz` (the process answers), `GET /readyz` (the MQTT
 //! listeners are up, the node is not shutting down, and, when clustered, it has joined and knows a leader) and
-//! `GET /cluster` (the cluster as this node sees it, JSON). Deliberately tiny: one request per connection.
+//! `GET /cluster` (the cluster as this node sees it, JSON) and `POST /cluster/leave` (leave the cluster, then shut
+//! down). Deliberately tiny: one request per connection.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,8 +54,19 @@ async fn answer(mut stream: TcpStream, broker: &Broker, node: Option<&ClusterNod
             Some(n) => ("200 OK", "application/json", format!("{}\n", n.status())),
             None => ("404 Not Found", "text/plain", "not clustered: start with --cluster ADDR\n".into()),
         },
+        ("POST", "/cluster/leave") => match node {
+            Some(n) => match n.leave().await {
+                Ok(()) => {
+                    tracing::info!("left the cluster; shutting down");
+                    broker.begin_shutdown();
+                    ("200 OK", "text/plain", "left the cluster; shutting down\n".into())
+                }
+                Err(e) => ("503 Service Unavailable", "text/plain", format!("could not leave: {e}\n")),
+            },
+            None => ("404 Not Found", "text/plain", "not clustered\n".into()),
+        },
         ("GET", _) => ("404 Not Found", "text/plain", "not found\n".into()),
-        _ => ("405 Method Not Allowed", "text/plain", "only GET\n".into()),
+        _ => ("405 Method Not Allowed", "text/plain", "GET, or POST /cluster/leave\n".into()),
     };
     let response = format!(
         "HTTP/1.1 {status}\r\ncontent-type: {kind}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",

@@ -24,12 +24,39 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the broker. With no flags: MQTT on 0.0.0.0:1883, state under ./skein-data.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
+    /// Ask a running node about its cluster, or tell it to leave.
+    Cluster {
+        /// The node's HTTP address (its --http).
+        #[arg(long, env = "SKEIN_HTTP", default_value = "127.0.0.1:8080", global = true)]
+        http: String,
+        #[command(subcommand)]
+        action: ClusterAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterAction {
+    /// Members, roles, leader, term and applied index, as that node sees them.
+    Status {
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove the node from the cluster (its routes and its place), then shut it down.
+    Leave,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Cluster { http, action } => match cluster_command(&http, action) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("skein: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Serve(args) => {
             let config = match args.resolve() {
                 Ok(c) => c,
@@ -56,6 +83,53 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// `skein cluster status|leave`: one HTTP request to the node.
+fn cluster_command(http: &str, action: ClusterAction) -> Result<(), String> {
+    use std::io::{Read, Write};
+    let (method, path) = match action {
+        ClusterAction::Status { .. } => ("GET", "/cluster"),
+        ClusterAction::Leave => ("POST", "/cluster/leave"),
+    };
+    let mut s = std::net::TcpStream::connect(http).map_err(|e| {
+        format!("cannot reach the node's HTTP at {http}: {e} (start it with --http, or pass --http ADDR)")
+    })?;
+    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+    write!(s, "{method} {path} HTTP/1.1\r\nhost: {http}\r\ncontent-length: 0\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).map_err(|e| e.to_string())?;
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(body.trim().to_string());
+    }
+    match action {
+        ClusterAction::Status { json: true } | ClusterAction::Leave => print!("{body}"),
+        ClusterAction::Status { json: false } => {
+            let v: serde_json::Value = serde_json::from_str(body).map_err(|e| e.to_string())?;
+            println!(
+                "node {}  state {}  leader {}  term {}  applied {}",
+                v["node_id"],
+                v["state"].as_str().unwrap_or("?"),
+                v["leader"],
+                v["term"],
+                v["applied_index"]
+            );
+            println!("{:<6} {:<8} {:<24} {:<24} routes", "id", "role", "cluster", "mqtt");
+            for m in v["members"].as_array().into_iter().flatten() {
+                let id = m["id"].to_string();
+                println!(
+                    "{:<6} {:<8} {:<24} {:<24} {}",
+                    id,
+                    m["role"].as_str().unwrap_or("?"),
+                    m["cluster_addr"].as_str().unwrap_or("?"),
+                    m["mqtt_addr"].as_str().unwrap_or("-"),
+                    v["routes_per_node"][&id]
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 fn init_logging(config: &Config) {
@@ -136,7 +210,12 @@ async fn serve(config: Config) -> Result<(), String> {
         tracing::warn!("anonymous clients are allowed (allow_anonymous = true)");
     }
 
-    wait_for_signal().await;
+    let mut stop = broker.shutdown_signal();
+    tokio::select! {
+        _ = wait_for_signal() => {}
+        // `skein cluster leave` shuts the node down from the inside.
+        _ = stop.wait_for(|s| *s) => {}
+    }
     tracing::info!("shutting down: closing connections");
     broker.begin_shutdown();
     for l in listeners {

@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let file = format!("{proto_dir}/cluster.proto");
     println!("cargo:rerun-if-changed={file}");
     let fds = protox::compile([file.as_str()], [proto_dir])?;
-    tonic_prost_build::configure().build_server(true).build_client(true).compile_fds(fds)?;
+    // `bytes` fields as `Bytes`: forwarded packets and Raft messages move without a copy.
+    tonic_prost_build::configure().build_server(true).build_client(true).bytes(".").compile_fds(fds)?;
     Ok(())
 }

@@ -27,6 +27,10 @@ struct Cli {
     host: String,
     #[arg(long, default_value_t = 1883)]
     port: u16,
+    /// Connect subscribers to this port instead (another node of a cluster: publishers on one, subscribers on
+    /// another).
+    #[arg(long)]
+    sub_port: Option<u16>,
     #[arg(long)]
     username: Option<String>,
     #[arg(long)]
@@ -34,9 +38,13 @@ struct Cli {
     /// MQTT version: 3.1.1 or 5.
     #[arg(long, default_value = "3.1.1", value_parser = ["3.1.1", "5"])]
     protocol: String,
-    /// The broker's PID, to report its CPU seconds and peak memory (read from /proc).
+    /// The broker's PID, to report its CPU seconds and peak memory (read from /proc); repeat for every node of a
+    /// cluster, whose figures are then summed.
     #[arg(long)]
-    broker_pid: Option<u32>,
+    broker_pid: Vec<u32>,
+    /// Seconds between the last SUBACK and the first publish (a cluster needs a moment to spread new routes).
+    #[arg(long, default_value_t = 0.0)]
+    warmup: f64,
     /// Name of the broker in the report.
     #[arg(long, default_value = "broker")]
     label: String,
@@ -182,6 +190,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         .ok_or("no address")?;
     let version = if cli.protocol == "5" { ProtocolVersion::V5 } else { ProtocolVersion::V311 };
     let target = Target { addr, version, username: cli.username.clone(), password: cli.password.clone() };
+    let sub_target = Target { addr: SocketAddr::new(addr.ip(), cli.sub_port.unwrap_or(cli.port)), ..target.clone() };
     let publishers = match &cli.scenario {
         Scenario::P2p(l) | Scenario::Fanin(l) | Scenario::Shared { load: l, .. } => l.clients,
         Scenario::Fanout(_) => 1,
@@ -190,8 +199,8 @@ async fn run(cli: Cli) -> Result<(), String> {
     let live =
         Arc::new(Live { per_publisher: (0..publishers).map(|_| AtomicU64::new(0)).collect(), ..Live::default() });
     let mut report = match cli.scenario.clone() {
-        Scenario::Conn(args) => conn(&target, &args, cli.broker_pid, &live).await?,
-        s => load(&target, s, cli.broker_pid, &live).await?,
+        Scenario::Conn(args) => conn(&target, &args, &cli.broker_pid, &live).await?,
+        s => load(&target, &sub_target, s, &cli.broker_pid, cli.warmup, &live).await?,
     };
     report.label = cli.label.clone();
     report.errors = live.errors.load(Ordering::Relaxed);
@@ -255,7 +264,14 @@ impl Plan {
     }
 }
 
-async fn load(target: &Target, scenario: Scenario, pid: Option<u32>, live: &Arc<Live>) -> Result<Report, String> {
+async fn load(
+    target: &Target,
+    sub_target: &Target,
+    scenario: Scenario,
+    pids: &[u32],
+    warmup: f64,
+    live: &Arc<Live>,
+) -> Result<Report, String> {
     let plan = Plan::of(scenario);
     let l = plan.load.clone();
     let q = qos(l.qos);
@@ -272,7 +288,7 @@ async fn load(target: &Target, scenario: Scenario, pid: Option<u32>, live: &Arc<
     let (stop_subs, stop_subs_rx) = watch::channel(false);
     let mut subs = Vec::new();
     for (i, filter) in plan.subscribers.iter().enumerate() {
-        let mut c = Client::connect(target, &format!("bench-sub-{i}"), None)
+        let mut c = Client::connect(sub_target, &format!("bench-sub-{i}"), None)
             .await
             .map_err(|e| format!("subscriber {i}: {e}"))?;
         c.subscribe(filter, q).await.map_err(|e| format!("subscriber {i}: {e}"))?;
@@ -286,7 +302,10 @@ async fn load(target: &Target, scenario: Scenario, pid: Option<u32>, live: &Arc<
                 .map_err(|e| format!("publisher {i}: {e}"))?,
         );
     }
-    let cpu0 = pid.and_then(procstat::cpu_seconds);
+    if warmup > 0.0 {
+        tokio::time::sleep(Duration::from_secs_f64(warmup)).await;
+    }
+    let cpu0 = cpu_of(pids);
     let stop_pubs = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
     let mut pubs = Vec::new();
@@ -303,7 +322,7 @@ async fn load(target: &Target, scenario: Scenario, pid: Option<u32>, live: &Arc<
         };
         pubs.push(tokio::spawn(publisher(c, cfg, epoch, live.clone(), stop_pubs.clone())));
     }
-    let progress = tokio::spawn(progress(live.clone(), pid, start));
+    let progress = tokio::spawn(progress(live.clone(), pids.to_vec(), start));
     tokio::time::sleep(Duration::from_secs(l.duration)).await;
     stop_pubs.store(true, Ordering::Relaxed);
     let mut published = 0;
@@ -317,7 +336,7 @@ async fn load(target: &Target, scenario: Scenario, pid: Option<u32>, live: &Arc<
     while live.delivered.load(Ordering::Relaxed) < expected && Instant::now() < drain_until {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let cpu1 = pid.and_then(procstat::cpu_seconds);
+    let cpu1 = cpu_of(pids);
     let _ = stop_subs.send(true);
     progress.abort();
     let mut counts = Counts::default();
@@ -537,13 +556,29 @@ async fn subscriber(mut c: Client, epoch: Instant, live: Arc<Live>, mut stop: wa
 }
 
 /// Prints a progress line every second and samples the broker's memory.
-async fn progress(live: Arc<Live>, pid: Option<u32>, start: Instant) {
+/// CPU seconds of all `pids` together; `None` without pids or when one cannot be read.
+fn cpu_of(pids: &[u32]) -> Option<f64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|p| procstat::cpu_seconds(*p)).sum()
+}
+
+/// Resident memory of all `pids` together.
+fn rss_of(pids: &[u32]) -> Option<u64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|p| procstat::rss_bytes(*p)).sum()
+}
+
+async fn progress(live: Arc<Live>, pids: Vec<u32>, start: Instant) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let (mut last_p, mut last_d, mut last_t) = (0u64, 0u64, Instant::now());
     let mut n = 0u64;
     loop {
         tick.tick().await;
-        if let Some(rss) = pid.and_then(procstat::rss_bytes) {
+        if let Some(rss) = rss_of(&pids) {
             live.peak_rss.fetch_max(rss, Ordering::Relaxed);
         }
         n += 1;
@@ -567,16 +602,16 @@ async fn progress(live: Arc<Live>, pid: Option<u32>, start: Instant) {
     }
 }
 
-async fn conn(target: &Target, args: &ConnArgs, pid: Option<u32>, live: &Arc<Live>) -> Result<Report, String> {
+async fn conn(target: &Target, args: &ConnArgs, pids: &[u32], live: &Arc<Live>) -> Result<Report, String> {
     eprintln!(
         "conn: {} connections at {} per second over {} source addresses",
         args.connections, args.rate, args.sources
     );
-    let rss0 = pid.and_then(procstat::rss_bytes);
-    let cpu0 = pid.and_then(procstat::cpu_seconds);
+    let rss0 = rss_of(pids);
+    let cpu0 = cpu_of(pids);
     let (stop, stop_rx) = watch::channel(false);
     let start = Instant::now();
-    let progress = tokio::spawn(progress(live.clone(), pid, start));
+    let progress = tokio::spawn(progress(live.clone(), pids.to_vec(), start));
     let mut tasks = Vec::with_capacity(args.connections);
     for i in 0..args.connections {
         if args.rate > 0 {
@@ -611,8 +646,8 @@ async fn conn(target: &Target, args: &ConnArgs, pid: Option<u32>, live: &Arc<Liv
     let up = start.elapsed().as_secs_f64();
     let connected = live.connected.load(Ordering::Relaxed) as usize;
     tokio::time::sleep(Duration::from_secs(args.hold)).await;
-    let rss1 = pid.and_then(procstat::rss_bytes);
-    let cpu1 = pid.and_then(procstat::cpu_seconds);
+    let rss1 = rss_of(pids);
+    let cpu1 = cpu_of(pids);
     let _ = stop.send(true);
     for t in tasks {
         let _ = t.await;

@@ -131,7 +131,9 @@ where
                 .encode(version, &mut buf);
         buf
     };
-    let accepted = match accept(&broker, &connect) {
+    let accepted = match accept(&broker, &connect).and_then(|a| {
+        if broker.stats.client_connected(broker.config.max_connections) { Ok(a) } else { Err(ReasonCode::ServerBusy) }
+    }) {
         Ok(a) => a,
         Err(code) => {
             Stats::add(&broker.stats.connections_refused, 1);
@@ -141,6 +143,8 @@ where
             return;
         }
     };
+    // Counted in until this function returns, whichever way.
+    let _counted = Counted(&broker.stats);
     let connected_at = std::time::SystemTime::now();
     let receive_maximum = connect.properties.receive_maximum;
     let client_max_packet = connect.properties.maximum_packet_size.map(|n| n as usize);
@@ -192,7 +196,6 @@ where
         let _ = attached.done.send(true);
         return;
     }
-    broker.stats.client_connected();
     tracing::debug!(%peer, client_id = %accepted.client_id, %version, present = attached.session_present, "connected");
 
     let shared = Arc::new(Shared {
@@ -237,7 +240,6 @@ where
         writer_task.abort();
     }
     broker.disconnect(&session, connection_id);
-    broker.stats.client_disconnected();
     tracing::debug!(%peer, client_id = %conn.client_id, reason = ?close, "disconnected");
     if close.sends_will()
         && let Some(will) = conn.will.take()
@@ -258,6 +260,15 @@ fn owned_will(w: &skein_codec::Will) -> skein_codec::Will {
         qos: w.qos,
         retain: w.retain,
         properties: w.properties.clone(),
+    }
+}
+
+/// A client counted in `clients_connected`, counted out when dropped.
+struct Counted<'a>(&'a Stats);
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.client_disconnected();
     }
 }
 
@@ -331,9 +342,7 @@ fn accept(broker: &Broker, c: &Connect) -> Result<Accepted, ReasonCode> {
     if broker.is_shutting_down() {
         return Err(ReasonCode::ServerUnavailable);
     }
-    if config.max_connections != 0 && Stats::get(&broker.stats.clients_connected) as usize >= config.max_connections {
-        return Err(ReasonCode::ServerBusy);
-    }
+
     if !config.allow_anonymous {
         // No password file yet: with anonymous access off, nobody can be verified.
         return Err(if c.username.is_some() { ReasonCode::BadUserNameOrPassword } else { ReasonCode::NotAuthorized });

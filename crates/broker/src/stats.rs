@@ -30,13 +30,20 @@ impl Stats {
         counter.load(Ordering::Relaxed)
     }
 
-    pub fn client_connected(&self) {
-        let now = self.clients_connected.fetch_add(1, Ordering::Relaxed) + 1;
+    /// Counts a client in, unless that would pass `limit` (0 = none); true if it was counted. Counting and checking
+    /// are one step, so two clients arriving together cannot both take the last place.
+    pub fn client_connected(&self, limit: usize) -> bool {
+        let now = self.clients_connected.fetch_add(1, Ordering::AcqRel) + 1;
+        if limit != 0 && now as usize > limit {
+            self.clients_connected.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
         self.clients_maximum.fetch_max(now, Ordering::Relaxed);
         self.connections_total.fetch_add(1, Ordering::Relaxed);
+        true
     }
 
     pub fn client_disconnected(&self) {
-        self.clients_connected.fetch_sub(1, Ordering::Relaxed);
+        self.clients_connected.fetch_sub(1, Ordering::AcqRel);
     }
 }

@@ -9,13 +9,15 @@ use skein_codec::{MAX_PACKET_SIZE, Packet, Properties, ProtocolVersion, QoS, Sub
 use crate::proto::{Forwarded, Queued, TakeoverReply};
 
 pub fn encode_message(m: &Message) -> Forwarded {
-    let mut buf = BytesMut::new();
-    let _ = Packet::Publish(m.to_publish(m.qos, 1, m.retain, false, &[])).encode(ProtocolVersion::V5, &mut buf);
-    Forwarded { publish: buf.to_vec(), publisher: m.publisher.as_deref().unwrap_or("").to_string() }
+    let packet = Packet::Publish(m.to_publish(m.qos, 1, m.retain, false, &[]));
+    let mut buf = BytesMut::with_capacity(packet.encoded_len(ProtocolVersion::V5).unwrap_or(0));
+    let _ = packet.encode(ProtocolVersion::V5, &mut buf);
+    Forwarded { publish: buf.freeze(), publisher: m.publisher.as_deref().unwrap_or("").to_string() }
 }
 
 pub fn decode_message(f: &Forwarded) -> Option<Message> {
-    let mut buf = BytesMut::from(&f.publish[..]);
+    // Zero-copy when the buffer is ours alone; the payload then stays a slice of the received message.
+    let mut buf = BytesMut::from(f.publish.clone());
     match decode(&mut buf, ProtocolVersion::V5, MAX_PACKET_SIZE) {
         Ok(Some(Packet::Publish(p))) => {
             let publisher = (!f.publisher.is_empty()).then(|| f.publisher.as_str().into());
@@ -38,7 +40,7 @@ pub fn to_reply(export: Option<SessionExport>) -> TakeoverReply {
                 filters: vec![(filter.clone(), sub.options)],
             })
             .encode(ProtocolVersion::V5, &mut buf);
-            buf.to_vec()
+            buf.freeze()
         })
         .collect();
     let messages = e

@@ -40,7 +40,7 @@ pub struct Network {
 }
 
 pub fn to_message<T: Serialize>(value: &T) -> Result<RaftMessage, serde_json::Error> {
-    Ok(RaftMessage { json: serde_json::to_vec(value)? })
+    Ok(RaftMessage { json: serde_json::to_vec(value)?.into() })
 }
 
 impl Network {

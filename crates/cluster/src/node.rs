@@ -68,9 +68,12 @@ pub struct ClusterNode {
     this: std::sync::Weak<ClusterNode>,
     /// Route changes reported and not yet proposed.
     pending_routes: std::sync::atomic::AtomicUsize,
+    /// Set by `leave`: this node announces no more routes.
+    leaving: std::sync::atomic::AtomicBool,
 }
 
-type Outbound = (Arc<Message>, oneshot::Sender<bool>);
+/// A message for a node, and (at QoS 1/2) who waits for that node to accept it.
+type Outbound = (Arc<Message>, Option<oneshot::Sender<bool>>);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -102,6 +105,7 @@ impl ClusterNode {
         Ok(Arc::new_cyclic(|this| ClusterNode {
             this: this.clone(),
             pending_routes: std::sync::atomic::AtomicUsize::new(0),
+            leaving: std::sync::atomic::AtomicBool::new(false),
             config,
             raft,
             sm,
@@ -232,7 +236,8 @@ impl ClusterNode {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tick.tick().await;
-            if !self.ready() || self.pending_routes.load(Ordering::Acquire) != 0 {
+            if !self.ready() || self.pending_routes.load(Ordering::Acquire) != 0 || self.leaving.load(Ordering::Acquire)
+            {
                 continue;
             }
             let Some(broker) = self.broker.get() else { continue };
@@ -319,6 +324,46 @@ impl ClusterNode {
         Ok(())
     }
 
+    /// Removes a node from the membership (a voter's place goes to a learner if there is one). Leader only.
+    async fn remove_node(&self, id: NodeId) -> Result<(), String> {
+        let membership = self.raft.metrics().borrow().membership_config.membership().clone();
+        if membership.get_node(&id).is_none() {
+            return Ok(());
+        }
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        if voters.contains(&id) {
+            let learner = membership.learner_ids().find(|l| *l != id);
+            if let Some(l) = learner {
+                self.raft
+                    .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([l])), false)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            self.raft
+                .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        self.raft
+            .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// Leaves the cluster cleanly: routes purged, membership without this node. The caller then shuts the node
+    /// down, which closes its clients with a reason so they reconnect elsewhere.
+    pub async fn leave(&self) -> Result<(), String> {
+        self.leaving.store(true, Ordering::Release);
+        self.propose(Command::Purge { node: self.id() }).await;
+        let req =
+            JoinRequest { node_id: self.id(), cluster_addr: self.config.advertise.clone(), mqtt_addr: String::new() };
+        let addr = self.leader_addr().ok_or("no leader: the cluster has no quorum")?;
+        let mut c = network::client(&addr).map_err(|e| e.to_string())?;
+        let reply = c.leave(req).await.map_err(|e| e.to_string())?.into_inner();
+        if reply.ok { Ok(()) } else { Err(reply.error) }
+    }
+
     fn leader_addr(&self) -> Option<String> {
         let m = self.raft.metrics().borrow().clone();
         let leader = m.current_leader?;
@@ -369,7 +414,9 @@ impl ClusterNode {
             }
             let added = last.iter().filter(|(_, a)| **a).map(|(f, _)| f.clone()).collect();
             let removed = last.iter().filter(|(_, a)| !**a).map(|(f, _)| f.clone()).collect();
-            self.propose(Command::Routes { node: self.id(), added, removed }).await;
+            if !self.leaving.load(Ordering::Acquire) {
+                self.propose(Command::Routes { node: self.id(), added, removed }).await;
+            }
             self.pending_routes.fetch_sub(n, Ordering::AcqRel);
         }
     }
@@ -525,16 +572,26 @@ impl skein_broker::Cluster for ClusterNode {
         if targets.is_empty() {
             return None;
         }
-        let mut waits = Vec::with_capacity(targets.len());
+        // QoS 0 is sent on without anyone waiting for it: no acknowledgement depends on it.
+        let wait = message.qos != skein_codec::QoS::AtMostOnce;
+        let mut waits = Vec::with_capacity(if wait { targets.len() } else { 0 });
         for node in targets {
-            let (tx, rx) = oneshot::channel();
+            let (tx, rx) = if wait {
+                let (tx, rx) = oneshot::channel();
+                (Some(tx), Some(rx))
+            } else {
+                (None, None)
+            };
             match self.forwarder(node) {
-                Some(f) if f.send((message.clone(), tx)).is_ok() => waits.push(rx),
+                Some(f) if f.send((message.clone(), tx)).is_ok() => waits.extend(rx),
                 _ => {
                     self.forward_failures.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(node, topic = %message.topic, "no way to forward to node");
                 }
             }
+        }
+        if !wait {
+            return None;
         }
         Some(Box::pin(async move {
             let mut all = true;
@@ -571,7 +628,7 @@ async fn forward_loop(node: Arc<ClusterNode>, target: NodeId, addr: String, mut 
                         messages: vec![handover::encode_message(&m)],
                     };
                     next_batch += 1;
-                    unacked.push((batch.batch_id, batch, vec![w], tokio::time::Instant::now()));
+                    unacked.push((batch.batch_id, batch, w.into_iter().collect(), tokio::time::Instant::now()));
                 }
                 fail_old(&node, &mut unacked);
                 tokio::time::sleep(backoff).await;
@@ -596,7 +653,7 @@ async fn forward_loop(node: Arc<ClusterNode>, target: NodeId, addr: String, mut 
                     let mut waiters = Vec::with_capacity(items.len());
                     for (m, w) in items {
                         messages.push(handover::encode_message(&m));
-                        waiters.push(w);
+                        waiters.extend(w);
                     }
                     let batch = ForwardBatch { batch_id: next_batch, from_node: node.id(), messages };
                     next_batch += 1;
@@ -697,6 +754,28 @@ impl ClusterService for Service {
                     },
                     Err(e) => Err(e.to_string()),
                 },
+                None => Err("no leader yet".into()),
+            }
+        };
+        Ok(Response::new(match result {
+            Ok(()) => JoinReply { ok: true, error: String::new() },
+            Err(error) => JoinReply { ok: false, error },
+        }))
+    }
+
+    async fn leave(&self, request: Request<JoinRequest>) -> Result<Response<JoinReply>, Status> {
+        let req = request.into_inner();
+        let node = &self.0;
+        let is_leader = node.raft.metrics().borrow().current_leader == Some(node.id());
+        let result = if is_leader {
+            node.remove_node(req.node_id).await
+        } else {
+            match node.leader_addr().map(|a| network::client(&a)) {
+                Some(Ok(mut c)) => match c.leave(req).await {
+                    Ok(r) => return Ok(r),
+                    Err(e) => Err(e.to_string()),
+                },
+                Some(Err(e)) => Err(e.to_string()),
                 None => Err("no leader yet".into()),
             }
         };
