@@ -230,3 +230,28 @@ fn a_persistent_session_resumes_on_another_node_with_its_queued_messages() {
     // Node 1 no longer routes for it.
     c.wait_node_routes(2, 1, 0);
 }
+
+#[test]
+fn a_shared_subscription_spreads_across_nodes_each_message_once() {
+    let c = Nodes::start(3);
+    let (_m1, one) = mosquitto_sub(&c.nodes[0], &["-t", "$share/g/sh/#", "-q", "1", "-v"]);
+    let (_m2, two) = mosquitto_sub(&c.nodes[1], &["-t", "$share/g/sh/#", "-q", "1", "-v"]);
+    // Node 3 must know both nodes serve the group before it publishes.
+    for node in [1, 2] {
+        c.wait_node_routes(2, node, 1);
+    }
+    for i in 0..10 {
+        publish_to(&port_of(&c.nodes[2]), &["-t", "sh/t", "-q", "1", "-m", &format!("m{i}")]);
+    }
+    let deadline = std::time::Instant::now() + WAIT;
+    while one.messages().len() + two.messages().len() < 10 {
+        assert!(std::time::Instant::now() < deadline, "got {:?} and {:?}", one.messages(), two.messages());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let mut all: Vec<String> = one.messages().into_iter().chain(two.messages()).collect();
+    all.sort();
+    let mut want: Vec<String> = (0..10).map(|i| format!("sh/t m{i}")).collect();
+    want.sort();
+    assert_eq!(all, want, "every message once, across the group's two nodes");
+    assert_eq!((one.messages().len(), two.messages().len()), (5, 5), "taken in turn");
+}

@@ -17,7 +17,7 @@ use crate::cluster::Cluster;
 use crate::config::BrokerConfig;
 use crate::message::Message;
 use crate::retained::Retained;
-use crate::router::{Router, Subscriber, Target, delivered_qos};
+use crate::router::{Groups, Router, Subscriber, Target, delivered_qos};
 use crate::session::{Outgoing, Session, SessionExport, SessionLimits, StoreUpdate, Subscription};
 use crate::stats::Stats;
 use crate::store::{Store, StoreError, StoredSession};
@@ -425,17 +425,19 @@ impl Broker {
     /// blocks on a subscriber.
     pub fn publish(&self, message: Message) -> Routed {
         let message = Arc::new(message);
-        let mut routed = self.route_local(&message);
-        routed.remote = self.cluster.forward(&message);
+        let forwarded = self.cluster.forward(&message);
+        let mut routed = self.route_local(&message, &Groups::Except(&forwarded.groups_elsewhere));
+        routed.remote = forwarded.accepted;
         routed
     }
 
-    /// Delivers a message another node forwarded here: to local subscribers only.
-    pub fn publish_forwarded(&self, message: Message) -> Routed {
-        self.route_local(&Arc::new(message))
+    /// Delivers a message another node forwarded here: to local subscribers only, and to the shared groups the
+    /// publishing node asked this one to serve.
+    pub fn publish_forwarded(&self, message: Message, groups: &[ByteString]) -> Routed {
+        self.route_local(&Arc::new(message), &Groups::Only(groups))
     }
 
-    fn route_local(&self, message: &Arc<Message>) -> Routed {
+    fn route_local(&self, message: &Arc<Message>, groups: &Groups<'_>) -> Routed {
         let mut routed = Routed::default();
         if message.retain && self.config.retain_available {
             write(&self.retained).set(message.clone());
@@ -448,7 +450,7 @@ impl Broker {
             }
         }
         let mut targets = Vec::new();
-        read(&self.router).route(&message.topic, &mut targets);
+        read(&self.router).route(&message.topic, groups, &mut targets);
         let message = message.clone();
         if targets.is_empty() {
             return routed;

@@ -18,13 +18,22 @@ pub type TakenOver = Pin<Box<dyn Future<Output = Option<SessionExport>> + Send>>
 /// be reached in time (counted and logged by the cluster).
 pub type Accepted = Pin<Box<dyn Future<Output = bool> + Send>>;
 
+/// What forwarding a message did.
+#[derive(Default)]
+pub struct Forwarded {
+    /// What a QoS 1/2 acknowledgement waits for; `None` when nothing needs waiting for.
+    pub accepted: Option<Accepted>,
+    /// Shared groups (`$share/{group}/{filter}`) another node serves for this message: this node must not.
+    pub groups_elsewhere: Vec<bytestring::ByteString>,
+}
+
 /// What the broker tells the cluster, and asks of it.
 pub trait Cluster: Send + Sync + 'static {
-    /// Sends `message` to every other node with a subscriber it matches, once per node. `None` when there is no
-    /// such node. Called for messages published on this node, never for ones forwarded to it.
-    fn forward(&self, message: &Arc<Message>) -> Option<Accepted> {
+    /// Sends `message` to every other node with a subscriber it matches, once per node, and picks one node for
+    /// each matching shared group. Called for messages published on this node, never for ones forwarded to it.
+    fn forward(&self, message: &Arc<Message>) -> Forwarded {
         let _ = message;
-        None
+        Forwarded::default()
     }
 
     /// A client is connecting here: close its connection on any other node (MQTT 5.0 clients hear 0x8E) and, when

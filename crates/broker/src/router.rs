@@ -119,12 +119,14 @@ impl Router {
         self.per_filter.keys()
     }
 
-    /// Every subscription matching `topic`: all direct subscribers, and one member of each shared group.
-    pub fn route(&self, topic: &str, out: &mut Vec<Target>) {
+    /// Every subscription matching `topic`: all direct subscribers, and one member of each shared group that
+    /// `groups` lets this node serve.
+    pub fn route(&self, topic: &str, groups: &Groups<'_>, out: &mut Vec<Target>) {
         self.trie.for_each_match(topic, |route| match route {
             Route::Direct(s) => out.push(Target { subscriber: s.clone(), shared: false }),
             Route::Shared(key) => {
-                if let Some(group) = self.groups.get(key)
+                if groups.serves(key)
+                    && let Some(group) = self.groups.get(key)
                     && !group.members.is_empty()
                 {
                     let n = group.next.fetch_add(1, Ordering::Relaxed) % group.members.len();
@@ -143,6 +145,27 @@ impl Router {
 
     pub fn is_empty(&self) -> bool {
         self.subscriptions == 0
+    }
+}
+
+/// Which shared groups (keyed by their full `$share/{group}/{filter}`) this node delivers a message to. In a
+/// cluster one node serves each group per message; the others leave it alone.
+#[derive(Debug, Clone, Copy)]
+pub enum Groups<'a> {
+    All,
+    /// All but these: other nodes serve them.
+    Except(&'a [ByteString]),
+    /// Only these: what the publishing node asked this one to serve.
+    Only(&'a [ByteString]),
+}
+
+impl Groups<'_> {
+    pub fn serves(&self, key: &str) -> bool {
+        match self {
+            Groups::All => true,
+            Groups::Except(keys) => !keys.iter().any(|k| k == key),
+            Groups::Only(keys) => keys.iter().any(|k| k == key),
+        }
     }
 }
 

@@ -8,11 +8,11 @@ use skein_codec::{MAX_PACKET_SIZE, Packet, Properties, ProtocolVersion, QoS, Sub
 
 use crate::proto::{Forwarded, Queued, TakeoverReply};
 
-pub fn encode_message(m: &Message) -> Forwarded {
+pub fn encode_message(m: &Message, shared_groups: Vec<String>) -> Forwarded {
     let packet = Packet::Publish(m.to_publish(m.qos, 1, m.retain, false, &[]));
     let mut buf = BytesMut::with_capacity(packet.encoded_len(ProtocolVersion::V5).unwrap_or(0));
     let _ = packet.encode(ProtocolVersion::V5, &mut buf);
-    Forwarded { publish: buf.freeze(), publisher: m.publisher.as_deref().unwrap_or("").to_string() }
+    Forwarded { publish: buf.freeze(), publisher: m.publisher.as_deref().unwrap_or("").to_string(), shared_groups }
 }
 
 pub fn decode_message(f: &Forwarded) -> Option<Message> {
@@ -54,7 +54,7 @@ pub fn to_reply(export: Option<SessionExport>) -> TakeoverReply {
                 Some((id, InflightState::AwaitingPubComp)) => (u32::from(id), 3),
             };
             Queued {
-                message: Some(encode_message(&m.message)),
+                message: Some(encode_message(&m.message, Vec::new())),
                 qos: m.qos as u32,
                 retain: m.retain,
                 subscription_ids: m.subscription_ids.clone(),

@@ -70,10 +70,16 @@ pub struct ClusterNode {
     pending_routes: std::sync::atomic::AtomicUsize,
     /// Set by `leave`: this node announces no more routes.
     leaving: std::sync::atomic::AtomicBool,
+    /// Rotates the node that serves a shared group, message by message.
+    shared_turn: std::sync::atomic::AtomicUsize,
 }
 
-/// A message for a node, and (at QoS 1/2) who waits for that node to accept it.
-type Outbound = (Arc<Message>, Option<oneshot::Sender<bool>>);
+/// A message for a node: the shared groups it serves for it, and (at QoS 1/2) who waits for it to accept it.
+struct Outbound {
+    message: Arc<Message>,
+    groups: Vec<String>,
+    accepted: Option<oneshot::Sender<bool>>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -106,6 +112,7 @@ impl ClusterNode {
             this: this.clone(),
             pending_routes: std::sync::atomic::AtomicUsize::new(0),
             leaving: std::sync::atomic::AtomicBool::new(false),
+            shared_turn: std::sync::atomic::AtomicUsize::new(0),
             config,
             raft,
             sm,
@@ -446,14 +453,19 @@ impl ClusterNode {
         self.members().into_iter().find(|(id, _)| *id == node).map(|(_, a)| a)
     }
 
-    /// The peers a message goes to: those with matching routes, and every member for a retained message, so that
-    /// each node keeps it and answers later subscribers itself.
-    fn targets(&self, message: &Message) -> Vec<NodeId> {
+    /// Where a message goes: nodes with matching routes (one per shared group), and every member for a retained
+    /// message, so that each node keeps it and answers later subscribers itself.
+    fn plan(&self, message: &Message) -> crate::state::Plan {
         let me = self.id();
+        let mut plan = self.route_index().plan(&message.topic, me, &self.shared_turn);
         if message.retain {
-            return self.members().into_iter().map(|(id, _)| id).filter(|id| *id != me).collect();
+            for (id, _) in self.members() {
+                if id != me && !plan.nodes.iter().any(|(n, _)| *n == id) {
+                    plan.nodes.push((id, Vec::new()));
+                }
+            }
         }
-        self.route_index().remote_nodes(&message.topic, me)
+        plan
     }
 
     fn forwarder(&self, node: NodeId) -> Option<mpsc::UnboundedSender<Outbound>> {
@@ -567,15 +579,15 @@ impl skein_broker::Cluster for ClusterNode {
         Some(Box::pin(asks))
     }
 
-    fn forward(&self, message: &Arc<Message>) -> Option<Accepted> {
-        let targets = self.targets(message);
-        if targets.is_empty() {
-            return None;
+    fn forward(&self, message: &Arc<Message>) -> skein_broker::cluster::Forwarded {
+        let plan = self.plan(message);
+        if plan.nodes.is_empty() {
+            return skein_broker::cluster::Forwarded::default();
         }
         // QoS 0 is sent on without anyone waiting for it: no acknowledgement depends on it.
         let wait = message.qos != skein_codec::QoS::AtMostOnce;
-        let mut waits = Vec::with_capacity(if wait { targets.len() } else { 0 });
-        for node in targets {
+        let mut waits = Vec::with_capacity(if wait { plan.nodes.len() } else { 0 });
+        for (node, groups) in plan.nodes {
             let (tx, rx) = if wait {
                 let (tx, rx) = oneshot::channel();
                 (Some(tx), Some(rx))
@@ -583,23 +595,26 @@ impl skein_broker::Cluster for ClusterNode {
                 (None, None)
             };
             match self.forwarder(node) {
-                Some(f) if f.send((message.clone(), tx)).is_ok() => waits.extend(rx),
+                Some(f) if f.send(Outbound { message: message.clone(), groups, accepted: tx }).is_ok() => {
+                    waits.extend(rx)
+                }
                 _ => {
                     self.forward_failures.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(node, topic = %message.topic, "no way to forward to node");
                 }
             }
         }
-        if !wait {
-            return None;
-        }
-        Some(Box::pin(async move {
-            let mut all = true;
-            for w in waits {
-                all &= w.await.unwrap_or(false);
-            }
-            all
-        }))
+        let groups_elsewhere = plan.groups_elsewhere.into_iter().map(Into::into).collect();
+        let accepted: Option<Accepted> = wait.then(|| {
+            Box::pin(async move {
+                let mut all = true;
+                for w in waits {
+                    all &= w.await.unwrap_or(false);
+                }
+                all
+            }) as Accepted
+        });
+        skein_broker::cluster::Forwarded { accepted, groups_elsewhere }
     }
 }
 
@@ -621,14 +636,16 @@ async fn forward_loop(node: Arc<ClusterNode>, target: NodeId, addr: String, mut 
             Err(e) => {
                 tracing::debug!(target, error = %e, "forward stream not open; retrying");
                 // What arrived meanwhile waits with the unacknowledged batches, and times out with them.
-                while let Ok((m, w)) = rx.try_recv() {
-                    let batch = ForwardBatch {
-                        batch_id: next_batch,
-                        from_node: node.id(),
-                        messages: vec![handover::encode_message(&m)],
-                    };
+                while let Ok(o) = rx.try_recv() {
+                    let messages = vec![handover::encode_message(&o.message, o.groups)];
+                    let batch = ForwardBatch { batch_id: next_batch, from_node: node.id(), messages };
                     next_batch += 1;
-                    unacked.push((batch.batch_id, batch, w.into_iter().collect(), tokio::time::Instant::now()));
+                    unacked.push((
+                        batch.batch_id,
+                        batch,
+                        o.accepted.into_iter().collect(),
+                        tokio::time::Instant::now(),
+                    ));
                 }
                 fail_old(&node, &mut unacked);
                 tokio::time::sleep(backoff).await;
@@ -651,9 +668,9 @@ async fn forward_loop(node: Arc<ClusterNode>, target: NodeId, addr: String, mut 
                     }
                     let mut messages = Vec::with_capacity(items.len());
                     let mut waiters = Vec::with_capacity(items.len());
-                    for (m, w) in items {
-                        messages.push(handover::encode_message(&m));
-                        waiters.extend(w);
+                    for o in items {
+                        messages.push(handover::encode_message(&o.message, o.groups));
+                        waiters.extend(o.accepted);
                     }
                     let batch = ForwardBatch { batch_id: next_batch, from_node: node.id(), messages };
                     next_batch += 1;
@@ -818,7 +835,9 @@ impl ClusterService for Service {
                 let mut durable = false;
                 for f in batch.messages {
                     if let Some(m) = handover::decode_message(&f) {
-                        durable |= broker.publish_forwarded(m).durable;
+                        let groups: Vec<skein_codec::ByteString> =
+                            f.shared_groups.iter().map(|g| g.as_str().into()).collect();
+                        durable |= broker.publish_forwarded(m, &groups).durable;
                     }
                 }
                 if durable {

@@ -86,38 +86,79 @@ impl ClusterState {
 
     /// The matching index over the route table, for forwarding.
     pub fn index(&self) -> RouteIndex {
-        let mut trie = FilterTrie::new();
+        let mut plain = FilterTrie::new();
+        let mut shared = FilterTrie::new();
         for (filter, nodes) in &self.routes {
-            // A shared group's filter routes by the filter after the group name.
-            let inner = match topic::parse_filter(filter) {
-                Ok(Filter::Shared { filter, .. }) => filter,
-                Ok(Filter::Plain(f)) => f,
-                Err(_) => continue,
-            };
-            for n in nodes {
-                trie.insert(inner, *n);
+            match topic::parse_filter(filter) {
+                Ok(Filter::Plain(f)) => nodes.iter().for_each(|n| plain.insert(f, *n)),
+                // A shared group routes by the filter after its name, and is served by one of its nodes.
+                Ok(Filter::Shared { filter: inner, .. }) => {
+                    shared.insert(inner, SharedRoute { key: filter.clone(), nodes: nodes.iter().copied().collect() })
+                }
+                Err(_) => {}
             }
         }
-        RouteIndex { trie }
+        RouteIndex { plain, shared }
     }
+}
+
+#[derive(Debug)]
+struct SharedRoute {
+    key: String,
+    nodes: Vec<NodeId>,
 }
 
 /// Topic → nodes with a subscriber it matches.
 #[derive(Debug, Default)]
 pub struct RouteIndex {
-    trie: FilterTrie<NodeId>,
+    plain: FilterTrie<NodeId>,
+    shared: FilterTrie<SharedRoute>,
+}
+
+/// Where one message goes.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Other nodes, each once, with the shared groups it serves for this message.
+    pub nodes: Vec<(NodeId, Vec<String>)>,
+    /// Shared groups served elsewhere: this node must leave them.
+    pub groups_elsewhere: Vec<String>,
 }
 
 impl RouteIndex {
-    /// The nodes other than `me` that have a subscriber matching `topic`, each once.
+    /// The nodes other than `me` that have a plain subscriber matching `topic`, each once.
     pub fn remote_nodes(&self, topic: &str, me: NodeId) -> Vec<NodeId> {
         let mut out = Vec::new();
-        self.trie.for_each_match(topic, |n| {
+        self.plain.for_each_match(topic, |n| {
             if *n != me && !out.contains(n) {
                 out.push(*n);
             }
         });
         out
+    }
+
+    /// The whole plan for a message published on `me`: plain routes, and one node per matching shared group,
+    /// taken in turn (by `turn`, which outlives index rebuilds) among the nodes that have members of it.
+    pub fn plan(&self, topic: &str, me: NodeId, turn: &std::sync::atomic::AtomicUsize) -> Plan {
+        let mut plan = Plan {
+            nodes: self.remote_nodes(topic, me).into_iter().map(|n| (n, Vec::new())).collect(),
+            ..Plan::default()
+        };
+        self.shared.for_each_match(topic, |g| {
+            if g.nodes.is_empty() {
+                return;
+            }
+            let turn = turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let chosen = g.nodes[turn % g.nodes.len()];
+            if chosen == me {
+                return;
+            }
+            plan.groups_elsewhere.push(g.key.clone());
+            match plan.nodes.iter_mut().find(|(n, _)| *n == chosen) {
+                Some((_, groups)) => groups.push(g.key.clone()),
+                None => plan.nodes.push((chosen, vec![g.key.clone()])),
+            }
+        });
+        plan
     }
 }
 
@@ -154,11 +195,26 @@ mod tests {
     }
 
     #[test]
-    fn shared_filters_route_by_their_inner_filter() {
+    fn each_shared_group_is_served_by_one_node_in_turn() {
         let mut st = ClusterState::default();
-        st.apply(&Command::Routes { node: 2, added: s(&["$share/g/t/+"]), removed: vec![] });
-        assert_eq!(st.index().remote_nodes("t/x", 1), vec![2]);
-        assert!(st.index().remote_nodes("u/x", 1).is_empty());
+        st.apply(&Command::Routes { node: 1, added: s(&["$share/g/t/+"]), removed: vec![] });
+        st.apply(&Command::Routes { node: 2, added: s(&["$share/g/t/+", "t/#"]), removed: vec![] });
+        let index = st.index();
+        let turn = std::sync::atomic::AtomicUsize::new(0);
+        let (mut here, mut there) = (0, 0);
+        for _ in 0..10 {
+            let plan = index.plan("t/x", 1, &turn);
+            if plan.groups_elsewhere.is_empty() {
+                here += 1;
+                assert_eq!(plan.nodes, vec![(2, vec![])], "node 2 still gets it for its plain subscriber");
+            } else {
+                there += 1;
+                assert_eq!(plan.nodes, vec![(2, vec!["$share/g/t/+".to_string()])]);
+            }
+        }
+        assert_eq!((here, there), (5, 5), "the group alternates between its two nodes");
+        assert!(index.plan("u/x", 1, &turn).nodes.is_empty());
+        assert_eq!(index.remote_nodes("t/x", 1), vec![2], "plain routes only");
     }
 
     #[test]
