@@ -344,9 +344,20 @@ impl Log2 {
     }
 }
 
-/// A port nobody listens on right now (for addresses that must be known before a process starts).
+/// A port nobody listens on right now, for addresses that must be known before a process starts. Taken below the
+/// kernel's ephemeral range (32768 and up), where outgoing connections of the nodes themselves could take it first.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = std::process::id() * 7919;
+    for _ in 0..10_000 {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 20_000 + (base.wrapping_add(n * 613) % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port below the ephemeral range")
 }
 
 /// GET `path` on an HTTP address; (status code, body).
