@@ -255,3 +255,31 @@ fn a_shared_subscription_spreads_across_nodes_each_message_once() {
     assert_eq!(all, want, "every message once, across the group's two nodes");
     assert_eq!((one.messages().len(), two.messages().len()), (5, 5), "taken in turn");
 }
+
+#[test]
+fn losing_quorum_stops_route_changes_never_local_delivery() {
+    let mut c = Nodes::start_with(3, &["--node-timeout", "2"]);
+    c.nodes[1].kill9();
+    c.nodes[2].kill9();
+    // Node 1 alone has no quorum; a subscription made now still gets local messages at once.
+    let (sub, out) = mosquitto_sub(&c.nodes[0], &["-t", "q/#", "-q", "1", "-v", "-C", "2"]);
+    publish_to(&port_of(&c.nodes[0]), &["-t", "q/x", "-q", "1", "-m", "alone"]);
+    out.wait_for(|l| l == "q/x alone");
+    // The other two come back; the cluster is whole again and routes flow between nodes.
+    let join = c.cluster_addrs.join(",");
+    c.nodes[1] = c.spawn(1, &join);
+    c.nodes[2] = c.spawn(2, &join);
+    for n in &c.nodes {
+        wait_ready(n.http.unwrap());
+    }
+    let (sub2, out2) = mosquitto_sub(&c.nodes[1], &["-t", "q/#", "-q", "1", "-v", "-C", "1"]);
+    c.wait_node_routes(0, 2, 1);
+    c.wait_node_routes(1, 1, 1);
+    publish_to(&port_of(&c.nodes[0]), &["-t", "q/y", "-q", "1", "-m", "together"]);
+    out.wait_for(|l| l == "q/y together");
+    out2.wait_for(|l| l == "q/y together");
+    sub.wait_output(WAIT);
+    sub2.wait_output(WAIT);
+    // Node 1 never went down.
+    assert_eq!(c.nodes[0].stop(), Some(0));
+}

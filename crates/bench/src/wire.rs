@@ -101,18 +101,7 @@ pub fn put_publish(
         2 + topic.len() + if qos == QoS::AtMostOnce { 0 } else { 2 } + usize::from(version.is_v5()) + payload_len;
     buf.reserve(5 + remaining);
     buf.put_u8(0x30 | ((qos as u8) << 1));
-    let mut n = remaining;
-    loop {
-        let mut b = (n & 0x7f) as u8;
-        n >>= 7;
-        if n > 0 {
-            b |= 0x80;
-        }
-        buf.put_u8(b);
-        if n == 0 {
-            break;
-        }
-    }
+    skein_codec::put_varint(buf, remaining);
     buf.put_u16(topic.len() as u16);
     buf.put_slice(topic);
     if qos != QoS::AtMostOnce {

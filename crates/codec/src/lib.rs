@@ -35,4 +35,4 @@ pub use properties::{Properties, PropertyContext};
 pub use reason::{ALL_REASON_CODES, ReasonCode};
 pub use topic::{FilterTrie, TopicError};
 pub use types::{PacketType, ProtocolVersion, QoS};
-pub use wire::MAX_REMAINING_LENGTH;
+pub use wire::{MAX_REMAINING_LENGTH, put_varint};

@@ -132,7 +132,8 @@ pub(crate) fn varint_len(value: usize) -> usize {
     }
 }
 
-pub(crate) fn put_varint(buf: &mut BytesMut, mut value: usize) {
+/// Appends `value` as a Variable Byte Integer [MQTT-1.5.5]; values above 268,435,455 do not fit MQTT.
+pub fn put_varint(buf: &mut BytesMut, mut value: usize) {
     loop {
         let mut byte = (value & 0x7f) as u8;
         value >>= 7;
