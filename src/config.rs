@@ -57,6 +57,10 @@ pub struct Config {
     pub voters: usize,
     /// Seconds a member may stay silent before its routes are purged.
     pub node_timeout: f64,
+    /// PEM files for mutual TLS between peers: this node's certificate and key, and the cluster CA.
+    pub cluster_tls_cert: Option<PathBuf>,
+    pub cluster_tls_key: Option<PathBuf>,
+    pub cluster_tls_ca: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -85,6 +89,9 @@ impl Default for Config {
             join: Vec::new(),
             voters: 3,
             node_timeout: 10.0,
+            cluster_tls_cert: None,
+            cluster_tls_key: None,
+            cluster_tls_ca: None,
         }
     }
 }
@@ -161,6 +168,15 @@ pub struct ServeArgs {
     /// Seconds a silent member keeps its routes before they are purged [default: 10].
     #[arg(long, env = "SKEIN_NODE_TIMEOUT", value_name = "SECONDS")]
     pub node_timeout: Option<f64>,
+    /// This node's certificate (PEM) for mutual TLS between peers; with --cluster-tls-key and --cluster-tls-ca.
+    #[arg(long, env = "SKEIN_CLUSTER_TLS_CERT", value_name = "PEM")]
+    pub cluster_tls_cert: Option<PathBuf>,
+    /// This node's private key (PEM) for mutual TLS between peers.
+    #[arg(long, env = "SKEIN_CLUSTER_TLS_KEY", value_name = "PEM")]
+    pub cluster_tls_key: Option<PathBuf>,
+    /// The cluster CA (PEM): peers must present a certificate it signed.
+    #[arg(long, env = "SKEIN_CLUSTER_TLS_CA", value_name = "PEM")]
+    pub cluster_tls_ca: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -213,6 +229,15 @@ impl ServeArgs {
         if let Some(t) = self.node_timeout {
             c.node_timeout = t;
         }
+        for (dst, src) in [
+            (&mut c.cluster_tls_cert, &self.cluster_tls_cert),
+            (&mut c.cluster_tls_key, &self.cluster_tls_key),
+            (&mut c.cluster_tls_ca, &self.cluster_tls_ca),
+        ] {
+            if src.is_some() {
+                dst.clone_from(src);
+            }
+        }
         c.check()?;
         Ok(c)
     }
@@ -230,6 +255,16 @@ fn load_file(path: &Path) -> Result<Config, String> {
 }
 
 impl Config {
+    /// The PEM contents for peer TLS, read now so that a bad path stops start-up with its name.
+    pub fn peer_tls(&self) -> Result<Option<skein_cluster::node::PeerTls>, String> {
+        let (Some(cert), Some(key), Some(ca)) = (&self.cluster_tls_cert, &self.cluster_tls_key, &self.cluster_tls_ca)
+        else {
+            return Ok(None);
+        };
+        let read = |p: &PathBuf| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
+        Ok(Some(skein_cluster::node::PeerTls { cert: read(cert)?, key: read(key)?, ca: read(ca)? }))
+    }
+
     /// The node id: as configured, else the ordinal at the end of the host name (`skein-2`), else 1.
     pub fn node_id(&self) -> u64 {
         self.node_id.unwrap_or_else(|| {
@@ -249,6 +284,10 @@ impl Config {
         }
         if self.cluster.is_none() && !self.join.is_empty() {
             return Err("join is set but cluster is not: give `--cluster ADDR` to listen for peers".into());
+        }
+        let tls = [&self.cluster_tls_cert, &self.cluster_tls_key, &self.cluster_tls_ca];
+        if tls.iter().any(|t| t.is_some()) && !tls.iter().all(|t| t.is_some()) {
+            return Err("cluster TLS needs all three of cluster_tls_cert, cluster_tls_key and cluster_tls_ca".into());
         }
         if !(self.node_timeout.is_finite() && self.node_timeout > 0.0) {
             return Err(format!("node_timeout = {}: use a number of seconds above 0", self.node_timeout));

@@ -150,6 +150,7 @@ fn init_logging(config: &Config) {
 }
 
 async fn serve(config: Config) -> Result<(), String> {
+    let mut signals = Signals::install();
     let data_dir = config.persistence.then_some(config.data_dir.as_path());
     if let Some(dir) = data_dir {
         std::fs::create_dir_all(dir).map_err(|e| format!("cannot create data dir {}: {e}", dir.display()))?;
@@ -171,6 +172,7 @@ async fn serve(config: Config) -> Result<(), String> {
                 join: config.join.clone(),
                 voters: config.voters,
                 node_timeout: Duration::from_secs_f64(config.node_timeout),
+                tls: config.peer_tls()?,
                 data_dir: config.data_dir.clone(),
             };
             std::fs::create_dir_all(&config.data_dir)
@@ -212,7 +214,7 @@ async fn serve(config: Config) -> Result<(), String> {
 
     let mut stop = broker.shutdown_signal();
     tokio::select! {
-        _ = wait_for_signal() => {}
+        _ = signals.wait() => {}
         // `skein cluster leave` shuts the node down from the inside.
         _ = stop.wait_for(|s| *s) => {}
     }
@@ -232,24 +234,47 @@ async fn serve(config: Config) -> Result<(), String> {
     Ok(())
 }
 
-async fn wait_for_signal() {
+/// SIGTERM and SIGINT, registered before anything listens, so that a signal arriving during start-up stops the node
+/// gracefully instead of killing it.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn install() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Signals { term: signal(SignalKind::terminate()).ok(), int: signal(SignalKind::interrupt()).ok() }
+        }
+        #[cfg(not(unix))]
+        {
+            Signals {}
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    async fn wait(&mut self) {
+        #[cfg(unix)]
+        {
+            async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
+                match s {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            }
+            tokio::select! {
+                _ = recv(&mut self.term) => {}
+                _ = recv(&mut self.int) => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

@@ -283,3 +283,45 @@ fn losing_quorum_stops_route_changes_never_local_delivery() {
     // Node 1 never went down.
     assert_eq!(c.nodes[0].stop(), Some(0));
 }
+
+#[test]
+fn peers_with_mutual_tls_form_a_cluster_and_strangers_cannot_join() {
+    let pki = TestPki::new("skein test cluster CA");
+    let flags = pki.flags();
+    let extra: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let mut c = Nodes::start_with(3, &extra);
+    let (sub, out) = mosquitto_sub(&c.nodes[1], &["-t", "tls/#", "-q", "1", "-v", "-C", "1"]);
+    c.wait_routes(0, 1);
+    publish_to(&port_of(&c.nodes[0]), &["-t", "tls/x", "-q", "1", "-m", "over mutual TLS"]);
+    out.wait_for(|l| l == "tls/x over mutual TLS");
+    sub.wait_output(WAIT);
+    // A node whose certificate another CA signed is refused by every member: its join attempts fail on the
+    // handshake, and the members never list it.
+    let stranger_pki = TestPki::new("some other CA");
+    let stranger_flags = stranger_pki.flags();
+    c.cluster_addrs.push(format!("127.0.0.1:{}", free_port()));
+    c.dirs.push(tempfile::tempdir().unwrap());
+    let mut args: Vec<String> = vec![
+        "--node-id".into(),
+        "9".into(),
+        "--cluster".into(),
+        c.cluster_addrs[3].clone(),
+        "--join".into(),
+        c.cluster_addrs[0].clone(),
+        "--http".into(),
+        "127.0.0.1:0".into(),
+        "--log-level".into(),
+        "info,skein_cluster=debug".into(),
+    ];
+    args.extend(stranger_flags);
+    let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let stranger = Skein::start_in(c.dirs[3].path(), &arg_refs);
+    let refused = stranger.wait_log("seed did not answer");
+    assert!(refused.to_lowercase().contains("certificate") || refused.contains("transport error"), "{refused}");
+    assert_eq!(http_get(stranger.http.unwrap(), "/readyz").map(|r| r.0), Some(503));
+    let members = c.status(0)["members"].as_array().map(|m| m.len());
+    assert_eq!(members, Some(3), "the stranger is not a member");
+    for n in &mut c.nodes {
+        assert_eq!(n.stop(), Some(0));
+    }
+}

@@ -469,3 +469,44 @@ pub fn haproxy(backends: &[SocketAddr]) -> (Proc, SocketAddr, tempfile::TempDir)
     }
     (p, addr, dir)
 }
+
+/// A cluster CA and certificates it signed, written as PEM files into a temporary directory: made by the test,
+/// never committed.
+pub struct TestPki {
+    pub dir: tempfile::TempDir,
+}
+
+impl TestPki {
+    /// A CA named `ca_name` and one certificate for 127.0.0.1 / localhost signed by it.
+    pub fn new(ca_name: &str) -> TestPki {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let dir = tempfile::tempdir().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(DnType::CommonName, ca_name);
+        let ca_key = KeyPair::generate().unwrap();
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca_params, ca_key);
+        let mut params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+        params.distinguished_name.push(DnType::CommonName, "skein node");
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca_cert.pem()).unwrap();
+        std::fs::write(dir.path().join("node.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.path().join("node.key"), key.serialize_pem()).unwrap();
+        TestPki { dir }
+    }
+
+    /// The three flags that turn on peer TLS with these files.
+    pub fn flags(&self) -> Vec<String> {
+        let p = |f: &str| self.dir.path().join(f).to_string_lossy().into_owned();
+        vec![
+            "--cluster-tls-cert".into(),
+            p("node.pem"),
+            "--cluster-tls-key".into(),
+            p("node.key"),
+            "--cluster-tls-ca".into(),
+            p("ca.pem"),
+        ]
+    }
+}

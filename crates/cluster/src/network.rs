@@ -16,11 +16,23 @@ use crate::proto::cluster_client::ClusterClient;
 use crate::state::NodeId;
 use crate::store::TypeConfig;
 
+/// Mutual TLS between peers, when configured: every client presents this node's certificate and checks the
+/// peer's against the cluster CA. Set once, at start.
+static TLS: std::sync::OnceLock<tonic::transport::ClientTlsConfig> = std::sync::OnceLock::new();
+
+pub fn use_tls(config: tonic::transport::ClientTlsConfig) {
+    let _ = TLS.set(config);
+}
+
 /// A client of a peer's gRPC service; connects on first use and reconnects as tonic does.
 pub fn client(addr: &str) -> Result<ClusterClient<Channel>, tonic::transport::Error> {
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+    let scheme = if TLS.get().is_some() { "https" } else { "http" };
+    let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}"))?
         .connect_timeout(std::time::Duration::from_secs(2))
         .tcp_nodelay(true);
+    if let Some(tls) = TLS.get() {
+        endpoint = endpoint.tls_config(tls.clone())?;
+    }
     Ok(ClusterClient::new(endpoint.connect_lazy()))
 }
 

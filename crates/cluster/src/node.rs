@@ -45,6 +45,16 @@ pub struct ClusterConfig {
     /// Forwarded messages it has not taken by then are given up (and counted).
     pub node_timeout: Duration,
     pub data_dir: PathBuf,
+    /// Mutual TLS between peers: only nodes with a certificate from the cluster CA can talk to this one.
+    pub tls: Option<PeerTls>,
+}
+
+/// PEM contents of this node's certificate and key, and of the cluster CA.
+#[derive(Debug, Clone)]
+pub struct PeerTls {
+    pub cert: Vec<u8>,
+    pub key: Vec<u8>,
+    pub ca: Vec<u8>,
 }
 
 /// A route change the broker reported, waiting to be proposed.
@@ -89,6 +99,8 @@ pub enum StartError {
     Raft(String),
     #[error("cannot listen for the cluster on {addr}: {error}")]
     Listen { addr: SocketAddr, error: std::io::Error },
+    #[error("cluster TLS: {0}")]
+    Tls(String),
 }
 
 impl ClusterNode {
@@ -138,9 +150,20 @@ impl ClusterNode {
         tracing::info!(local = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), node_id = self.id(), "listening for the cluster");
         let service = ClusterServer::new(Service(self.clone()));
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let mut server = tonic::transport::Server::builder();
+        if let Some(tls) = &self.config.tls {
+            use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+            let identity = Identity::from_pem(&tls.cert, &tls.key);
+            let ca = Certificate::from_pem(&tls.ca);
+            // The server asks every peer for a certificate the cluster CA signed; clients show ours.
+            server = server
+                .tls_config(ServerTlsConfig::new().identity(identity.clone()).client_ca_root(ca.clone()))
+                .map_err(|e| StartError::Tls(e.to_string()))?;
+            network::use_tls(ClientTlsConfig::new().identity(identity).ca_certificate(ca));
+            tracing::info!("cluster traffic uses mutual TLS");
+        }
         tokio::spawn(async move {
-            if let Err(e) = tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming).await
-            {
+            if let Err(e) = server.add_service(service).serve_with_incoming(incoming).await {
                 tracing::error!(error = %e, "cluster service stopped");
             }
         });
@@ -277,7 +300,11 @@ impl ClusterNode {
                         initialized.push(addr.clone());
                     }
                 }
-                Err(_) => continue,
+                Err(e) => {
+                    // Not up yet, or (with peer TLS) our certificates do not match: say which.
+                    tracing::debug!(seed = %addr, error = %e, source = ?std::error::Error::source(&e), "seed did not answer");
+                    continue;
+                }
             }
         }
         // An existing cluster: ask it to add us.
