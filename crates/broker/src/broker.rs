@@ -357,19 +357,29 @@ impl Broker {
             state.persistent = false;
             (export, self.clear_session(&session, &mut state))
         };
+        self.forget(&session, removed);
+        if let Some(store) = &self.store {
+            let _ = store.remove_session(client_id);
+        }
+        export
+    }
+
+    /// Drops an ended session from the registry (unless a connection attached to it meanwhile) and its stored
+    /// messages `removed` from the store.
+    fn forget(&self, session: &Arc<SessionHandle>, removed: Vec<u64>) {
         {
             let mut sessions = lock(&self.sessions);
-            if sessions.get(client_id).is_some_and(|s| Arc::ptr_eq(s, &session)) {
-                sessions.remove(client_id);
+            if sessions.get(&session.client_id).is_some_and(|s| Arc::ptr_eq(s, session))
+                && lock(&session.link).is_none()
+            {
+                sessions.remove(&session.client_id);
             }
         }
         if let Some(store) = &self.store {
             for key in removed {
-                let _ = store.remove_queued(client_id, key);
+                let _ = store.remove_queued(&session.client_id, key);
             }
-            let _ = store.remove_session(client_id);
         }
-        export
     }
 
     pub fn cluster(&self) -> &Arc<dyn Cluster> {
@@ -406,19 +416,7 @@ impl Broker {
         let removed = self.clear_session(session, &mut state);
         drop(state);
         drop(link);
-        {
-            let mut sessions = lock(&self.sessions);
-            if sessions.get(&session.client_id).is_some_and(|s| Arc::ptr_eq(s, session))
-                && lock(&session.link).is_none()
-            {
-                sessions.remove(&session.client_id);
-            }
-        }
-        if let Some(store) = &self.store {
-            for key in removed {
-                let _ = store.remove_queued(&session.client_id, key);
-            }
-        }
+        self.forget(session, removed);
     }
 
     /// Routes `message` to every matching subscription here and on other nodes, and keeps it if retained. Never

@@ -515,6 +515,13 @@ impl Conn<'_> {
         }
     }
 
+    /// Runs one acknowledgement through the session and applies what it changed in the store.
+    fn acked(&self, f: impl FnOnce(&mut crate::session::Session, &mut Vec<crate::session::StoreUpdate>)) {
+        let mut updates = Vec::new();
+        f(&mut lock(&self.session.state), &mut updates);
+        self.broker.apply_store_updates(&self.client_id, &updates);
+    }
+
     fn ack(&self, batch: &mut Batch, packet: Packet) {
         let _ = packet.encode(self.version, &mut batch.acks);
     }
@@ -523,23 +530,14 @@ impl Conn<'_> {
         let v5 = self.version.is_v5();
         match packet {
             Packet::Publish(p) => return self.publish(p, batch),
-            Packet::PubAck(a) => {
-                let done = lock(&self.session.state).on_puback(a.packet_id);
-                if let Some(key) = done.and_then(|o| o.stored) {
-                    self.broker.apply_store_updates(&self.client_id, &[crate::session::StoreUpdate::Done { key }]);
-                }
-            }
-            Packet::PubRec(a) => {
-                let mut updates = Vec::new();
-                lock(&self.session.state).on_pubrec(a.packet_id, a.reason_code, &mut updates);
-                self.broker.apply_store_updates(&self.client_id, &updates);
-            }
-            Packet::PubComp(a) => {
-                let done = lock(&self.session.state).on_pubcomp(a.packet_id);
-                if let Some(key) = done.and_then(|o| o.stored) {
-                    self.broker.apply_store_updates(&self.client_id, &[crate::session::StoreUpdate::Done { key }]);
-                }
-            }
+            // The client's side of our QoS 1/2 deliveries; what finishes leaves the store too.
+            Packet::PubAck(a) => self.acked(|s, u| {
+                s.on_puback(a.packet_id, u);
+            }),
+            Packet::PubRec(a) => self.acked(|s, u| s.on_pubrec(a.packet_id, a.reason_code, u)),
+            Packet::PubComp(a) => self.acked(|s, u| {
+                s.on_pubcomp(a.packet_id, u);
+            }),
             Packet::PubRel(a) => {
                 let known = lock(&self.session.state).on_pubrel(a.packet_id);
                 let mut ack = Ack::new(a.packet_id);

@@ -3,9 +3,9 @@
 
 use std::time::Instant;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
-use skein_codec::{Properties, PropertyContext, Publish, QoS};
+use skein_codec::{MAX_PACKET_SIZE, Packet, Properties, PropertyContext, ProtocolVersion, Publish, QoS, decode};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
@@ -69,11 +69,48 @@ impl Message {
         }
     }
 
-    /// The PUBLISH that delivers this message at `qos` with `packet_id`. `retain` is the flag as delivered, which
-    /// depends on why it is sent (live or retained-on-subscribe) and the subscription's options.
-    pub fn to_publish(&self, qos: QoS, packet_id: u16, retain: bool, dup: bool, sub_ids: &[u32]) -> Publish {
-        let mut properties = self.properties.as_deref().cloned().unwrap_or_default();
-        properties.subscription_identifiers.extend_from_slice(sub_ids);
+    /// The PUBLISH that delivers this message at `qos` with `packet_id` to a client speaking `version`. `retain` is
+    /// the flag as delivered, which depends on why it is sent (live or retained-on-subscribe) and the subscription's
+    /// options. Properties are copied only for MQTT 5.0, the one version that carries them.
+    pub fn to_publish(
+        &self,
+        version: ProtocolVersion,
+        qos: QoS,
+        packet_id: u16,
+        retain: bool,
+        dup: bool,
+        sub_ids: &[u32],
+    ) -> Publish {
+        let mut properties = Properties::default();
+        if version.is_v5() {
+            if let Some(p) = self.properties.as_deref() {
+                properties.clone_from(p);
+            }
+            properties.subscription_identifiers.extend_from_slice(sub_ids);
+        }
         Publish { dup, qos, retain, topic: self.topic.clone(), packet_id, properties, payload: self.payload.clone() }
+    }
+
+    /// The message as stored and as sent between nodes: an MQTT 5.0 PUBLISH, with `sub_ids` as its Subscription
+    /// Identifiers. One encoding for the store and the cluster.
+    pub fn encode_v5(&self, sub_ids: &[u32]) -> Bytes {
+        let packet = Packet::Publish(self.to_publish(ProtocolVersion::V5, self.qos, 1, self.retain, false, sub_ids));
+        let mut buf = BytesMut::with_capacity(packet.encoded_len(ProtocolVersion::V5).unwrap_or(0));
+        // A message that was decoded or built by the broker always encodes.
+        let _ = packet.encode(ProtocolVersion::V5, &mut buf);
+        buf.freeze()
+    }
+
+    /// The message `encode_v5` wrote, and its Subscription Identifiers. The payload stays a slice of `bytes`.
+    pub fn decode_v5(bytes: Bytes, publisher: Option<ByteString>) -> Result<(Message, Vec<u32>), String> {
+        let mut buf = BytesMut::from(bytes);
+        match decode(&mut buf, ProtocolVersion::V5, MAX_PACKET_SIZE) {
+            Ok(Some(Packet::Publish(p))) => {
+                let sub_ids = p.properties.subscription_identifiers.clone();
+                Ok((Message::from_publish(Publish { packet_id: 0, ..p }, publisher), sub_ids))
+            }
+            Ok(_) => Err("not a PUBLISH record".into()),
+            Err(e) => Err(e.to_string()),
+        }
     }
 }

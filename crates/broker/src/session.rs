@@ -33,6 +33,39 @@ pub struct Outgoing {
     pub stored: Option<u64>,
 }
 
+impl Subscription {
+    /// A subscription as stored and as handed between nodes: an MQTT 5.0 SUBSCRIBE with this one filter.
+    pub fn encode_v5(&self, filter: &ByteString, buf: &mut BytesMut) {
+        let packet = Packet::Subscribe(skein_codec::Subscribe {
+            packet_id: 1,
+            properties: skein_codec::Properties {
+                subscription_identifiers: self.id.into_iter().collect(),
+                ..Default::default()
+            },
+            filters: vec![(filter.clone(), self.options)],
+        });
+        // A filter taken from a decoded SUBSCRIBE always encodes again.
+        let _ = packet.encode(ProtocolVersion::V5, buf);
+    }
+
+    /// The subscriptions in a run of `encode_v5` SUBSCRIBE packets.
+    pub fn decode_v5(bytes: &[u8]) -> Result<Vec<(ByteString, Subscription)>, String> {
+        let mut buf = BytesMut::from(bytes);
+        let mut out = Vec::new();
+        while !buf.is_empty() {
+            match skein_codec::decode(&mut buf, ProtocolVersion::V5, skein_codec::MAX_PACKET_SIZE) {
+                Ok(Some(Packet::Subscribe(s))) => {
+                    let id = s.properties.subscription_identifiers.first().copied();
+                    out.extend(s.filters.into_iter().map(|(filter, options)| (filter, Subscription { options, id })));
+                }
+                Ok(_) => return Err("not a SUBSCRIBE record".into()),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Ok(out)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InflightState {
     /// QoS 1 sent, PUBACK outstanding.
@@ -48,6 +81,29 @@ struct Inflight {
     packet_id: u16,
     out: Outgoing,
     state: InflightState,
+}
+
+impl InflightState {
+    /// The number the store and the cluster keep for a message's state: 0 not sent, then 1, 2, 3.
+    pub fn code(sent: Option<(u16, InflightState)>) -> (u16, u8) {
+        match sent {
+            None => (0, 0),
+            Some((id, InflightState::AwaitingPubAck)) => (id, 1),
+            Some((id, InflightState::AwaitingPubRec)) => (id, 2),
+            Some((id, InflightState::AwaitingPubComp)) => (id, 3),
+        }
+    }
+
+    /// The state `code` wrote; `Err` for a code it never writes.
+    pub fn from_code(packet_id: u16, code: u8) -> Result<Option<(u16, InflightState)>, String> {
+        Ok(match code {
+            0 => None,
+            1 => Some((packet_id, InflightState::AwaitingPubAck)),
+            2 => Some((packet_id, InflightState::AwaitingPubRec)),
+            3 => Some((packet_id, InflightState::AwaitingPubComp)),
+            c => return Err(format!("unknown inflight state {c}")),
+        })
+    }
 }
 
 /// A persistent session moving to another node: its subscriptions and what was queued or in flight, in order.
@@ -248,6 +304,7 @@ impl Session {
                 let packet = match i.state {
                     InflightState::AwaitingPubComp => Packet::PubRel(Ack::new(i.packet_id)),
                     _ => Packet::Publish(i.out.message.to_publish(
+                        version,
                         i.out.qos,
                         i.packet_id,
                         i.out.retain,
@@ -280,8 +337,14 @@ impl Session {
                     }
                 }
             };
-            let packet =
-                Packet::Publish(out.message.to_publish(out.qos, packet_id, out.retain, false, &out.subscription_ids));
+            let packet = Packet::Publish(out.message.to_publish(
+                version,
+                out.qos,
+                packet_id,
+                out.retain,
+                false,
+                &out.subscription_ids,
+            ));
             let too_large = match (self.limits.max_packet_size, packet.encoded_len(version)) {
                 (Some(max), Ok(len)) => len > max,
                 (_, Err(_)) => true,
@@ -312,18 +375,24 @@ impl Session {
         written
     }
 
-    fn take_inflight(&mut self, packet_id: u16, state: InflightState) -> Option<Outgoing> {
-        let pos = self.inflight.iter().position(|i| i.packet_id == packet_id && i.state == state)?;
-        self.inflight.remove(pos).map(|i| i.out)
+    /// Ends the inflight message `packet_id` in `state`, its durable copy with it; false if there was none.
+    fn finish_inflight(&mut self, packet_id: u16, state: InflightState, updates: &mut Vec<StoreUpdate>) -> bool {
+        let Some(pos) = self.inflight.iter().position(|i| i.packet_id == packet_id && i.state == state) else {
+            return false;
+        };
+        if let Some(key) = self.inflight.remove(pos).and_then(|i| i.out.stored) {
+            updates.push(StoreUpdate::Done { key });
+        }
+        true
     }
 
-    /// PUBACK from the client: the QoS 1 message is delivered.
-    pub fn on_puback(&mut self, packet_id: u16) -> Option<Outgoing> {
-        self.take_inflight(packet_id, InflightState::AwaitingPubAck)
+    /// PUBACK from the client: the QoS 1 message is delivered. False for an identifier not in flight (ignored).
+    pub fn on_puback(&mut self, packet_id: u16, updates: &mut Vec<StoreUpdate>) -> bool {
+        self.finish_inflight(packet_id, InflightState::AwaitingPubAck, updates)
     }
 
     /// PUBREC from the client. A success moves the message on to PUBREL; a 5.0 failure code ends it
-    /// (MQTT 5.0 section 4.3.3). Returns the stored key when the durable copy changes.
+    /// (MQTT 5.0 section 4.3.3). Changes to the durable copy go to `updates`.
     pub fn on_pubrec(&mut self, packet_id: u16, reason: ReasonCode, updates: &mut Vec<StoreUpdate>) {
         let Some(i) =
             self.inflight.iter_mut().find(|i| i.packet_id == packet_id && i.state == InflightState::AwaitingPubRec)
@@ -339,10 +408,7 @@ impl Session {
             return;
         };
         if reason.is_error() {
-            let out = self.take_inflight(packet_id, InflightState::AwaitingPubRec);
-            if let Some(key) = out.and_then(|o| o.stored) {
-                updates.push(StoreUpdate::Done { key });
-            }
+            self.finish_inflight(packet_id, InflightState::AwaitingPubRec, updates);
             return;
         }
         i.state = InflightState::AwaitingPubComp;
@@ -353,8 +419,8 @@ impl Session {
     }
 
     /// PUBCOMP from the client: the QoS 2 exchange is over and the identifier free.
-    pub fn on_pubcomp(&mut self, packet_id: u16) -> Option<Outgoing> {
-        self.take_inflight(packet_id, InflightState::AwaitingPubComp)
+    pub fn on_pubcomp(&mut self, packet_id: u16, updates: &mut Vec<StoreUpdate>) -> bool {
+        self.finish_inflight(packet_id, InflightState::AwaitingPubComp, updates)
     }
 
     /// A QoS 2 PUBLISH from the client: true if it is new and must be delivered, false for a repeat of one whose
@@ -448,8 +514,8 @@ mod tests {
         let sent = publishes(&mut buf);
         assert_eq!(sent.iter().map(|p| p.packet_id).collect::<Vec<_>>(), vec![1, 2]);
         assert_eq!(s.write_pending(&mut buf, &mut vec![]), 0, "window full");
-        assert!(s.on_puback(1).is_some());
-        assert!(s.on_puback(1).is_none(), "a repeated PUBACK is ignored");
+        assert!(s.on_puback(1, &mut vec![]));
+        assert!(!s.on_puback(1, &mut vec![]), "a repeated PUBACK is ignored");
         assert_eq!(s.write_pending(&mut buf, &mut vec![]), 1);
         let sent = publishes(&mut buf);
         assert_eq!((&*sent[0].topic, sent[0].packet_id), ("c", 3));
@@ -479,7 +545,7 @@ mod tests {
         s.write_pending(&mut buf, &mut vec![]);
         assert_eq!(packets(&mut buf), vec![Packet::PubRel(Ack::new(1))]);
         assert_eq!(s.inflight(), 1, "identifier still in use until PUBCOMP");
-        assert!(s.on_pubcomp(1).is_some());
+        assert!(s.on_pubcomp(1, &mut vec![]));
         assert_eq!(s.inflight(), 0);
     }
 
@@ -551,7 +617,9 @@ mod tests {
         updates.clear();
         s.on_pubrec(1, ReasonCode::Success, &mut updates);
         assert_eq!(updates, vec![StoreUpdate::Sent { key: 42, packet_id: 1, state: InflightState::AwaitingPubComp }]);
-        assert_eq!(s.on_pubcomp(1).and_then(|o| o.stored), Some(42));
+        updates.clear();
+        assert!(s.on_pubcomp(1, &mut updates));
+        assert_eq!(updates, vec![StoreUpdate::Done { key: 42 }]);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::path::Path;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use bytestring::ByteString;
-use skein_codec::{MAX_PACKET_SIZE, Packet, Properties, ProtocolVersion, Publish, QoS, Subscribe, decode};
+use skein_codec::QoS;
 
 use crate::message::Message;
 use crate::session::{InflightState, Subscription};
@@ -78,7 +78,7 @@ impl Store {
         if message.payload.is_empty() {
             self.retained.remove(message.topic.as_bytes())?;
         } else {
-            self.retained.insert(message.topic.as_bytes(), encode_message(message, &[]))?;
+            self.retained.insert(message.topic.as_bytes(), &message.encode_v5(&[])[..])?;
         }
         Ok(())
     }
@@ -87,7 +87,8 @@ impl Store {
         let mut out = Vec::new();
         for item in self.retained.iter() {
             let (key, value) = item?;
-            let (message, _) = decode_message(&value).map_err(|what| corrupt("retained", &key, what))?;
+            let (message, _) = Message::decode_v5(Bytes::copy_from_slice(&value), None)
+                .map_err(|what| corrupt("retained", &key, what))?;
             out.push(message);
         }
         Ok(out)
@@ -97,14 +98,7 @@ impl Store {
         let mut buf = BytesMut::new();
         buf.put_u8(FORMAT);
         for (filter, sub) in &session.subscriptions {
-            let packet = Packet::Subscribe(Subscribe {
-                packet_id: 1,
-                properties: Properties { subscription_identifiers: sub.id.into_iter().collect(), ..Default::default() },
-                filters: vec![(filter.clone(), sub.options)],
-            });
-            packet
-                .encode(ProtocolVersion::V5, &mut buf)
-                .map_err(|e| corrupt("sessions", filter.as_bytes(), e.to_string()))?;
+            sub.encode_v5(filter, &mut buf);
         }
         self.sessions.insert(session.client_id.as_bytes(), &buf[..])?;
         Ok(())
@@ -126,7 +120,11 @@ impl Store {
             let (key, value) = item?;
             let client_id = ByteString::try_from(Bytes::copy_from_slice(&key))
                 .map_err(|_| corrupt("sessions", &key, "client id is not UTF-8".into()))?;
-            let subscriptions = decode_subscriptions(&value).map_err(|what| corrupt("sessions", &key, what))?;
+            let subscriptions = match value.split_first() {
+                Some((&FORMAT, rest)) => Subscription::decode_v5(rest),
+                _ => Err("unknown record format".into()),
+            }
+            .map_err(|what| corrupt("sessions", &key, what))?;
             let mut messages = Vec::new();
             for item in self.queue.scan_prefix(queue_prefix(&client_id)) {
                 let (k, v) = item?;
@@ -148,17 +146,12 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut buf = BytesMut::new();
         buf.put_u8(FORMAT);
-        let (state, packet_id) = match sent {
-            None => (0u8, 0u16),
-            Some((id, InflightState::AwaitingPubAck)) => (1, id),
-            Some((id, InflightState::AwaitingPubRec)) => (2, id),
-            Some((id, InflightState::AwaitingPubComp)) => (3, id),
-        };
+        let (packet_id, state) = InflightState::code(sent);
         buf.put_u8(state);
         buf.put_u16(packet_id);
         buf.put_u8(out.qos as u8);
         buf.put_u8(u8::from(out.retain));
-        buf.extend_from_slice(&encode_message(&out.message, &out.subscription_ids));
+        buf.extend_from_slice(&out.message.encode_v5(&out.subscription_ids));
         self.queue.insert(queue_key(client_id, key), &buf[..])?;
         Ok(())
     }
@@ -166,11 +159,7 @@ impl Store {
     /// Changes the sent state of a stored queued message, keeping the message.
     pub fn mark_sent(&self, client_id: &str, key: u64, packet_id: u16, state: InflightState) -> Result<(), StoreError> {
         let k = queue_key(client_id, key);
-        let code = match state {
-            InflightState::AwaitingPubAck => 1u8,
-            InflightState::AwaitingPubRec => 2,
-            InflightState::AwaitingPubComp => 3,
-        };
+        let (_, code) = InflightState::code(Some((packet_id, state)));
         self.queue.fetch_and_update(&k, |old| {
             let mut v = old?.to_vec();
             if v.len() >= 4 {
@@ -206,60 +195,14 @@ fn queue_key(client_id: &str, key: u64) -> Vec<u8> {
     k
 }
 
-fn encode_message(message: &Message, sub_ids: &[u32]) -> Vec<u8> {
-    let publish = message.to_publish(message.qos, 1, message.retain, false, sub_ids);
-    let mut buf = BytesMut::new();
-    // A message that was decoded or built by the broker always encodes.
-    let _ = Packet::Publish(publish).encode(ProtocolVersion::V5, &mut buf);
-    buf.to_vec()
-}
-
-fn decode_message(bytes: &[u8]) -> Result<(Message, Vec<u32>), String> {
-    let mut buf = BytesMut::from(bytes);
-    match decode(&mut buf, ProtocolVersion::V5, MAX_PACKET_SIZE) {
-        Ok(Some(Packet::Publish(p))) => {
-            let sub_ids = p.properties.subscription_identifiers.clone();
-            Ok((Message::from_publish(Publish { packet_id: 0, ..p }, None), sub_ids))
-        }
-        Ok(_) => Err("not a PUBLISH record".into()),
-        Err(e) => Err(e.to_string()),
-    }
-}
-
-fn decode_subscriptions(bytes: &[u8]) -> Result<Vec<(ByteString, Subscription)>, String> {
-    let Some((&FORMAT, rest)) = bytes.split_first() else { return Err("unknown record format".into()) };
-    let mut buf = BytesMut::from(rest);
-    let mut out = Vec::new();
-    while !buf.is_empty() {
-        match decode(&mut buf, ProtocolVersion::V5, MAX_PACKET_SIZE) {
-            Ok(Some(Packet::Subscribe(s))) => {
-                let id = s.properties.subscription_identifiers.first().copied();
-                for (filter, options) in s.filters {
-                    out.push((filter, Subscription { options, id }));
-                }
-            }
-            Ok(_) => return Err("not a SUBSCRIBE record".into()),
-            Err(e) => return Err(e.to_string()),
-        }
-    }
-    Ok(out)
-}
-
 fn decode_queued(key: u64, bytes: &[u8]) -> Result<StoredMessage, String> {
     if bytes.len() < 6 || bytes[0] != FORMAT {
         return Err("unknown record format".into());
     }
-    let packet_id = u16::from_be_bytes([bytes[2], bytes[3]]);
-    let sent = match bytes[1] {
-        0 => None,
-        1 => Some((packet_id, InflightState::AwaitingPubAck)),
-        2 => Some((packet_id, InflightState::AwaitingPubRec)),
-        3 => Some((packet_id, InflightState::AwaitingPubComp)),
-        s => return Err(format!("unknown state {s}")),
-    };
+    let sent = InflightState::from_code(u16::from_be_bytes([bytes[2], bytes[3]]), bytes[1])?;
     let qos = QoS::from_u8(bytes[4]).ok_or("bad QoS")?;
     let retain = bytes[5] != 0;
-    let (message, subscription_ids) = decode_message(&bytes[6..])?;
+    let (message, subscription_ids) = Message::decode_v5(Bytes::copy_from_slice(&bytes[6..]), None)?;
     Ok(StoredMessage { key, message, qos, retain, subscription_ids, sent })
 }
 

@@ -1,30 +1,20 @@
 //! A persistent session on the wire between nodes: the broker's `SessionExport` to and from the `TakeoverReply`
-//! message, reusing MQTT 5.0 packets for subscriptions and messages.
+//! message, in the broker's own MQTT 5.0 encodings of messages and subscriptions (the ones its store uses).
 
 use bytes::BytesMut;
 use skein_broker::message::Message;
 use skein_broker::session::{ExportedMessage, InflightState, SessionExport, Subscription};
-use skein_codec::{MAX_PACKET_SIZE, Packet, Properties, ProtocolVersion, QoS, Subscribe, decode};
+use skein_codec::QoS;
 
 use crate::proto::{Forwarded, Queued, TakeoverReply};
 
 pub fn encode_message(m: &Message, shared_groups: Vec<String>) -> Forwarded {
-    let packet = Packet::Publish(m.to_publish(m.qos, 1, m.retain, false, &[]));
-    let mut buf = BytesMut::with_capacity(packet.encoded_len(ProtocolVersion::V5).unwrap_or(0));
-    let _ = packet.encode(ProtocolVersion::V5, &mut buf);
-    Forwarded { publish: buf.freeze(), publisher: m.publisher.as_deref().unwrap_or("").to_string(), shared_groups }
+    Forwarded { publish: m.encode_v5(&[]), publisher: m.publisher.as_deref().unwrap_or("").to_string(), shared_groups }
 }
 
 pub fn decode_message(f: &Forwarded) -> Option<Message> {
-    // Zero-copy when the buffer is ours alone; the payload then stays a slice of the received message.
-    let mut buf = BytesMut::from(f.publish.clone());
-    match decode(&mut buf, ProtocolVersion::V5, MAX_PACKET_SIZE) {
-        Ok(Some(Packet::Publish(p))) => {
-            let publisher = (!f.publisher.is_empty()).then(|| f.publisher.as_str().into());
-            Some(Message::from_publish(p, publisher))
-        }
-        _ => None,
-    }
+    let publisher = (!f.publisher.is_empty()).then(|| f.publisher.as_str().into());
+    Message::decode_v5(f.publish.clone(), publisher).ok().map(|(m, _)| m)
 }
 
 pub fn to_reply(export: Option<SessionExport>) -> TakeoverReply {
@@ -34,12 +24,7 @@ pub fn to_reply(export: Option<SessionExport>) -> TakeoverReply {
         .iter()
         .map(|(filter, sub)| {
             let mut buf = BytesMut::new();
-            let _ = Packet::Subscribe(Subscribe {
-                packet_id: 1,
-                properties: Properties { subscription_identifiers: sub.id.into_iter().collect(), ..Default::default() },
-                filters: vec![(filter.clone(), sub.options)],
-            })
-            .encode(ProtocolVersion::V5, &mut buf);
+            sub.encode_v5(filter, &mut buf);
             buf.freeze()
         })
         .collect();
@@ -47,19 +32,14 @@ pub fn to_reply(export: Option<SessionExport>) -> TakeoverReply {
         .messages
         .iter()
         .map(|m| {
-            let (packet_id, state) = match m.sent {
-                None => (0, 0),
-                Some((id, InflightState::AwaitingPubAck)) => (u32::from(id), 1),
-                Some((id, InflightState::AwaitingPubRec)) => (u32::from(id), 2),
-                Some((id, InflightState::AwaitingPubComp)) => (u32::from(id), 3),
-            };
+            let (packet_id, state) = InflightState::code(m.sent);
             Queued {
                 message: Some(encode_message(&m.message, Vec::new())),
                 qos: m.qos as u32,
                 retain: m.retain,
                 subscription_ids: m.subscription_ids.clone(),
-                packet_id,
-                state,
+                packet_id: u32::from(packet_id),
+                state: u32::from(state),
             }
         })
         .collect();
@@ -72,22 +52,12 @@ pub fn from_reply(r: TakeoverReply) -> Option<SessionExport> {
     }
     let mut export = SessionExport::default();
     for bytes in &r.subscriptions {
-        let mut buf = BytesMut::from(&bytes[..]);
-        if let Ok(Some(Packet::Subscribe(s))) = decode(&mut buf, ProtocolVersion::V5, MAX_PACKET_SIZE) {
-            let id = s.properties.subscription_identifiers.first().copied();
-            for (filter, options) in s.filters {
-                export.subscriptions.push((filter, Subscription { options, id }));
-            }
-        }
+        export.subscriptions.extend(Subscription::decode_v5(bytes).unwrap_or_default());
     }
     for q in &r.messages {
         let Some(message) = q.message.as_ref().and_then(decode_message) else { continue };
-        let sent = u16::try_from(q.packet_id).ok().filter(|id| *id != 0).and_then(|id| match q.state {
-            1 => Some((id, InflightState::AwaitingPubAck)),
-            2 => Some((id, InflightState::AwaitingPubRec)),
-            3 => Some((id, InflightState::AwaitingPubComp)),
-            _ => None,
-        });
+        let (Ok(packet_id), Ok(code)) = (u16::try_from(q.packet_id), u8::try_from(q.state)) else { continue };
+        let sent = InflightState::from_code(packet_id, code).ok().flatten();
         export.messages.push(ExportedMessage {
             message,
             qos: QoS::from_u8(q.qos as u8).unwrap_or(QoS::AtLeastOnce),
