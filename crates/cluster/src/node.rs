@@ -382,6 +382,8 @@ impl ClusterNode {
             .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
             .await
             .map_err(|e| e.to_string())?;
+        // Whatever it announced before it was removed goes too; announcements after are ignored by the state machine.
+        self.raft.client_write(Command::Purge { node: id }).await.map_err(|e| e.to_string())?;
         Ok(())
     }
 
@@ -396,6 +398,29 @@ impl ClusterNode {
         let mut c = network::client(&addr).map_err(|e| e.to_string())?;
         let reply = c.leave(req).await.map_err(|e| e.to_string())?.into_inner();
         if reply.ok { Ok(()) } else { Err(reply.error) }
+    }
+
+    fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.id())
+    }
+
+    /// Passes a membership request (join, leave) on to the leader and returns its answer.
+    async fn via_leader(
+        &self,
+        req: JoinRequest,
+        rpc: impl AsyncFnOnce(
+            &mut crate::proto::cluster_client::ClusterClient<tonic::transport::Channel>,
+            JoinRequest,
+        ) -> Result<Response<JoinReply>, Status>,
+    ) -> JoinReply {
+        let Some(addr) = self.leader_addr() else { return join_reply(Err("no leader yet".into())) };
+        match network::client(&addr) {
+            Ok(mut c) => match rpc(&mut c, req).await {
+                Ok(r) => r.into_inner(),
+                Err(e) => join_reply(Err(e.to_string())),
+            },
+            Err(e) => join_reply(Err(e.to_string())),
+        }
     }
 
     fn leader_addr(&self) -> Option<String> {
@@ -748,6 +773,13 @@ fn fail_old(
 
 struct Service(Arc<ClusterNode>);
 
+fn join_reply(result: Result<(), String>) -> JoinReply {
+    match result {
+        Ok(()) => JoinReply { ok: true, error: String::new() },
+        Err(error) => JoinReply { ok: false, error },
+    }
+}
+
 fn parse<T: serde::de::DeserializeOwned>(m: &RaftMessage) -> Result<T, Status> {
     serde_json::from_slice(&m.json).map_err(|e| Status::invalid_argument(e.to_string()))
 }
@@ -786,47 +818,19 @@ impl ClusterService for Service {
     async fn join(&self, request: Request<JoinRequest>) -> Result<Response<JoinReply>, Status> {
         let req = request.into_inner();
         let node = &self.0;
-        let is_leader = node.raft.metrics().borrow().current_leader == Some(node.id());
-        let result = if is_leader {
-            node.add_node(req.node_id, req.cluster_addr).await
-        } else {
-            match node.leader_addr() {
-                Some(addr) => match network::client(&addr) {
-                    Ok(mut c) => match c.join(req).await {
-                        Ok(r) => return Ok(r),
-                        Err(e) => Err(e.to_string()),
-                    },
-                    Err(e) => Err(e.to_string()),
-                },
-                None => Err("no leader yet".into()),
-            }
-        };
-        Ok(Response::new(match result {
-            Ok(()) => JoinReply { ok: true, error: String::new() },
-            Err(error) => JoinReply { ok: false, error },
-        }))
+        if !node.is_leader() {
+            return Ok(Response::new(node.via_leader(req, async |c, r| c.join(r).await).await));
+        }
+        Ok(Response::new(join_reply(node.add_node(req.node_id, req.cluster_addr).await)))
     }
 
     async fn leave(&self, request: Request<JoinRequest>) -> Result<Response<JoinReply>, Status> {
         let req = request.into_inner();
         let node = &self.0;
-        let is_leader = node.raft.metrics().borrow().current_leader == Some(node.id());
-        let result = if is_leader {
-            node.remove_node(req.node_id).await
-        } else {
-            match node.leader_addr().map(|a| network::client(&a)) {
-                Some(Ok(mut c)) => match c.leave(req).await {
-                    Ok(r) => return Ok(r),
-                    Err(e) => Err(e.to_string()),
-                },
-                Some(Err(e)) => Err(e.to_string()),
-                None => Err("no leader yet".into()),
-            }
-        };
-        Ok(Response::new(match result {
-            Ok(()) => JoinReply { ok: true, error: String::new() },
-            Err(error) => JoinReply { ok: false, error },
-        }))
+        if !node.is_leader() {
+            return Ok(Response::new(node.via_leader(req, async |c, r| c.leave(r).await).await));
+        }
+        Ok(Response::new(join_reply(node.remove_node(req.node_id).await)))
     }
 
     async fn propose(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {

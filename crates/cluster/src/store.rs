@@ -236,7 +236,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             a.last_applied = Some(e.log_id);
             out.push(match e.payload {
                 EntryPayload::Blank => Applied::default(),
-                EntryPayload::Normal(cmd) => a.state.apply(&cmd),
+                EntryPayload::Normal(cmd) => {
+                    // Routes belong to members: a late announcement from a node that has left changes nothing.
+                    let from_non_member = match &cmd {
+                        Command::Routes { node, .. } | Command::Announce { node, .. } => {
+                            a.last_membership.membership().get_node(node).is_none()
+                        }
+                        _ => false,
+                    };
+                    if from_non_member { Applied::default() } else { a.state.apply(&cmd) }
+                }
                 EntryPayload::Membership(m) => {
                     a.last_membership = StoredMembership::new(Some(e.log_id), m);
                     Applied::default()
