@@ -57,6 +57,8 @@ pub struct Config {
     pub voters: usize,
     /// Seconds a member may stay silent before its routes are purged.
     pub node_timeout: f64,
+    /// Log entries between Raft snapshots (the log before a snapshot is compacted away).
+    pub raft_snapshot_logs: u64,
     /// PEM files for mutual TLS between peers: this node's certificate and key, and the cluster CA.
     pub cluster_tls_cert: Option<PathBuf>,
     pub cluster_tls_key: Option<PathBuf>,
@@ -89,6 +91,7 @@ impl Default for Config {
             join: Vec::new(),
             voters: 3,
             node_timeout: 10.0,
+            raft_snapshot_logs: 5000,
             cluster_tls_cert: None,
             cluster_tls_key: None,
             cluster_tls_ca: None,
@@ -168,6 +171,9 @@ pub struct ServeArgs {
     /// Seconds a silent member keeps its routes before they are purged [default: 10].
     #[arg(long, env = "SKEIN_NODE_TIMEOUT", value_name = "SECONDS")]
     pub node_timeout: Option<f64>,
+    /// Raft log entries between snapshots; the log before one is compacted [default: 5000].
+    #[arg(long, env = "SKEIN_RAFT_SNAPSHOT_LOGS", value_name = "N")]
+    pub raft_snapshot_logs: Option<u64>,
     /// This node's certificate (PEM) for mutual TLS between peers; with --cluster-tls-key and --cluster-tls-ca.
     #[arg(long, env = "SKEIN_CLUSTER_TLS_CERT", value_name = "PEM")]
     pub cluster_tls_cert: Option<PathBuf>,
@@ -228,6 +234,9 @@ impl ServeArgs {
         }
         if let Some(t) = self.node_timeout {
             c.node_timeout = t;
+        }
+        if let Some(n) = self.raft_snapshot_logs {
+            c.raft_snapshot_logs = n;
         }
         for (dst, src) in [
             (&mut c.cluster_tls_cert, &self.cluster_tls_cert),
@@ -291,6 +300,9 @@ impl Config {
         }
         if !(self.node_timeout.is_finite() && self.node_timeout > 0.0) {
             return Err(format!("node_timeout = {}: use a number of seconds above 0", self.node_timeout));
+        }
+        if self.raft_snapshot_logs == 0 {
+            return Err("raft_snapshot_logs = 0: use a number of log entries above 0 (default 5000)".into());
         }
         if self.voters == 0 {
             return Err("voters = 0: a cluster needs at least one voter".into());

@@ -171,6 +171,7 @@ async fn serve(config: Config) -> Result<(), String> {
                 mqtt_advertise: mqtt_local.clone(),
                 join: config.join.clone(),
                 voters: config.voters,
+                snapshot_logs: config.raft_snapshot_logs,
                 node_timeout: Duration::from_secs_f64(config.node_timeout),
                 tls: config.peer_tls()?,
                 data_dir: config.data_dir.clone(),

@@ -30,10 +30,9 @@ fn three_nodes_form_one_cluster_and_deliver_across_nodes() {
     publish_to(&port_of(&c.nodes[0]), &["-t", "x/0", "-q", "0", "-m", "zero"]);
     publish_to(&port_of(&c.nodes[2]), &["-t", "x/1", "-q", "1", "-m", "one"]);
     publish_to(&port_of(&c.nodes[0]), &["-t", "x/2", "-q", "2", "-m", "two"]);
-    out.wait_for(|l| l == "x/2 two" || l == "x/1 one" || l == "x/0 zero");
+    let mut got = out.wait_messages(3);
     sub.wait_output(WAIT);
     // Each once; MQTT orders messages per publisher, and these are three publishers on two nodes.
-    let mut got = out.messages();
     got.sort();
     assert_eq!(got, vec!["x/0 zero", "x/1 one", "x/2 two"]);
 }
@@ -47,6 +46,53 @@ fn retained_set_on_one_node_is_seen_from_the_others() {
         out.wait_for(|l| l == "r/t kept");
         sub.wait_output(WAIT);
     }
+}
+
+/// Waits until node `i` holds `count` retained messages.
+fn wait_retained(c: &Nodes, i: usize, count: u64) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while c.status(i)["retained"].as_u64() != Some(count) {
+        assert!(std::time::Instant::now() < deadline, "node {i} never held {count} retained: {}", c.status(i));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_node_that_missed_compacted_log_catches_up_from_a_snapshot_and_restarts_from_its_own() {
+    // A snapshot every 20 entries: the log a stopped node misses is compacted away before it returns.
+    let mut c = Nodes::start_with(3, &["--raft-snapshot-logs", "20"]);
+    c.nodes[2].kill9();
+    let first = port_of(&c.nodes[0]);
+    for i in 0..60 {
+        publish_to(&first, &["-t", &format!("snap/{i}"), "-r", "-q", "1", "-m", &format!("v{i}")]);
+    }
+    publish_to(&first, &["-t", "snap/0", "-r", "-q", "1", "-n"]);
+    publish_to(&port_of(&c.nodes[1]), &["-t", "snap/1", "-r", "-q", "1", "-m", "changed"]);
+    let leader = (0..2).find(|i| c.status(*i)["leader"] == c.status(*i)["node_id"]).expect("a leader of two");
+    let purged = c.status(leader)["purged_index"].as_u64().unwrap_or(0);
+    assert!(purged > 20, "the leader compacted its log: {}", c.status(leader));
+
+    let join = c.cluster_addrs.join(",");
+    c.nodes[2] = c.spawn(2, &join);
+    wait_ready(c.nodes[2].http.unwrap());
+    wait_retained(&c, 2, 59);
+    assert!(c.status(2)["snapshot_index"].as_u64() >= Some(purged), "it took a snapshot: {}", c.status(2));
+    let check = |c: &Nodes| {
+        let (sub, out) = mosquitto_sub(&c.nodes[2], &["-t", "snap/#", "-v", "-C", "59"]);
+        let got = out.wait_messages(59);
+        sub.wait_output(WAIT);
+        assert_eq!(got.len(), 59, "{got:?}");
+        assert!(got.iter().all(|l| l != "snap/0 v0" && l != "snap/1 v1"), "the newest of each topic: {got:?}");
+        assert!(got.contains(&"snap/59 v59".to_string()), "{got:?}");
+    };
+    check(&c);
+
+    // Its own log now starts after its snapshot: a restart starts from that snapshot.
+    assert_eq!(c.nodes[2].stop(), Some(0));
+    c.nodes[2] = c.spawn(2, &join);
+    wait_ready(c.nodes[2].http.unwrap());
+    wait_retained(&c, 2, 59);
+    check(&c);
 }
 
 #[test]
@@ -92,6 +138,8 @@ fn the_cluster_re_forms_after_all_nodes_restart() {
     let (sub, _) = mosquitto_sub(&c.nodes[2], &["-i", "stays", "-c", "-q", "1", "-t", "back/#", "-E"]);
     sub.wait_output(WAIT);
     c.wait_routes(0, 1);
+    publish_to(&port_of(&c.nodes[1]), &["-t", "kept/t", "-r", "-q", "1", "-m", "retained across restarts"]);
+    wait_retained(&c, 0, 1);
     for n in &mut c.nodes {
         assert_eq!(n.stop(), Some(0));
     }
@@ -106,6 +154,12 @@ fn the_cluster_re_forms_after_all_nodes_restart() {
     let (sub, out) = mosquitto_sub_started(&c.nodes[2], &["-i", "stays", "-c", "-q", "1", "-t", "back/#", "-C", "1"]);
     out.wait_for(|l| l == "after restart");
     sub.wait_output(WAIT);
+    // The retained message published on node 2 is still there, on every node.
+    for i in 0..3 {
+        let (sub, out) = mosquitto_sub(&c.nodes[i], &["-t", "kept/#", "-v", "-C", "1"]);
+        out.wait_for(|l| l == "kept/t retained across restarts");
+        sub.wait_output(WAIT);
+    }
 }
 
 #[test]

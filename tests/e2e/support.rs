@@ -332,6 +332,20 @@ impl Log2 {
         }
     }
 
+    /// Waits until `n` message lines have been read (the reader thread may still be behind an exited process).
+    pub fn wait_messages(&self, n: usize) -> Vec<String> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let got = self.messages();
+            if got.len() >= n {
+                return got;
+            }
+            let lines = self.lines.lock().unwrap();
+            assert!(Instant::now() < deadline, "expected {n} messages; got {:?}", *lines);
+            drop(self.changed.wait_timeout(lines, Duration::from_millis(50)).unwrap());
+        }
+    }
+
     /// Output lines that are not mosquitto_sub's own `-d` debug lines.
     pub fn messages(&self) -> Vec<String> {
         self.lines

@@ -13,7 +13,7 @@ use skein_codec::topic::{self, Filter};
 use skein_codec::{ProtocolVersion, QoS, ReasonCode, RetainHandling, SubscriptionOptions};
 use tokio::sync::{Notify, oneshot, watch};
 
-use crate::cluster::Cluster;
+use crate::cluster::{Accepted, Cluster};
 use crate::config::BrokerConfig;
 use crate::message::Message;
 use crate::retained::Retained;
@@ -424,34 +424,84 @@ impl Broker {
     pub fn publish(&self, message: Message) -> Routed {
         let message = Arc::new(message);
         let forwarded = self.cluster.forward(&message);
-        let mut routed = self.route_local(&message, &Groups::Except(&forwarded.groups_elsewhere));
-        routed.remote = forwarded.accepted;
+        let mut routed = Routed::default();
+        let replicated = self.keep_retained(&message, true, &mut routed);
+        self.route_local(&message, &Groups::Except(&forwarded.groups_elsewhere), &mut routed);
+        routed.remote = match (forwarded.accepted, replicated) {
+            (Some(a), Some(b)) => Some(Box::pin(async move { a.await & b.await })),
+            (a, b) => a.or(b),
+        };
         routed
     }
 
     /// Delivers a message another node forwarded here: to local subscribers only, and to the shared groups the
     /// publishing node asked this one to serve.
     pub fn publish_forwarded(&self, message: Message, groups: &[ByteString]) -> Routed {
-        self.route_local(&Arc::new(message), &Groups::Only(groups))
+        let message = Arc::new(message);
+        let mut routed = Routed::default();
+        self.keep_retained(&message, false, &mut routed);
+        self.route_local(&message, &Groups::Only(groups), &mut routed);
+        routed
     }
 
-    fn route_local(&self, message: &Arc<Message>, groups: &Groups<'_>) -> Routed {
-        let mut routed = Routed::default();
-        if message.retain && self.config.retain_available {
+    /// Keeps `message` as its topic's retained message if it is one: in this node's store, or, when the cluster
+    /// replicates retained messages, through the cluster (only from the node it was published on: the log brings
+    /// it to the others, in the one order every node applies). Returns what the replication's acknowledgement waits
+    /// for.
+    fn keep_retained(&self, message: &Arc<Message>, here: bool, routed: &mut Routed) -> Option<Accepted> {
+        if !message.retain || !self.config.retain_available {
+            return None;
+        }
+        // `$SYS` values are the node's own and current; a restart republishes them rather than restoring.
+        let node_own = message.topic.starts_with('$');
+        if !node_own && self.cluster.replicates_retained() {
+            if !here {
+                return None;
+            }
+            // Held at once, so this node's next subscriber sees it; the log's order settles it on every node.
             write(&self.retained).set(message.clone());
-            // `$SYS` values are the node's own and current; a restart republishes them rather than restoring.
-            if let Some(store) = self.store.as_ref().filter(|_| !message.topic.starts_with('$')) {
-                match store.put_retained(message) {
-                    Ok(()) => routed.durable |= message.qos != QoS::AtMostOnce,
-                    Err(e) => tracing::error!(topic = %message.topic, error = %e, "retained message not stored"),
-                }
+            return self.cluster.retain(message);
+        }
+        write(&self.retained).set(message.clone());
+        if let Some(store) = self.store.as_ref().filter(|_| !node_own) {
+            match store.put_retained(message) {
+                Ok(()) => routed.durable |= message.qos != QoS::AtMostOnce,
+                Err(e) => tracing::error!(topic = %message.topic, error = %e, "retained message not stored"),
             }
         }
+        None
+    }
+
+    /// The cluster applied a retained message change (`None` clears the topic); see [`Cluster::replicates_retained`].
+    pub fn retained_changed(&self, topic: &str, message: Option<Message>) {
+        let mut retained = write(&self.retained);
+        match message {
+            Some(m) => {
+                retained.set(Arc::new(m));
+            }
+            None => {
+                retained.clear(topic);
+            }
+        }
+    }
+
+    /// The cluster's whole set of retained messages replaces this node's (its own `$` topics stay).
+    pub fn replace_retained(&self, messages: Vec<Message>) {
+        let mut retained = write(&self.retained);
+        for topic in retained.matching("#") {
+            retained.clear(&topic.topic);
+        }
+        for m in messages {
+            retained.set(Arc::new(m));
+        }
+    }
+
+    fn route_local(&self, message: &Arc<Message>, groups: &Groups<'_>, routed: &mut Routed) {
         let mut targets = Vec::new();
         read(&self.router).route(&message.topic, groups, &mut targets);
         let message = message.clone();
         if targets.is_empty() {
-            return routed;
+            return;
         }
         // A session matched by several subscriptions gets the message once, at the highest QoS, with every
         // Subscription Identifier [MQTT-3.3.4-2] [MQTT-3.3.4-3].
@@ -484,7 +534,6 @@ impl Broker {
             routed.delivered += usize::from(queued);
             routed.durable |= durable;
         }
-        routed
     }
 
     /// Queues `out` for `session`, storing it first when the session is persistent and the QoS is above 0.

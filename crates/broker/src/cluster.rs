@@ -43,6 +43,20 @@ pub trait Cluster: Send + Sync + 'static {
         None
     }
 
+    /// Whether retained messages (other than `$` topics) are the cluster's: kept in its replicated log rather than
+    /// in this node's store. The broker then hands each one published here to [`Cluster::retain`], and the cluster
+    /// tells the broker what every node holds ([`crate::Broker::retained_changed`]).
+    fn replicates_retained(&self) -> bool {
+        false
+    }
+
+    /// Replicates a retained message published on this node (an empty payload clears the topic). What a QoS 1/2
+    /// acknowledgement waits for; `None` when nothing needs waiting for.
+    fn retain(&self, message: &Arc<Message>) -> Option<Accepted> {
+        let _ = message;
+        None
+    }
+
     /// This node gained its first local subscriber on `filter` (a plain or `$share/` filter).
     fn route_added(&self, filter: &str) {
         let _ = filter;

@@ -23,7 +23,7 @@ impl Retained {
     /// true if the topic's retained message changed.
     pub fn set(&mut self, message: Arc<Message>) -> bool {
         if message.payload.is_empty() {
-            return self.remove(&message.topic);
+            return self.clear(&message.topic);
         }
         let mut node = &mut self.root;
         for level in message.topic.split('/') {
@@ -35,7 +35,8 @@ impl Retained {
         true
     }
 
-    fn remove(&mut self, topic: &str) -> bool {
+    /// Removes the retained message of `topic`; true if there was one.
+    pub fn clear(&mut self, topic: &str) -> bool {
         fn go(node: &mut Node, levels: &[&str]) -> bool {
             match levels.split_first() {
                 None => node.message.take().is_some(),

@@ -25,7 +25,7 @@ use crate::proto::{
     TakeoverRequest,
 };
 use crate::state::{Command, Member, NodeId, RouteIndex};
-use crate::store::{self, Raft, StateMachine};
+use crate::store::{self, Raft, RetainedChange, StateMachine};
 
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
@@ -44,6 +44,8 @@ pub struct ClusterConfig {
     /// A member that has not answered for this long has its routes purged; it announces them again on return.
     /// Forwarded messages it has not taken by then are given up (and counted).
     pub node_timeout: Duration,
+    /// Log entries between snapshots; a node that lags further than the log kept behind one gets the snapshot.
+    pub snapshot_logs: u64,
     pub data_dir: PathBuf,
     /// Mutual TLS between peers: only nodes with a certificate from the cluster CA can talk to this one.
     pub tls: Option<PeerTls>,
@@ -70,6 +72,8 @@ pub struct ClusterNode {
     broker: OnceLock<Arc<Broker>>,
     routes: mpsc::UnboundedSender<RouteChange>,
     routes_rx: Mutex<Option<mpsc::UnboundedReceiver<RouteChange>>>,
+    retains: mpsc::UnboundedSender<RetainChange>,
+    retains_rx: Mutex<Option<mpsc::UnboundedReceiver<RetainChange>>>,
     index: RwLock<(Option<u64>, Arc<RouteIndex>)>,
     forwarders: Mutex<HashMap<NodeId, mpsc::UnboundedSender<Outbound>>>,
     /// Forwarded messages that could not be handed to a node in time.
@@ -84,6 +88,13 @@ pub struct ClusterNode {
     shared_turn: std::sync::atomic::AtomicUsize,
 }
 
+/// A retained message published here, waiting to be proposed; `done` hears whether it was committed.
+struct RetainChange {
+    topic: String,
+    message: Option<Vec<u8>>,
+    done: oneshot::Sender<()>,
+}
+
 /// A message for a node: the shared groups it serves for it, and (at QoS 1/2) who waits for it to accept it.
 struct Outbound {
     message: Arc<Message>,
@@ -94,7 +105,7 @@ struct Outbound {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot open the Raft store: {0}")]
-    Store(#[from] sled::Error),
+    Store(#[from] store::OpenError),
     #[error("cannot start Raft: {0}")]
     Raft(String),
     #[error("cannot listen for the cluster on {addr}: {error}")]
@@ -110,8 +121,8 @@ impl ClusterNode {
             heartbeat_interval: 250,
             election_timeout_min: 1000,
             election_timeout_max: 2000,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(5000),
-            max_in_snapshot_log_to_keep: 1000,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_logs),
+            max_in_snapshot_log_to_keep: config.snapshot_logs.min(1000),
             ..Config::default()
         };
         let raft_config = Arc::new(raft_config.validate().map_err(|e| StartError::Raft(e.to_string()))?);
@@ -120,6 +131,7 @@ impl ClusterNode {
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
         let (tx, rx) = mpsc::unbounded_channel();
+        let (retains, retains_rx) = mpsc::unbounded_channel();
         Ok(Arc::new_cyclic(|this| ClusterNode {
             this: this.clone(),
             pending_routes: std::sync::atomic::AtomicUsize::new(0),
@@ -131,6 +143,8 @@ impl ClusterNode {
             broker: OnceLock::new(),
             routes: tx,
             routes_rx: Mutex::new(Some(rx)),
+            retains,
+            retains_rx: Mutex::new(Some(retains_rx)),
             index: RwLock::new((None, Arc::new(RouteIndex::default()))),
             forwarders: Mutex::new(HashMap::new()),
             forward_failures: AtomicU64::new(0),
@@ -143,6 +157,26 @@ impl ClusterNode {
 
     /// Starts the gRPC service, forms or joins the cluster, and proposes route changes; returns once listening.
     pub async fn start(self: &Arc<Self>, broker: Arc<Broker>) -> Result<(), StartError> {
+        // The broker holds what the log holds, from its snapshot and replay on, and hears every later change.
+        let weak = Arc::downgrade(&broker);
+        self.sm.watch_retained(Arc::new(move |change| {
+            let Some(broker) = weak.upgrade() else { return };
+            let decode =
+                |topic: &str, bytes: &[u8]| match Message::decode_v5(bytes::Bytes::copy_from_slice(bytes), None) {
+                    Ok((m, _)) => Some(m),
+                    Err(e) => {
+                        tracing::error!(topic, error = %e, "replicated retained message cannot be decoded");
+                        None
+                    }
+                };
+            match change {
+                RetainedChange::Set { topic, message } => broker.retained_changed(topic, decode(topic, message)),
+                RetainedChange::Cleared { topic } => broker.retained_changed(topic, None),
+                RetainedChange::All(all) => {
+                    broker.replace_retained(all.iter().filter_map(|(t, m)| decode(t, m)).collect())
+                }
+            }
+        }));
         let _ = self.broker.set(broker);
         let listener = tokio::net::TcpListener::bind(self.config.listen)
             .await
@@ -177,6 +211,11 @@ impl ClusterNode {
         let rx = self.routes_rx.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(rx) = rx {
             tokio::spawn(async move { me.propose_routes(rx).await });
+        }
+        let me = self.clone();
+        let rx = self.retains_rx.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(rx) = rx {
+            tokio::spawn(async move { me.propose_retained(rx).await });
         }
         Ok(())
     }
@@ -480,6 +519,21 @@ impl ClusterNode {
         }
     }
 
+    /// Proposes the retained messages published here, in the order they came, as one batch per round trip.
+    async fn propose_retained(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<RetainChange>) {
+        while let Some(first) = rx.recv().await {
+            let mut batch = vec![first];
+            while let Ok(c) = rx.try_recv() {
+                batch.push(c);
+            }
+            let (changes, done): (Vec<_>, Vec<_>) = batch.into_iter().map(|c| ((c.topic, c.message), c.done)).unzip();
+            self.propose(Command::Retain { changes }).await;
+            for d in done {
+                let _ = d.send(());
+            }
+        }
+    }
+
     /// The route index, rebuilt when the applied state has moved on.
     fn route_index(&self) -> Arc<RouteIndex> {
         let applied = self.sm.inner.read().unwrap_or_else(|e| e.into_inner()).last_applied.map(|l| l.index);
@@ -505,19 +559,9 @@ impl ClusterNode {
         self.members().into_iter().find(|(id, _)| *id == node).map(|(_, a)| a)
     }
 
-    /// Where a message goes: nodes with matching routes (one per shared group), and every member for a retained
-    /// message, so that each node keeps it and answers later subscribers itself.
+    /// Where a message goes: nodes with matching routes, and one node per matching shared group.
     fn plan(&self, message: &Message) -> crate::state::Plan {
-        let me = self.id();
-        let mut plan = self.route_index().plan(&message.topic, me, &self.shared_turn);
-        if message.retain {
-            for (id, _) in self.members() {
-                if id != me && !plan.nodes.iter().any(|(n, _)| *n == id) {
-                    plan.nodes.push((id, Vec::new()));
-                }
-            }
-        }
-        plan
+        self.route_index().plan(&message.topic, self.id(), &self.shared_turn)
     }
 
     fn forwarder(&self, node: NodeId) -> Option<mpsc::UnboundedSender<Outbound>> {
@@ -559,7 +603,10 @@ impl ClusterNode {
             "leader": m.current_leader,
             "term": m.current_term,
             "applied_index": m.last_applied.map(|l| l.index),
+            "snapshot_index": m.snapshot.map(|l| l.index),
+            "purged_index": m.purged.map(|l| l.index),
             "members": members,
+            "retained": a.state.retained.len(),
             "routes": a.state.routes.len(),
             "routes_per_node": a.state.members.keys().chain(voters.iter()).collect::<BTreeSet<_>>().into_iter()
                 .map(|id| (id.to_string(), a.state.routes.values().filter(|n| n.contains(id)).count()))
@@ -576,6 +623,34 @@ impl ClusterNode {
 }
 
 impl skein_broker::Cluster for ClusterNode {
+    fn replicates_retained(&self) -> bool {
+        true
+    }
+
+    fn retain(&self, message: &Arc<Message>) -> Option<Accepted> {
+        let (done, committed) = oneshot::channel();
+        let change = RetainChange {
+            topic: message.topic.to_string(),
+            message: (!message.payload.is_empty()).then(|| message.encode_v5(&[]).to_vec()),
+            done,
+        };
+        if self.retains.send(change).is_err() {
+            return None;
+        }
+        // Without quorum the change waits in order for one; the publisher's acknowledgement does not.
+        let limit = self.config.node_timeout;
+        let topic = message.topic.clone();
+        Some(Box::pin(async move {
+            match tokio::time::timeout(limit, committed).await {
+                Ok(Ok(())) => true,
+                _ => {
+                    tracing::warn!(%topic, "retained message not committed in time; it stays queued for the log");
+                    false
+                }
+            }
+        }))
+    }
+
     fn route_added(&self, filter: &str) {
         self.pending_routes.fetch_add(1, Ordering::AcqRel);
         if self.routes.send(RouteChange::Added(filter.to_string())).is_err() {

@@ -1,5 +1,6 @@
-//! The replicated state of a cluster, as plain data with a pure `apply`: members, and the route table (topic filter
-//! → nodes with at least one local subscriber on it). Every node applies the same log to it, so reads are local.
+//! The replicated state of a cluster, as plain data with a pure `apply`: members, the route table (topic filter
+//! → nodes with at least one local subscriber on it) and the retained messages. Every node applies the same log to
+//! it, so reads are local.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -29,6 +30,9 @@ pub enum Command {
     Routes { node: NodeId, added: Vec<String>, removed: Vec<String> },
     /// Forget a node's routes (it left, or stopped answering).
     Purge { node: NodeId },
+    /// Retained messages, applied in order: a topic's message (its MQTT 5.0 wire form, `Message::encode_v5`), or
+    /// `None` to clear it. Batched: the changes a node collected while its previous batch was being committed.
+    Retain { changes: Vec<(String, Option<Vec<u8>>)> },
 }
 
 /// What applying a command returns: the `R` of the Raft log.
@@ -42,6 +46,9 @@ pub struct Applied {
 pub struct ClusterState {
     pub members: BTreeMap<NodeId, Member>,
     pub routes: BTreeMap<String, BTreeSet<NodeId>>,
+    /// Topic → its retained message, encoded.
+    #[serde(default)]
+    pub retained: BTreeMap<String, Vec<u8>>,
 }
 
 impl ClusterState {
@@ -71,6 +78,14 @@ impl ClusterState {
                 }
             }
             Command::Purge { node } => changed += self.purge(*node),
+            Command::Retain { changes } => {
+                for (topic, message) in changes {
+                    changed += usize::from(match message {
+                        Some(m) => self.retained.insert(topic.clone(), m.clone()).as_ref() != Some(m),
+                        None => self.retained.remove(topic).is_some(),
+                    });
+                }
+            }
         }
         Applied { changed }
     }
@@ -218,10 +233,23 @@ mod tests {
     }
 
     #[test]
+    fn retained_messages_are_set_replaced_and_cleared() {
+        let mut st = ClusterState::default();
+        let set = |m: &[u8]| ("t".to_string(), Some(m.to_vec()));
+        assert_eq!(st.apply(&Command::Retain { changes: vec![set(b"1")] }).changed, 1);
+        assert_eq!(st.apply(&Command::Retain { changes: vec![set(b"1")] }).changed, 0, "the same again: no change");
+        assert_eq!(st.apply(&Command::Retain { changes: vec![set(b"2"), set(b"3")] }).changed, 2, "in order");
+        assert_eq!(st.retained["t"], b"3");
+        assert_eq!(st.apply(&Command::Retain { changes: vec![("t".into(), None)] }).changed, 1);
+        assert!(st.retained.is_empty());
+    }
+
+    #[test]
     fn state_round_trips_through_json() {
         let mut st = ClusterState::default();
         st.apply(&Command::Member { node: 1, member: Member { cluster_addr: "a".into(), mqtt_addr: "b".into() } });
         st.apply(&Command::Routes { node: 1, added: s(&["x"]), removed: vec![] });
+        st.apply(&Command::Retain { changes: vec![("r".into(), Some(vec![0, 1, 255]))] });
         let json = serde_json::to_vec(&st).unwrap();
         assert_eq!(serde_json::from_slice::<ClusterState>(&json).unwrap(), st);
     }

@@ -1,6 +1,8 @@
 //! The Raft storage of one node, in sled under `<data_dir>/raft`: the log, the vote, the committed id and the last
-//! snapshot are durable; the state machine is rebuilt from the snapshot and the log after a restart.
+//! snapshot are durable; the state machine is rebuilt from the snapshot and the log after a restart (the snapshot
+//! is loaded here, openraft re-applies the committed log after it).
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io::Cursor;
 use std::ops::{Bound, RangeBounds};
@@ -30,14 +32,47 @@ fn io<E: std::error::Error + 'static>(make: fn(AnyError) -> StorageIOError<NodeI
     move |e| make(AnyError::new(&e)).into()
 }
 
-/// Opens (or creates) the node's Raft storage.
-pub fn open(dir: &Path) -> Result<(LogStore, StateMachine), sled::Error> {
+/// Opens (or creates) the node's Raft storage, with the state machine at its last snapshot: the log before it may
+/// be purged, so it cannot be rebuilt from the log alone.
+pub fn open(dir: &Path) -> Result<(LogStore, StateMachine), OpenError> {
     let db = sled::Config::new().path(dir.join("raft")).open()?;
     let log = LogStore { logs: db.open_tree("log")?, meta: db.open_tree("meta")?, db: db.clone() };
-    let sm =
-        StateMachine { inner: Arc::new(RwLock::new(Applier::default())), snapshots: db.open_tree("snapshot")?, db };
+    let snapshots = db.open_tree("snapshot")?;
+    let mut applier = Applier::default();
+    if let Some(v) = snapshots.get("current")? {
+        let s: StoredSnapshot = serde_json::from_slice(&v).map_err(OpenError::Snapshot)?;
+        applier.state = serde_json::from_slice(&s.data).map_err(OpenError::Snapshot)?;
+        applier.last_applied = s.meta.last_log_id;
+        applier.last_membership = s.meta.last_membership;
+    }
+    let sm = StateMachine { inner: Arc::new(RwLock::new(applier)), sink: Arc::default(), snapshots, db };
     Ok((log, sm))
 }
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Sled(#[from] sled::Error),
+    #[error("the stored Raft snapshot cannot be read ({0}); move the raft directory aside to rejoin from the cluster")]
+    Snapshot(serde_json::Error),
+}
+
+/// A change to the replicated retained messages, as the state machine applies it.
+pub enum RetainedChange<'a> {
+    /// A topic's retained message, encoded with `Message::encode_v5`.
+    Set {
+        topic: &'a str,
+        message: &'a [u8],
+    },
+    Cleared {
+        topic: &'a str,
+    },
+    /// Every retained message: the state was replaced (a snapshot), or a watcher starts.
+    All(&'a BTreeMap<String, Vec<u8>>),
+}
+
+/// Hears every [`RetainedChange`], in log order, while the state machine is locked.
+pub type RetainedSink = Arc<dyn Fn(RetainedChange<'_>) + Send + Sync>;
 
 #[derive(Clone)]
 pub struct LogStore {
@@ -183,6 +218,7 @@ struct StoredSnapshot {
 #[derive(Clone)]
 pub struct StateMachine {
     pub inner: Arc<RwLock<Applier>>,
+    sink: Arc<RwLock<Option<RetainedSink>>>,
     snapshots: sled::Tree,
     db: sled::Db,
 }
@@ -194,6 +230,20 @@ impl StateMachine {
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Applier> {
         self.inner.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sends `sink` every retained message now, then every change as it is applied; nothing is missed between.
+    pub fn watch_retained(&self, sink: RetainedSink) {
+        let a = self.write();
+        sink(RetainedChange::All(&a.state.retained));
+        *self.sink.write().unwrap_or_else(|e| e.into_inner()) = Some(sink);
+        drop(a);
+    }
+
+    fn tell(&self, change: RetainedChange<'_>) {
+        if let Some(sink) = self.sink.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            sink(change);
+        }
     }
 }
 
@@ -244,7 +294,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         }
                         _ => false,
                     };
-                    if from_non_member { Applied::default() } else { a.state.apply(&cmd) }
+                    if from_non_member {
+                        Applied::default()
+                    } else {
+                        let applied = a.state.apply(&cmd);
+                        if let Command::Retain { changes } = &cmd {
+                            for (topic, message) in changes {
+                                self.tell(match message {
+                                    Some(message) => RetainedChange::Set { topic, message },
+                                    None => RetainedChange::Cleared { topic },
+                                });
+                            }
+                        }
+                        applied
+                    }
                 }
                 EntryPayload::Membership(m) => {
                     a.last_membership = StoredMembership::new(Some(e.log_id), m);
@@ -276,6 +339,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             a.state = state;
             a.last_applied = meta.last_log_id;
             a.last_membership = meta.last_membership.clone();
+            self.tell(RetainedChange::All(&a.state.retained));
         }
         let stored = serde_json::to_vec(&StoredSnapshot { meta: meta.clone(), data })
             .map_err(io(StorageIOError::write_state_machine))?;
@@ -308,6 +372,46 @@ mod tests {
             let (log, sm) = open(dir.path()).expect("opens");
             Ok((dir, log, sm))
         }
+    }
+
+    fn entry(index: u64, command: Command) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(command),
+        }
+    }
+
+    /// The log before a snapshot may be purged: a restarted node must come back at its snapshot, not at nothing.
+    #[tokio::test]
+    async fn a_reopened_store_starts_at_its_snapshot_and_reports_retained_changes() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let retain = |t: &str, m: Option<&[u8]>| Command::Retain { changes: vec![(t.into(), m.map(<[u8]>::to_vec))] };
+        {
+            let (_log, mut sm) = open(dir.path()).expect("opens");
+            let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let s = seen.clone();
+            sm.watch_retained(Arc::new(move |c| {
+                s.lock().unwrap().push(match c {
+                    RetainedChange::Set { topic, message } => format!("set {topic} {}", message.len()),
+                    RetainedChange::Cleared { topic } => format!("clear {topic}"),
+                    RetainedChange::All(all) => format!("all {}", all.len()),
+                })
+            }));
+            sm.apply([
+                entry(1, retain("a", Some(b"xy"))),
+                entry(2, retain("b", Some(b"z"))),
+                entry(3, retain("a", None)),
+            ])
+            .await
+            .expect("applies");
+            assert_eq!(*seen.lock().unwrap(), ["all 0", "set a 2", "set b 1", "clear a"]);
+            sm.build_snapshot().await.expect("snapshot");
+        }
+        let (_log, mut sm) = open(dir.path()).expect("reopens");
+        let (applied, _) = sm.applied_state().await.expect("state");
+        assert_eq!(applied.map(|l| l.index), Some(3));
+        let a = sm.read();
+        assert_eq!(a.state.retained.keys().collect::<Vec<_>>(), ["b"]);
     }
 
     /// openraft's own storage test suite, against the sled stores.
