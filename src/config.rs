@@ -44,6 +44,8 @@ pub struct Config {
     pub sys_interval: u64,
     pub queue_qos0_messages: bool,
     pub retain_available: bool,
+    /// Topic aliases an MQTT 5.0 client may use per connection; 0 turns them off.
+    pub max_topic_alias: u16,
     /// This node's id in a cluster; defaults to the ordinal of a StatefulSet host name (`skein-2` → 2), else 1.
     pub node_id: Option<u64>,
     /// Listen address of the node-to-node gRPC service; clustering is off without it.
@@ -85,6 +87,7 @@ impl Default for Config {
             sys_interval: broker.sys_interval.as_secs(),
             queue_qos0_messages: broker.queue_qos0_messages,
             retain_available: broker.retain_available,
+            max_topic_alias: broker.max_topic_alias,
             node_id: None,
             cluster: None,
             cluster_advertise: None,
@@ -153,6 +156,9 @@ pub struct ServeArgs {
     /// Accept retained messages [default: true].
     #[arg(long, env = "SKEIN_RETAIN_AVAILABLE", value_name = "BOOL")]
     pub retain_available: Option<bool>,
+    /// Topic aliases an MQTT 5.0 client may use per connection; 0 turns them off [default: 10].
+    #[arg(long, env = "SKEIN_MAX_TOPIC_ALIAS", value_name = "N")]
+    pub max_topic_alias: Option<u16>,
     /// Node id in a cluster [default: the StatefulSet ordinal of the host name, else 1].
     #[arg(long, env = "SKEIN_NODE_ID", value_name = "N")]
     pub node_id: Option<u64>,
@@ -212,7 +218,8 @@ impl ServeArgs {
             max_keepalive,
             sys_interval,
             queue_qos0_messages,
-            retain_available
+            retain_available,
+            max_topic_alias
         );
         if self.http.is_some() {
             c.http = self.http;
@@ -328,6 +335,7 @@ impl Config {
             sys_interval: Duration::from_secs(self.sys_interval),
             queue_qos0_messages: self.queue_qos0_messages,
             retain_available: self.retain_available,
+            max_topic_alias: self.max_topic_alias,
             ..skein_broker::BrokerConfig::default()
         }
     }

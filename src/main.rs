@@ -205,6 +205,7 @@ async fn serve(config: Config) -> Result<(), String> {
         tokio::spawn(http::serve(l, broker.clone(), node.clone()));
     }
     tokio::spawn(skein_broker::sys::run(broker.clone()));
+    tokio::spawn(broker.clone().run_timers());
     match data_dir {
         Some(dir) => tracing::info!(data_dir = %dir.display(), version = env!("CARGO_PKG_VERSION"), "skein started"),
         None => tracing::info!(version = env!("CARGO_PKG_VERSION"), "skein started, persistence off"),

@@ -6,6 +6,7 @@ mod mosquitto;
 mod mqttjs;
 mod operations;
 mod paho;
+mod paho_v5;
 mod persistence;
 mod protocol;
 mod rumqttc_client;

@@ -124,3 +124,30 @@ fn persistence_off_keeps_nothing() {
     broker.stop();
     assert!(!dir.path().join("sled").exists(), "nothing written with persistence off");
 }
+
+/// MQTT 5.0 sessions keep their expiry across a restart, and the time the node was down counts.
+#[test]
+fn session_expiry_counts_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Skein::start_in(dir.path(), &[]);
+    let left_at = std::time::Instant::now();
+    for (id, expiry) in [("lasting", 300), ("brief", 2)] {
+        let mut c = connect_packet(ProtocolVersion::V5, id, true);
+        c.properties.session_expiry_interval = Some(expiry);
+        let (mut raw, _) = Raw::connect(broker.mqtt, c);
+        subscribe(&mut raw, "x", QoS::AtLeastOnce);
+        raw.send(&Packet::Disconnect(Disconnect::default()));
+        assert_eq!(raw.recv(), None);
+    }
+    assert_eq!(broker.stop(), Some(0));
+    let broker = Skein::start_in(dir.path(), &[]);
+    let resume = |id: &str| {
+        let mut c = connect_packet(ProtocolVersion::V5, id, false);
+        c.properties.session_expiry_interval = Some(300);
+        Raw::connect(broker.mqtt, c).1.session_present
+    };
+    // Past "brief"'s two seconds, counted from its disconnect before the restart: the interval is what is tested.
+    std::thread::sleep(std::time::Duration::from_millis(2600).saturating_sub(left_at.elapsed()));
+    assert!(resume("lasting"), "a 300 s session is still there after the restart");
+    assert!(!resume("brief"), "a 2 s session expired, the restart notwithstanding");
+}

@@ -2,7 +2,7 @@
 //! connections perform on them (connect, publish, subscribe, disconnect). Locks here are plain `std` locks, taken
 //! for the length of a lookup or an update and never across an await.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -77,6 +77,8 @@ pub struct ConnectRequest {
     pub max_packet_size: Option<usize>,
     /// The client's MQTT 5.0 Receive Maximum.
     pub receive_maximum: Option<u16>,
+    /// Session Expiry Interval in seconds (`u32::MAX`: never); meaningful when `persistent`.
+    pub session_expiry: u32,
     /// The session another node handed over, if it held one.
     pub imported: Option<SessionExport>,
 }
@@ -118,6 +120,25 @@ pub struct Broker {
     shutdown: watch::Sender<bool>,
     /// Open network connections, whatever their state.
     connections: watch::Sender<usize>,
+    /// Session expiries and delayed wills, by (deadline, sequence).
+    timers: Mutex<BTreeMap<(Instant, u64), Due>>,
+    timer_seq: AtomicU64,
+    /// Wills waiting out their Will Delay Interval: client id → (the connection it belongs to, the will).
+    wills: Mutex<HashMap<ByteString, (u64, Message)>>,
+}
+
+/// A deadline: what happens then, unless a connection attached to the session after `connection_id`.
+struct Due {
+    client_id: ByteString,
+    connection_id: u64,
+    what: Timer,
+}
+
+enum Timer {
+    /// The persistent session ends (MQTT 5.0 Session Expiry Interval).
+    SessionExpiry,
+    /// The delayed will is published [MQTT-3.1.3-9].
+    Will,
 }
 
 /// Counts one open connection for as long as it lives.
@@ -149,6 +170,9 @@ impl Broker {
             next_connection: AtomicU64::new(1),
             shutdown: watch::channel(false).0,
             connections: watch::channel(0).0,
+            timers: Mutex::new(BTreeMap::new()),
+            timer_seq: AtomicU64::new(0),
+            wills: Mutex::new(HashMap::new()),
         });
         broker.restore()?;
         Ok(broker)
@@ -184,9 +208,107 @@ impl Broker {
                     state.restore(out, m.sent);
                 }
             }
+            if stored.expiry != u32::MAX {
+                // The clock kept running while the node was down.
+                let gone = stored.disconnected_at.map_or(0, |at| unix_now().saturating_sub(at));
+                let left = u64::from(stored.expiry).saturating_sub(gone);
+                lock(&handle.state).expiry = stored.expiry;
+                self.schedule(Duration::from_secs(left), &stored.client_id, 0, Timer::SessionExpiry);
+            }
             lock(&self.sessions).insert(stored.client_id, handle);
         }
         Ok(())
+    }
+
+    fn schedule(&self, after: Duration, client_id: &ByteString, connection_id: u64, what: Timer) {
+        let seq = self.timer_seq.fetch_add(1, Ordering::Relaxed);
+        let due = Due { client_id: client_id.clone(), connection_id, what };
+        lock(&self.timers).insert((Instant::now() + after, seq), due);
+    }
+
+    /// Holds the will of connection `connection_id` back for `delay` (its Will Delay Interval, at most the
+    /// session's expiry): published then, unless the client connects to its session again first [MQTT-3.1.3-9].
+    pub fn delay_will(&self, client_id: &ByteString, connection_id: u64, will: Message, delay: Duration) {
+        lock(&self.wills).insert(client_id.clone(), (connection_id, will));
+        self.schedule(delay, client_id, connection_id, Timer::Will);
+    }
+
+    /// Takes a delayed will of `client_id` out; when its session has ended rather than resumed, publishes it now.
+    async fn settle_will(&self, client_id: &str, session_ended: bool) {
+        let will = lock(&self.wills).remove(client_id);
+        if let Some((_, will)) = will.filter(|_| session_ended)
+            && self.publish(will).durable
+        {
+            let _ = self.flush().await;
+        }
+    }
+
+    /// Ends expired sessions and publishes delayed wills as they come due; runs for the broker's life.
+    pub async fn run_timers(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tick.tick().await;
+            let due: Vec<Due> = {
+                let mut timers = lock(&self.timers);
+                let later = timers.split_off(&(Instant::now(), u64::MAX));
+                std::mem::replace(&mut *timers, later).into_values().collect()
+            };
+            for d in due {
+                match d.what {
+                    Timer::Will => {
+                        let will = {
+                            let mut wills = lock(&self.wills);
+                            match wills.get(&d.client_id) {
+                                Some((id, _)) if *id == d.connection_id => wills.remove(&d.client_id),
+                                _ => None,
+                            }
+                        };
+                        if let Some((_, will)) = will
+                            && self.publish(will).durable
+                        {
+                            let _ = self.flush().await;
+                        }
+                    }
+                    Timer::SessionExpiry => {
+                        if self.expire_session(&d.client_id, d.connection_id) {
+                            self.settle_will(&d.client_id, true).await;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Ends the session of `client_id` if no connection attached to it since `connection_id` left. True if it did.
+    fn expire_session(&self, client_id: &str, connection_id: u64) -> bool {
+        let Some(session) = lock(&self.sessions).get(client_id).cloned() else { return false };
+        let link = lock(&session.link);
+        let mut state = lock(&session.state);
+        if link.is_some() || state.online || !state.persistent || state.connection_id != connection_id {
+            return false;
+        }
+        tracing::debug!(client_id, "session expired");
+        state.persistent = false;
+        let removed = self.clear_session(&session, &mut state);
+        drop(state);
+        drop(link);
+        self.forget(&session, removed);
+        if let Some(store) = &self.store
+            && let Err(e) = store.remove_session(client_id)
+        {
+            tracing::error!(client_id, error = %e, "expired session not removed from the store");
+        }
+        true
+    }
+
+    /// The session record to store for `state`.
+    fn stored_session(client_id: &ByteString, state: &Session) -> StoredSession {
+        StoredSession {
+            client_id: client_id.clone(),
+            subscriptions: state.subscriptions.iter().map(|(f, s)| (f.clone(), *s)).collect(),
+            expiry: state.expiry,
+            disconnected_at: (!state.online).then(unix_now),
+        }
     }
 
     fn limits(&self) -> SessionLimits {
@@ -243,8 +365,16 @@ impl Broker {
     /// Attaches a new connection to the session of its client id, closing the one attached before it
     /// [MQTT-3.1.4-2] and waiting (boundedly) for that one to finish.
     pub async fn connect(&self, request: ConnectRequest) -> Result<Attached, StoreError> {
-        let ConnectRequest { client_id, clean_start, persistent, version, max_packet_size, receive_maximum, imported } =
-            request;
+        let ConnectRequest {
+            client_id,
+            clean_start,
+            persistent,
+            version,
+            max_packet_size,
+            receive_maximum,
+            session_expiry,
+            imported,
+        } = request;
         let connection_id = self.next_connection.fetch_add(1, Ordering::Relaxed);
         let waker = Arc::new(Notify::new());
         let (kick_tx, kicked) = oneshot::channel();
@@ -278,6 +408,7 @@ impl Broker {
             let mut existed = state.persistent && !clean_start;
             let removed = if existed { Vec::new() } else { self.clear_session(&session, &mut state) };
             state.persistent = persistent;
+            state.expiry = if persistent { session_expiry } else { 0 };
             if let Some(export) = imported.filter(|_| !clean_start && !existed) {
                 // The session another node held: its subscriptions route here now, its messages go out from here.
                 for (filter, sub) in export.subscriptions {
@@ -309,13 +440,15 @@ impl Broker {
             state.connected(connection_id, waker.clone(), version, limits);
             (existed, removed)
         };
+        // A will held back for this client: a resumed session cancels it, an ended one sends it [MQTT-3.1.3-9].
+        self.settle_will(&client_id, !session_present).await;
         if let Some(store) = &self.store {
             for key in removed {
                 store.remove_queued(&client_id, key)?;
             }
             if persistent {
-                let subscriptions = lock(&session.state).subscriptions.iter().map(|(f, s)| (f.clone(), *s)).collect();
-                store.put_session(&StoredSession { client_id: client_id.clone(), subscriptions })?;
+                let record = Self::stored_session(&client_id, &lock(&session.state));
+                store.put_session(&record)?;
             } else {
                 store.remove_session(&client_id)?;
             }
@@ -361,6 +494,8 @@ impl Broker {
         if let Some(store) = &self.store {
             let _ = store.remove_session(client_id);
         }
+        // The client connected elsewhere: to this session (its will is cancelled) or to a new one (it is sent).
+        self.settle_will(client_id, export.is_none()).await;
         export
     }
 
@@ -411,6 +546,17 @@ impl Broker {
         let mut state = lock(&session.state);
         state.disconnected();
         if state.persistent {
+            if state.expiry != u32::MAX {
+                self.schedule(Duration::from_secs(u64::from(state.expiry)), &session.client_id, connection_id, {
+                    Timer::SessionExpiry
+                });
+                // The record keeps when the clock started, for a restart.
+                if let Some(store) = &self.store
+                    && let Err(e) = store.put_session(&Self::stored_session(&session.client_id, &state))
+                {
+                    tracing::error!(client_id = %session.client_id, error = %e, "session expiry not stored");
+                }
+            }
             return;
         }
         let removed = self.clear_session(session, &mut state);
@@ -653,9 +799,9 @@ impl Broker {
         if !state.persistent {
             return false;
         }
-        let subscriptions = state.subscriptions.iter().map(|(f, s)| (f.clone(), *s)).collect();
+        let record = Self::stored_session(&session.client_id, &state);
         drop(state);
-        match store.put_session(&StoredSession { client_id: session.client_id.clone(), subscriptions }) {
+        match store.put_session(&record) {
             Ok(()) => true,
             Err(e) => {
                 tracing::error!(client_id = %session.client_id, error = %e, "subscriptions not stored");
@@ -723,4 +869,8 @@ impl Broker {
             })
             .sum()
     }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }

@@ -32,6 +32,9 @@ pub struct BrokerConfig {
     pub queue_qos0_messages: bool,
     /// Retained messages are accepted (MQTT 5.0 Retain Available).
     pub retain_available: bool,
+    /// Topic aliases an MQTT 5.0 client may set on its publishes (Topic Alias Maximum in CONNACK; Mosquitto
+    /// `max_topic_alias`); 0 turns them off.
+    pub max_topic_alias: u16,
 }
 
 impl Default for BrokerConfig {
@@ -48,6 +51,7 @@ impl Default for BrokerConfig {
             sys_interval: Duration::from_secs(10),
             queue_qos0_messages: false,
             retain_available: true,
+            max_topic_alias: 10,
         }
     }
 }

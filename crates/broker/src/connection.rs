@@ -161,6 +161,11 @@ where
         version,
         max_packet_size: client_max_packet,
         receive_maximum,
+        session_expiry: if version.is_v5() {
+            connect.properties.session_expiry_interval.unwrap_or(0)
+        } else {
+            u32::MAX
+        },
         imported,
     };
     let attached = match broker.connect(request).await {
@@ -177,6 +182,13 @@ where
             properties.assigned_client_identifier = Some(accepted.client_id.clone());
         }
         properties.server_keep_alive = accepted.server_keep_alive;
+        if broker.config.max_topic_alias > 0 {
+            properties.topic_alias_maximum = Some(broker.config.max_topic_alias);
+        }
+        if connect.properties.request_response_information == Some(1) {
+            // A topic this client may build response topics on (MQTT 5.0 section 4.10); a naming convention only.
+            properties.response_information = Some(format!("response/{}", accepted.client_id).into());
+        }
         if !broker.config.retain_available {
             properties.retain_available = Some(0);
         }
@@ -223,6 +235,7 @@ where
         persistent: accepted.persistent,
         will: connect.will.as_ref().map(owned_will),
         client_id: accepted.client_id.clone(),
+        aliases: Vec::new(),
     };
     drop(connect);
     let close = conn.run(&mut reader, &mut rbuf, max_packet, keep_alive, &mut kicked, &shared).await;
@@ -244,8 +257,17 @@ where
     if close.sends_will()
         && let Some(will) = conn.will.take()
     {
-        let routed = broker.publish(Message::from_will(will, conn.client_id.clone()));
-        if routed.durable {
+        let delay = will.properties.will_delay_interval.unwrap_or(0);
+        let (persistent, expiry) = {
+            let state = lock(&session.state);
+            (state.persistent, state.expiry)
+        };
+        let will = Message::from_will(will, conn.client_id.clone());
+        if delay > 0 && persistent {
+            // Sent when the delay or the session ends, whichever is first (MQTT 5.0 section 3.1.3.2.2).
+            let delay = Duration::from_secs(u64::from(delay.min(expiry)));
+            broker.delay_will(&conn.client_id, connection_id, will, delay);
+        } else if broker.publish(will).durable {
             let _ = broker.flush().await;
         }
     }
@@ -342,6 +364,11 @@ fn accept(broker: &Broker, c: &Connect) -> Result<Accepted, ReasonCode> {
     if broker.is_shutting_down() {
         return Err(ReasonCode::ServerUnavailable);
     }
+    if let Some(method) = &c.properties.authentication_method {
+        // No enhanced authentication method is offered (MQTT 5.0 section 4.12): every one is unknown here.
+        tracing::debug!(client_id = %c.client_id, %method, "unsupported authentication method");
+        return Err(ReasonCode::BadAuthenticationMethod);
+    }
 
     if !config.allow_anonymous {
         // No password file yet: with anonymous access off, nobody can be verified.
@@ -389,6 +416,8 @@ struct Conn<'a> {
     persistent: bool,
     will: Option<skein_codec::Will>,
     client_id: ByteString,
+    /// The client's topic aliases (MQTT 5.0 section 3.3.2.3.4), index alias - 1; grown when first set.
+    aliases: Vec<Option<ByteString>>,
 }
 
 /// What handling one read's packets produced, applied together after one flush.
@@ -583,7 +612,9 @@ impl Conn<'_> {
                     if !self.persistent && expiry > 0 {
                         return Some(Close::Violation(ReasonCode::ProtocolError));
                     }
-                    lock(&self.session.state).persistent = expiry > 0;
+                    let mut state = lock(&self.session.state);
+                    state.persistent = expiry > 0;
+                    state.expiry = expiry;
                 }
                 return Some(Close::Disconnect { send_will: d.reason_code == ReasonCode::DisconnectWithWillMessage });
             }
@@ -596,13 +627,29 @@ impl Conn<'_> {
         None
     }
 
-    fn publish(&mut self, p: Publish, batch: &mut Batch) -> Option<Close> {
+    fn publish(&mut self, mut p: Publish, batch: &mut Batch) -> Option<Close> {
         let broker = self.broker;
         let v5 = self.version.is_v5();
         Stats::add(&broker.stats.publish_received, 1);
-        if p.properties.topic_alias.is_some() {
-            // We announce no Topic Alias Maximum, so any alias is out of range [MQTT-3.3.2-9].
-            return Some(Close::Violation(ReasonCode::TopicAliasInvalid));
+        if let Some(alias) = p.properties.topic_alias {
+            // [MQTT-3.3.2-9]: 0 and anything above our Topic Alias Maximum are invalid.
+            let slot = usize::from(alias);
+            if alias == 0 || alias > broker.config.max_topic_alias {
+                return Some(Close::Violation(ReasonCode::TopicAliasInvalid));
+            }
+            if p.topic.is_empty() {
+                // An alias the client has not set on this connection is a protocol error (section 3.3.2.3.4).
+                match self.aliases.get(slot - 1).cloned().flatten() {
+                    Some(topic) => p.topic = topic,
+                    None => return Some(Close::Violation(ReasonCode::ProtocolError)),
+                }
+            } else {
+                if self.aliases.len() < slot {
+                    self.aliases.resize(slot, None);
+                }
+                // A copy: a slice would keep this read's buffer alive as long as the alias.
+                self.aliases[slot - 1] = Some(ByteString::from(&*p.topic));
+            }
         }
         if !p.properties.subscription_identifiers.is_empty() {
             // [MQTT-3.3.4-6]
@@ -622,6 +669,10 @@ impl Conn<'_> {
         }
         let qos = p.qos;
         let packet_id = p.packet_id;
+        if qos == QoS::ExactlyOnce && lock(&self.session.state).incoming_inflight() >= usize::from(u16::MAX) {
+            // More unreleased QoS 2 messages than our Receive Maximum (65,535, the default we announce).
+            return Some(Close::Violation(ReasonCode::ReceiveMaximumExceeded));
+        }
         if qos == QoS::ExactlyOnce && !lock(&self.session.state).on_incoming_qos2(packet_id) {
             // A repeat before PUBREL: acknowledge again, deliver nothing [MQTT-4.3.3-10].
             self.ack(batch, Packet::PubRec(Ack::new(packet_id)));

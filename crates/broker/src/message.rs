@@ -69,6 +69,19 @@ impl Message {
         }
     }
 
+    /// Seconds left of its Message Expiry Interval at `now`: `None` when it has none, `Some(0)` once expired. The
+    /// interval counts from when this node received it (or restored it, with what was left when it was stored).
+    pub fn expiry_left(&self, now: Instant) -> Option<u32> {
+        let interval = self.properties.as_deref()?.message_expiry_interval?;
+        let waited = now.saturating_duration_since(self.received).as_secs();
+        Some(u32::try_from(u64::from(interval).saturating_sub(waited)).unwrap_or(0))
+    }
+
+    /// Its Message Expiry Interval has passed: it is not delivered any more [MQTT-3.3.2-5].
+    pub fn is_expired(&self, now: Instant) -> bool {
+        self.expiry_left(now) == Some(0)
+    }
+
     /// The PUBLISH that delivers this message at `qos` with `packet_id` to a client speaking `version`. `retain` is
     /// the flag as delivered, which depends on why it is sent (live or retained-on-subscribe) and the subscription's
     /// options. Properties are copied only for MQTT 5.0, the one version that carries them.
@@ -85,6 +98,10 @@ impl Message {
         if version.is_v5() {
             if let Some(p) = self.properties.as_deref() {
                 properties.clone_from(p);
+                // [MQTT-3.3.2-6]: the interval as received, less the time the message waited here.
+                if let Some(left) = self.expiry_left(Instant::now()) {
+                    properties.message_expiry_interval = Some(left.max(1));
+                }
             }
             properties.subscription_identifiers.extend_from_slice(sub_ids);
         }

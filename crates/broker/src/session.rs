@@ -176,6 +176,10 @@ pub struct Session {
     pub waker: Option<Arc<Notify>>,
     /// Messages dropped for this session, by any reason.
     pub dropped: u64,
+    /// Messages whose Message Expiry Interval passed before they could be sent.
+    pub expired: u64,
+    /// Session Expiry Interval, seconds after the connection ends; `u32::MAX` never (3.x persistent sessions).
+    pub expiry: u32,
 }
 
 impl Session {
@@ -196,6 +200,8 @@ impl Session {
             connection_id: 0,
             waker: None,
             dropped: 0,
+            expired: 0,
+            expiry: u32::MAX,
         }
     }
 
@@ -326,6 +332,14 @@ impl Session {
                 break;
             }
             let Some(out) = self.queue.pop_front() else { break };
+            if out.message.is_expired(std::time::Instant::now()) {
+                // [MQTT-3.3.2-5]: not yet on its way to this subscriber, so it is deleted.
+                self.expired += 1;
+                if let Some(key) = out.stored {
+                    updates.push(StoreUpdate::Done { key });
+                }
+                continue;
+            }
             let packet_id = if out.qos == QoS::AtMostOnce {
                 0
             } else {
@@ -501,6 +515,28 @@ mod tests {
                 other => panic!("expected PUBLISH, got {other:?}"),
             })
             .collect()
+    }
+
+    #[test]
+    fn an_expired_message_is_not_sent_and_leaves_the_store() {
+        let mut s = session(10, 10);
+        let mut expiring = Message::system("t/old", "x", false);
+        expiring.properties =
+            Some(Box::new(skein_codec::Properties { message_expiry_interval: Some(1), ..Default::default() }));
+        expiring.received = std::time::Instant::now() - std::time::Duration::from_secs(2);
+        let stale = Outgoing {
+            message: Arc::new(expiring),
+            qos: QoS::AtLeastOnce,
+            stored: Some(9),
+            ..out("", QoS::AtLeastOnce)
+        };
+        s.enqueue(stale).unwrap();
+        s.enqueue(out("t/new", QoS::AtLeastOnce)).unwrap();
+        let (mut buf, mut updates) = (BytesMut::new(), Vec::new());
+        assert_eq!(s.write_pending(&mut buf, &mut updates), 1);
+        assert!(matches!(&packets(&mut buf)[..], [Packet::Publish(p)] if &*p.topic == "t/new"));
+        assert_eq!(updates, vec![StoreUpdate::Done { key: 9 }]);
+        assert_eq!(s.expired, 1);
     }
 
     #[test]

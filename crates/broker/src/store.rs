@@ -29,6 +29,10 @@ pub enum StoreError {
 pub struct StoredSession {
     pub client_id: ByteString,
     pub subscriptions: Vec<(ByteString, Subscription)>,
+    /// Session Expiry Interval in seconds; `u32::MAX` never expires.
+    pub expiry: u32,
+    /// When its client disconnected (seconds since the Unix epoch); `None` while connected, or not known.
+    pub disconnected_at: Option<u64>,
 }
 
 /// A message queued for (or in flight to) a stored session.
@@ -51,6 +55,8 @@ pub struct Store {
 }
 
 const FORMAT: u8 = 1;
+/// Session records with expiry: FORMAT_EXPIRY, expiry (u32), disconnected at (u64, 0 = connected), subscriptions.
+const FORMAT_EXPIRY: u8 = 2;
 
 impl Store {
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
@@ -96,7 +102,9 @@ impl Store {
 
     pub fn put_session(&self, session: &StoredSession) -> Result<(), StoreError> {
         let mut buf = BytesMut::new();
-        buf.put_u8(FORMAT);
+        buf.put_u8(FORMAT_EXPIRY);
+        buf.put_u32(session.expiry);
+        buf.put_u64(session.disconnected_at.unwrap_or(0));
         for (filter, sub) in &session.subscriptions {
             sub.encode_v5(filter, &mut buf);
         }
@@ -120,8 +128,14 @@ impl Store {
             let (key, value) = item?;
             let client_id = ByteString::try_from(Bytes::copy_from_slice(&key))
                 .map_err(|_| corrupt("sessions", &key, "client id is not UTF-8".into()))?;
-            let subscriptions = match value.split_first() {
-                Some((&FORMAT, rest)) => Subscription::decode_v5(rest),
+            let (expiry, disconnected_at, subscriptions) = match value.split_first() {
+                // Written before sessions had an expiry: they never expire.
+                Some((&FORMAT, rest)) => Subscription::decode_v5(rest).map(|s| (u32::MAX, None, s)),
+                Some((&FORMAT_EXPIRY, mut rest)) if rest.len() >= 12 => {
+                    let expiry = rest.get_u32();
+                    let at = rest.get_u64();
+                    Subscription::decode_v5(rest).map(|s| (expiry, (at != 0).then_some(at), s))
+                }
                 _ => Err("unknown record format".into()),
             }
             .map_err(|what| corrupt("sessions", &key, what))?;
@@ -132,7 +146,7 @@ impl Store {
                 let Some(seq) = seq else { return Err(corrupt("queue", &k, "short key".into())) };
                 messages.push(decode_queued(seq, &v).map_err(|what| corrupt("queue", &k, what))?);
             }
-            out.push((StoredSession { client_id, subscriptions }, messages));
+            out.push((StoredSession { client_id, subscriptions, expiry, disconnected_at }, messages));
         }
         Ok(out)
     }
@@ -229,6 +243,8 @@ mod tests {
                     ("a/#".into(), Subscription { options: options(QoS::AtLeastOnce), id: None }),
                     ("$share/g/b".into(), Subscription { options: options(QoS::ExactlyOnce), id: Some(7) }),
                 ],
+                expiry: 300,
+                disconnected_at: Some(1_700_000_000),
             };
             store.put_session(&session).unwrap();
             let message = Arc::new(Message::system("a/b", "hello", false));
@@ -249,6 +265,7 @@ mod tests {
         assert_eq!(&*session.client_id, "c1");
         assert_eq!(session.subscriptions.len(), 2);
         assert_eq!(session.subscriptions[1].1.id, Some(7));
+        assert_eq!((session.expiry, session.disconnected_at), (300, Some(1_700_000_000)));
         assert_eq!(queued.iter().map(|m| m.key).collect::<Vec<_>>(), vec![5, 6], "c10's message is not c1's");
         assert_eq!(queued[0].sent, None);
         assert_eq!(queued[1].sent, Some((9, InflightState::AwaitingPubAck)));

@@ -1,0 +1,258 @@
+"""paho-mqtt (MQTT 5.0) against skein, one scenario per run.
+
+Usage: python paho_v5.py PORT SCENARIO
+Prints one JSON line with what the scenario observed; the Rust test asserts on it. Exits non-zero when a step the
+scenario waits for does not happen within 15 s.
+"""
+import json
+import sys
+import threading
+import time
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+PORT = int(sys.argv[1])
+SCENARIO = sys.argv[2]
+TIMEOUT = 15
+
+
+class Client:
+    """A paho client with its CONNACK, messages and DISCONNECT recorded."""
+
+    def __init__(self, client_id, clean_start=True, expiry=None, will=None, connect_props=None):
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        self.connected = threading.Event()
+        self.disconnected = threading.Event()
+        self.messages = []
+        self.arrived = threading.Condition()
+        self.connack = {}
+        self.disconnect_reason = None
+        self.acks = {}
+        self.c.on_connect = self._on_connect
+        self.c.on_disconnect = self._on_disconnect
+        self.c.on_message = self._on_message
+        self.c.on_publish = self._on_publish
+        if will:
+            topic, payload, delay = will
+            props = Properties(PacketTypes.WILLMESSAGE)
+            props.WillDelayInterval = delay
+            self.c.will_set(topic, payload, qos=1, properties=props)
+        props = connect_props or Properties(PacketTypes.CONNECT)
+        if expiry is not None:
+            props.SessionExpiryInterval = expiry
+        self.c.connect("127.0.0.1", PORT, keepalive=30, clean_start=clean_start, properties=props)
+        self.c.loop_start()
+        if not self.connected.wait(TIMEOUT):
+            sys.exit(f"{client_id}: no CONNACK")
+
+    def _on_connect(self, _c, _u, flags, reason, props):
+        self.connack = {"session_present": bool(flags.session_present), "reason": reason.value,
+                        "props": props.json() if props else {}}
+        self.connected.set()
+
+    def _on_disconnect(self, _c, _u, _flags, reason, _props):
+        self.disconnect_reason = reason.value
+        self.disconnected.set()
+
+    def _on_message(self, _c, _u, msg):
+        props = msg.properties.json() if msg.properties else {}
+        with self.arrived:
+            self.messages.append({"topic": msg.topic, "payload": msg.payload.decode("utf-8", "replace"),
+                                  "qos": msg.qos, "retain": bool(msg.retain), "props": props})
+            self.arrived.notify_all()
+
+    def _on_publish(self, _c, _u, mid, reason, _props):
+        self.acks[mid] = reason.value
+
+    def subscribe(self, topic, qos=1, **options):
+        done = threading.Event()
+        self.c.on_subscribe = lambda *args: done.set()
+        self.c.subscribe(topic, options=mqtt.SubscribeOptions(qos=qos, **options))
+        if not done.wait(TIMEOUT):
+            sys.exit("no SUBACK")
+
+    def publish(self, topic, payload, qos=1, retain=False, **props):
+        p = Properties(PacketTypes.PUBLISH)
+        for k, v in props.items():
+            setattr(p, k, v)
+        info = self.c.publish(topic, payload, qos=qos, retain=retain, properties=p if props else None)
+        if qos > 0:
+            info.wait_for_publish(TIMEOUT)
+        return self.acks.get(info.mid)
+
+    def wait_messages(self, n, limit=TIMEOUT):
+        deadline = time.monotonic() + limit
+        with self.arrived:
+            while len(self.messages) < n:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    sys.exit(f"expected {n} messages, got {self.messages}")
+                self.arrived.wait(left)
+        return self.messages
+
+    def close(self, reason=None, **props):
+        p = None
+        if props:
+            p = Properties(PacketTypes.DISCONNECT)
+            for k, v in props.items():
+                setattr(p, k, v)
+        rc = ReasonCode(PacketTypes.DISCONNECT, reason) if reason else None
+        self.c.disconnect(reasoncode=rc, properties=p)
+        self.disconnected.wait(TIMEOUT)
+        self.c.loop_stop()
+
+
+def topic_alias():
+    sub = Client("alias-sub")
+    sub.subscribe("alias/#")
+    pub = Client("alias-pub")
+    maximum = pub.connack["props"].get("TopicAliasMaximum")
+    pub.publish("alias/long/topic/name", "set", TopicAlias=1)
+    pub.publish("", "by alias", TopicAlias=1)
+    pub.publish("alias/other", "re-set", TopicAlias=1)
+    pub.publish("", "by new alias", TopicAlias=1)
+    got = [(m["topic"], m["payload"]) for m in sub.wait_messages(4)]
+    # An alias above the maximum is a protocol error: DISCONNECT 0x94.
+    pub.c.publish("alias/x", "too far", qos=0, properties=props_of(TopicAlias=maximum + 1))
+    pub.disconnected.wait(TIMEOUT)
+    return {"maximum": maximum, "got": got, "disconnect": pub.disconnect_reason,
+            "alias_props_forwarded": any("TopicAlias" in m["props"] for m in sub.messages)}
+
+
+def props_of(**props):
+    p = Properties(PacketTypes.PUBLISH)
+    for k, v in props.items():
+        setattr(p, k, v)
+    return p
+
+
+def message_expiry():
+    # A persistent subscriber away while three messages arrive: one expires before it returns.
+    sub = Client("expiry-sub", clean_start=True, expiry=300)
+    sub.subscribe("exp/#")
+    sub.close()
+    pub = Client("expiry-pub")
+    pub.publish("exp/short", "gone", MessageExpiryInterval=1)
+    pub.publish("exp/long", "kept", MessageExpiryInterval=300)
+    pub.publish("exp/none", "forever")
+    pub.publish("rexp/short", "gone too", retain=True, MessageExpiryInterval=1)
+    pub.publish("rexp/fresh", "still here", retain=True)
+    time.sleep(2.2)  # the expiry interval itself is what is under test
+    back = Client("expiry-sub", clean_start=False, expiry=300)
+    back.wait_messages(2)
+    late = Client("expiry-late")
+    late.subscribe("rexp/#")
+    late.wait_messages(1)
+    time.sleep(0.3)  # an expired message would come in the same burst as the two
+    return {"session_present": back.connack["session_present"],
+            "got": [(m["topic"], m["payload"], m["props"].get("MessageExpiryInterval")) for m in back.messages],
+            "retained": [m["topic"] for m in late.messages]}
+
+
+def session_expiry():
+    a = Client("sx-short", expiry=1)
+    a.subscribe("sx/a")
+    a.close()
+    b = Client("sx-long", expiry=300)
+    b.subscribe("sx/b")
+    b.close()
+    c = Client("sx-changed", expiry=300)
+    c.subscribe("sx/c")
+    c.close(SessionExpiryInterval=0)  # DISCONNECT may shorten it [MQTT-3.14.2-2 allows any change from > 0]
+    time.sleep(2.2)  # the expiry interval itself is what is under test
+    present = {}
+    for cid in ("sx-short", "sx-long", "sx-changed"):
+        again = Client(cid, clean_start=False, expiry=300)
+        present[cid] = again.connack["session_present"]
+        again.close()
+    return {"present": present}
+
+
+def will_delay():
+    watcher = Client("will-watch")
+    watcher.subscribe("will/#")
+    # Comes back within its delay: no will.
+    back = Client("will-back", expiry=300, will=("will/back", "should not be sent", 3))
+    back.close(reason="Disconnect with will message")
+    back = Client("will-back", clean_start=False, expiry=300)
+    # Does not come back: the will is sent once the delay has passed.
+    gone = Client("will-gone", expiry=300, will=("will/gone", "sent after delay", 1))
+    started = time.monotonic()
+    gone.close(reason="Disconnect with will message")
+    got = watcher.wait_messages(1)
+    waited = time.monotonic() - started
+    # The session ending first sends the will at once, whatever its delay.
+    short = Client("will-short", expiry=0, will=("will/short", "session ended", 60))
+    short.close(reason="Disconnect with will message")
+    watcher.wait_messages(2)
+    time.sleep(3.2)  # past will-back's delay, had it not been cancelled
+    return {"got": [m["topic"] for m in watcher.messages], "waited": waited}
+
+
+def request_response():
+    props = Properties(PacketTypes.CONNECT)
+    props.RequestResponseInformation = 1
+    responder = Client("responder", connect_props=props)
+    info = responder.connack["props"].get("ResponseInformation")
+    responder.subscribe("req/#")
+    requester = Client("requester")
+    requester.subscribe(f"{info}/answers")
+
+    def answer(_c, _u, msg):
+        p = props_of(CorrelationData=msg.properties.CorrelationData)
+        responder.c.publish(msg.properties.ResponseTopic, b"answer to " + msg.payload, qos=1, properties=p)
+
+    responder.c.on_message = answer
+    requester.publish("req/time", "what time", ResponseTopic=f"{info}/answers", CorrelationData=b"\x00\x01corr",
+                      UserProperty=[("k", "v"), ("k", "v2")], ContentType="text/plain", PayloadFormatIndicator=1)
+    m = requester.wait_messages(1)[0]
+    return {"info": info, "payload": m["payload"], "correlation": m["props"].get("CorrelationData")}
+
+
+def properties_pass_through():
+    sub = Client("props-sub")
+    sub.subscribe("props/#")
+    pub = Client("props-pub")
+    ok = pub.publish("props/a", "text", UserProperty=[("a", "1"), ("a", "2"), ("b", "x")], ContentType="text/plain",
+                     PayloadFormatIndicator=1, ResponseTopic="props/reply", CorrelationData=b"id-7")
+    bad = pub.publish("props/b", b"\xff\xfe not utf-8", PayloadFormatIndicator=1)
+    m = sub.wait_messages(1)[0]
+    return {"puback_ok": ok, "puback_bad": bad, "props": m["props"], "count": len(sub.messages)}
+
+
+def subscription_options():
+    c = Client("opts")
+    c.publish("opts/retained", "old", retain=True)
+    c.subscribe("opts/#", noLocal=True, retainAsPublished=True, retainHandling=0)
+    other = Client("opts-other")
+    other.publish("opts/live", "from other", retain=True)
+    c.publish("opts/own", "mine")
+    got = c.wait_messages(2)
+    time.sleep(0.3)  # an own message, were No Local ignored, would be right behind
+    return {"got": [(m["topic"], m["retain"]) for m in c.messages]}
+
+
+def unknown_auth_method():
+    props = Properties(PacketTypes.CONNECT)
+    props.AuthenticationMethod = "SCRAM-SHA-1"
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="auth", protocol=mqtt.MQTTv5)
+    result = {}
+    done = threading.Event()
+
+    def on_connect(_c, _u, _f, reason, _p):
+        result["reason"] = reason.value
+        done.set()
+
+    c.on_connect = on_connect
+    c.connect("127.0.0.1", PORT, properties=props)
+    c.loop_start()
+    if not done.wait(TIMEOUT):
+        sys.exit("no CONNACK")
+    c.loop_stop()
+    return result
+
+
+print(json.dumps(globals()[SCENARIO]()))
