@@ -21,7 +21,8 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// MQTT over TCP listen addresses.
+    /// MQTT over TCP listen addresses. None: local only mode, 127.0.0.1:1883 with anonymous clients allowed (as
+    /// Mosquitto 2.0 without listeners).
     pub mqtt: Vec<SocketAddr>,
     /// HTTP listen address for /healthz and /readyz; none by default.
     pub http: Option<SocketAddr>,
@@ -29,7 +30,12 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Keep retained messages and persistent sessions on disk; off keeps them in memory only.
     pub persistence: bool,
-    pub allow_anonymous: bool,
+    /// Accept clients without a user name. Unset: only in local only mode (no `mqtt` listener given).
+    pub allow_anonymous: Option<bool>,
+    /// Mosquitto password file (`mosquitto_passwd` or `skein passwd`): clients with a user name must match it.
+    pub password_file: Option<PathBuf>,
+    /// Mosquitto ACL file: what each client may publish, subscribe to and receive.
+    pub acl_file: Option<PathBuf>,
     pub log_format: LogFormat,
     /// `error`, `warn`, `info`, `debug`, `trace`, or a tracing filter such as `skein_broker=debug`.
     pub log_level: String,
@@ -71,11 +77,13 @@ impl Default for Config {
     fn default() -> Self {
         let broker = skein_broker::BrokerConfig::default();
         Config {
-            mqtt: vec![SocketAddr::from(([0, 0, 0, 0], 1883))],
+            mqtt: Vec::new(),
             http: None,
             data_dir: PathBuf::from("skein-data"),
             persistence: true,
-            allow_anonymous: broker.allow_anonymous,
+            allow_anonymous: None,
+            password_file: None,
+            acl_file: None,
             log_format: LogFormat::Text,
             log_level: "info".into(),
             max_inflight_messages: broker.max_inflight_messages,
@@ -108,7 +116,7 @@ pub struct ServeArgs {
     /// TOML file with any of the keys below (underscores, e.g. `max_queued_messages = 100`).
     #[arg(long, env = "SKEIN_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// MQTT over TCP listen address [default: 0.0.0.0:1883]; repeat for more.
+    /// MQTT over TCP listen address; repeat for more [default: 127.0.0.1:1883, local only, anonymous allowed].
     #[arg(long, env = "SKEIN_MQTT", value_name = "ADDR", value_delimiter = ',')]
     pub mqtt: Vec<SocketAddr>,
     /// HTTP listen address for /healthz and /readyz [default: off].
@@ -120,9 +128,15 @@ pub struct ServeArgs {
     /// Keep state on disk (true) or in memory only (false) [default: true].
     #[arg(long, env = "SKEIN_PERSISTENCE", value_name = "BOOL")]
     pub persistence: Option<bool>,
-    /// Accept clients that send no user name [default: true].
+    /// Accept clients that send no user name [default: false once a --mqtt listener is given; true without].
     #[arg(long, env = "SKEIN_ALLOW_ANONYMOUS", value_name = "BOOL")]
     pub allow_anonymous: Option<bool>,
+    /// Mosquitto password file; clients with a user name must match it (reloaded on SIGHUP).
+    #[arg(long, env = "SKEIN_PASSWORD_FILE", value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+    /// Mosquitto ACL file (reloaded on SIGHUP).
+    #[arg(long, env = "SKEIN_ACL_FILE", value_name = "FILE")]
+    pub acl_file: Option<PathBuf>,
     /// Log lines as text or JSON [default: text].
     #[arg(long, env = "SKEIN_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -207,7 +221,6 @@ impl ServeArgs {
         take!(
             data_dir,
             persistence,
-            allow_anonymous,
             log_format,
             log_level,
             max_inflight_messages,
@@ -223,6 +236,15 @@ impl ServeArgs {
         );
         if self.http.is_some() {
             c.http = self.http;
+        }
+        if self.allow_anonymous.is_some() {
+            c.allow_anonymous = self.allow_anonymous;
+        }
+        if self.password_file.is_some() {
+            c.password_file = self.password_file.clone();
+        }
+        if self.acl_file.is_some() {
+            c.acl_file = self.acl_file.clone();
         }
         if !self.join.is_empty() {
             c.join = self.join.clone();
@@ -282,6 +304,21 @@ impl Config {
     }
 
     /// The node id: as configured, else the ordinal at the end of the host name (`skein-2`), else 1.
+    /// No listener given: Mosquitto 2.0's local only mode.
+    pub fn local_only(&self) -> bool {
+        self.mqtt.is_empty()
+    }
+
+    /// The MQTT listen addresses: the ones given, or 127.0.0.1:1883 in local only mode.
+    pub fn listeners(&self) -> Vec<SocketAddr> {
+        if self.local_only() { vec![SocketAddr::from(([127, 0, 0, 1], 1883))] } else { self.mqtt.clone() }
+    }
+
+    /// Mosquitto 2.0's rule: anonymous clients are refused unless allowed, except in local only mode.
+    pub fn anonymous_allowed(&self) -> bool {
+        self.allow_anonymous.unwrap_or(self.local_only())
+    }
+
     pub fn node_id(&self) -> u64 {
         self.node_id.unwrap_or_else(|| {
             std::fs::read_to_string("/etc/hostname")
@@ -292,9 +329,6 @@ impl Config {
     }
 
     fn check(&self) -> Result<(), String> {
-        if self.mqtt.is_empty() {
-            return Err("no MQTT listener: give at least one `--mqtt ADDR` (or `mqtt = [\"ADDR\"]`)".into());
-        }
         if self.max_connections < -1 {
             return Err(format!("max_connections = {}: use -1 (no limit) or a positive number", self.max_connections));
         }
@@ -325,7 +359,7 @@ impl Config {
 
     pub fn broker(&self) -> skein_broker::BrokerConfig {
         skein_broker::BrokerConfig {
-            allow_anonymous: self.allow_anonymous,
+            allow_anonymous: self.anonymous_allowed(),
             max_inflight_messages: self.max_inflight_messages,
             max_queued_messages: self.max_queued_messages,
             message_size_limit: self.message_size_limit,

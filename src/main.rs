@@ -23,8 +23,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the broker. With no flags: MQTT on 0.0.0.0:1883, state under ./skein-data.
+    /// Run the broker. With no flags: MQTT on 127.0.0.1:1883 (local only), state under ./skein-data.
     Serve(Box<ServeArgs>),
+    /// Manage a password file, as mosquitto_passwd does (the files are the same).
+    Passwd(skein_auth::passwd::PasswdArgs),
     /// Ask a running node about its cluster, or tell it to leave.
     Cluster {
         /// The node's HTTP address (its --http).
@@ -54,6 +56,13 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("skein: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Passwd(args) => match skein_auth::passwd::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("skein passwd: {e}");
                 ExitCode::FAILURE
             }
         },
@@ -156,7 +165,14 @@ async fn serve(config: Config) -> Result<(), String> {
         std::fs::create_dir_all(dir).map_err(|e| format!("cannot create data dir {}: {e}", dir.display()))?;
     }
     let mut listeners_bound = Vec::new();
-    for addr in &config.mqtt {
+    let auth = load_auth(&config)?;
+    if config.local_only() {
+        tracing::warn!(
+            "local only mode: listening on 127.0.0.1:1883 with anonymous clients allowed; give --mqtt ADDR (and a \
+             password_file, or allow_anonymous true) to accept clients from other machines"
+        );
+    }
+    for addr in &config.listeners() {
         let l = TcpListener::bind(addr).await.map_err(|e| format!("cannot listen for MQTT on {addr}: {e}"))?;
         listeners_bound.push(l);
     }
@@ -210,15 +226,35 @@ async fn serve(config: Config) -> Result<(), String> {
         Some(dir) => tracing::info!(data_dir = %dir.display(), version = env!("CARGO_PKG_VERSION"), "skein started"),
         None => tracing::info!(version = env!("CARGO_PKG_VERSION"), "skein started, persistence off"),
     }
-    if config.allow_anonymous {
-        tracing::warn!("anonymous clients are allowed (allow_anonymous = true)");
+    let anonymous = config.anonymous_allowed();
+    match (anonymous, &config.password_file) {
+        (true, _) if !config.local_only() => {
+            tracing::warn!("anonymous clients are allowed (allow_anonymous = true)")
+        }
+        (false, None) => tracing::warn!(
+            "allow_anonymous is false and there is no password_file: no client can connect; set one of them"
+        ),
+        _ => {}
     }
+    broker.set_auth(auth);
 
     let mut stop = broker.shutdown_signal();
-    tokio::select! {
-        _ = signals.wait() => {}
-        // `skein cluster leave` shuts the node down from the inside.
-        _ = stop.wait_for(|s| *s) => {}
+    loop {
+        tokio::select! {
+            signal = signals.next() => if signal == Signal::Stop { break },
+            // `skein cluster leave` shuts the node down from the inside.
+            _ = stop.wait_for(|s| *s) => break,
+        }
+        {
+            // SIGHUP: read the password and ACL files again; connections stay, a bad file keeps the old one.
+            match load_auth(&config) {
+                Ok(auth) => {
+                    broker.set_auth(auth);
+                    tracing::info!("password and ACL files reloaded");
+                }
+                Err(e) => tracing::error!("reload failed, keeping the files in force: {e}"),
+            }
+        }
     }
     tracing::info!("shutting down: closing connections");
     broker.begin_shutdown();
@@ -236,6 +272,12 @@ async fn serve(config: Config) -> Result<(), String> {
     Ok(())
 }
 
+#[derive(Debug, PartialEq, Eq)]
+enum Signal {
+    Stop,
+    Reload,
+}
+
 /// SIGTERM and SIGINT, registered before anything listens, so that a signal arriving during start-up stops the node
 /// gracefully instead of killing it.
 struct Signals {
@@ -243,6 +285,8 @@ struct Signals {
     term: Option<tokio::signal::unix::Signal>,
     #[cfg(unix)]
     int: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    hup: Option<tokio::signal::unix::Signal>,
 }
 
 impl Signals {
@@ -250,7 +294,11 @@ impl Signals {
         #[cfg(unix)]
         {
             use tokio::signal::unix::{SignalKind, signal};
-            Signals { term: signal(SignalKind::terminate()).ok(), int: signal(SignalKind::interrupt()).ok() }
+            Signals {
+                term: signal(SignalKind::terminate()).ok(),
+                int: signal(SignalKind::interrupt()).ok(),
+                hup: signal(SignalKind::hangup()).ok(),
+            }
         }
         #[cfg(not(unix))]
         {
@@ -258,7 +306,8 @@ impl Signals {
         }
     }
 
-    async fn wait(&mut self) {
+    /// The next signal: SIGTERM or SIGINT stop the node, SIGHUP reloads its files.
+    async fn next(&mut self) -> Signal {
         #[cfg(unix)]
         {
             async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
@@ -270,13 +319,25 @@ impl Signals {
                 }
             }
             tokio::select! {
-                _ = recv(&mut self.term) => {}
-                _ = recv(&mut self.int) => {}
+                _ = recv(&mut self.term) => Signal::Stop,
+                _ = recv(&mut self.int) => Signal::Stop,
+                _ = recv(&mut self.hup) => Signal::Reload,
             }
         }
         #[cfg(not(unix))]
         {
             let _ = tokio::signal::ctrl_c().await;
+            Signal::Stop
         }
     }
+}
+
+/// The password and ACL files the configuration names, read and checked.
+fn load_auth(config: &Config) -> Result<skein_broker::auth::Auth, String> {
+    let passwords = config.password_file.as_ref().map(skein_auth::PasswordFile::load).transpose();
+    let acl = config.acl_file.as_ref().map(skein_auth::Acl::load).transpose();
+    Ok(skein_broker::auth::Auth {
+        passwords: passwords.map_err(|e| e.to_string())?,
+        acl: acl.map_err(|e| e.to_string())?,
+    })
 }

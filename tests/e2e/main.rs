@@ -10,5 +10,6 @@ mod paho_v5;
 mod persistence;
 mod protocol;
 mod rumqttc_client;
+mod security;
 mod seed;
 mod support;

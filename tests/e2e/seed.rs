@@ -26,5 +26,6 @@ fn seed_quick_start_word_for_word() {
     // Embedded defaults: state under ./skein-data of the working directory.
     assert!(work.path().join("skein-data/sled").exists(), "no ./skein-data");
     let log = std::fs::read_to_string(work.path().join("skein.log")).unwrap();
-    assert!(log.contains("0.0.0.0:1883"), "{log}");
+    // As Mosquitto 2.0 without a listener: local only mode, anonymous clients allowed.
+    assert!(log.contains("127.0.0.1:1883") && log.contains("local only mode"), "{log}");
 }

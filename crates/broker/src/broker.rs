@@ -13,7 +13,8 @@ use skein_codec::topic::{self, Filter};
 use skein_codec::{ProtocolVersion, QoS, ReasonCode, RetainHandling, SubscriptionOptions};
 use tokio::sync::{Notify, oneshot, watch};
 
-use crate::cluster::{Accepted, Cluster};
+use crate::auth::Auth;
+use crate::cluster::Cluster;
 use crate::config::BrokerConfig;
 use crate::message::Message;
 use crate::retained::Retained;
@@ -79,6 +80,8 @@ pub struct ConnectRequest {
     pub receive_maximum: Option<u16>,
     /// Session Expiry Interval in seconds (`u32::MAX`: never); meaningful when `persistent`.
     pub session_expiry: u32,
+    /// The user name it authenticated with: what the ACL knows the session by.
+    pub username: Option<ByteString>,
     /// The session another node handed over, if it held one.
     pub imported: Option<SessionExport>,
 }
@@ -125,6 +128,8 @@ pub struct Broker {
     timer_seq: AtomicU64,
     /// Wills waiting out their Will Delay Interval: client id → (the connection it belongs to, the will).
     wills: Mutex<HashMap<ByteString, (u64, Message)>>,
+    /// The password and ACL files in force; replaced whole on reload.
+    auth: RwLock<Arc<Auth>>,
 }
 
 /// A deadline: what happens then, unless a connection attached to the session after `connection_id`.
@@ -173,6 +178,7 @@ impl Broker {
             timers: Mutex::new(BTreeMap::new()),
             timer_seq: AtomicU64::new(0),
             wills: Mutex::new(HashMap::new()),
+            auth: RwLock::new(Arc::new(Auth::default())),
         });
         broker.restore()?;
         Ok(broker)
@@ -208,6 +214,7 @@ impl Broker {
                     state.restore(out, m.sent);
                 }
             }
+            lock(&handle.state).username = stored.username.clone();
             if stored.expiry != u32::MAX {
                 // The clock kept running while the node was down.
                 let gone = stored.disconnected_at.map_or(0, |at| unix_now().saturating_sub(at));
@@ -308,7 +315,18 @@ impl Broker {
             subscriptions: state.subscriptions.iter().map(|(f, s)| (f.clone(), *s)).collect(),
             expiry: state.expiry,
             disconnected_at: (!state.online).then(unix_now),
+            username: state.username.clone(),
         }
+    }
+
+    /// Puts new password and ACL files in force; connections stay, the next check uses them.
+    pub fn set_auth(&self, auth: Auth) {
+        *write(&self.auth) = Arc::new(auth);
+    }
+
+    /// The password and ACL files in force.
+    pub fn auth(&self) -> Arc<Auth> {
+        read(&self.auth).clone()
     }
 
     fn limits(&self) -> SessionLimits {
@@ -373,6 +391,7 @@ impl Broker {
             max_packet_size,
             receive_maximum,
             session_expiry,
+            username,
             imported,
         } = request;
         let connection_id = self.next_connection.fetch_add(1, Ordering::Relaxed);
@@ -409,6 +428,7 @@ impl Broker {
             let removed = if existed { Vec::new() } else { self.clear_session(&session, &mut state) };
             state.persistent = persistent;
             state.expiry = if persistent { session_expiry } else { 0 };
+            state.username = username;
             if let Some(export) = imported.filter(|_| !clean_start && !existed) {
                 // The session another node held: its subscriptions route here now, its messages go out from here.
                 for (filter, sub) in export.subscriptions {
@@ -569,14 +589,11 @@ impl Broker {
     /// blocks on a subscriber.
     pub fn publish(&self, message: Message) -> Routed {
         let message = Arc::new(message);
-        let forwarded = self.cluster.forward(&message);
         let mut routed = Routed::default();
-        let replicated = self.keep_retained(&message, true, &mut routed);
+        let replicate = self.keep_retained(&message, true, &mut routed);
+        let forwarded = self.cluster.forward(&message, replicate);
         self.route_local(&message, &Groups::Except(&forwarded.groups_elsewhere), &mut routed);
-        routed.remote = match (forwarded.accepted, replicated) {
-            (Some(a), Some(b)) => Some(Box::pin(async move { a.await & b.await })),
-            (a, b) => a.or(b),
-        };
+        routed.remote = forwarded.accepted;
         routed
     }
 
@@ -591,22 +608,22 @@ impl Broker {
     }
 
     /// Keeps `message` as its topic's retained message if it is one: in this node's store, or, when the cluster
-    /// replicates retained messages, through the cluster (only from the node it was published on: the log brings
-    /// it to the others, in the one order every node applies). Returns what the replication's acknowledgement waits
-    /// for.
-    fn keep_retained(&self, message: &Arc<Message>, here: bool, routed: &mut Routed) -> Option<Accepted> {
+    /// replicates retained messages, through the cluster (only from the node it was published on: the cluster
+    /// brings it to the others, and its log settles the one order every node applies). True when the cluster must
+    /// replicate it.
+    fn keep_retained(&self, message: &Arc<Message>, here: bool, routed: &mut Routed) -> bool {
         if !message.retain || !self.config.retain_available {
-            return None;
+            return false;
         }
         // `$SYS` values are the node's own and current; a restart republishes them rather than restoring.
         let node_own = message.topic.starts_with('$');
         if !node_own && self.cluster.replicates_retained() {
             if !here {
-                return None;
+                return false;
             }
             // Held at once, so this node's next subscriber sees it; the log's order settles it on every node.
             write(&self.retained).set(message.clone());
-            return self.cluster.retain(message);
+            return true;
         }
         write(&self.retained).set(message.clone());
         if let Some(store) = self.store.as_ref().filter(|_| !node_own) {
@@ -615,7 +632,7 @@ impl Broker {
                 Err(e) => tracing::error!(topic = %message.topic, error = %e, "retained message not stored"),
             }
         }
-        None
+        false
     }
 
     /// The cluster applied a retained message change (`None` clears the topic); see [`Cluster::replicates_retained`].
@@ -645,6 +662,8 @@ impl Broker {
     fn route_local(&self, message: &Arc<Message>, groups: &Groups<'_>, routed: &mut Routed) {
         let mut targets = Vec::new();
         read(&self.router).route(&message.topic, groups, &mut targets);
+        let auth = self.auth();
+        let acl = auth.has_acl();
         let message = message.clone();
         if targets.is_empty() {
             return;
@@ -675,11 +694,21 @@ impl Broker {
                 ids.extend(subscriber.id);
             }
             let Some(qos) = qos else { continue };
+            // The ACL decides at each delivery, so a reloaded file applies to subscriptions made before it.
+            if acl && !self.may(&auth, &session, &message.topic, skein_auth::Access::Read) {
+                Stats::add(&self.stats.acl_denied, 1);
+                continue;
+            }
             let out = Outgoing { message: message.clone(), qos, retain, subscription_ids: ids, stored: None };
             let (queued, durable) = self.enqueue(&session, out);
             routed.delivered += usize::from(queued);
             routed.durable |= durable;
         }
+    }
+
+    fn may(&self, auth: &Auth, session: &SessionHandle, topic: &str, access: skein_auth::Access) -> bool {
+        let username = lock(&session.state).username.clone();
+        auth.allows(username.as_deref(), &session.client_id, topic, access)
     }
 
     /// Queues `out` for `session`, storing it first when the session is persistent and the QoS is above 0.
@@ -741,6 +770,7 @@ impl Broker {
     ) -> (Vec<ReasonCode>, Vec<Outgoing>, bool) {
         let mut codes = Vec::with_capacity(filters.len());
         let mut retained = Vec::new();
+        let auth = self.auth();
         for (filter, options) in filters {
             let parsed = match topic::parse_filter(filter) {
                 Ok(f) => f,
@@ -750,6 +780,12 @@ impl Broker {
                     continue;
                 }
             };
+            if auth.has_acl() && !self.may(&auth, session, parsed.topic_filter(), skein_auth::Access::Subscribe) {
+                tracing::debug!(client_id = %session.client_id, %filter, "subscription refused by the ACL");
+                Stats::add(&self.stats.acl_denied, 1);
+                codes.push(ReasonCode::NotAuthorized);
+                continue;
+            }
             let sub = Subscription { options: *options, id };
             lock(&session.state).subscriptions.insert(filter.clone(), sub);
             let is_new = self.route_subscribe(filter, Subscriber { session: session.clone(), options: *options, id });
@@ -764,6 +800,9 @@ impl Broker {
             };
             if send {
                 for m in read(&self.retained).matching(parsed.topic_filter()) {
+                    if auth.has_acl() && !self.may(&auth, session, &m.topic, skein_auth::Access::Read) {
+                        continue;
+                    }
                     let qos = delivered_qos(m.qos, options.qos);
                     retained.push(Outgoing {
                         message: m,

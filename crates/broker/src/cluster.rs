@@ -31,8 +31,10 @@ pub struct Forwarded {
 pub trait Cluster: Send + Sync + 'static {
     /// Sends `message` to every other node with a subscriber it matches, once per node, and picks one node for
     /// each matching shared group. Called for messages published on this node, never for ones forwarded to it.
-    fn forward(&self, message: &Arc<Message>) -> Forwarded {
-        let _ = message;
+    /// With `retain` (only when [`Cluster::replicates_retained`]), the message also changes its topic's retained
+    /// message cluster-wide (an empty payload clears it): the acknowledgement then waits for that too.
+    fn forward(&self, message: &Arc<Message>, retain: bool) -> Forwarded {
+        let _ = (message, retain);
         Forwarded::default()
     }
 
@@ -44,17 +46,10 @@ pub trait Cluster: Send + Sync + 'static {
     }
 
     /// Whether retained messages (other than `$` topics) are the cluster's: kept in its replicated log rather than
-    /// in this node's store. The broker then hands each one published here to [`Cluster::retain`], and the cluster
-    /// tells the broker what every node holds ([`crate::Broker::retained_changed`]).
+    /// in this node's store. The broker then forwards each one published here with `retain`, and the cluster tells
+    /// the broker what to hold ([`crate::Broker::retained_changed`], [`crate::Broker::replace_retained`]).
     fn replicates_retained(&self) -> bool {
         false
-    }
-
-    /// Replicates a retained message published on this node (an empty payload clears the topic). What a QoS 1/2
-    /// acknowledgement waits for; `None` when nothing needs waiting for.
-    fn retain(&self, message: &Arc<Message>) -> Option<Accepted> {
-        let _ = message;
-        None
     }
 
     /// This node gained its first local subscriber on `filter` (a plain or `$share/` filter).

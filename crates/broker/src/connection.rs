@@ -20,6 +20,8 @@ use skein_codec::{
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 
+use skein_auth::Access;
+
 use crate::broker::{Attached, Broker, ConnectRequest, lock};
 use crate::message::Message;
 use crate::stats::Stats;
@@ -44,6 +46,8 @@ impl Source for tokio::net::tcp::OwnedReadHalf {
 }
 /// How long a closing connection's writer gets to send what is left.
 const WRITER_GRACE: Duration = Duration::from_secs(3);
+/// How long a refused login waits for its CONNACK.
+const FAILED_LOGIN_DELAY: Duration = Duration::from_secs(1);
 
 /// Why a connection ends, and what that means for the client and its will.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,6 +141,13 @@ where
         Ok(a) => a,
         Err(code) => {
             Stats::add(&broker.stats.connections_refused, 1);
+            if matches!(code, ReasonCode::BadUserNameOrPassword | ReasonCode::NotAuthorized) {
+                // A guesser waits for every answer; the delay holds only this connection.
+                let failures = broker.stats.auth_failures.fetch_add(1, Ordering::Relaxed) + 1;
+                let username = connect.username.as_deref().unwrap_or("");
+                tracing::info!(%peer, client_id = %connect.client_id, username, failures, "authentication failed");
+                tokio::time::sleep(FAILED_LOGIN_DELAY).await;
+            }
             tracing::info!(%peer, client_id = %connect.client_id, reason = ?code, "connection refused");
             let _ = writer.write_all(&refuse(code)).await;
             let _ = writer.shutdown().await;
@@ -166,6 +177,7 @@ where
         } else {
             u32::MAX
         },
+        username: connect.username.as_deref().map(ByteString::from),
         imported,
     };
     let attached = match broker.connect(request).await {
@@ -235,6 +247,7 @@ where
         persistent: accepted.persistent,
         will: connect.will.as_ref().map(owned_will),
         client_id: accepted.client_id.clone(),
+        username: connect.username.as_deref().map(ByteString::from),
         aliases: Vec::new(),
     };
     drop(connect);
@@ -370,11 +383,13 @@ fn accept(broker: &Broker, c: &Connect) -> Result<Accepted, ReasonCode> {
         return Err(ReasonCode::BadAuthenticationMethod);
     }
 
-    if !config.allow_anonymous {
-        // No password file yet: with anonymous access off, nobody can be verified.
-        return Err(if c.username.is_some() { ReasonCode::BadUserNameOrPassword } else { ReasonCode::NotAuthorized });
-    }
     let v5 = c.protocol.is_v5();
+    broker.auth().authenticate(config.allow_anonymous, c.username.as_deref(), c.password.as_deref()).map_err(
+        |code| {
+            // 3.x clients hear "not authorised" (return code 5) for every refusal, as Mosquitto answers them.
+            if v5 { code } else { ReasonCode::NotAuthorized }
+        },
+    )?;
     let (client_id, assigned) = if c.client_id.is_empty() {
         // [MQTT-3.1.3-7] 3.1 requires an identifier; [MQTT-3.1.3-8] 3.1.1 only with a clean session.
         if c.protocol == ProtocolVersion::V31 || (c.protocol == ProtocolVersion::V311 && !c.clean_start) {
@@ -416,6 +431,7 @@ struct Conn<'a> {
     persistent: bool,
     will: Option<skein_codec::Will>,
     client_id: ByteString,
+    username: Option<ByteString>,
     /// The client's topic aliases (MQTT 5.0 section 3.3.2.3.4), index alias - 1; grown when first set.
     aliases: Vec<Option<ByteString>>,
 }
@@ -666,6 +682,12 @@ impl Conn<'_> {
         } else if v5 && p.properties.payload_format_indicator == Some(1) && std::str::from_utf8(&p.payload).is_err() {
             // MQTT 5.0 section 3.3.2.3.2: a payload that says it is UTF-8 and is not.
             refusal = Some(ReasonCode::PayloadFormatInvalid);
+        } else if !broker.auth().allows(self.username.as_deref(), &self.client_id, &p.topic, Access::Write) {
+            // Refused by the ACL: MQTT 5.0 clients are told (0x87); 3.x clients get their usual acknowledgement and
+            // the message goes nowhere, as with Mosquitto.
+            Stats::add(&broker.stats.acl_denied, 1);
+            tracing::debug!(client_id = %self.client_id, topic = %p.topic, "publish refused by the ACL");
+            refusal = Some(ReasonCode::NotAuthorized);
         }
         let qos = p.qos;
         let packet_id = p.packet_id;

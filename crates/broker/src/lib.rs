@@ -6,6 +6,7 @@
 //! flags, and opens no listening sockets itself: [`listener::serve_tcp`] takes one that the binary bound.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod broker;
 pub mod cluster;
 pub mod config;

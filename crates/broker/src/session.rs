@@ -180,6 +180,8 @@ pub struct Session {
     pub expired: u64,
     /// Session Expiry Interval, seconds after the connection ends; `u32::MAX` never (3.x persistent sessions).
     pub expiry: u32,
+    /// The user name of its last connection, for the ACL.
+    pub username: Option<ByteString>,
 }
 
 impl Session {
@@ -202,6 +204,7 @@ impl Session {
             dropped: 0,
             expired: 0,
             expiry: u32::MAX,
+            username: None,
         }
     }
 

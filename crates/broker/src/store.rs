@@ -33,6 +33,8 @@ pub struct StoredSession {
     pub expiry: u32,
     /// When its client disconnected (seconds since the Unix epoch); `None` while connected, or not known.
     pub disconnected_at: Option<u64>,
+    /// The user name its client authenticated with, for the ACL.
+    pub username: Option<ByteString>,
 }
 
 /// A message queued for (or in flight to) a stored session.
@@ -55,7 +57,8 @@ pub struct Store {
 }
 
 const FORMAT: u8 = 1;
-/// Session records with expiry: FORMAT_EXPIRY, expiry (u32), disconnected at (u64, 0 = connected), subscriptions.
+/// Session records with expiry: FORMAT_EXPIRY, expiry (u32), disconnected at (u64, 0 = connected), user name
+/// (u16 length + UTF-8, 0xFFFF = none), subscriptions.
 const FORMAT_EXPIRY: u8 = 2;
 
 impl Store {
@@ -105,6 +108,13 @@ impl Store {
         buf.put_u8(FORMAT_EXPIRY);
         buf.put_u32(session.expiry);
         buf.put_u64(session.disconnected_at.unwrap_or(0));
+        match &session.username {
+            Some(u) if u.len() < 0xFFFF => {
+                buf.put_u16(u.len() as u16);
+                buf.put_slice(u.as_bytes());
+            }
+            _ => buf.put_u16(0xFFFF),
+        }
         for (filter, sub) in &session.subscriptions {
             sub.encode_v5(filter, &mut buf);
         }
@@ -128,14 +138,11 @@ impl Store {
             let (key, value) = item?;
             let client_id = ByteString::try_from(Bytes::copy_from_slice(&key))
                 .map_err(|_| corrupt("sessions", &key, "client id is not UTF-8".into()))?;
-            let (expiry, disconnected_at, subscriptions) = match value.split_first() {
+            let (expiry, disconnected_at, username, subscriptions) = match value.split_first() {
                 // Written before sessions had an expiry: they never expire.
-                Some((&FORMAT, rest)) => Subscription::decode_v5(rest).map(|s| (u32::MAX, None, s)),
-                Some((&FORMAT_EXPIRY, mut rest)) if rest.len() >= 12 => {
-                    let expiry = rest.get_u32();
-                    let at = rest.get_u64();
-                    Subscription::decode_v5(rest).map(|s| (expiry, (at != 0).then_some(at), s))
-                }
+                Some((&FORMAT, rest)) => Subscription::decode_v5(rest).map(|s| (u32::MAX, None, None, s)),
+                Some((&FORMAT_EXPIRY, rest)) => decode_session_head(rest)
+                    .and_then(|(e, at, u, rest)| Subscription::decode_v5(rest).map(|s| (e, at, u, s))),
                 _ => Err("unknown record format".into()),
             }
             .map_err(|what| corrupt("sessions", &key, what))?;
@@ -146,7 +153,7 @@ impl Store {
                 let Some(seq) = seq else { return Err(corrupt("queue", &k, "short key".into())) };
                 messages.push(decode_queued(seq, &v).map_err(|what| corrupt("queue", &k, what))?);
             }
-            out.push((StoredSession { client_id, subscriptions, expiry, disconnected_at }, messages));
+            out.push((StoredSession { client_id, subscriptions, expiry, disconnected_at, username }, messages));
         }
         Ok(out)
     }
@@ -220,6 +227,27 @@ fn decode_queued(key: u64, bytes: &[u8]) -> Result<StoredMessage, String> {
     Ok(StoredMessage { key, message, qos, retain, subscription_ids, sent })
 }
 
+/// Expiry, disconnect time and user name at the head of a session record; the rest is its subscriptions.
+type SessionHead<'a> = (u32, Option<u64>, Option<ByteString>, &'a [u8]);
+
+fn decode_session_head(mut rest: &[u8]) -> Result<SessionHead<'_>, String> {
+    if rest.len() < 14 {
+        return Err("short session record".into());
+    }
+    let expiry = rest.get_u32();
+    let at = rest.get_u64();
+    let len = usize::from(rest.get_u16());
+    let username = if len == 0xFFFF {
+        None
+    } else {
+        let bytes = rest.get(..len).ok_or("short user name")?;
+        let name = ByteString::try_from(Bytes::copy_from_slice(bytes)).map_err(|_| "user name is not UTF-8")?;
+        rest = &rest[len..];
+        Some(name)
+    };
+    Ok((expiry, (at != 0).then_some(at), username, rest))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -245,6 +273,7 @@ mod tests {
                 ],
                 expiry: 300,
                 disconnected_at: Some(1_700_000_000),
+                username: Some("ada".into()),
             };
             store.put_session(&session).unwrap();
             let message = Arc::new(Message::system("a/b", "hello", false));
@@ -266,6 +295,7 @@ mod tests {
         assert_eq!(session.subscriptions.len(), 2);
         assert_eq!(session.subscriptions[1].1.id, Some(7));
         assert_eq!((session.expiry, session.disconnected_at), (300, Some(1_700_000_000)));
+        assert_eq!(session.username.as_deref(), Some("ada"));
         assert_eq!(queued.iter().map(|m| m.key).collect::<Vec<_>>(), vec![5, 6], "c10's message is not c1's");
         assert_eq!(queued[0].sent, None);
         assert_eq!(queued[1].sent, Some((9, InflightState::AwaitingPubAck)));

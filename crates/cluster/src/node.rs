@@ -73,6 +73,8 @@ pub struct ClusterNode {
     routes: mpsc::UnboundedSender<RouteChange>,
     routes_rx: Mutex<Option<mpsc::UnboundedReceiver<RouteChange>>>,
     retains: mpsc::UnboundedSender<RetainChange>,
+    /// Numbers this node's retained changes; starts at the clock so that it keeps rising across restarts.
+    retain_seq: AtomicU64,
     retains_rx: Mutex<Option<mpsc::UnboundedReceiver<RetainChange>>>,
     index: RwLock<(Option<u64>, Arc<RouteIndex>)>,
     forwarders: Mutex<HashMap<NodeId, mpsc::UnboundedSender<Outbound>>>,
@@ -90,6 +92,7 @@ pub struct ClusterNode {
 
 /// A retained message published here, waiting to be proposed; `done` hears whether it was committed.
 struct RetainChange {
+    seq: u64,
     topic: String,
     message: Option<Vec<u8>>,
     done: oneshot::Sender<()>,
@@ -99,6 +102,8 @@ struct RetainChange {
 struct Outbound {
     message: Arc<Message>,
     groups: Vec<String>,
+    /// The retained change it carries (see `Forwarded.retain_seq`), or 0.
+    retain_seq: u64,
     accepted: Option<oneshot::Sender<bool>>,
 }
 
@@ -144,6 +149,9 @@ impl ClusterNode {
             routes: tx,
             routes_rx: Mutex::new(Some(rx)),
             retains,
+            retain_seq: AtomicU64::new(
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64),
+            ),
             retains_rx: Mutex::new(Some(retains_rx)),
             index: RwLock::new((None, Arc::new(RouteIndex::default()))),
             forwarders: Mutex::new(HashMap::new()),
@@ -526,8 +534,9 @@ impl ClusterNode {
             while let Ok(c) = rx.try_recv() {
                 batch.push(c);
             }
-            let (changes, done): (Vec<_>, Vec<_>) = batch.into_iter().map(|c| ((c.topic, c.message), c.done)).unzip();
-            self.propose(Command::Retain { changes }).await;
+            let (changes, done): (Vec<_>, Vec<_>) =
+                batch.into_iter().map(|c| ((c.seq, c.topic, c.message), c.done)).unzip();
+            self.propose(Command::Retain { node: self.id(), changes }).await;
             for d in done {
                 let _ = d.send(());
             }
@@ -627,30 +636,6 @@ impl skein_broker::Cluster for ClusterNode {
         true
     }
 
-    fn retain(&self, message: &Arc<Message>) -> Option<Accepted> {
-        let (done, committed) = oneshot::channel();
-        let change = RetainChange {
-            topic: message.topic.to_string(),
-            message: (!message.payload.is_empty()).then(|| message.encode_v5(&[]).to_vec()),
-            done,
-        };
-        if self.retains.send(change).is_err() {
-            return None;
-        }
-        // Without quorum the change waits in order for one; the publisher's acknowledgement does not.
-        let limit = self.config.node_timeout;
-        let topic = message.topic.clone();
-        Some(Box::pin(async move {
-            match tokio::time::timeout(limit, committed).await {
-                Ok(Ok(())) => true,
-                _ => {
-                    tracing::warn!(%topic, "retained message not committed in time; it stays queued for the log");
-                    false
-                }
-            }
-        }))
-    }
-
     fn route_added(&self, filter: &str) {
         self.pending_routes.fetch_add(1, Ordering::AcqRel);
         if self.routes.send(RouteChange::Added(filter.to_string())).is_err() {
@@ -706,23 +691,49 @@ impl skein_broker::Cluster for ClusterNode {
         Some(Box::pin(asks))
     }
 
-    fn forward(&self, message: &Arc<Message>) -> skein_broker::cluster::Forwarded {
-        let plan = self.plan(message);
-        if plan.nodes.is_empty() {
-            return skein_broker::cluster::Forwarded::default();
-        }
+    fn forward(&self, message: &Arc<Message>, retain: bool) -> skein_broker::cluster::Forwarded {
+        let mut plan = self.plan(message);
         // QoS 0 is sent on without anyone waiting for it: no acknowledgement depends on it.
         let wait = message.qos != skein_codec::QoS::AtMostOnce;
+        let mut committed = None;
+        let mut retain_seq = 0;
+        // Members that get a retained change without a subscriber of it: nobody waits for them.
+        let routed = plan.nodes.len();
+        if retain {
+            // A retained change goes into the log, and to every member at once so that each holds it at once (a
+            // subscriber right after the acknowledgement finds it, while the log may still be on its way); the log
+            // settles the order (see `StateMachine::unless_applied`). A member that is down only misses the copy.
+            retain_seq = self.retain_seq.fetch_add(1, Ordering::Relaxed);
+            let (done, rx) = oneshot::channel();
+            let change = RetainChange {
+                seq: retain_seq,
+                topic: message.topic.to_string(),
+                message: (!message.payload.is_empty()).then(|| message.encode_v5(&[]).to_vec()),
+                done,
+            };
+            if self.retains.send(change).is_ok() && wait {
+                committed = Some(rx);
+            }
+            let me = self.id();
+            for (id, _) in self.members() {
+                if id != me && !plan.nodes.iter().any(|(n, _)| *n == id) {
+                    plan.nodes.push((id, Vec::new()));
+                }
+            }
+        }
+        if plan.nodes.is_empty() && committed.is_none() {
+            return skein_broker::cluster::Forwarded::default();
+        }
         let mut waits = Vec::with_capacity(if wait { plan.nodes.len() } else { 0 });
-        for (node, groups) in plan.nodes {
-            let (tx, rx) = if wait {
+        for (i, (node, groups)) in plan.nodes.into_iter().enumerate() {
+            let (tx, rx) = if wait && i < routed {
                 let (tx, rx) = oneshot::channel();
                 (Some(tx), Some(rx))
             } else {
                 (None, None)
             };
             match self.forwarder(node) {
-                Some(f) if f.send(Outbound { message: message.clone(), groups, accepted: tx }).is_ok() => {
+                Some(f) if f.send(Outbound { message: message.clone(), groups, retain_seq, accepted: tx }).is_ok() => {
                     waits.extend(rx)
                 }
                 _ => {
@@ -732,11 +743,20 @@ impl skein_broker::Cluster for ClusterNode {
             }
         }
         let groups_elsewhere = plan.groups_elsewhere.into_iter().map(Into::into).collect();
+        let limit = self.config.node_timeout;
+        let topic = message.topic.clone();
         let accepted: Option<Accepted> = wait.then(|| {
             Box::pin(async move {
                 let mut all = true;
                 for w in waits {
                     all &= w.await.unwrap_or(false);
+                }
+                // Without quorum the change waits, in order, for one; the publisher's acknowledgement does not.
+                if let Some(c) = committed
+                    && !matches!(tokio::time::timeout(limit, c).await, Ok(Ok(())))
+                {
+                    tracing::warn!(%topic, "retained message not committed in time; it stays queued for the log");
+                    all = false;
                 }
                 all
             }) as Accepted
@@ -764,7 +784,7 @@ async fn forward_loop(node: Arc<ClusterNode>, target: NodeId, addr: String, mut 
                 tracing::debug!(target, error = %e, "forward stream not open; retrying");
                 // What arrived meanwhile waits with the unacknowledged batches, and times out with them.
                 while let Ok(o) = rx.try_recv() {
-                    let messages = vec![handover::encode_message(&o.message, o.groups)];
+                    let messages = vec![handover::encode_message(&o.message, o.groups, o.retain_seq)];
                     let batch = ForwardBatch { batch_id: next_batch, from_node: node.id(), messages };
                     next_batch += 1;
                     unacked.push((
@@ -796,7 +816,7 @@ async fn forward_loop(node: Arc<ClusterNode>, target: NodeId, addr: String, mut 
                     let mut messages = Vec::with_capacity(items.len());
                     let mut waiters = Vec::with_capacity(items.len());
                     for o in items {
-                        messages.push(handover::encode_message(&o.message, o.groups));
+                        messages.push(handover::encode_message(&o.message, o.groups, o.retain_seq));
                         waiters.extend(o.accepted);
                     }
                     let batch = ForwardBatch { batch_id: next_batch, from_node: node.id(), messages };
@@ -936,11 +956,19 @@ impl ClusterService for Service {
             return Err(Status::unavailable("broker not ready"));
         };
         let (tx, rx) = mpsc::channel(64);
+        let node = self.0.clone();
         tokio::spawn(async move {
             while let Some(Ok(batch)) = batches.next().await {
                 let mut durable = false;
                 for f in batch.messages {
                     if let Some(m) = handover::decode_message(&f) {
+                        if f.retain_seq != 0 {
+                            // Held at once, unless the log already brought this change (or a later one).
+                            let held = if m.payload.is_empty() { None } else { Some(m.clone()) };
+                            node.sm.unless_applied(batch.from_node, f.retain_seq, || {
+                                broker.retained_changed(&m.topic, held)
+                            });
+                        }
                         let groups: Vec<skein_codec::ByteString> =
                             f.shared_groups.iter().map(|g| g.as_str().into()).collect();
                         durable |= broker.publish_forwarded(m, &groups).durable;

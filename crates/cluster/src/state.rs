@@ -30,9 +30,10 @@ pub enum Command {
     Routes { node: NodeId, added: Vec<String>, removed: Vec<String> },
     /// Forget a node's routes (it left, or stopped answering).
     Purge { node: NodeId },
-    /// Retained messages, applied in order: a topic's message (its MQTT 5.0 wire form, `Message::encode_v5`), or
-    /// `None` to clear it. Batched: the changes a node collected while its previous batch was being committed.
-    Retain { changes: Vec<(String, Option<Vec<u8>>)> },
+    /// Retained messages published on `node`, applied in order: (the node's sequence number of the change, topic,
+    /// the message in its MQTT 5.0 wire form from `Message::encode_v5`, or `None` to clear the topic). Batched: the
+    /// changes a node collected while its previous batch was being committed.
+    Retain { node: NodeId, changes: Vec<(u64, String, Option<Vec<u8>>)> },
 }
 
 /// What applying a command returns: the `R` of the Raft log.
@@ -49,6 +50,9 @@ pub struct ClusterState {
     /// Topic → its retained message, encoded.
     #[serde(default)]
     pub retained: BTreeMap<String, Vec<u8>>,
+    /// Node → the sequence number of its last retained change applied: a forwarded copy at or below it is old news.
+    #[serde(default)]
+    pub retain_applied: BTreeMap<NodeId, u64>,
 }
 
 impl ClusterState {
@@ -78,12 +82,14 @@ impl ClusterState {
                 }
             }
             Command::Purge { node } => changed += self.purge(*node),
-            Command::Retain { changes } => {
-                for (topic, message) in changes {
+            Command::Retain { node, changes } => {
+                for (seq, topic, message) in changes {
                     changed += usize::from(match message {
                         Some(m) => self.retained.insert(topic.clone(), m.clone()).as_ref() != Some(m),
                         None => self.retained.remove(topic).is_some(),
                     });
+                    let applied = self.retain_applied.entry(*node).or_default();
+                    *applied = (*applied).max(*seq);
                 }
             }
         }
@@ -235,12 +241,14 @@ mod tests {
     #[test]
     fn retained_messages_are_set_replaced_and_cleared() {
         let mut st = ClusterState::default();
-        let set = |m: &[u8]| ("t".to_string(), Some(m.to_vec()));
-        assert_eq!(st.apply(&Command::Retain { changes: vec![set(b"1")] }).changed, 1);
-        assert_eq!(st.apply(&Command::Retain { changes: vec![set(b"1")] }).changed, 0, "the same again: no change");
-        assert_eq!(st.apply(&Command::Retain { changes: vec![set(b"2"), set(b"3")] }).changed, 2, "in order");
+        let set = |seq: u64, m: &[u8]| (seq, "t".to_string(), Some(m.to_vec()));
+        let retain = |changes| Command::Retain { node: 2, changes };
+        assert_eq!(st.apply(&retain(vec![set(1, b"1")])).changed, 1);
+        assert_eq!(st.apply(&retain(vec![set(2, b"1")])).changed, 0, "the same again: no change");
+        assert_eq!(st.apply(&retain(vec![set(3, b"2"), set(4, b"3")])).changed, 2, "in order");
         assert_eq!(st.retained["t"], b"3");
-        assert_eq!(st.apply(&Command::Retain { changes: vec![("t".into(), None)] }).changed, 1);
+        assert_eq!(st.retain_applied[&2], 4, "node 2's last change applied");
+        assert_eq!(st.apply(&retain(vec![(5, "t".into(), None)])).changed, 1);
         assert!(st.retained.is_empty());
     }
 
@@ -249,7 +257,7 @@ mod tests {
         let mut st = ClusterState::default();
         st.apply(&Command::Member { node: 1, member: Member { cluster_addr: "a".into(), mqtt_addr: "b".into() } });
         st.apply(&Command::Routes { node: 1, added: s(&["x"]), removed: vec![] });
-        st.apply(&Command::Retain { changes: vec![("r".into(), Some(vec![0, 1, 255]))] });
+        st.apply(&Command::Retain { node: 1, changes: vec![(1, "r".into(), Some(vec![0, 1, 255]))] });
         let json = serde_json::to_vec(&st).unwrap();
         assert_eq!(serde_json::from_slice::<ClusterState>(&json).unwrap(), st);
     }

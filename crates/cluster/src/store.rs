@@ -240,6 +240,15 @@ impl StateMachine {
         drop(a);
     }
 
+    /// Runs `hold` (which sets the retained message of a forwarded copy) unless the log has already applied
+    /// `node`'s change `seq` or a later one; under the lock, so no change is applied in between.
+    pub fn unless_applied(&self, node: NodeId, seq: u64, hold: impl FnOnce()) {
+        let a = self.read();
+        if a.state.retain_applied.get(&node).is_none_or(|applied| *applied < seq) {
+            hold();
+        }
+    }
+
     fn tell(&self, change: RetainedChange<'_>) {
         if let Some(sink) = self.sink.read().unwrap_or_else(|e| e.into_inner()).as_ref() {
             sink(change);
@@ -298,8 +307,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         Applied::default()
                     } else {
                         let applied = a.state.apply(&cmd);
-                        if let Command::Retain { changes } = &cmd {
-                            for (topic, message) in changes {
+                        if let Command::Retain { changes, .. } = &cmd {
+                            for (_, topic, message) in changes {
                                 self.tell(match message {
                                     Some(message) => RetainedChange::Set { topic, message },
                                     None => RetainedChange::Cleared { topic },
@@ -385,7 +394,10 @@ mod tests {
     #[tokio::test]
     async fn a_reopened_store_starts_at_its_snapshot_and_reports_retained_changes() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let retain = |t: &str, m: Option<&[u8]>| Command::Retain { changes: vec![(t.into(), m.map(<[u8]>::to_vec))] };
+        let retain = |t: &str, m: Option<&[u8]>| Command::Retain {
+            node: 1,
+            changes: vec![(1, t.into(), m.map(<[u8]>::to_vec))],
+        };
         {
             let (_log, mut sm) = open(dir.path()).expect("opens");
             let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
