@@ -24,6 +24,15 @@ pub struct Config {
     /// MQTT over TCP listen addresses. None: local only mode, 127.0.0.1:1883 with anonymous clients allowed (as
     /// Mosquitto 2.0 without listeners).
     pub mqtt: Vec<SocketAddr>,
+    /// MQTT over TLS listen addresses (with `tls_cert` and `tls_key`).
+    pub mqtts: Vec<SocketAddr>,
+    /// PEM certificate chain and private key of the TLS listeners; reloaded when the files change.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificate: TLS clients must present a certificate it signed (mutual TLS).
+    pub tls_client_ca: Option<PathBuf>,
+    /// A TLS client certificate's Common Name is its user name (Mosquitto `use_identity_as_username`).
+    pub use_identity_as_username: bool,
     /// HTTP listen address for /healthz and /readyz; none by default.
     pub http: Option<SocketAddr>,
     /// Where sled keeps retained messages and persistent sessions.
@@ -78,6 +87,11 @@ impl Default for Config {
         let broker = skein_broker::BrokerConfig::default();
         Config {
             mqtt: Vec::new(),
+            mqtts: Vec::new(),
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            use_identity_as_username: false,
             http: None,
             data_dir: PathBuf::from("skein-data"),
             persistence: true,
@@ -119,6 +133,21 @@ pub struct ServeArgs {
     /// MQTT over TCP listen address; repeat for more [default: 127.0.0.1:1883, local only, anonymous allowed].
     #[arg(long, env = "SKEIN_MQTT", value_name = "ADDR", value_delimiter = ',')]
     pub mqtt: Vec<SocketAddr>,
+    /// MQTT over TLS listen address (needs --tls-cert and --tls-key); repeat for more.
+    #[arg(long, env = "SKEIN_MQTTS", value_name = "ADDR", value_delimiter = ',')]
+    pub mqtts: Vec<SocketAddr>,
+    /// PEM certificate chain of the TLS listeners (reloaded when it changes).
+    #[arg(long, env = "SKEIN_TLS_CERT", value_name = "PEM")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of that certificate.
+    #[arg(long, env = "SKEIN_TLS_KEY", value_name = "PEM")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificate: TLS clients must show a certificate it signed (mutual TLS).
+    #[arg(long, env = "SKEIN_TLS_CLIENT_CA", value_name = "PEM")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Use the TLS client certificate's Common Name as the user name (needs --tls-client-ca) [default: false].
+    #[arg(long, env = "SKEIN_USE_IDENTITY_AS_USERNAME", value_name = "BOOL")]
+    pub use_identity_as_username: Option<bool>,
     /// HTTP listen address for /healthz and /readyz [default: off].
     #[arg(long, env = "SKEIN_HTTP", value_name = "ADDR")]
     pub http: Option<SocketAddr>,
@@ -215,6 +244,21 @@ impl ServeArgs {
         if !self.mqtt.is_empty() {
             c.mqtt = self.mqtt.clone();
         }
+        if !self.mqtts.is_empty() {
+            c.mqtts = self.mqtts.clone();
+        }
+        for (dst, src) in [
+            (&mut c.tls_cert, &self.tls_cert),
+            (&mut c.tls_key, &self.tls_key),
+            (&mut c.tls_client_ca, &self.tls_client_ca),
+        ] {
+            if src.is_some() {
+                dst.clone_from(src);
+            }
+        }
+        if let Some(b) = self.use_identity_as_username {
+            c.use_identity_as_username = b;
+        }
         macro_rules! take {
             ($($field:ident),*) => { $( if let Some(v) = &self.$field { c.$field = v.clone(); } )* };
         }
@@ -306,7 +350,16 @@ impl Config {
     /// The node id: as configured, else the ordinal at the end of the host name (`skein-2`), else 1.
     /// No listener given: Mosquitto 2.0's local only mode.
     pub fn local_only(&self) -> bool {
-        self.mqtt.is_empty()
+        self.mqtt.is_empty() && self.mqtts.is_empty()
+    }
+
+    /// The TLS files of the `mqtts` listeners, if there are any.
+    pub fn tls_files(&self) -> Option<skein_broker::tls::TlsFiles> {
+        Some(skein_broker::tls::TlsFiles {
+            cert: self.tls_cert.clone()?,
+            key: self.tls_key.clone()?,
+            client_ca: self.tls_client_ca.clone(),
+        })
     }
 
     /// The MQTT listen addresses: the ones given, or 127.0.0.1:1883 in local only mode.
@@ -341,6 +394,12 @@ impl Config {
         }
         if !(self.node_timeout.is_finite() && self.node_timeout > 0.0) {
             return Err(format!("node_timeout = {}: use a number of seconds above 0", self.node_timeout));
+        }
+        if !self.mqtts.is_empty() && (self.tls_cert.is_none() || self.tls_key.is_none()) {
+            return Err("mqtts needs tls_cert and tls_key (--tls-cert PEM --tls-key PEM)".into());
+        }
+        if self.use_identity_as_username && self.tls_client_ca.is_none() {
+            return Err("use_identity_as_username needs tls_client_ca: only a verified certificate names a user".into());
         }
         if self.raft_snapshot_logs == 0 {
             return Err("raft_snapshot_logs = 0: use a number of log entries above 0 (default 5000)".into());

@@ -208,7 +208,25 @@ async fn serve(config: Config) -> Result<(), String> {
     if let Some(n) = &node {
         n.start(broker.clone()).await.map_err(|e| e.to_string())?;
     }
+    let tls = match config.tls_files() {
+        Some(files) if !config.mqtts.is_empty() => Some(skein_broker::tls::Reloading::new(files)?),
+        _ => None,
+    };
+    let mut tls_bound = Vec::new();
+    for addr in &config.mqtts {
+        let l = TcpListener::bind(addr).await.map_err(|e| format!("cannot listen for MQTT over TLS on {addr}: {e}"))?;
+        tls_bound.push(l);
+    }
     let mut listeners = Vec::new();
+    if let Some(tls) = &tls {
+        tokio::spawn(tls.clone().watch(Duration::from_secs(2)));
+        for l in tls_bound {
+            let local = l.local_addr().map_err(|e| e.to_string())?;
+            tracing::info!(%local, mutual = config.tls_client_ca.is_some(), "listening for MQTT over TLS");
+            let identity = config.use_identity_as_username;
+            listeners.push(tokio::spawn(skein_broker::listener::serve_tls(broker.clone(), l, tls.clone(), identity)));
+        }
+    }
     for l in listeners_bound {
         let local = l.local_addr().map_err(|e| e.to_string())?;
         tracing::info!(%local, "listening for MQTT");

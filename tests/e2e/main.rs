@@ -13,3 +13,4 @@ mod rumqttc_client;
 mod security;
 mod seed;
 mod support;
+mod tls;

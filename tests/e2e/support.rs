@@ -512,7 +512,19 @@ impl TestPki {
         std::fs::write(dir.path().join("ca.pem"), ca_cert.pem()).unwrap();
         std::fs::write(dir.path().join("node.pem"), cert.pem()).unwrap();
         std::fs::write(dir.path().join("node.key"), key.serialize_pem()).unwrap();
+        // A client certificate whose Common Name is a user name.
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, "dave");
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &issuer).unwrap();
+        std::fs::write(dir.path().join("client.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.path().join("client.key"), key.serialize_pem()).unwrap();
         TestPki { dir }
+    }
+
+    /// The path of one of its files: ca.pem, node.pem, node.key, client.pem (CN dave), client.key.
+    pub fn path(&self, file: &str) -> String {
+        self.dir.path().join(file).to_string_lossy().into_owned()
     }
 
     /// The three flags that turn on peer TLS with these files.

@@ -44,6 +44,13 @@ impl Source for tokio::net::tcp::OwnedReadHalf {
         self.readable()
     }
 }
+
+/// TLS buffers records inside the stream, so readiness cannot be told without reading: read as usual.
+impl Source for tokio::io::ReadHalf<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+    fn ready(&mut self) -> impl std::future::Future<Output = std::io::Result<()>> + Send {
+        std::future::ready(Ok(()))
+    }
+}
 /// How long a closing connection's writer gets to send what is left.
 const WRITER_GRACE: Duration = Duration::from_secs(3);
 /// How long a refused login waits for its CONNACK.
@@ -98,8 +105,10 @@ struct Shared {
     drained: Notify,
 }
 
-/// Serves one client connection to the end.
-pub async fn serve<R, W>(broker: Arc<Broker>, mut reader: R, mut writer: W, peer: SocketAddr)
+/// Serves one client connection to the end. `identity` is a user name the transport has already proven (a TLS
+/// client certificate's Common Name, Mosquitto's `use_identity_as_username`): it replaces the CONNECT's user name,
+/// and no password is checked.
+pub async fn serve<R, W>(broker: Arc<Broker>, mut reader: R, mut writer: W, peer: SocketAddr, identity: Option<String>)
 where
     R: Source,
     W: AsyncWrite + Unpin + Send + 'static,
@@ -113,7 +122,7 @@ where
     let first =
         tokio::time::timeout(broker.config.connect_timeout, read_first(&broker, &mut reader, &mut rbuf, max_packet))
             .await;
-    let connect = match first {
+    let mut connect = match first {
         Ok(Ok(c)) => c,
         Ok(Err(refusal)) => {
             if let Some(bytes) = refusal {
@@ -127,6 +136,11 @@ where
             return;
         }
     };
+    let certified = identity.is_some();
+    if let Some(name) = identity {
+        connect.username = Some(name.into());
+        connect.password = None;
+    }
     let version = connect.protocol;
     let refuse = |code: ReasonCode| {
         let mut buf = BytesMut::new();
@@ -135,7 +149,7 @@ where
                 .encode(version, &mut buf);
         buf
     };
-    let accepted = match accept(&broker, &connect).and_then(|a| {
+    let accepted = match accept(&broker, &connect, certified).and_then(|a| {
         if broker.stats.client_connected(broker.config.max_connections) { Ok(a) } else { Err(ReasonCode::ServerBusy) }
     }) {
         Ok(a) => a,
@@ -372,7 +386,7 @@ struct Accepted {
 }
 
 /// CONNECT checks: limits, authentication, client identifier, keep alive (3.1.1 section 3.1.4, 5.0 section 3.1.4).
-fn accept(broker: &Broker, c: &Connect) -> Result<Accepted, ReasonCode> {
+fn accept(broker: &Broker, c: &Connect, certified: bool) -> Result<Accepted, ReasonCode> {
     let config = &broker.config;
     if broker.is_shutting_down() {
         return Err(ReasonCode::ServerUnavailable);
@@ -384,12 +398,14 @@ fn accept(broker: &Broker, c: &Connect) -> Result<Accepted, ReasonCode> {
     }
 
     let v5 = c.protocol.is_v5();
-    broker.auth().authenticate(config.allow_anonymous, c.username.as_deref(), c.password.as_deref()).map_err(
-        |code| {
+    let auth = broker.auth();
+    // A certificate already proved who the client is; otherwise the password file decides.
+    if !certified {
+        auth.authenticate(config.allow_anonymous, c.username.as_deref(), c.password.as_deref()).map_err(|code| {
             // 3.x clients hear "not authorised" (return code 5) for every refusal, as Mosquitto answers them.
             if v5 { code } else { ReasonCode::NotAuthorized }
-        },
-    )?;
+        })?;
+    }
     let (client_id, assigned) = if c.client_id.is_empty() {
         // [MQTT-3.1.3-7] 3.1 requires an identifier; [MQTT-3.1.3-8] 3.1.1 only with a clean session.
         if c.protocol == ProtocolVersion::V31 || (c.protocol == ProtocolVersion::V311 && !c.clean_start) {

@@ -19,6 +19,7 @@ pub mod session;
 pub mod stats;
 pub mod store;
 pub mod sys;
+pub mod tls;
 
 pub use broker::Broker;
 pub use cluster::{Cluster, SingleNode};

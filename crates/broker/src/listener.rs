@@ -6,6 +6,7 @@ use tokio::net::TcpListener;
 
 use crate::broker::Broker;
 use crate::connection;
+use crate::tls::{Reloading, common_name};
 
 /// Accepts MQTT over TCP on `listener` until the broker shuts down.
 pub async fn serve_tcp(broker: Arc<Broker>, listener: TcpListener) {
@@ -20,10 +21,61 @@ pub async fn serve_tcp(broker: Arc<Broker>, listener: TcpListener) {
                 // Latency over packet count: MQTT packets are small and each one is awaited by someone.
                 let _ = stream.set_nodelay(true);
                 let (r, w) = stream.into_split();
-                tokio::spawn(connection::serve(broker.clone(), r, w, peer));
+                tokio::spawn(connection::serve(broker.clone(), r, w, peer, None));
             }
             Err(e) => {
                 // Out of file descriptors and the like: say so, and give the system a moment.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Accepts MQTT over TLS on `listener` until the broker shuts down. The handshake runs in the connection's own task,
+/// bounded by the CONNECT timeout. With `identity_as_username`, the client certificate's Common Name is the user
+/// name (and a client without one is refused, as the listener then requires a certificate).
+pub async fn serve_tls(broker: Arc<Broker>, listener: TcpListener, tls: Arc<Reloading>, identity_as_username: bool) {
+    let mut shutdown = broker.shutdown_signal();
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.wait_for(|s| *s) => return,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
+                let broker = broker.clone();
+                tokio::spawn(async move {
+                    let stream =
+                        match tokio::time::timeout(broker.config.connect_timeout, acceptor.accept(stream)).await {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                tracing::info!(%peer, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "TLS handshake timed out");
+                                return;
+                            }
+                        };
+                    let identity = if identity_as_username {
+                        let name =
+                            stream.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| common_name(c));
+                        if name.is_none() {
+                            tracing::info!(%peer, "client certificate without a Common Name refused");
+                            return;
+                        }
+                        name
+                    } else {
+                        None
+                    };
+                    let (r, w) = tokio::io::split(stream);
+                    connection::serve(broker, r, w, peer, identity).await;
+                });
+            }
+            Err(e) => {
                 tracing::warn!(error = %e, "accept failed");
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
