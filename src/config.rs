@@ -61,6 +61,8 @@ pub struct Config {
     pub retain_available: bool,
     /// Topic aliases an MQTT 5.0 client may use per connection; 0 turns them off.
     pub max_topic_alias: u16,
+    /// Seconds a new connection has to complete its TLS handshake and send CONNECT.
+    pub connect_timeout: f64,
     /// This node's id in a cluster; defaults to the ordinal of a StatefulSet host name (`skein-2` → 2), else 1.
     pub node_id: Option<u64>,
     /// Listen address of the node-to-node gRPC service; clustering is off without it.
@@ -110,6 +112,7 @@ impl Default for Config {
             queue_qos0_messages: broker.queue_qos0_messages,
             retain_available: broker.retain_available,
             max_topic_alias: broker.max_topic_alias,
+            connect_timeout: broker.connect_timeout.as_secs_f64(),
             node_id: None,
             cluster: None,
             cluster_advertise: None,
@@ -127,7 +130,8 @@ impl Default for Config {
 /// The flags of `skein serve`: one per key, each also read from `SKEIN_<KEY>`.
 #[derive(Debug, Args, Default)]
 pub struct ServeArgs {
-    /// TOML file with any of the keys below (underscores, e.g. `max_queued_messages = 100`).
+    /// TOML file with any of the keys below (underscores, e.g. `max_queued_messages = 100`); a `.conf` file is
+    /// read as a Mosquitto configuration (`listener 1883`, `password_file /etc/mosquitto/passwd`, ...).
     #[arg(long, env = "SKEIN_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// MQTT over TCP listen address; repeat for more [default: 127.0.0.1:1883, local only, anonymous allowed].
@@ -202,6 +206,9 @@ pub struct ServeArgs {
     /// Topic aliases an MQTT 5.0 client may use per connection; 0 turns them off [default: 10].
     #[arg(long, env = "SKEIN_MAX_TOPIC_ALIAS", value_name = "N")]
     pub max_topic_alias: Option<u16>,
+    /// Seconds a new connection has to complete its TLS handshake and send CONNECT [default: 10].
+    #[arg(long, env = "SKEIN_CONNECT_TIMEOUT", value_name = "SECONDS")]
+    pub connect_timeout: Option<f64>,
     /// Node id in a cluster [default: the StatefulSet ordinal of the host name, else 1].
     #[arg(long, env = "SKEIN_NODE_ID", value_name = "N")]
     pub node_id: Option<u64>,
@@ -276,7 +283,8 @@ impl ServeArgs {
             sys_interval,
             queue_qos0_messages,
             retain_available,
-            max_topic_alias
+            max_topic_alias,
+            connect_timeout
         );
         if self.http.is_some() {
             c.http = self.http;
@@ -326,6 +334,9 @@ impl ServeArgs {
 }
 
 fn load_file(path: &Path) -> Result<Config, String> {
+    if path.extension().is_some_and(|e| e == "conf") {
+        return crate::mosquitto_conf::load(path);
+    }
     let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
     toml::from_str(&text).map_err(|e| {
         format!(
@@ -347,7 +358,6 @@ impl Config {
         Ok(Some(skein_cluster::node::PeerTls { cert: read(cert)?, key: read(key)?, ca: read(ca)? }))
     }
 
-    /// The node id: as configured, else the ordinal at the end of the host name (`skein-2`), else 1.
     /// No listener given: Mosquitto 2.0's local only mode.
     pub fn local_only(&self) -> bool {
         self.mqtt.is_empty() && self.mqtts.is_empty()
@@ -372,6 +382,7 @@ impl Config {
         self.allow_anonymous.unwrap_or(self.local_only())
     }
 
+    /// The node id: as configured, else the ordinal at the end of the host name (`skein-2`), else 1.
     pub fn node_id(&self) -> u64 {
         self.node_id.unwrap_or_else(|| {
             std::fs::read_to_string("/etc/hostname")
@@ -401,6 +412,9 @@ impl Config {
         if self.use_identity_as_username && self.tls_client_ca.is_none() {
             return Err("use_identity_as_username needs tls_client_ca: only a verified certificate names a user".into());
         }
+        if !(self.connect_timeout.is_finite() && self.connect_timeout > 0.0 && self.connect_timeout < 1e6) {
+            return Err(format!("connect_timeout = {}: use a number of seconds above 0", self.connect_timeout));
+        }
         if self.raft_snapshot_logs == 0 {
             return Err("raft_snapshot_logs = 0: use a number of log entries above 0 (default 5000)".into());
         }
@@ -429,7 +443,7 @@ impl Config {
             queue_qos0_messages: self.queue_qos0_messages,
             retain_available: self.retain_available,
             max_topic_alias: self.max_topic_alias,
-            ..skein_broker::BrokerConfig::default()
+            connect_timeout: Duration::from_secs_f64(self.connect_timeout),
         }
     }
 }

@@ -2,6 +2,7 @@
 
 mod config;
 mod http;
+mod mosquitto_conf;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -205,6 +206,8 @@ async fn serve(config: Config) -> Result<(), String> {
     let broker = Broker::open(config.broker(), data_dir, cluster).map_err(|e| {
         format!("cannot open the data in {}: {e} (is another skein using this --data-dir?)", config.data_dir.display())
     })?;
+    // In force before the first client can connect.
+    broker.set_auth(auth);
     if let Some(n) = &node {
         n.start(broker.clone()).await.map_err(|e| e.to_string())?;
     }
@@ -254,7 +257,6 @@ async fn serve(config: Config) -> Result<(), String> {
         ),
         _ => {}
     }
-    broker.set_auth(auth);
 
     let mut stop = broker.shutdown_signal();
     loop {

@@ -1,6 +1,7 @@
 //! End-to-end tests of the built `skein` binary with real clients: mosquitto_pub/mosquitto_sub, paho-mqtt,
 //! MQTT.js, rumqttc, and a raw client on our codec for byte-level checks. One test binary, so one link.
 
+mod abuse;
 mod cluster;
 mod mosquitto;
 mod mqttjs;

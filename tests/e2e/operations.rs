@@ -38,7 +38,7 @@ fn a_bad_config_key_names_the_line_and_the_fix() {
 fn config_file_environment_and_flags_are_one_schema() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("skein.toml");
-    std::fs::write(&file, "max_keepalive = 10\nmax_connections = 5\n").unwrap();
+    std::fs::write(&file, "max_keepalive = 10\nmax_connections = 5\nallow_anonymous = true\n").unwrap();
     // The file says 10, the environment 20: the environment wins; the file's other key stays.
     let out = Command::new(skein_bin())
         .args(["serve", "--config", file.to_str().unwrap(), "--mqtt", "127.0.0.1:0", "--data-dir"])

@@ -142,6 +142,25 @@ fn the_seeds_password_walk_through_with_a_file_from_mosquitto_passwd() {
     broker.wait_log("failures=5");
 }
 
+/// The seed's two lines, in a Mosquitto-format file under `conf.d/`, included the way Debian's mosquitto.conf does.
+#[test]
+fn the_seeds_mosquitto_configuration_lines_work_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = password_file(dir.path());
+    let conf_d = dir.path().join("conf.d");
+    std::fs::create_dir(&conf_d).unwrap();
+    std::fs::write(conf_d.join("default.conf"), format!("allow_anonymous false\npassword_file {file}\n")).unwrap();
+    let main = dir.path().join("mosquitto.conf");
+    std::fs::write(&main, format!("pid_file /run/mosquitto/mosquitto.pid\ninclude_dir {}\n", conf_d.display()))
+        .unwrap();
+    let broker = Skein::start(&["--config", main.to_str().unwrap()]);
+    let (sub, out) = mosquitto_sub(&broker, &["-t", "test", "-u", "dave", "-P", "password", "-C", "1"]);
+    mosquitto_pub(&broker, &["-t", "test", "-m", "message from mosquitto_pub client", "-u", "dave", "-P", "password"]);
+    out.wait_for(|l| l == "message from mosquitto_pub client");
+    sub.wait_output(WAIT);
+    assert_ne!(try_pub(&broker, &["-t", "test", "-m", "anonymous"]).0, Some(0), "allow_anonymous false holds");
+}
+
 #[test]
 fn allow_anonymous_true_beside_a_password_file_still_checks_user_names() {
     let dir = tempfile::tempdir().unwrap();

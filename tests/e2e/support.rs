@@ -50,7 +50,7 @@ impl Skein {
         let mut cmd = Command::new(skein_bin());
         cmd.arg("serve").arg("--mqtt").arg("127.0.0.1:0").arg("--data-dir").arg(data_dir);
         // A listener given makes anonymous clients refused by default (as with Mosquitto 2.0); most tests want them.
-        if !args.iter().any(|a| *a == "--allow-anonymous" || *a == "--password-file") {
+        if !args.iter().any(|a| ["--allow-anonymous", "--password-file", "--config"].contains(a)) {
             cmd.args(["--allow-anonymous", "true"]);
         }
         cmd.args(args).env_remove("RUST_LOG").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());

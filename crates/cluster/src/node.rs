@@ -86,6 +86,8 @@ pub struct ClusterNode {
     pending_routes: std::sync::atomic::AtomicUsize,
     /// Set by `leave`: this node announces no more routes.
     leaving: std::sync::atomic::AtomicBool,
+    /// Set once `ready` has seen the log applied up to its end.
+    caught_up: std::sync::atomic::AtomicBool,
     /// Rotates the node that serves a shared group, message by message.
     shared_turn: std::sync::atomic::AtomicUsize,
 }
@@ -141,6 +143,7 @@ impl ClusterNode {
             this: this.clone(),
             pending_routes: std::sync::atomic::AtomicUsize::new(0),
             leaving: std::sync::atomic::AtomicBool::new(false),
+            caught_up: std::sync::atomic::AtomicBool::new(false),
             shared_turn: std::sync::atomic::AtomicUsize::new(0),
             config,
             raft,
@@ -625,9 +628,15 @@ impl ClusterNode {
     }
 
     /// Joined, with a known leader.
+    /// Joined, with a known leader, and (once, after starting) caught up with its own log: everything it had
+    /// before a restart is applied again, so retained messages and routes are all there when clients arrive.
     pub fn ready(&self) -> bool {
         let m = self.raft.metrics().borrow().clone();
-        m.current_leader.is_some() && m.membership_config.membership().get_node(&m.id).is_some()
+        let joined = m.current_leader.is_some() && m.membership_config.membership().get_node(&m.id).is_some();
+        if joined && !self.caught_up.load(Ordering::Acquire) && m.last_applied.map(|l| l.index) >= m.last_log_index {
+            self.caught_up.store(true, Ordering::Release);
+        }
+        joined && self.caught_up.load(Ordering::Acquire)
     }
 }
 

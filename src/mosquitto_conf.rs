@@ -1,0 +1,194 @@
+//! Mosquitto's own configuration format (`mosquitto.conf`): `key value` lines, `#` comments, `listener PORT
+//! [ADDRESS]` with the TLS options that follow it, and `include_dir`. A file named `*.conf` given to `--config` is
+//! read this way, so a Mosquitto configuration moves over unchanged where Skein has the settings; an option Skein
+//! does not have stops start-up with its line, except a few that only concern Mosquitto's own process (logging,
+//! pid file, user), which are reported and skipped.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use crate::config::Config;
+
+/// Options that shape Mosquitto's process rather than the broker: skipped, with a note.
+const IGNORED: &[&str] = &[
+    "pid_file",
+    "user",
+    "log_dest",
+    "log_type",
+    "log_timestamp",
+    "log_timestamp_format",
+    "connection_messages",
+    "autosave_interval",
+    "autosave_on_changes",
+    "persistence_file",
+    "per_listener_settings",
+];
+
+/// Reads a Mosquitto configuration file (and the files its `include_dir` lines name).
+pub fn load(path: &Path) -> Result<Config, String> {
+    let mut parser = Parser { config: Config::default(), listener: None, require_certificate: false, cafile: None };
+    parser.file(path)?;
+    parser.finish()
+}
+
+struct Parser {
+    config: Config,
+    /// The last `listener` line: its address, and whether TLS options followed it.
+    listener: Option<(SocketAddr, bool)>,
+    require_certificate: bool,
+    cafile: Option<PathBuf>,
+}
+
+impl Parser {
+    fn file(&mut self, path: &Path) -> Result<(), String> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (key, value) = line.split_once(char::is_whitespace).map_or((line, ""), |(k, v)| (k, v.trim()));
+            self.option(key, value).map_err(|e| format!("{}:{}: {e}", path.display(), n + 1))?;
+        }
+        Ok(())
+    }
+
+    fn option(&mut self, key: &str, value: &str) -> Result<(), String> {
+        let c = &mut self.config;
+        match key {
+            "listener" => {
+                self.flush_listener();
+                let mut words = value.split_whitespace();
+                let port: u16 = parse(key, words.next().unwrap_or(""))?;
+                let ip: IpAddr = match words.next() {
+                    Some(a) => a.parse().map_err(|_| format!("listener address {a:?}: give an IP address"))?,
+                    None => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                };
+                self.listener = Some((SocketAddr::new(ip, port), false));
+            }
+            "protocol" if value == "mqtt" => {}
+            "protocol" => return Err(format!("protocol {value}: only mqtt listeners are supported so far")),
+            "certfile" => self.tls(|c| c.tls_cert = Some(PathBuf::from(value)))?,
+            "keyfile" => self.tls(|c| c.tls_key = Some(PathBuf::from(value)))?,
+            "cafile" => self.cafile = Some(PathBuf::from(value)),
+            "require_certificate" => self.require_certificate = parse(key, value)?,
+            "use_identity_as_username" => c.use_identity_as_username = parse(key, value)?,
+            "allow_anonymous" => c.allow_anonymous = Some(parse(key, value)?),
+            "password_file" => c.password_file = Some(PathBuf::from(value)),
+            "acl_file" => c.acl_file = Some(PathBuf::from(value)),
+            "persistence" => c.persistence = parse(key, value)?,
+            "persistence_location" => c.data_dir = PathBuf::from(value),
+            "max_inflight_messages" => c.max_inflight_messages = parse(key, value)?,
+            "max_queued_messages" => c.max_queued_messages = parse(key, value)?,
+            "queue_qos0_messages" => c.queue_qos0_messages = parse(key, value)?,
+            "message_size_limit" => c.message_size_limit = parse(key, value)?,
+            "max_packet_size" => c.max_packet_size = parse(key, value)?,
+            "max_connections" => c.max_connections = parse(key, value)?,
+            "max_keepalive" => c.max_keepalive = parse(key, value)?,
+            "sys_interval" => c.sys_interval = parse(key, value)?,
+            "retain_available" => c.retain_available = parse(key, value)?,
+            "max_topic_alias" => c.max_topic_alias = parse(key, value)?,
+            "include_dir" => {
+                // Mosquitto reads the directory's *.conf files in alphabetical order.
+                let mut files: Vec<PathBuf> = std::fs::read_dir(value)
+                    .map_err(|e| format!("include_dir {value}: {e}"))?
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|e| e == "conf"))
+                    .collect();
+                files.sort();
+                for f in files {
+                    self.file(&f)?;
+                }
+            }
+            k if IGNORED.contains(&k) => eprintln!("skein: Mosquitto option `{k}` does not apply to skein; skipped"),
+            k => {
+                return Err(format!(
+                    "Mosquitto option `{k}` is not supported by skein; remove it, or see `skein serve --help` for \
+                     what is"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A TLS option belongs to the listener above it.
+    fn tls(&mut self, set: impl FnOnce(&mut Config)) -> Result<(), String> {
+        match &mut self.listener {
+            Some((_, tls)) => *tls = true,
+            None => return Err("a TLS option needs a `listener` line above it".into()),
+        }
+        set(&mut self.config);
+        Ok(())
+    }
+
+    fn flush_listener(&mut self) {
+        match self.listener.take() {
+            Some((addr, true)) => self.config.mqtts.push(addr),
+            Some((addr, false)) => self.config.mqtt.push(addr),
+            None => {}
+        }
+    }
+
+    fn finish(mut self) -> Result<Config, String> {
+        self.flush_listener();
+        // A server-side cafile verifies client certificates, which Mosquitto asks for only with require_certificate.
+        if self.require_certificate {
+            let ca =
+                self.cafile.ok_or("require_certificate true needs a cafile (the CA of the client certificates)")?;
+            self.config.tls_client_ca = Some(ca);
+        }
+        Ok(self.config)
+    }
+}
+
+fn parse<T: std::str::FromStr>(key: &str, value: &str) -> Result<T, String> {
+    value.parse().map_err(|_| format!("{key} {value:?}: not a valid value for it"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mosquitto_configuration_with_an_include_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf_d = dir.path().join("conf.d");
+        std::fs::create_dir(&conf_d).unwrap();
+        std::fs::write(conf_d.join("default.conf"), "allow_anonymous false\npassword_file /etc/mosquitto/passwd\n")
+            .unwrap();
+        let main = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &main,
+            format!(
+                "# Debian's file\npid_file /run/mosquitto/mosquitto.pid\npersistence true\npersistence_location \
+                 /var/lib/mosquitto/\nlog_dest file /var/log/mosquitto/mosquitto.log\ninclude_dir {}\n\nlistener \
+                 1883\nlistener 8883 127.0.0.1\ncertfile /etc/s.pem\nkeyfile /etc/s.key\ncafile /etc/ca.pem\n\
+                 require_certificate true\nuse_identity_as_username true\n",
+                conf_d.display()
+            ),
+        )
+        .unwrap();
+        let c = load(&main).unwrap();
+        assert_eq!(c.mqtt, vec!["0.0.0.0:1883".parse().unwrap()]);
+        assert_eq!(c.mqtts, vec!["127.0.0.1:8883".parse().unwrap()]);
+        assert_eq!(c.allow_anonymous, Some(false));
+        assert_eq!(c.password_file, Some(PathBuf::from("/etc/mosquitto/passwd")));
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/mosquitto/"));
+        assert_eq!(c.tls_client_ca, Some(PathBuf::from("/etc/ca.pem")));
+        assert!(c.use_identity_as_username);
+    }
+
+    #[test]
+    fn an_unsupported_option_names_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.conf");
+        std::fs::write(&path, "listener 1883\nbridge_protocol_version mqttv311\n").unwrap();
+        let err = load(&path).unwrap_err();
+        assert!(err.contains("m.conf:2:") && err.contains("bridge_protocol_version"), "{err}");
+        std::fs::write(&path, "certfile /x.pem\n").unwrap();
+        assert!(load(&path).unwrap_err().contains("listener"));
+        std::fs::write(&path, "max_queued_messages lots\n").unwrap();
+        assert!(load(&path).unwrap_err().contains(":1: max_queued_messages"));
+    }
+}

@@ -1,0 +1,91 @@
+//! Hostile clients: silent or byte-by-byte connections, and many huge length claims. Each affects only its own
+//! connection; the node's memory stays bounded and other clients carry on. (Malformed packets, one per rule, are
+//! in protocol.rs; every decode rule is in the codec's tests and fuzz corpus.)
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use skein_codec::*;
+
+use crate::support::*;
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// A subscriber and a publisher on the same broker exchange one QoS 1 message.
+fn round_trip(broker: &Skein, tag: &str) {
+    let (mut sub, _) = Raw::connect(broker.mqtt, connect_packet(ProtocolVersion::V311, &format!("s-{tag}"), true));
+    sub.send(&Packet::Subscribe(Subscribe {
+        packet_id: 1,
+        properties: Properties::default(),
+        filters: vec![("calm".into(), SubscriptionOptions { qos: QoS::AtLeastOnce, ..Default::default() })],
+    }));
+    assert!(matches!(sub.recv(), Some(Packet::SubAck(_))));
+    let (mut publ, _) = Raw::connect(broker.mqtt, connect_packet(ProtocolVersion::V311, &format!("p-{tag}"), true));
+    publ.send(&Packet::Publish(Publish {
+        dup: false,
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        topic: "calm".into(),
+        packet_id: 1,
+        properties: Properties::default(),
+        payload: Bytes::from_static(b"still here"),
+    }));
+    assert_eq!(publ.recv(), Some(Packet::PubAck(Ack::new(1))));
+    assert!(matches!(sub.recv(), Some(Packet::Publish(p)) if &p.payload[..] == b"still here"));
+}
+
+#[test]
+fn silent_and_byte_by_byte_clients_are_dropped_at_the_connect_timeout() {
+    let broker = Skein::start(&["--connect-timeout", "1"]);
+    // Half-open: connected, never a byte.
+    let mut silent = TcpStream::connect(broker.mqtt).unwrap();
+    silent.set_read_timeout(Some(WAIT)).unwrap();
+    // Slow loris: a CONNECT one byte every 150 ms takes longer than the timeout to arrive.
+    let mut connect = BytesMut::new();
+    Packet::Connect(Box::new(connect_packet(ProtocolVersion::V311, "slow-loris", true)))
+        .encode(ProtocolVersion::V311, &mut connect)
+        .unwrap();
+    let addr = broker.mqtt;
+    let slow = std::thread::spawn(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        for (i, b) in connect.iter().enumerate() {
+            // Once the broker has closed, a write fails (the first one after the close draws a reset).
+            if s.write_all(&[*b]).is_err() {
+                return (i, connect.len());
+            }
+            std::thread::sleep(Duration::from_millis(150));
+        }
+        (connect.len(), connect.len())
+    });
+    let mut buf = [0u8; 16];
+    assert!(matches!(silent.read(&mut buf), Ok(0) | Err(_)), "the silent connection was closed");
+    let (sent, total) = slow.join().unwrap();
+    assert!(sent < total, "closed before its CONNECT was complete ({sent} of {total} bytes)");
+    round_trip(&broker, "after-loris");
+}
+
+#[test]
+fn many_huge_length_claims_keep_memory_bounded() {
+    let broker = Skein::start(&[]);
+    round_trip(&broker, "before");
+    let before = rss_kib(broker.pid());
+    // 200 clients each claim a 256 MiB PUBLISH (allowed: no max_packet_size) and send 4 KiB of it.
+    let mut held = Vec::new();
+    for i in 0..200 {
+        let (mut raw, _) = Raw::connect(broker.mqtt, connect_packet(ProtocolVersion::V311, &format!("huge-{i}"), true));
+        let mut bytes = vec![0x30, 0xff, 0xff, 0xff, 0x7f, 0, 1, b't'];
+        bytes.resize(4096, b'x');
+        raw.send_bytes(&bytes);
+        held.push(raw);
+    }
+    round_trip(&broker, "during");
+    let grown = rss_kib(broker.pid()).saturating_sub(before);
+    // What was sent is 800 KiB; the broker buffers what arrives, never what is claimed.
+    assert!(grown < 64 * 1024, "RSS grew by {grown} KiB for 200 claims of 256 MiB");
+    drop(held);
+}
