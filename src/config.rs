@@ -26,6 +26,10 @@ pub struct Config {
     pub mqtt: Vec<SocketAddr>,
     /// MQTT over TLS listen addresses (with `tls_cert` and `tls_key`).
     pub mqtts: Vec<SocketAddr>,
+    /// MQTT over WebSocket listen addresses (path `/mqtt`).
+    pub ws: Vec<SocketAddr>,
+    /// MQTT over secure WebSocket listen addresses (with `tls_cert` and `tls_key`).
+    pub wss: Vec<SocketAddr>,
     /// PEM certificate chain and private key of the TLS listeners; reloaded when the files change.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -90,6 +94,8 @@ impl Default for Config {
         Config {
             mqtt: Vec::new(),
             mqtts: Vec::new(),
+            ws: Vec::new(),
+            wss: Vec::new(),
             tls_cert: None,
             tls_key: None,
             tls_client_ca: None,
@@ -140,6 +146,12 @@ pub struct ServeArgs {
     /// MQTT over TLS listen address (needs --tls-cert and --tls-key); repeat for more.
     #[arg(long, env = "SKEIN_MQTTS", value_name = "ADDR", value_delimiter = ',')]
     pub mqtts: Vec<SocketAddr>,
+    /// MQTT over WebSocket listen address (path /mqtt); repeat for more.
+    #[arg(long, env = "SKEIN_WS", value_name = "ADDR", value_delimiter = ',')]
+    pub ws: Vec<SocketAddr>,
+    /// MQTT over secure WebSocket listen address (needs --tls-cert and --tls-key); repeat for more.
+    #[arg(long, env = "SKEIN_WSS", value_name = "ADDR", value_delimiter = ',')]
+    pub wss: Vec<SocketAddr>,
     /// PEM certificate chain of the TLS listeners (reloaded when it changes).
     #[arg(long, env = "SKEIN_TLS_CERT", value_name = "PEM")]
     pub tls_cert: Option<PathBuf>,
@@ -254,6 +266,12 @@ impl ServeArgs {
         if !self.mqtts.is_empty() {
             c.mqtts = self.mqtts.clone();
         }
+        if !self.ws.is_empty() {
+            c.ws = self.ws.clone();
+        }
+        if !self.wss.is_empty() {
+            c.wss = self.wss.clone();
+        }
         for (dst, src) in [
             (&mut c.tls_cert, &self.tls_cert),
             (&mut c.tls_key, &self.tls_key),
@@ -360,7 +378,7 @@ impl Config {
 
     /// No listener given: Mosquitto 2.0's local only mode.
     pub fn local_only(&self) -> bool {
-        self.mqtt.is_empty() && self.mqtts.is_empty()
+        self.mqtt.is_empty() && self.mqtts.is_empty() && self.ws.is_empty() && self.wss.is_empty()
     }
 
     /// The TLS files of the `mqtts` listeners, if there are any.
@@ -406,8 +424,8 @@ impl Config {
         if !(self.node_timeout.is_finite() && self.node_timeout > 0.0) {
             return Err(format!("node_timeout = {}: use a number of seconds above 0", self.node_timeout));
         }
-        if !self.mqtts.is_empty() && (self.tls_cert.is_none() || self.tls_key.is_none()) {
-            return Err("mqtts needs tls_cert and tls_key (--tls-cert PEM --tls-key PEM)".into());
+        if !(self.mqtts.is_empty() && self.wss.is_empty()) && (self.tls_cert.is_none() || self.tls_key.is_none()) {
+            return Err("mqtts and wss need tls_cert and tls_key (--tls-cert PEM --tls-key PEM)".into());
         }
         if self.use_identity_as_username && self.tls_client_ca.is_none() {
             return Err("use_identity_as_username needs tls_client_ca: only a verified certificate names a user".into());

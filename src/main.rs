@@ -212,7 +212,9 @@ async fn serve(config: Config) -> Result<(), String> {
         n.start(broker.clone()).await.map_err(|e| e.to_string())?;
     }
     let tls = match config.tls_files() {
-        Some(files) if !config.mqtts.is_empty() => Some(skein_broker::tls::Reloading::new(files)?),
+        Some(files) if !(config.mqtts.is_empty() && config.wss.is_empty()) => {
+            Some(skein_broker::tls::Reloading::new(files)?)
+        }
         _ => None,
     };
     let mut tls_bound = Vec::new();
@@ -220,7 +222,20 @@ async fn serve(config: Config) -> Result<(), String> {
         let l = TcpListener::bind(addr).await.map_err(|e| format!("cannot listen for MQTT over TLS on {addr}: {e}"))?;
         tls_bound.push(l);
     }
+    let mut ws_bound = Vec::new();
+    for (addr, secure) in config.ws.iter().map(|a| (a, false)).chain(config.wss.iter().map(|a| (a, true))) {
+        let l = TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen for MQTT over WebSocket on {addr}: {e}"))?;
+        ws_bound.push((l, secure));
+    }
     let mut listeners = Vec::new();
+    for (l, secure) in ws_bound {
+        let local = l.local_addr().map_err(|e| e.to_string())?;
+        tracing::info!(%local, tls = secure, "listening for MQTT over WebSocket");
+        let tls = if secure { tls.clone() } else { None };
+        listeners.push(tokio::spawn(skein_broker::listener::serve_ws(broker.clone(), l, tls)));
+    }
     if let Some(tls) = &tls {
         tokio::spawn(tls.clone().watch(Duration::from_secs(2)));
         for l in tls_bound {

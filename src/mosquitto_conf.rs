@@ -33,8 +33,9 @@ pub fn load(path: &Path) -> Result<Config, String> {
 
 struct Parser {
     config: Config,
-    /// The last `listener` line: its address, and whether TLS options followed it.
-    listener: Option<(SocketAddr, bool)>,
+    /// The last `listener` line: its address, whether TLS options followed it, and whether it is `protocol
+    /// websockets`.
+    listener: Option<(SocketAddr, bool, bool)>,
     require_certificate: bool,
     cafile: Option<PathBuf>,
 }
@@ -65,10 +66,14 @@ impl Parser {
                     Some(a) => a.parse().map_err(|_| format!("listener address {a:?}: give an IP address"))?,
                     None => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
                 };
-                self.listener = Some((SocketAddr::new(ip, port), false));
+                self.listener = Some((SocketAddr::new(ip, port), false, false));
             }
-            "protocol" if value == "mqtt" => {}
-            "protocol" => return Err(format!("protocol {value}: only mqtt listeners are supported so far")),
+            "protocol" => match (&mut self.listener, value) {
+                (None, _) => return Err("`protocol` needs a `listener` line above it".into()),
+                (Some((_, _, ws)), "mqtt") => *ws = false,
+                (Some((_, _, ws)), "websockets") => *ws = true,
+                _ => return Err(format!("protocol {value}: use mqtt or websockets")),
+            },
             "certfile" => self.tls(|c| c.tls_cert = Some(PathBuf::from(value)))?,
             "keyfile" => self.tls(|c| c.tls_key = Some(PathBuf::from(value)))?,
             "cafile" => self.cafile = Some(PathBuf::from(value)),
@@ -115,7 +120,7 @@ impl Parser {
     /// A TLS option belongs to the listener above it.
     fn tls(&mut self, set: impl FnOnce(&mut Config)) -> Result<(), String> {
         match &mut self.listener {
-            Some((_, tls)) => *tls = true,
+            Some((_, tls, _)) => *tls = true,
             None => return Err("a TLS option needs a `listener` line above it".into()),
         }
         set(&mut self.config);
@@ -124,8 +129,10 @@ impl Parser {
 
     fn flush_listener(&mut self) {
         match self.listener.take() {
-            Some((addr, true)) => self.config.mqtts.push(addr),
-            Some((addr, false)) => self.config.mqtt.push(addr),
+            Some((addr, false, false)) => self.config.mqtt.push(addr),
+            Some((addr, true, false)) => self.config.mqtts.push(addr),
+            Some((addr, false, true)) => self.config.ws.push(addr),
+            Some((addr, true, true)) => self.config.wss.push(addr),
             None => {}
         }
     }
@@ -163,7 +170,7 @@ mod tests {
             format!(
                 "# Debian's file\npid_file /run/mosquitto/mosquitto.pid\npersistence true\npersistence_location \
                  /var/lib/mosquitto/\nlog_dest file /var/log/mosquitto/mosquitto.log\ninclude_dir {}\n\nlistener \
-                 1883\nlistener 8883 127.0.0.1\ncertfile /etc/s.pem\nkeyfile /etc/s.key\ncafile /etc/ca.pem\n\
+                 1883\nlistener 8080\nprotocol websockets\nlistener 8883 127.0.0.1\ncertfile /etc/s.pem\nkeyfile /etc/s.key\ncafile /etc/ca.pem\n\
                  require_certificate true\nuse_identity_as_username true\n",
                 conf_d.display()
             ),
@@ -172,6 +179,7 @@ mod tests {
         let c = load(&main).unwrap();
         assert_eq!(c.mqtt, vec!["0.0.0.0:1883".parse().unwrap()]);
         assert_eq!(c.mqtts, vec!["127.0.0.1:8883".parse().unwrap()]);
+        assert_eq!(c.ws, vec!["0.0.0.0:8080".parse().unwrap()]);
         assert_eq!(c.allow_anonymous, Some(false));
         assert_eq!(c.password_file, Some(PathBuf::from("/etc/mosquitto/passwd")));
         assert_eq!(c.data_dir, PathBuf::from("/var/lib/mosquitto/"));

@@ -15,3 +15,4 @@ mod security;
 mod seed;
 mod support;
 mod tls;
+mod websocket;

@@ -127,6 +127,7 @@ where
         Ok(Err(refusal)) => {
             if let Some(bytes) = refusal {
                 let _ = writer.write_all(&bytes).await;
+                let _ = writer.flush().await;
             }
             let _ = writer.shutdown().await;
             return;
@@ -164,6 +165,7 @@ where
             }
             tracing::info!(%peer, client_id = %connect.client_id, reason = ?code, "connection refused");
             let _ = writer.write_all(&refuse(code)).await;
+            let _ = writer.flush().await;
             let _ = writer.shutdown().await;
             return;
         }
@@ -199,6 +201,7 @@ where
         Err(e) => {
             tracing::error!(client_id = %accepted.client_id, error = %e, "session could not be opened");
             let _ = writer.write_all(&refuse(ReasonCode::UnspecifiedError)).await;
+            let _ = writer.flush().await;
             return;
         }
     };
@@ -229,7 +232,8 @@ where
     });
     let mut out = BytesMut::new();
     let _ = connack.encode(version, &mut out);
-    if writer.write_all(&out).await.is_err() {
+    // TCP needs no flush; TLS and WebSocket writers hold what was written until flushed.
+    if writer.write_all(&out).await.is_err() || writer.flush().await.is_err() {
         broker.disconnect(&attached.session, attached.connection_id);
         let _ = attached.done.send(true);
         return;
@@ -777,7 +781,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             Stats::add(&broker.stats.publish_sent, written as u64);
             Stats::add(&broker.stats.messages_sent, written as u64);
             Stats::add(&broker.stats.bytes_sent, buf.len() as u64);
-            if writer.write_all(&buf).await.is_err() {
+            if writer.write_all(&buf).await.is_err() || writer.flush().await.is_err() {
                 break;
             }
             buf.clear();
@@ -788,6 +792,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             let farewell = lock(&shared.farewell).take();
             if let Some(bytes) = farewell {
                 let _ = writer.write_all(&bytes).await;
+                let _ = writer.flush().await;
             }
             break;
         }

@@ -20,6 +20,7 @@ pub mod stats;
 pub mod store;
 pub mod sys;
 pub mod tls;
+pub mod websocket;
 
 pub use broker::Broker;
 pub use cluster::{Cluster, SingleNode};

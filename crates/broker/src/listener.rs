@@ -82,3 +82,48 @@ pub async fn serve_tls(broker: Arc<Broker>, listener: TcpListener, tls: Arc<Relo
         }
     }
 }
+
+/// Accepts MQTT over WebSocket on `listener` until the broker shuts down: `ws://`, or `wss://` with `tls`. Each
+/// connection's TLS and WebSocket handshakes run in its own task, together bounded by the CONNECT timeout.
+pub async fn serve_ws(broker: Arc<Broker>, listener: TcpListener, tls: Option<Arc<Reloading>>) {
+    let mut shutdown = broker.shutdown_signal();
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.wait_for(|s| *s) => return,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                let broker = broker.clone();
+                let acceptor = tls.as_ref().map(|t| tokio_rustls::TlsAcceptor::from(t.current()));
+                tokio::spawn(async move {
+                    let limit = broker.config.connect_timeout;
+                    match acceptor {
+                        None => serve_websocket(broker, stream, peer, limit).await,
+                        Some(acceptor) => match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+                            Ok(Ok(s)) => serve_websocket(broker, s, peer, limit).await,
+                            Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake failed"),
+                            Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                        },
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn serve_websocket<S>(broker: Arc<Broker>, stream: S, peer: std::net::SocketAddr, limit: std::time::Duration)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    match tokio::time::timeout(limit, crate::websocket::accept(stream)).await {
+        Ok(Ok((r, w))) => connection::serve(broker, r, w, peer, None).await,
+        Ok(Err(e)) => tracing::info!(%peer, error = %e, "WebSocket handshake failed"),
+        Err(_) => tracing::debug!(%peer, "WebSocket handshake timed out"),
+    }
+}
