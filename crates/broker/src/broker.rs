@@ -130,6 +130,8 @@ pub struct Broker {
     wills: Mutex<HashMap<ByteString, (u64, Message)>>,
     /// The password and ACL files in force; replaced whole on reload.
     auth: RwLock<Arc<Auth>>,
+    /// An ACL is in force: without one, publishes and deliveries skip the lock above (shared by every thread).
+    acl_active: std::sync::atomic::AtomicBool,
 }
 
 /// A deadline: what happens then, unless a connection attached to the session after `connection_id`.
@@ -179,6 +181,7 @@ impl Broker {
             timer_seq: AtomicU64::new(0),
             wills: Mutex::new(HashMap::new()),
             auth: RwLock::new(Arc::new(Auth::default())),
+            acl_active: std::sync::atomic::AtomicBool::new(false),
         });
         broker.restore()?;
         Ok(broker)
@@ -321,7 +324,14 @@ impl Broker {
 
     /// Puts new password and ACL files in force; connections stay, the next check uses them.
     pub fn set_auth(&self, auth: Auth) {
+        let acl = auth.has_acl();
         *write(&self.auth) = Arc::new(auth);
+        self.acl_active.store(acl, Ordering::Release);
+    }
+
+    /// The ACL in force, if there is one (cheap when there is none).
+    pub fn acl(&self) -> Option<Arc<Auth>> {
+        self.acl_active.load(Ordering::Acquire).then(|| self.auth())
     }
 
     /// The password and ACL files in force.
@@ -662,8 +672,7 @@ impl Broker {
     fn route_local(&self, message: &Arc<Message>, groups: &Groups<'_>, routed: &mut Routed) {
         let mut targets = Vec::new();
         read(&self.router).route(&message.topic, groups, &mut targets);
-        let auth = self.auth();
-        let acl = auth.has_acl();
+        let acl = self.acl();
         let message = message.clone();
         if targets.is_empty() {
             return;
@@ -695,7 +704,9 @@ impl Broker {
             }
             let Some(qos) = qos else { continue };
             // The ACL decides at each delivery, so a reloaded file applies to subscriptions made before it.
-            if acl && !self.may(&auth, &session, &message.topic, skein_auth::Access::Read) {
+            if let Some(auth) = &acl
+                && !self.may(auth, &session, &message.topic, skein_auth::Access::Read)
+            {
                 Stats::add(&self.stats.acl_denied, 1);
                 continue;
             }

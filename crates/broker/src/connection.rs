@@ -702,7 +702,10 @@ impl Conn<'_> {
         } else if v5 && p.properties.payload_format_indicator == Some(1) && std::str::from_utf8(&p.payload).is_err() {
             // MQTT 5.0 section 3.3.2.3.2: a payload that says it is UTF-8 and is not.
             refusal = Some(ReasonCode::PayloadFormatInvalid);
-        } else if !broker.auth().allows(self.username.as_deref(), &self.client_id, &p.topic, Access::Write) {
+        } else if broker
+            .acl()
+            .is_some_and(|a| !a.allows(self.username.as_deref(), &self.client_id, &p.topic, Access::Write))
+        {
             // Refused by the ACL: MQTT 5.0 clients are told (0x87); 3.x clients get their usual acknowledgement and
             // the message goes nowhere, as with Mosquitto.
             Stats::add(&broker.stats.acl_denied, 1);

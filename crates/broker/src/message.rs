@@ -77,6 +77,11 @@ impl Message {
         Some(u32::try_from(u64::from(interval).saturating_sub(waited)).unwrap_or(0))
     }
 
+    /// It has a Message Expiry Interval (checking costs a clock read only then).
+    pub fn has_expiry(&self) -> bool {
+        self.properties.as_deref().is_some_and(|p| p.message_expiry_interval.is_some())
+    }
+
     /// Its Message Expiry Interval has passed: it is not delivered any more [MQTT-3.3.2-5].
     pub fn is_expired(&self, now: Instant) -> bool {
         self.expiry_left(now) == Some(0)

@@ -335,7 +335,7 @@ impl Session {
                 break;
             }
             let Some(out) = self.queue.pop_front() else { break };
-            if out.message.is_expired(std::time::Instant::now()) {
+            if out.message.has_expiry() && out.message.is_expired(std::time::Instant::now()) {
                 // [MQTT-3.3.2-5]: not yet on its way to this subscriber, so it is deleted.
                 self.expired += 1;
                 if let Some(key) = out.stored {
