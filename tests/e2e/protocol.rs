@@ -390,3 +390,41 @@ fn shared_subscription_spreads_messages_over_its_members() {
         assert_eq!(m.recv(), Some(Packet::PingResp));
     }
 }
+
+#[test]
+fn a_shared_member_that_leaves_hands_its_unacknowledged_messages_to_another() {
+    let broker = Skein::start(&[]);
+    let mut members = Vec::new();
+    for name in ["keeps", "leaves"] {
+        let (mut m, _) = Raw::connect(broker.mqtt, connect_packet(ProtocolVersion::V311, name, true));
+        m.send(&sub_packet(1, &[("$share/g/job/#", QoS::AtLeastOnce)]));
+        assert!(matches!(m.recv(), Some(Packet::SubAck(_))));
+        members.push(m);
+    }
+    let (mut publ, _) = Raw::connect(broker.mqtt, connect_packet(ProtocolVersion::V311, "jobs", true));
+    let payloads: [&'static [u8]; 4] = [b"a", b"b", b"c", b"d"];
+    for (i, p) in payloads.iter().enumerate() {
+        publ.send(&publish("job/x", QoS::AtLeastOnce, i as u16 + 1, p));
+        assert_eq!(publ.recv(), Some(Packet::PubAck(Ack::new(i as u16 + 1))));
+    }
+    // Two each, in turn. "leaves" reads its two, acknowledges neither, and goes away.
+    let mut leaves = members.pop().unwrap();
+    let mut keeps = members.pop().unwrap();
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let p = expect_publish(&mut keeps);
+        keeps.send(&Packet::PubAck(Ack::new(p.packet_id)));
+        got.push(p.payload[0]);
+    }
+    let left: Vec<u8> = (0..2).map(|_| expect_publish(&mut leaves).payload[0]).collect();
+    drop(leaves);
+    // Its two come to the member that stays; the group got every message.
+    for _ in 0..2 {
+        let p = expect_publish(&mut keeps);
+        assert!(left.contains(&p.payload[0]), "{:?} was not one of those left: {left:?}", p.payload);
+        keeps.send(&Packet::PubAck(Ack::new(p.packet_id)));
+        got.push(p.payload[0]);
+    }
+    got.sort();
+    assert_eq!(got, b"abcd");
+}

@@ -130,6 +130,8 @@ pub struct Broker {
     wills: Mutex<HashMap<ByteString, (u64, Message)>>,
     /// The password and ACL files in force; replaced whole on reload.
     auth: RwLock<Arc<Auth>>,
+    /// Messages of shared groups taken from sessions that ended, waiting for `redeliver`.
+    orphans: Mutex<Vec<Outgoing>>,
     /// An ACL is in force: without one, publishes and deliveries skip the lock above (shared by every thread).
     acl_active: std::sync::atomic::AtomicBool,
 }
@@ -182,6 +184,7 @@ impl Broker {
             wills: Mutex::new(HashMap::new()),
             auth: RwLock::new(Arc::new(Auth::default())),
             acl_active: std::sync::atomic::AtomicBool::new(false),
+            orphans: Mutex::new(Vec::new()),
         });
         broker.restore()?;
         Ok(broker)
@@ -213,6 +216,7 @@ impl Broker {
                         retain: m.retain,
                         subscription_ids: m.subscription_ids,
                         stored: Some(m.key),
+                        group: None,
                     };
                     state.restore(out, m.sent);
                 }
@@ -455,6 +459,7 @@ impl Broker {
                         retain: m.retain,
                         subscription_ids: m.subscription_ids,
                         stored: None,
+                        group: None,
                     };
                     if persistent
                         && let Some(store) = &self.store
@@ -470,6 +475,8 @@ impl Broker {
             state.connected(connection_id, waker.clone(), version, limits);
             (existed, removed)
         };
+        // A session this connection replaced may have left shared-group messages behind.
+        self.redeliver();
         // A will held back for this client: a resumed session cancels it, an ended one sends it [MQTT-3.1.3-9].
         self.settle_will(&client_id, !session_present).await;
         if let Some(store) = &self.store {
@@ -545,6 +552,7 @@ impl Broker {
                 let _ = store.remove_queued(&session.client_id, key);
             }
         }
+        self.redeliver();
     }
 
     pub fn cluster(&self) -> &Arc<dyn Cluster> {
@@ -561,7 +569,33 @@ impl Broker {
                 }
             }
         }
+        // What a shared group gave this session and it did not acknowledge goes to another member, once the
+        // locks are let go (see `redeliver`).
+        let orphans = state.take_group_messages();
+        if !orphans.is_empty() {
+            lock(&self.orphans).extend(orphans);
+        }
         state.clear()
+    }
+
+    /// Hands messages of shared groups whose member session ended to another member of each group (MQTT 5.0
+    /// section 4.8.2 lets the server do so); with no member left here the message is dropped, counted and logged.
+    fn redeliver(&self) {
+        let orphans = std::mem::take(&mut *lock(&self.orphans));
+        for mut out in orphans {
+            let Some(key) = out.group.clone() else { continue };
+            let member = read(&self.router).next_member(&key);
+            let Some(member) = member else {
+                Stats::add(&self.stats.publish_dropped, 1);
+                tracing::warn!(group = %key, topic = %out.message.topic, "shared group has no member left; message dropped");
+                continue;
+            };
+            out.qos = delivered_qos(out.message.qos, member.options.qos);
+            out.subscription_ids = member.id.into_iter().collect();
+            out.stored = None;
+            tracing::debug!(group = %key, client_id = %member.session.client_id, "message handed to another member");
+            let _ = self.enqueue(&member.session, out);
+        }
     }
 
     /// Connection `connection_id` has ended. A non-persistent session ends with it [MQTT-3.1.2-6]; a persistent
@@ -686,12 +720,13 @@ impl Broker {
             let mut qos = None::<QoS>;
             let mut retain = false;
             let mut ids = Vec::new();
+            let mut group = None;
             while i < targets.len() && Arc::ptr_eq(&targets[i].subscriber.session, &session) {
                 let Target { subscriber, shared } = &targets[i];
                 i += 1;
                 // [MQTT-3.8.3-3]: No Local keeps a client's own messages from it (not for shared subscriptions).
                 if subscriber.options.no_local
-                    && !shared
+                    && shared.is_none()
                     && message.publisher.as_ref().is_some_and(|p| *p == session.client_id)
                 {
                     continue;
@@ -701,6 +736,9 @@ impl Broker {
                 // [MQTT-3.3.1-12] / [MQTT-3.3.1-13]: the live RETAIN flag is 0 unless Retain As Published.
                 retain |= subscriber.options.retain_as_published && message.retain;
                 ids.extend(subscriber.id);
+                if shared.is_some() {
+                    group.clone_from(shared);
+                }
             }
             let Some(qos) = qos else { continue };
             // The ACL decides at each delivery, so a reloaded file applies to subscriptions made before it.
@@ -710,7 +748,7 @@ impl Broker {
                 Stats::add(&self.stats.acl_denied, 1);
                 continue;
             }
-            let out = Outgoing { message: message.clone(), qos, retain, subscription_ids: ids, stored: None };
+            let out = Outgoing { message: message.clone(), qos, retain, subscription_ids: ids, stored: None, group };
             let (queued, durable) = self.enqueue(&session, out);
             routed.delivered += usize::from(queued);
             routed.durable |= durable;
@@ -821,6 +859,7 @@ impl Broker {
                         retain: true,
                         subscription_ids: id.into_iter().collect(),
                         stored: None,
+                        group: None,
                     });
                 }
             }

@@ -36,8 +36,8 @@ struct Group {
 #[derive(Debug, Clone)]
 pub struct Target {
     pub subscriber: Subscriber,
-    /// Matched through a shared subscription (no retained-on-subscribe, no No Local).
-    pub shared: bool,
+    /// The `$share/{group}/{filter}` it matched through, if shared (no retained-on-subscribe, no No Local).
+    pub shared: Option<ByteString>,
 }
 
 #[derive(Debug, Default)]
@@ -123,7 +123,7 @@ impl Router {
     /// `groups` lets this node serve.
     pub fn route(&self, topic: &str, groups: &Groups<'_>, out: &mut Vec<Target>) {
         self.trie.for_each_match(topic, |route| match route {
-            Route::Direct(s) => out.push(Target { subscriber: s.clone(), shared: false }),
+            Route::Direct(s) => out.push(Target { subscriber: s.clone(), shared: None }),
             Route::Shared(key) => {
                 if groups.serves(key)
                     && let Some(group) = self.groups.get(key)
@@ -131,11 +131,18 @@ impl Router {
                 {
                     let n = group.next.fetch_add(1, Ordering::Relaxed) % group.members.len();
                     if let Some(m) = group.members.get(n) {
-                        out.push(Target { subscriber: m.clone(), shared: true });
+                        out.push(Target { subscriber: m.clone(), shared: Some(key.clone()) });
                     }
                 }
             }
         });
+    }
+
+    /// The next member of shared group `key` (`$share/{group}/{filter}`), in the group's turn.
+    pub fn next_member(&self, key: &str) -> Option<Subscriber> {
+        let group = self.groups.get(key).filter(|g| !g.members.is_empty())?;
+        let n = group.next.fetch_add(1, Ordering::Relaxed) % group.members.len();
+        group.members.get(n).cloned()
     }
 
     /// Subscriptions held, over all sessions.

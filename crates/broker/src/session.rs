@@ -31,6 +31,9 @@ pub struct Outgoing {
     pub subscription_ids: Vec<u32>,
     /// Key of its durable copy, for persistent sessions at QoS > 0.
     pub stored: Option<u64>,
+    /// The shared group (`$share/{group}/{filter}`) it was given to this session for: if the session ends before
+    /// acknowledging it, another member gets it.
+    pub group: Option<ByteString>,
 }
 
 impl Subscription {
@@ -206,6 +209,19 @@ impl Session {
             expiry: u32::MAX,
             username: None,
         }
+    }
+
+    /// Takes out the QoS 1/2 messages a shared group gave this session that it has not acknowledged (queued, or
+    /// in flight short of PUBCOMP's last step), for another member of the group.
+    pub fn take_group_messages(&mut self) -> Vec<Outgoing> {
+        let inflight = self
+            .inflight
+            .iter()
+            .filter(|i| i.state != InflightState::AwaitingPubComp)
+            .map(|i| i.out.clone())
+            .filter(|o| o.group.is_some() && o.qos != QoS::AtMostOnce);
+        let queued = self.queue.iter().filter(|o| o.group.is_some() && o.qos != QoS::AtMostOnce).cloned();
+        inflight.chain(queued).collect()
     }
 
     /// Forgets everything but the client id (Clean Session 1 / Clean Start 1). Returns the stored keys to delete.
@@ -499,7 +515,7 @@ mod tests {
 
     fn out(topic: &str, qos: QoS) -> Outgoing {
         let message = Arc::new(Message::system(topic.to_string(), "x", false));
-        Outgoing { message, qos, retain: false, subscription_ids: vec![], stored: None }
+        Outgoing { message, qos, retain: false, subscription_ids: vec![], stored: None, group: None }
     }
 
     fn packets(buf: &mut BytesMut) -> Vec<Packet> {

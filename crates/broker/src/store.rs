@@ -277,8 +277,14 @@ mod tests {
             };
             store.put_session(&session).unwrap();
             let message = Arc::new(Message::system("a/b", "hello", false));
-            let out =
-                Outgoing { message, qos: QoS::AtLeastOnce, retain: false, subscription_ids: vec![7], stored: None };
+            let out = Outgoing {
+                message,
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                subscription_ids: vec![7],
+                stored: None,
+                group: None,
+            };
             store.put_queued("c1", 5, &out, None).unwrap();
             store.put_queued("c1", 6, &out, None).unwrap();
             store.mark_sent("c1", 6, 9, InflightState::AwaitingPubAck).unwrap();
