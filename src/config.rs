@@ -67,6 +67,14 @@ pub struct Config {
     pub max_topic_alias: u16,
     /// Seconds a new connection has to complete its TLS handshake and send CONNECT.
     pub connect_timeout: f64,
+    /// Levels a topic name or filter may have; 0: no limit.
+    pub max_topic_levels: usize,
+    /// Subscriptions one client may hold; 0: no limit.
+    pub max_subscriptions: usize,
+    /// New connections accepted per second over all listeners; 0: no limit.
+    pub max_connection_rate: f64,
+    /// PUBLISH packets read per second from one client; 0: no limit.
+    pub max_publish_rate: f64,
     /// This node's id in a cluster; defaults to the ordinal of a StatefulSet host name (`skein-2` → 2), else 1.
     pub node_id: Option<u64>,
     /// Listen address of the node-to-node gRPC service; clustering is off without it.
@@ -119,6 +127,10 @@ impl Default for Config {
             retain_available: broker.retain_available,
             max_topic_alias: broker.max_topic_alias,
             connect_timeout: broker.connect_timeout.as_secs_f64(),
+            max_topic_levels: broker.max_topic_levels,
+            max_subscriptions: broker.max_subscriptions,
+            max_connection_rate: broker.max_connection_rate,
+            max_publish_rate: broker.max_publish_rate,
             node_id: None,
             cluster: None,
             cluster_advertise: None,
@@ -221,6 +233,18 @@ pub struct ServeArgs {
     /// Seconds a new connection has to complete its TLS handshake and send CONNECT [default: 10].
     #[arg(long, env = "SKEIN_CONNECT_TIMEOUT", value_name = "SECONDS")]
     pub connect_timeout: Option<f64>,
+    /// Levels a topic name or filter may have; 0: no limit [default: 128].
+    #[arg(long, env = "SKEIN_MAX_TOPIC_LEVELS", value_name = "N")]
+    pub max_topic_levels: Option<usize>,
+    /// Subscriptions one client may hold; 0: no limit [default: 0].
+    #[arg(long, env = "SKEIN_MAX_SUBSCRIPTIONS", value_name = "N")]
+    pub max_subscriptions: Option<usize>,
+    /// New connections accepted per second over all listeners; 0: no limit [default: 0].
+    #[arg(long, env = "SKEIN_MAX_CONNECTION_RATE", value_name = "PER_SECOND")]
+    pub max_connection_rate: Option<f64>,
+    /// PUBLISH packets read per second from one client; 0: no limit [default: 0].
+    #[arg(long, env = "SKEIN_MAX_PUBLISH_RATE", value_name = "PER_SECOND")]
+    pub max_publish_rate: Option<f64>,
     /// Node id in a cluster [default: the StatefulSet ordinal of the host name, else 1].
     #[arg(long, env = "SKEIN_NODE_ID", value_name = "N")]
     pub node_id: Option<u64>,
@@ -302,7 +326,11 @@ impl ServeArgs {
             queue_qos0_messages,
             retain_available,
             max_topic_alias,
-            connect_timeout
+            connect_timeout,
+            max_topic_levels,
+            max_subscriptions,
+            max_connection_rate,
+            max_publish_rate
         );
         if self.http.is_some() {
             c.http = self.http;
@@ -433,6 +461,12 @@ impl Config {
         if !(self.connect_timeout.is_finite() && self.connect_timeout > 0.0 && self.connect_timeout < 1e6) {
             return Err(format!("connect_timeout = {}: use a number of seconds above 0", self.connect_timeout));
         }
+        for (key, v) in [("max_connection_rate", self.max_connection_rate), ("max_publish_rate", self.max_publish_rate)]
+        {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(format!("{key} = {v}: use a rate per second, or 0 for no limit"));
+            }
+        }
         if self.raft_snapshot_logs == 0 {
             return Err("raft_snapshot_logs = 0: use a number of log entries above 0 (default 5000)".into());
         }
@@ -462,6 +496,10 @@ impl Config {
             retain_available: self.retain_available,
             max_topic_alias: self.max_topic_alias,
             connect_timeout: Duration::from_secs_f64(self.connect_timeout),
+            max_topic_levels: self.max_topic_levels,
+            max_subscriptions: self.max_subscriptions,
+            max_connection_rate: self.max_connection_rate,
+            max_publish_rate: self.max_publish_rate,
         }
     }
 }

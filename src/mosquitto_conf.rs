@@ -94,6 +94,11 @@ impl Parser {
             "sys_interval" => c.sys_interval = parse(key, value)?,
             "retain_available" => c.retain_available = parse(key, value)?,
             "max_topic_alias" => c.max_topic_alias = parse(key, value)?,
+            "connect_timeout" => c.connect_timeout = parse(key, value)?,
+            "max_topic_levels" => c.max_topic_levels = parse(key, value)?,
+            "max_subscriptions" => c.max_subscriptions = parse(key, value)?,
+            "max_connection_rate" => c.max_connection_rate = parse(key, value)?,
+            "max_publish_rate" => c.max_publish_rate = parse(key, value)?,
             "include_dir" => {
                 // Mosquitto reads the directory's *.conf files in alphabetical order.
                 let mut files: Vec<PathBuf> = std::fs::read_dir(value)

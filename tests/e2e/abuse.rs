@@ -89,3 +89,80 @@ fn many_huge_length_claims_keep_memory_bounded() {
     assert!(grown < 64 * 1024, "RSS grew by {grown} KiB for 200 claims of 256 MiB");
     drop(held);
 }
+
+fn v5(broker: &Skein, id: &str) -> Raw {
+    Raw::connect(broker.mqtt, connect_packet(ProtocolVersion::V5, id, true)).0
+}
+
+fn subscribe(raw: &mut Raw, filter: &str) -> ReasonCode {
+    raw.send(&Packet::Subscribe(Subscribe {
+        packet_id: 1,
+        properties: Properties::default(),
+        filters: vec![(filter.into(), SubscriptionOptions { qos: QoS::AtLeastOnce, ..Default::default() })],
+    }));
+    match raw.recv() {
+        Some(Packet::SubAck(a)) => a.reason_codes[0],
+        other => panic!("expected SUBACK, got {other:?}"),
+    }
+}
+
+fn publish(raw: &mut Raw, topic: &str, qos: QoS, id: u16) {
+    raw.send(&Packet::Publish(Publish {
+        dup: false,
+        qos,
+        retain: false,
+        topic: topic.into(),
+        packet_id: id,
+        properties: Properties::default(),
+        payload: Bytes::from_static(b"m"),
+    }));
+}
+
+#[test]
+fn topic_levels_and_subscriptions_per_client_are_bounded() {
+    let broker = Skein::start(&["--max-topic-levels", "3", "--max-subscriptions", "2"]);
+    let mut c = v5(&broker, "bounded");
+    publish(&mut c, "a/b/c/d", QoS::AtLeastOnce, 1);
+    assert_eq!(c.recv(), Some(Packet::PubAck(Ack { reason_code: ReasonCode::TopicNameInvalid, ..Ack::new(1) })));
+    assert_eq!(subscribe(&mut c, "a/b/c/#"), ReasonCode::TopicFilterInvalid);
+    assert_eq!(subscribe(&mut c, "a/b/#"), ReasonCode::GrantedQoS1);
+    assert_eq!(subscribe(&mut c, "x/+"), ReasonCode::GrantedQoS1);
+    assert_eq!(subscribe(&mut c, "y"), ReasonCode::QuotaExceeded, "a third subscription");
+    assert_eq!(subscribe(&mut c, "x/+"), ReasonCode::GrantedQoS1, "renewing one is not a new one");
+}
+
+#[test]
+fn a_client_over_its_publish_rate_is_read_later_and_loses_nothing() {
+    let broker = Skein::start(&["--max-publish-rate", "20"]);
+    let mut sub = v5(&broker, "counter");
+    assert_eq!(subscribe(&mut sub, "flood"), ReasonCode::GrantedQoS1);
+    let mut flood = v5(&broker, "flood");
+    let started = std::time::Instant::now();
+    for i in 1..=60 {
+        publish(&mut flood, "flood", QoS::AtLeastOnce, i);
+    }
+    for _ in 0..60 {
+        match flood.recv() {
+            Some(Packet::PubAck(_)) => {}
+            other => panic!("expected PUBACK, got {other:?}"),
+        }
+    }
+    // 20 a second, one second's worth at once: the last 40 take about two seconds.
+    assert!(started.elapsed() >= Duration::from_secs(1), "held back: {:?}", started.elapsed());
+    for _ in 0..60 {
+        match sub.recv() {
+            Some(Packet::Publish(p)) => sub.send(&Packet::PubAck(Ack::new(p.packet_id))),
+            other => panic!("expected PUBLISH, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn new_connections_over_the_rate_wait_their_turn() {
+    let broker = Skein::start(&["--max-connection-rate", "5"]);
+    let started = std::time::Instant::now();
+    let clients: Vec<Raw> = (0..15).map(|i| v5(&broker, &format!("c{i}"))).collect();
+    // Five at once, then five a second: all fifteen are served, the last after about two seconds.
+    assert!(started.elapsed() >= Duration::from_secs(1), "{:?}", started.elapsed());
+    assert_eq!(clients.len(), 15);
+}

@@ -132,6 +132,8 @@ pub struct Broker {
     auth: RwLock<Arc<Auth>>,
     /// Messages of shared groups taken from sessions that ended, waiting for `redeliver`.
     orphans: Mutex<Vec<Outgoing>>,
+    /// `max_connection_rate`, over all listeners.
+    connection_rate: Option<Mutex<crate::stats::Bucket>>,
     /// An ACL is in force: without one, publishes and deliveries skip the lock above (shared by every thread).
     acl_active: std::sync::atomic::AtomicBool,
 }
@@ -167,6 +169,8 @@ impl Broker {
         cluster: Arc<dyn Cluster>,
     ) -> Result<Arc<Broker>, StoreError> {
         let store = data_dir.map(Store::open).transpose()?;
+        let connection_rate = (config.max_connection_rate > 0.0)
+            .then(|| Mutex::new(crate::stats::Bucket::new(config.max_connection_rate)));
         let broker = Arc::new(Broker {
             config,
             sessions: Mutex::new(HashMap::new()),
@@ -185,6 +189,7 @@ impl Broker {
             auth: RwLock::new(Arc::new(Auth::default())),
             acl_active: std::sync::atomic::AtomicBool::new(false),
             orphans: Mutex::new(Vec::new()),
+            connection_rate,
         });
         broker.restore()?;
         Ok(broker)
@@ -376,6 +381,18 @@ impl Broker {
 
     pub fn is_shutting_down(&self) -> bool {
         *self.shutdown.borrow()
+    }
+
+    /// Waits, when new connections come faster than `max_connection_rate`, until the next may be served.
+    pub async fn admit(&self) {
+        let Some(bucket) = &self.connection_rate else { return };
+        loop {
+            let taken = lock(bucket).take();
+            match taken {
+                Ok(()) => return,
+                Err(wait) => tokio::time::sleep(wait).await,
+            }
+        }
     }
 
     /// Registers an open connection; it counts until the guard drops.
@@ -829,6 +846,21 @@ impl Broker {
                     continue;
                 }
             };
+            let levels = self.config.max_topic_levels;
+            if levels != 0 && parsed.topic_filter().split('/').count() > levels {
+                tracing::debug!(client_id = %session.client_id, %filter, "subscription refused: too many levels");
+                codes.push(ReasonCode::TopicFilterInvalid);
+                continue;
+            }
+            let max = self.config.max_subscriptions;
+            if max != 0 && {
+                let state = lock(&session.state);
+                state.subscriptions.len() >= max && !state.subscriptions.contains_key(filter)
+            } {
+                tracing::debug!(client_id = %session.client_id, %filter, "subscription refused: max_subscriptions");
+                codes.push(ReasonCode::QuotaExceeded);
+                continue;
+            }
             if auth.has_acl() && !self.may(&auth, session, parsed.topic_filter(), skein_auth::Access::Subscribe) {
                 tracing::debug!(client_id = %session.client_id, %filter, "subscription refused by the ACL");
                 Stats::add(&self.stats.acl_denied, 1);

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct BrokerConfig {
     /// Accept clients without a user name (Mosquitto `allow_anonymous`).
     pub allow_anonymous: bool,
@@ -35,6 +35,15 @@ pub struct BrokerConfig {
     /// Topic aliases an MQTT 5.0 client may set on its publishes (Topic Alias Maximum in CONNACK; Mosquitto
     /// `max_topic_alias`); 0 turns them off.
     pub max_topic_alias: u16,
+    /// Levels a topic name or filter may have; 0 means no limit (EMQX `max_topic_levels`).
+    pub max_topic_levels: usize,
+    /// Subscriptions one client may hold; 0 means no limit (EMQX `max_subscriptions`).
+    pub max_subscriptions: usize,
+    /// New connections accepted per second, over all listeners; 0 means no limit. Beyond it the node accepts
+    /// later (the kernel's backlog holds the rest).
+    pub max_connection_rate: f64,
+    /// PUBLISH packets read per second from one client; 0 means no limit. Beyond it the client is read later.
+    pub max_publish_rate: f64,
 }
 
 impl Default for BrokerConfig {
@@ -52,6 +61,10 @@ impl Default for BrokerConfig {
             queue_qos0_messages: false,
             retain_available: true,
             max_topic_alias: 10,
+            max_topic_levels: 128,
+            max_subscriptions: 0,
+            max_connection_rate: 0.0,
+            max_publish_rate: 0.0,
         }
     }
 }

@@ -267,6 +267,9 @@ where
         client_id: accepted.client_id.clone(),
         username: connect.username.as_deref().map(ByteString::from),
         aliases: Vec::new(),
+        publish_rate: (broker.config.max_publish_rate > 0.0)
+            .then(|| Box::new(crate::stats::Bucket::new(broker.config.max_publish_rate))),
+        throttled: None,
     };
     drop(connect);
     let close = conn.run(&mut reader, &mut rbuf, max_packet, keep_alive, &mut kicked, &shared).await;
@@ -454,6 +457,9 @@ struct Conn<'a> {
     username: Option<ByteString>,
     /// The client's topic aliases (MQTT 5.0 section 3.3.2.3.4), index alias - 1; grown when first set.
     aliases: Vec<Option<ByteString>>,
+    /// `max_publish_rate`, and, when it stopped the handling of a read, how long until the next PUBLISH may go.
+    publish_rate: Option<Box<crate::stats::Bucket>>,
+    throttled: Option<Duration>,
 }
 
 /// What handling one read's packets produced, applied together after one flush.
@@ -487,6 +493,16 @@ impl Conn<'_> {
                 self.commit(batch, shared).await;
                 if let Some(close) = outcome {
                     return close;
+                }
+                // Over its publish rate: the rest of this read waits, and nothing more is read meanwhile (TCP holds
+                // what the client sends on).
+                if let Some(wait) = self.throttled.take() {
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = &mut *kicked => return Close::TakenOver,
+                        _ = shutdown.wait_for(|s| *s) => return Close::Shutdown,
+                    }
+                    continue;
                 }
             }
             // Backpressure: a client that does not read its acknowledgements stops being read.
@@ -564,6 +580,14 @@ impl Conn<'_> {
 
     fn handle_all(&mut self, buf: &mut BytesMut, max_packet: usize, batch: &mut Batch) -> Option<Close> {
         loop {
+            // A PUBLISH next, and none left in the client's rate: stop here until there is (see `run`).
+            if let Some(bucket) = self.publish_rate.as_mut()
+                && buf.first().is_some_and(|b| b >> 4 == 3)
+                && let Err(wait) = bucket.take()
+            {
+                self.throttled = Some(wait);
+                return None;
+            }
             match decode(buf, self.version, max_packet) {
                 Ok(Some(packet)) => {
                     Stats::add(&self.broker.stats.messages_received, 1);
@@ -702,6 +726,9 @@ impl Conn<'_> {
         } else if v5 && p.properties.payload_format_indicator == Some(1) && std::str::from_utf8(&p.payload).is_err() {
             // MQTT 5.0 section 3.3.2.3.2: a payload that says it is UTF-8 and is not.
             refusal = Some(ReasonCode::PayloadFormatInvalid);
+        } else if broker.config.max_topic_levels != 0 && p.topic.split('/').count() > broker.config.max_topic_levels {
+            tracing::debug!(client_id = %self.client_id, "publish refused: too many topic levels");
+            refusal = Some(ReasonCode::TopicNameInvalid);
         } else if broker
             .acl()
             .is_some_and(|a| !a.allows(self.username.as_deref(), &self.client_id, &p.topic, Access::Write))

@@ -18,6 +18,7 @@ pub async fn serve_tcp(broker: Arc<Broker>, listener: TcpListener) {
         };
         match accepted {
             Ok((stream, peer)) => {
+                broker.admit().await;
                 // Latency over packet count: MQTT packets are small and each one is awaited by someone.
                 let _ = stream.set_nodelay(true);
                 let (r, w) = stream.into_split();
@@ -44,6 +45,7 @@ pub async fn serve_tls(broker: Arc<Broker>, listener: TcpListener, tls: Arc<Relo
         };
         match accepted {
             Ok((stream, peer)) => {
+                broker.admit().await;
                 let _ = stream.set_nodelay(true);
                 let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
                 let broker = broker.clone();
@@ -94,6 +96,7 @@ pub async fn serve_ws(broker: Arc<Broker>, listener: TcpListener, tls: Option<Ar
         };
         match accepted {
             Ok((stream, peer)) => {
+                broker.admit().await;
                 let _ = stream.set_nodelay(true);
                 let broker = broker.clone();
                 let acceptor = tls.as_ref().map(|t| tokio_rustls::TlsAcceptor::from(t.current()));

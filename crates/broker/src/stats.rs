@@ -51,3 +51,43 @@ impl Stats {
         self.clients_connected.fetch_sub(1, Ordering::AcqRel);
     }
 }
+
+/// A token bucket: `rate` tokens a second, at most one second's worth saved up.
+#[derive(Debug)]
+pub struct Bucket {
+    rate: f64,
+    tokens: f64,
+    last: std::time::Instant,
+}
+
+impl Bucket {
+    pub fn new(rate: f64) -> Bucket {
+        Bucket { rate, tokens: rate, last: std::time::Instant::now() }
+    }
+
+    /// Takes a token, or says how long until there is one.
+    pub fn take(&mut self) -> Result<(), std::time::Duration> {
+        let now = std::time::Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.rate.max(1.0));
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(std::time::Duration::from_secs_f64((1.0 - self.tokens) / self.rate))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bucket_allows_its_rate_then_asks_to_wait() {
+        let mut b = Bucket::new(10.0);
+        assert!((0..10).all(|_| b.take().is_ok()), "a second's worth at once");
+        let wait = b.take().expect_err("the eleventh waits");
+        assert!(wait > std::time::Duration::from_millis(50) && wait <= std::time::Duration::from_millis(110));
+    }
+}
