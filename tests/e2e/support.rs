@@ -291,9 +291,14 @@ pub fn mosquitto_sub(broker: &Skein, args: &[&str]) -> (Proc, Arc<Log2>) {
 /// Starts `mosquitto_sub` with `-d` without waiting for anything (a resumed session may get its queued messages,
 /// and exit, before its SUBACK).
 pub fn mosquitto_sub_started(broker: &Skein, args: &[&str]) -> (Proc, Arc<Log2>) {
+    mosquitto_sub_on(&broker.port().to_string(), args)
+}
+
+/// `mosquitto_sub -d` against any port of 127.0.0.1 (a TLS one, say), started, not waited for.
+pub fn mosquitto_sub_on(port: &str, args: &[&str]) -> (Proc, Arc<Log2>) {
     // Piped stdout is block-buffered by stdio; line buffering lets us see each line as it is printed.
     let mut cmd = Command::new("stdbuf");
-    cmd.args(["-oL", "mosquitto_sub", "-h", "127.0.0.1", "-p", &broker.port().to_string(), "-d"])
+    cmd.args(["-oL", "mosquitto_sub", "-h", "127.0.0.1", "-p", port, "-d"])
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null());

@@ -26,21 +26,7 @@ fn tls_pub(port: &str, args: &[&str]) -> (bool, String) {
 
 /// mosquitto_sub over TLS, started and subscribed (its `-d` output shows the SUBACK).
 fn tls_sub(port: &str, args: &[&str]) -> (Proc, std::sync::Arc<Log2>) {
-    let mut cmd = Command::new("stdbuf");
-    cmd.args(["-oL", "mosquitto_sub", "-h", "127.0.0.1", "-p", port, "-d"])
-        .args(args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null());
-    let mut p = Proc::spawn(&mut cmd);
-    let stdout = p.0.as_mut().unwrap().stdout.take().unwrap();
-    let log = std::sync::Arc::new(Log2::default());
-    let sink = log.clone();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
-            sink.push(line);
-        }
-    });
+    let (p, log) = mosquitto_sub_on(port, args);
     log.wait_for(|l| l.contains("received SUBACK"));
     (p, log)
 }
