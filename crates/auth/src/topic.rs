@@ -28,22 +28,8 @@ fn dollar_mismatch(a: &str, b: &str) -> bool {
     (a.starts_with(['+', '#']) && b.starts_with('$')) || (b.starts_with(['+', '#']) && a.starts_with('$'))
 }
 
-/// Whether the topic name `topic` matches the filter `filter`.
-pub(crate) fn matches(filter: &str, topic: &str) -> bool {
-    if topic.starts_with('$') && filter.starts_with(['+', '#']) {
-        return false;
-    }
-    let (mut f, mut t) = (filter.split('/'), topic.split('/'));
-    loop {
-        match (f.next(), t.next()) {
-            (Some("#"), _) => return true,
-            (Some("+"), Some(_)) => {}
-            (Some(a), Some(b)) if a == b => {}
-            (None, None) => return true,
-            _ => return false,
-        }
-    }
-}
+/// Whether the topic name `topic` matches the filter `filter`: the codec's rule, the one the broker routes by.
+pub(crate) use skein_codec::topic::matches;
 
 /// Whether some topic name matches both filters.
 pub(crate) fn overlaps(a: &str, b: &str) -> bool {
