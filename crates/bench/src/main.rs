@@ -115,6 +115,10 @@ struct ConnArgs {
     /// Spread connections over this many source addresses 127.0.0.1, 127.0.0.2, ... (about 28k ports each).
     #[arg(long, default_value_t = 1)]
     sources: u8,
+    /// Each connection then subscribes to this many filters of its own, one SUBSCRIBE at a time (in a cluster,
+    /// each is a new route).
+    #[arg(long, default_value_t = 0)]
+    subscribe: usize,
 }
 
 /// The figures of one run.
@@ -136,6 +140,8 @@ struct Report {
     broker_peak_rss_bytes: Option<u64>,
     connections: Option<usize>,
     connects_per_s: Option<f64>,
+    /// With `conn --subscribe`: SUBACKs received per second over the run.
+    subscribes_per_s: Option<f64>,
     rss_per_connection_bytes: Option<f64>,
     errors: u64,
 }
@@ -613,6 +619,7 @@ async fn conn(target: &Target, args: &ConnArgs, pids: &[u32], live: &Arc<Live>) 
     let start = Instant::now();
     let progress = tokio::spawn(progress(live.clone(), pids.to_vec(), start));
     let mut tasks = Vec::with_capacity(args.connections);
+    let subscribe = args.subscribe;
     for i in 0..args.connections {
         if args.rate > 0 {
             let due = start + Duration::from_secs_f64(i as f64 / args.rate as f64);
@@ -625,7 +632,11 @@ async fn conn(target: &Target, args: &ConnArgs, pids: &[u32], live: &Arc<Live>) 
                 let socket = tokio::net::TcpSocket::new_v4()?;
                 socket.bind(SocketAddr::new(IpAddr::V4(source), 0))?;
                 let stream = socket.connect(target.addr).await?;
-                Client::connect(&target, &format!("bench-conn-{i}"), Some(stream)).await
+                let mut c = Client::connect(&target, &format!("bench-conn-{i}"), Some(stream)).await?;
+                for k in 0..subscribe {
+                    c.subscribe(&format!("bench/conn/{i}/{k}"), QoS::AtMostOnce).await?;
+                }
+                Ok::<_, std::io::Error>(c)
             };
             match tokio::time::timeout(Duration::from_secs(30), opened).await {
                 Ok(Ok(c)) => {
@@ -660,6 +671,7 @@ async fn conn(target: &Target, args: &ConnArgs, pids: &[u32], live: &Arc<Live>) 
         seconds: up,
         connections: Some(connected),
         connects_per_s: Some(connected as f64 / up),
+        subscribes_per_s: (args.subscribe > 0).then(|| (connected * args.subscribe) as f64 / up),
         rss_per_connection_bytes: match (rss0, rss1) {
             (Some(a), Some(b)) if connected > 0 => Some(b.saturating_sub(a) as f64 / connected as f64),
             _ => None,
@@ -678,6 +690,9 @@ fn print_table(r: &Report) {
     if r.scenario == "conn" {
         println!("{:<28} {}", "connections", r.connections.unwrap_or(0));
         println!("{:<28} {}", "connects/s", opt(r.connects_per_s, ""));
+        if r.subscribes_per_s.is_some() {
+            println!("{:<28} {}", "subscribes/s", opt(r.subscribes_per_s, ""));
+        }
         println!("{:<28} {}", "broker RSS per connection", opt(r.rss_per_connection_bytes, " B"));
     } else {
         println!("{:<28} {:.2}", "seconds", r.seconds);
