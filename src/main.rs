@@ -174,7 +174,7 @@ async fn serve(config: Config) -> Result<(), String> {
         );
     }
     for addr in &config.listeners() {
-        let l = TcpListener::bind(addr).await.map_err(|e| format!("cannot listen for MQTT on {addr}: {e}"))?;
+        let l = listen(*addr).map_err(|e| format!("cannot listen for MQTT on {addr}: {e}"))?;
         listeners_bound.push(l);
     }
     let mqtt_local =
@@ -219,14 +219,12 @@ async fn serve(config: Config) -> Result<(), String> {
     };
     let mut tls_bound = Vec::new();
     for addr in &config.mqtts {
-        let l = TcpListener::bind(addr).await.map_err(|e| format!("cannot listen for MQTT over TLS on {addr}: {e}"))?;
+        let l = listen(*addr).map_err(|e| format!("cannot listen for MQTT over TLS on {addr}: {e}"))?;
         tls_bound.push(l);
     }
     let mut ws_bound = Vec::new();
     for (addr, secure) in config.ws.iter().map(|a| (a, false)).chain(config.wss.iter().map(|a| (a, true))) {
-        let l = TcpListener::bind(addr)
-            .await
-            .map_err(|e| format!("cannot listen for MQTT over WebSocket on {addr}: {e}"))?;
+        let l = listen(*addr).map_err(|e| format!("cannot listen for MQTT over WebSocket on {addr}: {e}"))?;
         ws_bound.push((l, secure));
     }
     let mut listeners = Vec::new();
@@ -375,4 +373,13 @@ fn load_auth(config: &Config) -> Result<skein_broker::auth::Auth, String> {
         passwords: passwords.map_err(|e| e.to_string())?,
         acl: acl.map_err(|e| e.to_string())?,
     })
+}
+
+/// A client listener with a deep accept backlog: the default (128) overflows in a reconnect storm, and a client
+/// whose SYN is dropped waits a second or more to try again.
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }

@@ -9,6 +9,9 @@ use openraft::raft::{
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+
 use tonic::transport::Channel;
 
 use crate::proto::RaftMessage;
@@ -24,8 +27,27 @@ pub fn use_tls(config: tonic::transport::ClientTlsConfig) {
     let _ = TLS.set(config);
 }
 
-/// A client of a peer's gRPC service; connects on first use and reconnects as tonic does.
+/// A client of a peer's gRPC service; connects on first use and reconnects as tonic does. One channel per peer,
+/// shared: every call (a takeover per client connect, proposals) is a stream on the same HTTP/2 connection rather
+/// than a new TCP (and TLS) connection.
 pub fn client(addr: &str) -> Result<ClusterClient<Channel>, tonic::transport::Error> {
+    static CHANNELS: OnceLock<Mutex<HashMap<String, Channel>>> = OnceLock::new();
+    let channels = CHANNELS.get_or_init(Default::default);
+    if let Some(c) = channels.lock().unwrap_or_else(|e| e.into_inner()).get(addr) {
+        return Ok(ClusterClient::new(c.clone()));
+    }
+    let channel = channel(addr)?;
+    channels.lock().unwrap_or_else(|e| e.into_inner()).insert(addr.to_string(), channel.clone());
+    Ok(ClusterClient::new(channel))
+}
+
+/// A client on a connection of its own, for a long-lived stream (Raft replication, publish forwarding) that should
+/// not share its TCP window with the short calls.
+pub fn dedicated_client(addr: &str) -> Result<ClusterClient<Channel>, tonic::transport::Error> {
+    Ok(ClusterClient::new(channel(addr)?))
+}
+
+fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
     let scheme = if TLS.get().is_some() { "https" } else { "http" };
     let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}"))?
         .connect_timeout(std::time::Duration::from_secs(2))
@@ -33,7 +55,7 @@ pub fn client(addr: &str) -> Result<ClusterClient<Channel>, tonic::transport::Er
     if let Some(tls) = TLS.get() {
         endpoint = endpoint.tls_config(tls.clone())?;
     }
-    Ok(ClusterClient::new(endpoint.connect_lazy()))
+    Ok(endpoint.connect_lazy())
 }
 
 pub struct Factory;
@@ -42,7 +64,7 @@ impl RaftNetworkFactory<TypeConfig> for Factory {
     type Network = Network;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Network {
-        Network { target, client: client(&node.addr).ok() }
+        Network { target, client: dedicated_client(&node.addr).ok() }
     }
 }
 

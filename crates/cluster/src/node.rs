@@ -782,7 +782,7 @@ async fn forward_loop(node: Arc<ClusterNode>, target: NodeId, addr: String, mut 
     let mut unacked: Vec<(u64, ForwardBatch, Vec<oneshot::Sender<bool>>, tokio::time::Instant)> = Vec::new();
     let mut backoff = Duration::from_millis(50);
     'connect: loop {
-        let Ok(mut client) = network::client(&addr) else { break };
+        let Ok(mut client) = network::dedicated_client(&addr) else { break };
         let (btx, brx) = mpsc::channel::<ForwardBatch>(64);
         for (_, b, _, _) in &unacked {
             let _ = btx.try_send(b.clone());
