@@ -55,6 +55,35 @@ impl Auth {
     }
 }
 
+/// An MQTT 5.0 enhanced authentication method (section 4.12), such as SCRAM or a token check: the broker carries
+/// its AUTH exchange with the client, at CONNECT and at re-authentication, and asks the method at each step.
+/// Register one with [`crate::Broker::add_auth_method`]; a CONNECT naming a method nobody registered is refused with
+/// 0x8C.
+pub trait AuthMethod: Send + Sync + 'static {
+    /// The Authentication Method name a client asks for.
+    fn name(&self) -> &str;
+    /// A new exchange with client `client_id`.
+    fn start(&self, client_id: &str) -> Box<dyn AuthExchange>;
+}
+
+/// One client's exchange with an [`AuthMethod`].
+pub trait AuthExchange: Send + Sync {
+    /// The client's Authentication Data (from the CONNECT, or its next AUTH packet); what to answer.
+    fn step(&mut self, data: Option<&[u8]>) -> AuthStep;
+}
+
+/// What an exchange step decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthStep {
+    /// Send the client this Authentication Data in an AUTH 0x18 (Continue authentication) and wait for its answer.
+    Continue(Option<Vec<u8>>),
+    /// Authenticated: optional final data for the CONNACK (or AUTH 0x00), and the user name the ACL is to know the
+    /// client by (`None` keeps the CONNECT's).
+    Success { data: Option<Vec<u8>>, username: Option<String> },
+    /// Refused: CONNACK 0x87, or DISCONNECT 0x87 on a re-authentication.
+    Failure,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

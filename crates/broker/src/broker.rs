@@ -134,6 +134,8 @@ pub struct Broker {
     orphans: Mutex<Vec<Outgoing>>,
     /// `max_connection_rate`, over all listeners.
     connection_rate: Option<Mutex<crate::stats::Bucket>>,
+    /// Enhanced authentication methods, by name.
+    auth_methods: RwLock<HashMap<String, Arc<dyn crate::auth::AuthMethod>>>,
     /// An ACL is in force: without one, publishes and deliveries skip the lock above (shared by every thread).
     acl_active: std::sync::atomic::AtomicBool,
 }
@@ -190,6 +192,7 @@ impl Broker {
             acl_active: std::sync::atomic::AtomicBool::new(false),
             orphans: Mutex::new(Vec::new()),
             connection_rate,
+            auth_methods: RwLock::new(HashMap::new()),
         });
         broker.restore()?;
         Ok(broker)
@@ -336,6 +339,16 @@ impl Broker {
         let acl = auth.has_acl();
         *write(&self.auth) = Arc::new(auth);
         self.acl_active.store(acl, Ordering::Release);
+    }
+
+    /// Offers an enhanced authentication method to MQTT 5.0 clients.
+    pub fn add_auth_method(&self, method: Arc<dyn crate::auth::AuthMethod>) {
+        write(&self.auth_methods).insert(method.name().to_string(), method);
+    }
+
+    /// The enhanced authentication method named `name`, if offered.
+    pub fn auth_method(&self, name: &str) -> Option<Arc<dyn crate::auth::AuthMethod>> {
+        read(&self.auth_methods).get(name).cloned()
     }
 
     /// The ACL in force, if there is one (cheap when there is none).

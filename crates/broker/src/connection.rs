@@ -137,7 +137,7 @@ where
             return;
         }
     };
-    let certified = identity.is_some();
+    let mut certified = identity.is_some();
     if let Some(name) = identity {
         connect.username = Some(name.into());
         connect.password = None;
@@ -150,6 +150,32 @@ where
                 .encode(version, &mut buf);
         buf
     };
+    // MQTT 5.0 enhanced authentication (section 4.12): the method's exchange, over AUTH packets, before any CONNACK.
+    let mut auth_method = None;
+    let mut auth_data = None;
+    if let Some(name) = connect.properties.authentication_method.clone()
+        && let Some(method) = broker.auth_method(&name)
+    {
+        match authenticate(&broker, &*method, &name, &connect, &mut reader, &mut writer, &mut rbuf, max_packet).await {
+            Ok((data, username)) => {
+                if let Some(u) = username {
+                    connect.username = Some(u.into());
+                }
+                certified = true;
+                auth_data = data;
+                auth_method = Some((name, method));
+            }
+            Err(code) => {
+                Stats::add(&broker.stats.connections_refused, 1);
+                let failures = broker.stats.auth_failures.fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::info!(%peer, client_id = %connect.client_id, method = %name, failures, "authentication failed");
+                tokio::time::sleep(FAILED_LOGIN_DELAY).await;
+                let _ = writer.write_all(&refuse(code)).await;
+                let _ = writer.flush().await;
+                return;
+            }
+        }
+    }
     let accepted = match accept(&broker, &connect, certified).and_then(|a| {
         if broker.stats.client_connected(broker.config.max_connections) { Ok(a) } else { Err(ReasonCode::ServerBusy) }
     }) {
@@ -214,6 +240,10 @@ where
         if broker.config.max_topic_alias > 0 {
             properties.topic_alias_maximum = Some(broker.config.max_topic_alias);
         }
+        if let Some((name, _)) = &auth_method {
+            properties.authentication_method = Some(name.clone());
+            properties.authentication_data = auth_data.map(Bytes::from);
+        }
         if connect.properties.request_response_information == Some(1) {
             // A topic this client may build response topics on (MQTT 5.0 section 4.10); a naming convention only.
             properties.response_information = Some(format!("response/{}", accepted.client_id).into());
@@ -270,6 +300,8 @@ where
         publish_rate: (broker.config.max_publish_rate > 0.0)
             .then(|| Box::new(crate::stats::Bucket::new(broker.config.max_publish_rate))),
         throttled: None,
+        auth_method,
+        reauth: None,
     };
     drop(connect);
     let close = conn.run(&mut reader, &mut rbuf, max_packet, keep_alive, &mut kicked, &shared).await;
@@ -354,6 +386,73 @@ async fn read_first<R: AsyncRead + Unpin>(
     }
 }
 
+/// Runs an enhanced authentication exchange for a CONNECT: AUTH 0x18 to the client and its AUTH 0x18 answers, until
+/// the method decides. Ok carries the final Authentication Data and the user name the method names.
+#[allow(clippy::too_many_arguments)]
+async fn authenticate<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    broker: &Broker,
+    method: &dyn crate::auth::AuthMethod,
+    name: &ByteString,
+    connect: &Connect,
+    reader: &mut R,
+    writer: &mut W,
+    rbuf: &mut BytesMut,
+    max_packet: usize,
+) -> Result<(Option<Vec<u8>>, Option<String>), ReasonCode> {
+    use crate::auth::AuthStep;
+    let mut exchange = method.start(&connect.client_id);
+    let mut data = connect.properties.authentication_data.clone();
+    loop {
+        match exchange.step(data.as_deref()) {
+            AuthStep::Success { data, username } => return Ok((data, username)),
+            AuthStep::Failure => return Err(ReasonCode::NotAuthorized),
+            AuthStep::Continue(challenge) => {
+                let mut buf = BytesMut::new();
+                let _ = auth_packet(ReasonCode::ContinueAuthentication, name, challenge)
+                    .encode(ProtocolVersion::V5, &mut buf);
+                if writer.write_all(&buf).await.is_err() || writer.flush().await.is_err() {
+                    return Err(ReasonCode::UnspecifiedError);
+                }
+                let next = tokio::time::timeout(broker.config.connect_timeout, async {
+                    loop {
+                        match decode(rbuf, ProtocolVersion::V5, max_packet) {
+                            Ok(Some(p)) => return Ok(p),
+                            Ok(None) => {}
+                            Err(e) => return Err(e.reason_code()),
+                        }
+                        rbuf.reserve(IDLE_KEEP);
+                        match reader.read_buf(rbuf).await {
+                            Ok(0) | Err(_) => return Err(ReasonCode::UnspecifiedError),
+                            Ok(_) => {}
+                        }
+                    }
+                })
+                .await
+                .map_err(|_| ReasonCode::NotAuthorized)??;
+                match next {
+                    // [MQTT-4.12.0-5]: the same method throughout.
+                    Packet::Auth(a)
+                        if a.reason_code == ReasonCode::ContinueAuthentication
+                            && a.properties.authentication_method.as_ref() == Some(name) =>
+                    {
+                        data = a.properties.authentication_data;
+                    }
+                    _ => return Err(ReasonCode::ProtocolError),
+                }
+            }
+        }
+    }
+}
+
+fn auth_packet(reason_code: ReasonCode, method: &ByteString, data: Option<Vec<u8>>) -> Packet {
+    let properties = Properties {
+        authentication_method: Some(method.clone()),
+        authentication_data: data.map(Bytes::from),
+        ..Properties::default()
+    };
+    Packet::Auth(skein_codec::Auth { reason_code, properties })
+}
+
 /// The CONNACK for a CONNECT that failed to decode: 3.x return code 1 for an unsupported protocol level
 /// [MQTT-3.1.2-2]; for 5.0 the error's reason code (section 3.1.4); otherwise nothing, the connection just closes.
 fn connect_refusal(rbuf: &BytesMut, e: &DecodeError) -> Option<BytesMut> {
@@ -398,8 +497,10 @@ fn accept(broker: &Broker, c: &Connect, certified: bool) -> Result<Accepted, Rea
     if broker.is_shutting_down() {
         return Err(ReasonCode::ServerUnavailable);
     }
-    if let Some(method) = &c.properties.authentication_method {
-        // No enhanced authentication method is offered (MQTT 5.0 section 4.12): every one is unknown here.
+    if let Some(method) = &c.properties.authentication_method
+        && broker.auth_method(method).is_none()
+    {
+        // MQTT 5.0 section 4.12: a method the server does not offer.
         tracing::debug!(client_id = %c.client_id, %method, "unsupported authentication method");
         return Err(ReasonCode::BadAuthenticationMethod);
     }
@@ -457,6 +558,9 @@ struct Conn<'a> {
     username: Option<ByteString>,
     /// The client's topic aliases (MQTT 5.0 section 3.3.2.3.4), index alias - 1; grown when first set.
     aliases: Vec<Option<ByteString>>,
+    /// The enhanced authentication method the client connected with, and a re-authentication in progress.
+    auth_method: Option<(ByteString, Arc<dyn crate::auth::AuthMethod>)>,
+    reauth: Option<Box<dyn crate::auth::AuthExchange>>,
     /// `max_publish_rate`, and, when it stopped the handling of a read, how long until the next PUBLISH may go.
     publish_rate: Option<Box<crate::stats::Bucket>>,
     throttled: Option<Duration>,
@@ -666,6 +770,7 @@ impl Conn<'_> {
                 );
             }
             Packet::PingReq => self.ack(batch, Packet::PingResp),
+            Packet::Auth(a) if v5 => return self.reauthenticate(a, batch),
             Packet::Disconnect(d) => {
                 if let Some(expiry) = d.properties.session_expiry_interval {
                     // [MQTT-3.14.2-2]: a session that was to end with the connection cannot be extended here.
@@ -682,6 +787,37 @@ impl Conn<'_> {
             other => {
                 tracing::debug!(client_id = %self.client_id, packet = %other.packet_type(), "protocol violation");
                 return Some(Close::Violation(ReasonCode::ProtocolError));
+            }
+        }
+        None
+    }
+
+    /// Re-authentication (MQTT 5.0 section 4.12.1): AUTH 0x19 starts it, AUTH 0x18 carries it on, with the method
+    /// the connection was authenticated by; success is AUTH 0x00, failure DISCONNECT 0x87.
+    fn reauthenticate(&mut self, a: skein_codec::Auth, batch: &mut Batch) -> Option<Close> {
+        use crate::auth::AuthStep;
+        let Some((name, method)) = self.auth_method.clone() else {
+            // [MQTT-4.12.0-6]: no AUTH from a client that did not connect with a method.
+            return Some(Close::Violation(ReasonCode::ProtocolError));
+        };
+        if a.properties.authentication_method.as_ref() != Some(&name) {
+            return Some(Close::Violation(ReasonCode::ProtocolError));
+        }
+        let exchange = match (a.reason_code, self.reauth.take()) {
+            (ReasonCode::ReAuthenticate, _) => method.start(&self.client_id),
+            (ReasonCode::ContinueAuthentication, Some(e)) => e,
+            _ => return Some(Close::Violation(ReasonCode::ProtocolError)),
+        };
+        let mut exchange = exchange;
+        match exchange.step(a.properties.authentication_data.as_deref()) {
+            AuthStep::Continue(data) => {
+                self.reauth = Some(exchange);
+                self.ack(batch, auth_packet(ReasonCode::ContinueAuthentication, &name, data));
+            }
+            AuthStep::Success { data, .. } => self.ack(batch, auth_packet(ReasonCode::Success, &name, data)),
+            AuthStep::Failure => {
+                tracing::info!(client_id = %self.client_id, method = %name, "re-authentication failed");
+                return Some(Close::Violation(ReasonCode::NotAuthorized));
             }
         }
         None
