@@ -379,3 +379,50 @@ fn peers_with_mutual_tls_form_a_cluster_and_strangers_cannot_join() {
         assert_eq!(n.stop(), Some(0));
     }
 }
+
+#[test]
+fn a_shared_member_that_leaves_hands_its_messages_to_the_group_on_another_node() {
+    use skein_codec::*;
+    let c = Nodes::start(3);
+    // A member on node 1 that will read and never acknowledge; one on node 2 that keeps; a plain subscriber on
+    // node 2 that must not see anything twice.
+    let member = |node: usize, id: &str, filter: &str| {
+        let (mut raw, _) = Raw::connect(c.nodes[node].mqtt, connect_packet(ProtocolVersion::V311, id, true));
+        raw.send(&Packet::Subscribe(Subscribe {
+            packet_id: 1,
+            properties: Properties::default(),
+            filters: vec![(filter.into(), SubscriptionOptions { qos: QoS::AtLeastOnce, ..Default::default() })],
+        }));
+        assert!(matches!(raw.recv(), Some(Packet::SubAck(_))));
+        raw
+    };
+    let mut leaves = member(0, "leaves", "$share/g/job/#");
+    let mut keeps = member(1, "keeps", "$share/g/job/#");
+    let mut plain = member(1, "plain", "job/#");
+    for node in [1, 2] {
+        c.wait_node_routes(2, node, if node == 2 { 2 } else { 1 });
+    }
+    for i in 0..4 {
+        publish_to(&port_of(&c.nodes[2]), &["-t", "job/x", "-q", "1", "-m", &format!("j{i}")]);
+    }
+    let take = |raw: &mut Raw, ack: bool| match raw.recv() {
+        Some(Packet::Publish(p)) => {
+            if ack {
+                raw.send(&Packet::PubAck(Ack::new(p.packet_id)));
+            }
+            String::from_utf8_lossy(&p.payload).into_owned()
+        }
+        other => panic!("expected PUBLISH, got {other:?}"),
+    };
+    // In turn: two to each node's member. The one on node 1 goes away without acknowledging.
+    let left: Vec<String> = (0..2).map(|_| take(&mut leaves, false)).collect();
+    drop(leaves);
+    let mut got: Vec<String> = (0..4).map(|_| take(&mut keeps, true)).collect();
+    got.sort();
+    assert_eq!(got, ["j0", "j1", "j2", "j3"], "its two ({left:?}) came over to node 2");
+    let mut seen: Vec<String> = (0..4).map(|_| take(&mut plain, true)).collect();
+    seen.sort();
+    assert_eq!(seen, ["j0", "j1", "j2", "j3"]);
+    plain.send(&Packet::PingReq);
+    assert_eq!(plain.recv(), Some(Packet::PingResp), "the plain subscriber got each message once");
+}

@@ -616,6 +616,11 @@ impl Broker {
             let Some(key) = out.group.clone() else { continue };
             let member = read(&self.router).next_member(&key);
             let Some(member) = member else {
+                // None left here: a member on another node, if the cluster knows one.
+                if self.cluster.forward_to_group(&out.message, &key) {
+                    tracing::debug!(group = %key, "message handed to the group on another node");
+                    continue;
+                }
                 Stats::add(&self.stats.publish_dropped, 1);
                 tracing::warn!(group = %key, topic = %out.message.topic, "shared group has no member left; message dropped");
                 continue;
@@ -672,10 +677,15 @@ impl Broker {
     }
 
     /// Delivers a message another node forwarded here: to local subscribers only, and to the shared groups the
-    /// publishing node asked this one to serve.
-    pub fn publish_forwarded(&self, message: Message, groups: &[ByteString]) -> Routed {
+    /// publishing node asked this one to serve; with `groups_only`, to those groups alone (a message a departed
+    /// member elsewhere left behind, which the plain subscribers here already had).
+    pub fn publish_forwarded(&self, message: Message, groups: &[ByteString], groups_only: bool) -> Routed {
         let message = Arc::new(message);
         let mut routed = Routed::default();
+        if groups_only {
+            self.route_local(&message, &Groups::GroupsOnly(groups), &mut routed);
+            return routed;
+        }
         self.keep_retained(&message, false, &mut routed);
         self.route_local(&message, &Groups::Only(groups), &mut routed);
         routed

@@ -52,6 +52,13 @@ pub trait Cluster: Send + Sync + 'static {
         false
     }
 
+    /// Hands a message of shared group `group` (`$share/{group}/{filter}`) to another node that has members of it,
+    /// because the member here that held it is gone and no other member is left here. False when there is none.
+    fn forward_to_group(&self, message: &Arc<Message>, group: &str) -> bool {
+        let _ = (message, group);
+        false
+    }
+
     /// This node gained its first local subscriber on `filter` (a plain or `$share/` filter).
     fn route_added(&self, filter: &str) {
         let _ = filter;

@@ -123,7 +123,11 @@ impl Router {
     /// `groups` lets this node serve.
     pub fn route(&self, topic: &str, groups: &Groups<'_>, out: &mut Vec<Target>) {
         self.trie.for_each_match(topic, |route| match route {
-            Route::Direct(s) => out.push(Target { subscriber: s.clone(), shared: None }),
+            Route::Direct(s) => {
+                if groups.plain() {
+                    out.push(Target { subscriber: s.clone(), shared: None })
+                }
+            }
             Route::Shared(key) => {
                 if groups.serves(key)
                     && let Some(group) = self.groups.get(key)
@@ -164,6 +168,8 @@ pub enum Groups<'a> {
     Except(&'a [ByteString]),
     /// Only these: what the publishing node asked this one to serve.
     Only(&'a [ByteString]),
+    /// Only these groups, and no plain subscriber: a message handed on from a group member that left elsewhere.
+    GroupsOnly(&'a [ByteString]),
 }
 
 impl Groups<'_> {
@@ -171,8 +177,13 @@ impl Groups<'_> {
         match self {
             Groups::All => true,
             Groups::Except(keys) => !keys.iter().any(|k| k == key),
-            Groups::Only(keys) => keys.iter().any(|k| k == key),
+            Groups::Only(keys) | Groups::GroupsOnly(keys) => keys.iter().any(|k| k == key),
         }
+    }
+
+    /// Whether plain (not shared) subscribers get the message.
+    pub fn plain(&self) -> bool {
+        !matches!(self, Groups::GroupsOnly(_))
     }
 }
 

@@ -8,12 +8,13 @@ use skein_codec::QoS;
 
 use crate::proto::{Forwarded, Queued, TakeoverReply};
 
-pub fn encode_message(m: &Message, shared_groups: Vec<String>, retain_seq: u64) -> Forwarded {
+pub fn encode_message(m: &Message, shared_groups: Vec<String>, retain_seq: u64, groups_only: bool) -> Forwarded {
     Forwarded {
         publish: m.encode_v5(&[]),
         publisher: m.publisher.as_deref().unwrap_or("").to_string(),
         shared_groups,
         retain_seq,
+        groups_only,
     }
 }
 
@@ -39,7 +40,7 @@ pub fn to_reply(export: Option<SessionExport>) -> TakeoverReply {
         .map(|m| {
             let (packet_id, state) = InflightState::code(m.sent);
             Queued {
-                message: Some(encode_message(&m.message, Vec::new(), 0)),
+                message: Some(encode_message(&m.message, Vec::new(), 0, false)),
                 qos: m.qos as u32,
                 retain: m.retain,
                 subscription_ids: m.subscription_ids.clone(),

@@ -106,6 +106,8 @@ struct Outbound {
     groups: Vec<String>,
     /// The retained change it carries (see `Forwarded.retain_seq`), or 0.
     retain_seq: u64,
+    /// For the named groups only (see `Forwarded.groups_only`).
+    groups_only: bool,
     accepted: Option<oneshot::Sender<bool>>,
 }
 
@@ -645,6 +647,21 @@ impl skein_broker::Cluster for ClusterNode {
         true
     }
 
+    fn forward_to_group(&self, message: &Arc<Message>, group: &str) -> bool {
+        let me = self.id();
+        let nodes: Vec<NodeId> = {
+            let a = self.sm.inner.read().unwrap_or_else(|e| e.into_inner());
+            a.state.routes.get(group).map(|n| n.iter().copied().filter(|n| *n != me).collect()).unwrap_or_default()
+        };
+        if nodes.is_empty() {
+            return false;
+        }
+        let node = nodes[self.shared_turn.fetch_add(1, Ordering::Relaxed) % nodes.len()];
+        let groups = vec![group.to_string()];
+        let out = Outbound { message: message.clone(), groups, retain_seq: 0, groups_only: true, accepted: None };
+        self.forwarder(node).is_some_and(|f| f.send(out).is_ok())
+    }
+
     fn route_added(&self, filter: &str) {
         self.pending_routes.fetch_add(1, Ordering::AcqRel);
         if self.routes.send(RouteChange::Added(filter.to_string())).is_err() {
@@ -742,7 +759,16 @@ impl skein_broker::Cluster for ClusterNode {
                 (None, None)
             };
             match self.forwarder(node) {
-                Some(f) if f.send(Outbound { message: message.clone(), groups, retain_seq, accepted: tx }).is_ok() => {
+                Some(f)
+                    if f.send(Outbound {
+                        message: message.clone(),
+                        groups,
+                        retain_seq,
+                        groups_only: false,
+                        accepted: tx,
+                    })
+                    .is_ok() =>
+                {
                     waits.extend(rx)
                 }
                 _ => {
@@ -793,7 +819,7 @@ async fn forward_loop(node: Arc<ClusterNode>, target: NodeId, addr: String, mut 
                 tracing::debug!(target, error = %e, "forward stream not open; retrying");
                 // What arrived meanwhile waits with the unacknowledged batches, and times out with them.
                 while let Ok(o) = rx.try_recv() {
-                    let messages = vec![handover::encode_message(&o.message, o.groups, o.retain_seq)];
+                    let messages = vec![handover::encode_message(&o.message, o.groups, o.retain_seq, o.groups_only)];
                     let batch = ForwardBatch { batch_id: next_batch, from_node: node.id(), messages };
                     next_batch += 1;
                     unacked.push((
@@ -825,7 +851,7 @@ async fn forward_loop(node: Arc<ClusterNode>, target: NodeId, addr: String, mut 
                     let mut messages = Vec::with_capacity(items.len());
                     let mut waiters = Vec::with_capacity(items.len());
                     for o in items {
-                        messages.push(handover::encode_message(&o.message, o.groups, o.retain_seq));
+                        messages.push(handover::encode_message(&o.message, o.groups, o.retain_seq, o.groups_only));
                         waiters.extend(o.accepted);
                     }
                     let batch = ForwardBatch { batch_id: next_batch, from_node: node.id(), messages };
@@ -980,7 +1006,7 @@ impl ClusterService for Service {
                         }
                         let groups: Vec<skein_codec::ByteString> =
                             f.shared_groups.iter().map(|g| g.as_str().into()).collect();
-                        durable |= broker.publish_forwarded(m, &groups).durable;
+                        durable |= broker.publish_forwarded(m, &groups, f.groups_only).durable;
                     }
                 }
                 if durable {
