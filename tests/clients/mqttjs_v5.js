@@ -29,7 +29,8 @@ function messages(client, count) {
 
 (async () => {
   const out = {};
-  const { c: sub, connack } = await connect({ clientId: 'jsv5-sub' });
+  // The subscriber allows topic aliases: the broker sends repeated topics by alias, MQTT.js resolves them.
+  const { c: sub, connack } = await connect({ clientId: 'jsv5-sub', properties: { topicAliasMaximum: 5 } });
   out.connack = { topicAliasMaximum: connack.properties.topicAliasMaximum, reasonCode: connack.reasonCode };
   const got = messages(sub, 3);
   await sub.subscribeAsync('jsv5/#', { qos: 1, properties: { subscriptionIdentifier: 7 } });

@@ -242,8 +242,9 @@ def unknown_auth_method():
     result = {}
     done = threading.Event()
 
-    def on_connect(_c, _u, _f, reason, _p):
+    def on_connect(_c, _u, _f, reason, props):
         result["reason"] = reason.value
+        result["reason_string"] = getattr(props, "ReasonString", None) if props else None
         done.set()
 
     c.on_connect = on_connect

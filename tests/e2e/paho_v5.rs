@@ -102,5 +102,7 @@ fn no_local_and_retain_as_published() {
 #[test]
 fn an_unknown_authentication_method_is_refused_with_0x8c() {
     let broker = Skein::start(&[]);
-    assert_eq!(scenario(&broker, "unknown_auth_method")["reason"], 0x8C);
+    let v = scenario(&broker, "unknown_auth_method");
+    assert_eq!(v["reason"], 0x8C);
+    assert_eq!(v["reason_string"], "this authentication method is not offered here", "a Reason String on errors");
 }

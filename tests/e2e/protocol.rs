@@ -428,3 +428,26 @@ fn a_shared_member_that_leaves_hands_its_unacknowledged_messages_to_another() {
     got.sort();
     assert_eq!(got, b"abcd");
 }
+
+#[test]
+fn topic_aliases_towards_a_client_that_allows_them() {
+    let broker = Skein::start(&[]);
+    let mut c = connect_packet(ProtocolVersion::V5, "aliased", true);
+    c.properties.topic_alias_maximum = Some(2);
+    let (mut sub, _) = Raw::connect(broker.mqtt, c);
+    sub.send(&sub_packet(1, &[("al/#", QoS::AtMostOnce)]));
+    assert!(matches!(sub.recv(), Some(Packet::SubAck(_))));
+    let (mut publ, _) = Raw::connect(broker.mqtt, connect_packet(ProtocolVersion::V311, "al-pub", true));
+    for topic in ["al/a", "al/a", "al/b", "al/c", "al/a"] {
+        publ.send(&publish(topic, QoS::AtMostOnce, 0, b"x"));
+    }
+    let got: Vec<(String, Option<u16>)> = (0..5)
+        .map(|_| {
+            let p = expect_publish(&mut sub);
+            (p.topic.to_string(), p.properties.topic_alias)
+        })
+        .collect();
+    let want = [("al/a", Some(1)), ("", Some(1)), ("al/b", Some(2)), ("al/c", None), ("", Some(1))];
+    let want: Vec<(String, Option<u16>)> = want.iter().map(|(t, a)| (t.to_string(), *a)).collect();
+    assert_eq!(got, want, "two aliases, then full topics; a known topic goes by its alias alone");
+}

@@ -78,6 +78,8 @@ pub struct ConnectRequest {
     pub max_packet_size: Option<usize>,
     /// The client's MQTT 5.0 Receive Maximum.
     pub receive_maximum: Option<u16>,
+    /// The client's MQTT 5.0 Topic Alias Maximum.
+    pub topic_alias_maximum: u16,
     /// Session Expiry Interval in seconds (`u32::MAX`: never); meaningful when `persistent`.
     pub session_expiry: u32,
     /// The user name it authenticated with: what the ACL knows the session by.
@@ -366,6 +368,7 @@ impl Broker {
             max_inflight: self.config.max_inflight_messages,
             max_queued: self.config.max_queued_messages,
             max_packet_size: None,
+            topic_alias_maximum: 0,
             queue_qos0_offline: self.config.queue_qos0_messages,
         }
     }
@@ -434,6 +437,7 @@ impl Broker {
             version,
             max_packet_size,
             receive_maximum,
+            topic_alias_maximum,
             session_expiry,
             username,
             imported,
@@ -461,6 +465,7 @@ impl Broker {
         }
         let mut limits = self.limits();
         limits.max_packet_size = max_packet_size;
+        limits.topic_alias_maximum = topic_alias_maximum;
         if let Some(rm) = receive_maximum {
             let rm = usize::from(rm);
             limits.max_inflight = if limits.max_inflight == 0 { rm } else { limits.max_inflight.min(rm) };

@@ -145,9 +145,13 @@ where
     let version = connect.protocol;
     let refuse = |code: ReasonCode| {
         let mut buf = BytesMut::new();
-        let _ =
-            Packet::ConnAck(ConnAck { session_present: false, reason_code: code, properties: Properties::default() })
-                .encode(version, &mut buf);
+        let mut properties = Properties::default();
+        if version.is_v5() {
+            // What a person reading the client's log needs (MQTT 5.0 section 3.2.2.3.10).
+            properties.reason_string = refusal_text(code).map(Into::into);
+        }
+        let _ = Packet::ConnAck(ConnAck { session_present: false, reason_code: code, properties })
+            .encode(version, &mut buf);
         buf
     };
     // MQTT 5.0 enhanced authentication (section 4.12): the method's exchange, over AUTH packets, before any CONNACK.
@@ -214,6 +218,7 @@ where
         version,
         max_packet_size: client_max_packet,
         receive_maximum,
+        topic_alias_maximum: connect.properties.topic_alias_maximum.unwrap_or(0),
         session_expiry: if version.is_v5() {
             connect.properties.session_expiry_interval.unwrap_or(0)
         } else {
@@ -470,6 +475,21 @@ fn connect_refusal(rbuf: &BytesMut, e: &DecodeError) -> Option<BytesMut> {
     let _ = Packet::ConnAck(ConnAck { session_present: false, reason_code: code, properties: Properties::default() })
         .encode(version, &mut buf);
     Some(buf)
+}
+
+/// The Reason String of a refused MQTT 5.0 CONNECT.
+fn refusal_text(code: ReasonCode) -> Option<&'static str> {
+    Some(match code {
+        ReasonCode::BadUserNameOrPassword => "bad user name or password",
+        ReasonCode::NotAuthorized => "not authorized: this server wants a user name and password, or a certificate",
+        ReasonCode::BadAuthenticationMethod => "this authentication method is not offered here",
+        ReasonCode::ServerBusy => "too many connections (max_connections)",
+        ReasonCode::ServerUnavailable => "the server is shutting down",
+        ReasonCode::ClientIdentifierNotValid => "client identifier not valid",
+        ReasonCode::ProtocolError => "protocol error during authentication",
+        ReasonCode::UnspecifiedError => "the session could not be opened",
+        _ => return None,
+    })
 }
 
 /// The protocol level byte of a CONNECT at the start of `buf`, if it is there.

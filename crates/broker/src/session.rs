@@ -153,6 +153,8 @@ pub struct SessionLimits {
     /// The client's MQTT 5.0 Maximum Packet Size; larger publishes are dropped for it [MQTT-3.1.2-25].
     pub max_packet_size: Option<usize>,
     pub queue_qos0_offline: bool,
+    /// The client's MQTT 5.0 Topic Alias Maximum: aliases the server may use towards it (0: none).
+    pub topic_alias_maximum: u16,
 }
 
 #[derive(Debug)]
@@ -181,6 +183,8 @@ pub struct Session {
     pub dropped: u64,
     /// Messages whose Message Expiry Interval passed before they could be sent.
     pub expired: u64,
+    /// Topic aliases used towards the client on this connection.
+    aliases: HashMap<ByteString, u16>,
     /// Session Expiry Interval, seconds after the connection ends; `u32::MAX` never (3.x persistent sessions).
     pub expiry: u32,
     /// The user name of its last connection, for the ACL.
@@ -206,6 +210,7 @@ impl Session {
             waker: None,
             dropped: 0,
             expired: 0,
+            aliases: HashMap::new(),
             expiry: u32::MAX,
             username: None,
         }
@@ -256,6 +261,26 @@ impl Session {
         self.limits = limits;
         self.control.clear();
         self.resend = !self.inflight.is_empty();
+        // Topic aliases belong to a connection [MQTT-3.3.2-7].
+        self.aliases.clear();
+    }
+
+    /// Replaces a PUBLISH's topic by an alias when the client allows them (MQTT 5.0 section 3.3.2.3.4): a topic
+    /// sent before goes as an empty name and its alias; a new one takes the next free alias while there is one.
+    fn aliased(&mut self, mut p: skein_codec::Publish) -> skein_codec::Publish {
+        let max = self.limits.topic_alias_maximum;
+        if max == 0 || !self.version.is_v5() {
+            return p;
+        }
+        if let Some(alias) = self.aliases.get(&p.topic) {
+            p.properties.topic_alias = Some(*alias);
+            p.topic = ByteString::new();
+        } else if self.aliases.len() < usize::from(max) {
+            let alias = self.aliases.len() as u16 + 1;
+            self.aliases.insert(p.topic.clone(), alias);
+            p.properties.topic_alias = Some(alias);
+        }
+        p
     }
 
     pub fn disconnected(&mut self) {
@@ -328,6 +353,7 @@ impl Session {
             for i in &self.inflight {
                 let packet = match i.state {
                     InflightState::AwaitingPubComp => Packet::PubRel(Ack::new(i.packet_id)),
+                    // Resends keep their full topic: aliases are optional per message.
                     _ => Packet::Publish(i.out.message.to_publish(
                         version,
                         i.out.qos,
@@ -370,14 +396,8 @@ impl Session {
                     }
                 }
             };
-            let packet = Packet::Publish(out.message.to_publish(
-                version,
-                out.qos,
-                packet_id,
-                out.retain,
-                false,
-                &out.subscription_ids,
-            ));
+            let publish = out.message.to_publish(version, out.qos, packet_id, out.retain, false, &out.subscription_ids);
+            let packet = Packet::Publish(self.aliased(publish));
             let too_large = match (self.limits.max_packet_size, packet.encoded_len(version)) {
                 (Some(max), Ok(len)) => len > max,
                 (_, Err(_)) => true,
@@ -504,7 +524,13 @@ mod tests {
     use skein_codec::{MAX_PACKET_SIZE, Publish, decode};
 
     fn limits(max_inflight: usize, max_queued: usize) -> SessionLimits {
-        SessionLimits { max_inflight, max_queued, max_packet_size: None, queue_qos0_offline: false }
+        SessionLimits {
+            max_inflight,
+            max_queued,
+            max_packet_size: None,
+            queue_qos0_offline: false,
+            topic_alias_maximum: 0,
+        }
     }
 
     fn session(max_inflight: usize, max_queued: usize) -> Session {
