@@ -235,6 +235,42 @@ def subscription_options():
     return {"got": [(m["topic"], m["retain"]) for m in c.messages]}
 
 
+def retain_handling():
+    pub = Client("rh-pub")
+    pub.publish("rh/t", "kept", retain=True)
+    c = Client("rh-sub")
+    got = {}
+    for label, filt, rh in [("0 new", "rh/#", 0), ("0 again", "rh/#", 0), ("1 again", "rh/#", 1), ("1 new", "rh/+", 1),
+                            ("2 new", "rh/t", 2)]:
+        before = len(c.messages)
+        c.subscribe(filt, retainHandling=rh)
+        # A marker after the SUBACK (rh/# has been subscribed since the first step): any retained copy the
+        # subscription brings is queued before its SUBACK leaves, so it arrives before the marker.
+        pub.publish("rh/marker", label)
+        deadline = time.monotonic() + TIMEOUT
+        while not any(m["payload"] == label for m in c.messages[before:]):
+            if time.monotonic() > deadline:
+                sys.exit(f"marker {label} never came: {c.messages}")
+            time.sleep(0.01)
+        got[label] = [m["topic"] for m in c.messages[before:] if m["retain"]]
+    return got
+
+
+def subscription_identifiers():
+    c = Client("ids")
+    props = Properties(PacketTypes.SUBSCRIBE)
+    props.SubscriptionIdentifier = 1
+    c.c.subscribe("ids/#", options=mqtt.SubscribeOptions(qos=1), properties=props)
+    props = Properties(PacketTypes.SUBSCRIBE)
+    props.SubscriptionIdentifier = 2
+    c.c.subscribe("ids/+/x", options=mqtt.SubscribeOptions(qos=1), properties=props)
+    c.subscribe("ids/unrelated")  # waits for its SUBACK, so the two above are in place
+    Client("ids-pub").publish("ids/a/x", "both")
+    m = c.wait_messages(1)[0]
+    time.sleep(0.3)  # a second copy, were overlapping subscriptions not merged, would be right behind
+    return {"count": len(c.messages), "ids": sorted(m["props"].get("SubscriptionIdentifier", []))}
+
+
 def unknown_auth_method():
     props = Properties(PacketTypes.CONNECT)
     props.AuthenticationMethod = "SCRAM-SHA-1"

@@ -106,3 +106,21 @@ fn an_unknown_authentication_method_is_refused_with_0x8c() {
     assert_eq!(v["reason"], 0x8C);
     assert_eq!(v["reason_string"], "this authentication method is not offered here", "a Reason String on errors");
 }
+
+#[test]
+fn retain_handling_0_1_2() {
+    let broker = Skein::start(&[]);
+    let v = scenario(&broker, "retain_handling");
+    assert_eq!(
+        v,
+        json!({"0 new": ["rh/t"], "0 again": ["rh/t"], "1 again": [], "1 new": ["rh/t"], "2 new": []}),
+        "0: always; 1: only for a new subscription; 2: never [MQTT-3.3.1-9..11]"
+    );
+}
+
+#[test]
+fn one_message_carries_every_matching_subscription_identifier() {
+    let broker = Skein::start(&[]);
+    let v = scenario(&broker, "subscription_identifiers");
+    assert_eq!(v, json!({"count": 1, "ids": [1, 2]}), "[MQTT-3.3.4-3]");
+}

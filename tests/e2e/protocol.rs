@@ -451,3 +451,69 @@ fn topic_aliases_towards_a_client_that_allows_them() {
     let want: Vec<(String, Option<u16>)> = want.iter().map(|(t, a)| (t.to_string(), *a)).collect();
     assert_eq!(got, want, "two aliases, then full topics; a known topic goes by its alias alone");
 }
+
+#[test]
+fn a_clients_receive_maximum_and_maximum_packet_size_bound_what_it_is_sent() {
+    let broker = Skein::start(&[]);
+    let mut c = connect_packet(ProtocolVersion::V5, "small", true);
+    c.properties.receive_maximum = Some(2);
+    c.properties.maximum_packet_size = Some(64);
+    let (mut sub, _) = Raw::connect(broker.mqtt, c);
+    sub.send(&sub_packet(1, &[("flow/#", QoS::AtLeastOnce)]));
+    assert!(matches!(sub.recv(), Some(Packet::SubAck(_))));
+    let (mut publ, _) = Raw::connect(broker.mqtt, connect_packet(ProtocolVersion::V311, "flow-pub", true));
+    // One too large for the client (dropped for it [MQTT-3.1.2-25]), then four that fit.
+    publ.send(&publish("flow/big", QoS::AtLeastOnce, 1, &[b'x'; 100]));
+    for (i, p) in [b"1", b"2", b"3", b"4"].iter().enumerate() {
+        publ.send(&publish("flow/t", QoS::AtLeastOnce, i as u16 + 2, *p));
+    }
+    for i in 1..=5 {
+        assert_eq!(publ.recv(), Some(Packet::PubAck(Ack::new(i))));
+    }
+    // Two in flight at most [MQTT-3.3.4-9]: the third comes only after an acknowledgement.
+    let first = expect_publish(&mut sub);
+    let second = expect_publish(&mut sub);
+    assert_eq!((&first.payload[..], &second.payload[..]), (&b"1"[..], &b"2"[..]), "the big one never came");
+    sub.send(&Packet::PingReq);
+    assert_eq!(sub.recv(), Some(Packet::PingResp), "nothing beyond the window before an acknowledgement");
+    sub.send(&Packet::PubAck(Ack::new(first.packet_id)));
+    assert_eq!(&expect_publish(&mut sub).payload[..], b"3");
+}
+
+#[test]
+fn a_5_0_message_reaches_a_3_1_1_subscriber_and_back() {
+    let broker = Skein::start(&[]);
+    let (mut v3, _) = Raw::connect(broker.mqtt, connect_packet(ProtocolVersion::V311, "old", true));
+    v3.send(&sub_packet(1, &[("mix/#", QoS::ExactlyOnce)]));
+    assert!(matches!(v3.recv(), Some(Packet::SubAck(_))));
+    let (mut v5, _) = Raw::connect(broker.mqtt, connect_packet(ProtocolVersion::V5, "new", true));
+    v5.send(&sub_packet(1, &[("mix/#", QoS::AtLeastOnce)]));
+    assert!(matches!(v5.recv(), Some(Packet::SubAck(_))));
+    // From 5.0, with properties: the 3.1.1 subscriber gets topic and payload (3.1.1 has no properties).
+    let mut p = match publish("mix/from5", QoS::AtLeastOnce, 1, b"five") {
+        Packet::Publish(p) => p,
+        _ => unreachable!(),
+    };
+    p.properties.user_properties = vec![("k".into(), "v".into())];
+    p.properties.content_type = Some("text/plain".into());
+    v5.send(&Packet::Publish(p));
+    assert!(matches!(v5.recv(), Some(Packet::PubAck(_)) | Some(Packet::Publish(_))));
+    let got = expect_publish(&mut v3);
+    assert_eq!((&*got.topic, &got.payload[..], got.qos), ("mix/from5", &b"five"[..], QoS::AtLeastOnce));
+    v3.send(&Packet::PubAck(Ack::new(got.packet_id)));
+    // From 3.1.1 at QoS 2: the 5.0 subscriber gets it at its granted QoS 1, with no properties.
+    v3.send(&publish("mix/from3", QoS::ExactlyOnce, 7, b"three"));
+    assert_eq!(v3.recv(), Some(Packet::PubRec(Ack::new(7))));
+    v3.send(&Packet::PubRel(Ack::new(7)));
+    let mut seen = None;
+    while seen.is_none() {
+        match v5.recv() {
+            Some(Packet::Publish(p)) if &*p.topic == "mix/from3" => seen = Some(p),
+            Some(_) => {}
+            None => panic!("closed"),
+        }
+    }
+    let p = seen.unwrap();
+    assert_eq!((p.qos, &p.payload[..]), (QoS::AtLeastOnce, &b"three"[..]));
+    assert!(p.properties.user_properties.is_empty() && p.properties.content_type.is_none());
+}
