@@ -874,8 +874,7 @@ impl Broker {
                     continue;
                 }
             };
-            let levels = self.config.max_topic_levels;
-            if levels != 0 && parsed.topic_filter().split('/').count() > levels {
+            if self.config.too_many_levels(parsed.topic_filter()) {
                 tracing::debug!(client_id = %session.client_id, %filter, "subscription refused: too many levels");
                 codes.push(ReasonCode::TopicFilterInvalid);
                 continue;

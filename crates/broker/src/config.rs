@@ -46,6 +46,15 @@ pub struct BrokerConfig {
     pub max_publish_rate: f64,
 }
 
+impl BrokerConfig {
+    /// Whether `topic` (a name or filter) has more levels than `max_topic_levels` allows. A topic of `n` bytes has at
+    /// most `n + 1` levels, so most topics are passed without counting.
+    pub fn too_many_levels(&self, topic: &str) -> bool {
+        let max = self.max_topic_levels;
+        max != 0 && topic.len() >= max && topic.bytes().filter(|b| *b == b'/').count() >= max
+    }
+}
+
 impl Default for BrokerConfig {
     fn default() -> Self {
         BrokerConfig {
@@ -66,5 +75,21 @@ impl Default for BrokerConfig {
             max_connection_rate: 0.0,
             max_publish_rate: 0.0,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_levels_are_counted_only_where_they_could_be_too_many() {
+        let c = BrokerConfig { max_topic_levels: 3, ..BrokerConfig::default() };
+        for (topic, too_many) in
+            [("a/b/c", false), ("a/b/c/d", true), ("///", true), ("//", false), ("abcdefgh", false)]
+        {
+            assert_eq!(c.too_many_levels(topic), too_many, "{topic}");
+        }
+        assert!(!BrokerConfig { max_topic_levels: 0, ..BrokerConfig::default() }.too_many_levels("a/b/c/d/e/f"));
     }
 }

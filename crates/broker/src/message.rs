@@ -104,7 +104,9 @@ impl Message {
             if let Some(p) = self.properties.as_deref() {
                 properties.clone_from(p);
                 // [MQTT-3.3.2-6]: the interval as received, less the time the message waited here.
-                if let Some(left) = self.expiry_left(Instant::now()) {
+                if p.message_expiry_interval.is_some()
+                    && let Some(left) = self.expiry_left(Instant::now())
+                {
                     properties.message_expiry_interval = Some(left.max(1));
                 }
             }
