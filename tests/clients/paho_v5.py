@@ -229,12 +229,14 @@ def subscription_options():
     c = Client("opts")
     c.publish("opts/retained", "old", retain=True)
     c.subscribe("opts/#", noLocal=True, retainAsPublished=True, retainHandling=0)
+    c.subscribe("optsmark")  # without No Local: c hears its own marker
     other = Client("opts-other")
     other.publish("opts/live", "from other", retain=True)
+    c.wait_messages(2)
     c.publish("opts/own", "mine")
-    got = c.wait_messages(2)
-    time.sleep(0.3)  # an own message, were No Local ignored, would be right behind
-    return {"got": [(m["topic"], m["retain"]) for m in c.messages]}
+    c.publish("optsmark", "after")  # same publisher, same session: an own message would arrive before this
+    c.wait_messages(3)
+    return {"got": [(m["topic"], m["retain"]) for m in c.messages if m["topic"] != "optsmark"]}
 
 
 def retain_handling():
