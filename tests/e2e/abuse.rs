@@ -19,22 +19,9 @@ fn rss_kib(pid: u32) -> u64 {
 /// A subscriber and a publisher on the same broker exchange one QoS 1 message.
 fn round_trip(broker: &Skein, tag: &str) {
     let (mut sub, _) = Raw::connect(broker.mqtt, connect_packet(ProtocolVersion::V311, &format!("s-{tag}"), true));
-    sub.send(&Packet::Subscribe(Subscribe {
-        packet_id: 1,
-        properties: Properties::default(),
-        filters: vec![("calm".into(), SubscriptionOptions { qos: QoS::AtLeastOnce, ..Default::default() })],
-    }));
-    assert!(matches!(sub.recv(), Some(Packet::SubAck(_))));
+    assert_eq!(subscribe(&mut sub, "calm"), ReasonCode::GrantedQoS1);
     let (mut publ, _) = Raw::connect(broker.mqtt, connect_packet(ProtocolVersion::V311, &format!("p-{tag}"), true));
-    publ.send(&Packet::Publish(Publish {
-        dup: false,
-        qos: QoS::AtLeastOnce,
-        retain: false,
-        topic: "calm".into(),
-        packet_id: 1,
-        properties: Properties::default(),
-        payload: Bytes::from_static(b"still here"),
-    }));
+    publ.send(&publish("calm", QoS::AtLeastOnce, 1, b"still here"));
     assert_eq!(publ.recv(), Some(Packet::PubAck(Ack::new(1))));
     assert!(matches!(sub.recv(), Some(Packet::Publish(p)) if &p.payload[..] == b"still here"));
 }
@@ -95,34 +82,18 @@ fn v5(broker: &Skein, id: &str) -> Raw {
 }
 
 fn subscribe(raw: &mut Raw, filter: &str) -> ReasonCode {
-    raw.send(&Packet::Subscribe(Subscribe {
-        packet_id: 1,
-        properties: Properties::default(),
-        filters: vec![(filter.into(), SubscriptionOptions { qos: QoS::AtLeastOnce, ..Default::default() })],
-    }));
+    raw.send(&sub_packet(1, &[(filter, QoS::AtLeastOnce)]));
     match raw.recv() {
         Some(Packet::SubAck(a)) => a.reason_codes[0],
         other => panic!("expected SUBACK, got {other:?}"),
     }
 }
 
-fn publish(raw: &mut Raw, topic: &str, qos: QoS, id: u16) {
-    raw.send(&Packet::Publish(Publish {
-        dup: false,
-        qos,
-        retain: false,
-        topic: topic.into(),
-        packet_id: id,
-        properties: Properties::default(),
-        payload: Bytes::from_static(b"m"),
-    }));
-}
-
 #[test]
 fn topic_levels_and_subscriptions_per_client_are_bounded() {
     let broker = Skein::start(&["--max-topic-levels", "3", "--max-subscriptions", "2"]);
     let mut c = v5(&broker, "bounded");
-    publish(&mut c, "a/b/c/d", QoS::AtLeastOnce, 1);
+    c.send(&publish("a/b/c/d", QoS::AtLeastOnce, 1, b"m"));
     assert_eq!(c.recv(), Some(Packet::PubAck(Ack { reason_code: ReasonCode::TopicNameInvalid, ..Ack::new(1) })));
     assert_eq!(subscribe(&mut c, "a/b/c/#"), ReasonCode::TopicFilterInvalid);
     assert_eq!(subscribe(&mut c, "a/b/#"), ReasonCode::GrantedQoS1);
@@ -139,7 +110,7 @@ fn a_client_over_its_publish_rate_is_read_later_and_loses_nothing() {
     let mut flood = v5(&broker, "flood");
     let started = std::time::Instant::now();
     for i in 1..=60 {
-        publish(&mut flood, "flood", QoS::AtLeastOnce, i);
+        flood.send(&publish("flood", QoS::AtLeastOnce, i, b"m"));
     }
     for _ in 0..60 {
         match flood.recv() {

@@ -388,11 +388,7 @@ fn a_shared_member_that_leaves_hands_its_messages_to_the_group_on_another_node()
     // node 2 that must not see anything twice.
     let member = |node: usize, id: &str, filter: &str| {
         let (mut raw, _) = Raw::connect(c.nodes[node].mqtt, connect_packet(ProtocolVersion::V311, id, true));
-        raw.send(&Packet::Subscribe(Subscribe {
-            packet_id: 1,
-            properties: Properties::default(),
-            filters: vec![(filter.into(), SubscriptionOptions { qos: QoS::AtLeastOnce, ..Default::default() })],
-        }));
+        raw.send(&sub_packet(1, &[(filter, QoS::AtLeastOnce)]));
         assert!(matches!(raw.recv(), Some(Packet::SubAck(_))));
         raw
     };

@@ -4,36 +4,6 @@ use skein_codec::*;
 
 use crate::support::*;
 
-fn sub_packet(id: u16, filters: &[(&str, QoS)]) -> Packet {
-    Packet::Subscribe(Subscribe {
-        packet_id: id,
-        properties: Properties::default(),
-        filters: filters
-            .iter()
-            .map(|(f, q)| (ByteString::from(*f), SubscriptionOptions { qos: *q, ..Default::default() }))
-            .collect(),
-    })
-}
-
-fn publish(topic: &str, qos: QoS, id: u16, payload: &'static [u8]) -> Packet {
-    Packet::Publish(Publish {
-        dup: false,
-        qos,
-        retain: false,
-        topic: topic.into(),
-        packet_id: id,
-        properties: Properties::default(),
-        payload: Bytes::from_static(payload),
-    })
-}
-
-fn expect_publish(raw: &mut Raw) -> Publish {
-    match raw.recv() {
-        Some(Packet::Publish(p)) => p,
-        other => panic!("expected PUBLISH, got {other:?}"),
-    }
-}
-
 #[test]
 fn client_id_rules() {
     let broker = Skein::start(&[]);

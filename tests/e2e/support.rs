@@ -10,7 +10,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use skein_codec::{BytesMut, Connect, MAX_PACKET_SIZE, Packet, Properties, ProtocolVersion, decode};
+use skein_codec::{
+    ByteString, Bytes, BytesMut, Connect, MAX_PACKET_SIZE, Packet, Properties, ProtocolVersion, Publish, QoS,
+    Subscribe, SubscriptionOptions, decode,
+};
 
 pub const WAIT: Duration = Duration::from_secs(10);
 
@@ -543,5 +546,38 @@ impl TestPki {
             "--cluster-tls-ca".into(),
             p("ca.pem"),
         ]
+    }
+}
+
+/// A SUBSCRIBE with these filters.
+pub fn sub_packet(id: u16, filters: &[(&str, QoS)]) -> Packet {
+    Packet::Subscribe(Subscribe {
+        packet_id: id,
+        properties: Properties::default(),
+        filters: filters
+            .iter()
+            .map(|(f, q)| (ByteString::from(*f), SubscriptionOptions { qos: *q, ..Default::default() }))
+            .collect(),
+    })
+}
+
+/// A PUBLISH of a static payload, not retained.
+pub fn publish(topic: &str, qos: QoS, id: u16, payload: &'static [u8]) -> Packet {
+    Packet::Publish(Publish {
+        dup: false,
+        qos,
+        retain: false,
+        topic: topic.into(),
+        packet_id: id,
+        properties: Properties::default(),
+        payload: Bytes::from_static(payload),
+    })
+}
+
+/// The next packet, which must be a PUBLISH.
+pub fn expect_publish(raw: &mut Raw) -> Publish {
+    match raw.recv() {
+        Some(Packet::Publish(p)) => p,
+        other => panic!("expected PUBLISH, got {other:?}"),
     }
 }
