@@ -65,6 +65,8 @@ pub struct Config {
     pub retain_available: bool,
     /// Topic aliases an MQTT 5.0 client may use per connection; 0 turns them off.
     pub max_topic_alias: u16,
+    /// The highest QoS clients may publish or be granted: 0, 1 or 2.
+    pub max_qos: u8,
     /// Seconds a new connection has to complete its TLS handshake and send CONNECT.
     pub connect_timeout: f64,
     /// Levels a topic name or filter may have; 0: no limit.
@@ -126,6 +128,7 @@ impl Default for Config {
             queue_qos0_messages: broker.queue_qos0_messages,
             retain_available: broker.retain_available,
             max_topic_alias: broker.max_topic_alias,
+            max_qos: broker.max_qos as u8,
             connect_timeout: broker.connect_timeout.as_secs_f64(),
             max_topic_levels: broker.max_topic_levels,
             max_subscriptions: broker.max_subscriptions,
@@ -230,6 +233,9 @@ pub struct ServeArgs {
     /// Topic aliases an MQTT 5.0 client may use per connection; 0 turns them off [default: 10].
     #[arg(long, env = "SKEIN_MAX_TOPIC_ALIAS", value_name = "N")]
     pub max_topic_alias: Option<u16>,
+    /// The highest QoS clients may publish or be granted: 0, 1 or 2 [default: 2].
+    #[arg(long, env = "SKEIN_MAX_QOS", value_name = "QOS")]
+    pub max_qos: Option<u8>,
     /// Seconds a new connection has to complete its TLS handshake and send CONNECT [default: 10].
     #[arg(long, env = "SKEIN_CONNECT_TIMEOUT", value_name = "SECONDS")]
     pub connect_timeout: Option<f64>,
@@ -326,6 +332,7 @@ impl ServeArgs {
             queue_qos0_messages,
             retain_available,
             max_topic_alias,
+            max_qos,
             connect_timeout,
             max_topic_levels,
             max_subscriptions,
@@ -467,6 +474,9 @@ impl Config {
                 return Err(format!("{key} = {v}: use a rate per second, or 0 for no limit"));
             }
         }
+        if self.max_qos > 2 {
+            return Err(format!("max_qos = {}: use 0, 1 or 2", self.max_qos));
+        }
         if self.raft_snapshot_logs == 0 {
             return Err("raft_snapshot_logs = 0: use a number of log entries above 0 (default 5000)".into());
         }
@@ -495,6 +505,11 @@ impl Config {
             queue_qos0_messages: self.queue_qos0_messages,
             retain_available: self.retain_available,
             max_topic_alias: self.max_topic_alias,
+            max_qos: match self.max_qos {
+                0 => skein_codec::QoS::AtMostOnce,
+                1 => skein_codec::QoS::AtLeastOnce,
+                _ => skein_codec::QoS::ExactlyOnce,
+            },
             connect_timeout: Duration::from_secs_f64(self.connect_timeout),
             max_topic_levels: self.max_topic_levels,
             max_subscriptions: self.max_subscriptions,
@@ -537,5 +552,9 @@ mod tests {
     fn bad_values_are_refused() {
         let args = ServeArgs { max_connections: Some(-5), ..Default::default() };
         assert!(args.resolve().unwrap_err().contains("max_connections"));
+        let args = ServeArgs { max_qos: Some(3), ..Default::default() };
+        assert!(args.resolve().unwrap_err().contains("max_qos = 3: use 0, 1 or 2"));
+        let c = ServeArgs { max_qos: Some(1), ..Default::default() }.resolve().unwrap();
+        assert_eq!(c.broker().max_qos, skein_codec::QoS::AtLeastOnce);
     }
 }

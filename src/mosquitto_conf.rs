@@ -94,6 +94,7 @@ impl Parser {
             "sys_interval" => c.sys_interval = parse(key, value)?,
             "retain_available" => c.retain_available = parse(key, value)?,
             "max_topic_alias" => c.max_topic_alias = parse(key, value)?,
+            "max_qos" => c.max_qos = parse(key, value)?,
             "connect_timeout" => c.connect_timeout = parse(key, value)?,
             "max_topic_levels" => c.max_topic_levels = parse(key, value)?,
             "max_subscriptions" => c.max_subscriptions = parse(key, value)?,

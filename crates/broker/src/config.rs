@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use skein_codec::QoS;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct BrokerConfig {
     /// Accept clients without a user name (Mosquitto `allow_anonymous`).
@@ -35,6 +37,8 @@ pub struct BrokerConfig {
     /// Topic aliases an MQTT 5.0 client may set on its publishes (Topic Alias Maximum in CONNACK; Mosquitto
     /// `max_topic_alias`); 0 turns them off.
     pub max_topic_alias: u16,
+    /// The highest QoS a client may publish or be granted (MQTT 5.0 Maximum QoS in CONNACK; Mosquitto `max_qos`).
+    pub max_qos: QoS,
     /// Levels a topic name or filter may have; 0 means no limit (EMQX `max_topic_levels`).
     pub max_topic_levels: usize,
     /// Subscriptions one client may hold; 0 means no limit (EMQX `max_subscriptions`).
@@ -70,6 +74,7 @@ impl Default for BrokerConfig {
             queue_qos0_messages: false,
             retain_available: true,
             max_topic_alias: 10,
+            max_qos: QoS::ExactlyOnce,
             max_topic_levels: 128,
             max_subscriptions: 0,
             max_connection_rate: 0.0,

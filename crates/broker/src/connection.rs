@@ -256,6 +256,9 @@ where
         if !broker.config.retain_available {
             properties.retain_available = Some(0);
         }
+        if broker.config.max_qos < QoS::ExactlyOnce {
+            properties.maximum_qos = Some(broker.config.max_qos as u8);
+        }
         if broker.config.max_packet_size != 0 {
             properties.maximum_packet_size = u32::try_from(broker.config.max_packet_size).ok();
         }
@@ -526,6 +529,12 @@ fn accept(broker: &Broker, c: &Connect, certified: bool) -> Result<Accepted, Rea
     }
 
     let v5 = c.protocol.is_v5();
+    if let Some(will) = &c.will
+        && will.qos > config.max_qos
+    {
+        // [MQTT-3.2.2-12]
+        return Err(ReasonCode::QoSNotSupported);
+    }
     let auth = broker.auth();
     // A certificate already proved who the client is; otherwise the password file decides.
     if !certified {
@@ -759,7 +768,12 @@ impl Conn<'_> {
                 }
                 self.ack(batch, Packet::PubComp(ack));
             }
-            Packet::Subscribe(s) => {
+            Packet::Subscribe(mut s) => {
+                // Granted at most max_qos (MQTT 5.0 section 3.9.3: the server may grant a lower QoS).
+                let max_qos = self.broker.config.max_qos;
+                for (_, o) in s.filters.iter_mut() {
+                    o.qos = o.qos.min(max_qos);
+                }
                 if v5
                     && s.filters.iter().any(|(f, o)| {
                         o.no_local && matches!(skein_codec::topic::parse_filter(f), Ok(Filter::Shared { .. }))
@@ -873,6 +887,10 @@ impl Conn<'_> {
         }
         if p.retain && !broker.config.retain_available && v5 {
             return Some(Close::Violation(ReasonCode::RetainNotSupported));
+        }
+        if p.qos > broker.config.max_qos {
+            // [MQTT-3.2.2-11]: above the Maximum QoS we announced; a 3.x client is closed, as Mosquitto does.
+            return Some(Close::Violation(ReasonCode::QoSNotSupported));
         }
         let mut refusal = None;
         if broker.config.message_size_limit != 0 && p.payload.len() > broker.config.message_size_limit {
