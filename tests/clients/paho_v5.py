@@ -22,8 +22,11 @@ TIMEOUT = 15
 class Client:
     """A paho client with its CONNACK, messages and DISCONNECT recorded."""
 
-    def __init__(self, client_id, clean_start=True, expiry=None, will=None, connect_props=None):
-        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    def __init__(self, client_id, clean_start=True, expiry=None, will=None, connect_props=None, manual_ack=False,
+                 protocol=mqtt.MQTTv5):
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol,
+                             manual_ack=manual_ack)
+        self.v5 = protocol == mqtt.MQTTv5
         self.connected = threading.Event()
         self.disconnected = threading.Event()
         self.messages = []
@@ -35,15 +38,20 @@ class Client:
         self.c.on_disconnect = self._on_disconnect
         self.c.on_message = self._on_message
         self.c.on_publish = self._on_publish
+        self.granted = None
+        self.unsubscribed = None
         if will:
             topic, payload, delay = will
             props = Properties(PacketTypes.WILLMESSAGE)
             props.WillDelayInterval = delay
             self.c.will_set(topic, payload, qos=1, properties=props)
-        props = connect_props or Properties(PacketTypes.CONNECT)
-        if expiry is not None:
-            props.SessionExpiryInterval = expiry
-        self.c.connect("127.0.0.1", PORT, keepalive=30, clean_start=clean_start, properties=props)
+        if self.v5:
+            props = connect_props or Properties(PacketTypes.CONNECT)
+            if expiry is not None:
+                props.SessionExpiryInterval = expiry
+            self.c.connect("127.0.0.1", PORT, keepalive=30, clean_start=clean_start, properties=props)
+        else:
+            self.c.connect("127.0.0.1", PORT, keepalive=30)
         self.c.loop_start()
         if not self.connected.wait(TIMEOUT):
             sys.exit(f"{client_id}: no CONNACK")
@@ -54,25 +62,49 @@ class Client:
         self.connected.set()
 
     def _on_disconnect(self, _c, _u, _flags, reason, _props):
-        self.disconnect_reason = reason.value
+        if self.disconnect_reason is None:
+            self.disconnect_reason = reason.value
         self.disconnected.set()
 
     def _on_message(self, _c, _u, msg):
         props = msg.properties.json() if msg.properties else {}
         with self.arrived:
             self.messages.append({"topic": msg.topic, "payload": msg.payload.decode("utf-8", "replace"),
-                                  "qos": msg.qos, "retain": bool(msg.retain), "props": props})
+                                  "qos": msg.qos, "retain": bool(msg.retain), "props": props, "mid": msg.mid})
             self.arrived.notify_all()
 
     def _on_publish(self, _c, _u, mid, reason, _props):
         self.acks[mid] = reason.value
 
     def subscribe(self, topic, qos=1, **options):
+        """Subscribes and waits for the SUBACK; returns its reason codes (granted QoS or failure)."""
         done = threading.Event()
-        self.c.on_subscribe = lambda *args: done.set()
-        self.c.subscribe(topic, options=mqtt.SubscribeOptions(qos=qos, **options))
+
+        def on_subscribe(_c, _u, _mid, codes, _props):
+            self.granted = [c.value for c in codes]
+            done.set()
+
+        self.c.on_subscribe = on_subscribe
+        if self.v5:
+            self.c.subscribe(topic, options=mqtt.SubscribeOptions(qos=qos, **options))
+        else:
+            self.c.subscribe(topic, qos=qos)
         if not done.wait(TIMEOUT):
             sys.exit("no SUBACK")
+        return self.granted
+
+    def unsubscribe(self, topic):
+        done = threading.Event()
+
+        def on_unsubscribe(_c, _u, _mid, codes, _props):
+            self.unsubscribed = [c.value for c in codes]
+            done.set()
+
+        self.c.on_unsubscribe = on_unsubscribe
+        self.c.unsubscribe(topic)
+        if not done.wait(TIMEOUT):
+            sys.exit("no UNSUBACK")
+        return self.unsubscribed
 
     def publish(self, topic, payload, qos=1, retain=False, **props):
         p = Properties(PacketTypes.PUBLISH)
@@ -297,6 +329,135 @@ def unknown_auth_method():
         sys.exit("no CONNACK")
     c.loop_stop()
     return result
+
+
+def flow_control():
+    # The subscriber allows two unacknowledged messages and packets of 200 bytes at most.
+    props = Properties(PacketTypes.CONNECT)
+    props.ReceiveMaximum = 2
+    props.MaximumPacketSize = 200
+    sub = Client("fc-sub", connect_props=props, manual_ack=True)
+    sub.subscribe("fc/#")
+    pub = Client("fc-pub")
+    big = pub.publish("fc/big", "x" * 500)  # too large for the subscriber: dropped for it [MQTT-3.1.2-24]
+    for i in range(1, 6):
+        pub.publish("fc/m", f"m{i}")
+    sub.wait_messages(2)
+    # Every message was accepted before this SUBSCRIBE; its SUBACK comes back while the window stays full.
+    sub.subscribe("fc-marker")
+    at_suback = len(sub.messages)
+    after_acks = []
+    for i in range(5):
+        sub.c.ack(sub.messages[i]["mid"], 1)
+        sub.wait_messages(min(i + 3, 5))
+        after_acks.append(len(sub.messages))
+    return {"big_puback": big, "at_suback": at_suback, "after_acks": after_acks,
+            "got": [m["payload"] for m in sub.messages],
+            "server_receive_maximum": pub.connack["props"].get("ReceiveMaximum")}
+
+
+def server_limits():
+    # The broker runs with --max-packet-size 1024 --max-keepalive 10 --max-qos 1.
+    c = Client("")
+    props = c.connack["props"]
+    granted = c.subscribe("lim/#", qos=2)
+    too_big = Client("lim-big")
+    too_big.c.publish("lim/x", "y" * 2000, qos=0)
+    too_big.disconnected.wait(TIMEOUT)
+    qos2 = Client("lim-qos2")
+    qos2.c.publish("lim/q", "at qos 2", qos=2)
+    qos2.disconnected.wait(TIMEOUT)
+    return {"assigned": props.get("AssignedClientIdentifier", ""), "keep_alive": props.get("ServerKeepAlive"),
+            "maximum_packet_size": props.get("MaximumPacketSize"), "maximum_qos": props.get("MaximumQoS"),
+            "granted": granted, "too_big": too_big.disconnect_reason, "qos2": qos2.disconnect_reason,
+            "available": {k: props.get(k) for k in ("RetainAvailable", "WildcardSubscriptionAvailable",
+                                                    "SubscriptionIdentifierAvailable",
+                                                    "SharedSubscriptionAvailable")}}
+
+
+def reason_codes():
+    # The broker runs with --max-subscriptions 2.
+    c = Client("rc")
+    nobody = c.publish("rc/nobody", "no one listens")
+    codes = {"puback_no_subscribers": nobody}
+    codes["suback_ok"] = c.subscribe("rc/a", qos=1)
+    # paho itself refuses misplaced wildcards; these two it sends.
+    codes["suback_shared_empty_group"] = c.subscribe("$share//rc/x")
+    codes["suback_shared_no_filter"] = c.subscribe("$share/g")
+    codes["suback_second"] = c.subscribe("rc/b", qos=2)
+    codes["suback_quota"] = c.subscribe("rc/c")
+    codes["unsuback_ok"] = c.unsubscribe("rc/a")
+    codes["unsuback_none"] = c.unsubscribe("rc/never")
+    # The same client id again: the older connection is told 0x8E.
+    again = Client("rc")
+    c.disconnected.wait(TIMEOUT)
+    codes["taken_over"] = c.disconnect_reason
+    codes["new_one"] = again.connack["reason"]
+    return codes
+
+
+def shutdown():
+    c = Client("bye")
+    print("connected", flush=True)  # the test stops the broker with SIGTERM now
+    if not c.disconnected.wait(TIMEOUT):
+        sys.exit("no DISCONNECT")
+    return {"reason": c.disconnect_reason}
+
+
+def clean_start():
+    a = Client("cs", expiry=300)
+    a.subscribe("cs/t")
+    a.close()
+    Client("cs-pub").publish("cs/t", "queued")
+    fresh = Client("cs", clean_start=True, expiry=300)
+    fresh.subscribe("csmark")
+    Client("cs-pub2").publish("csmark", "after")
+    fresh.wait_messages(1)
+    return {"session_present": fresh.connack["session_present"], "got": [m["topic"] for m in fresh.messages]}
+
+
+def shared_subscriptions():
+    # A 5.0 and a 3.1.1 member of one group, and a plain subscriber beside them.
+    a = Client("sh-a", manual_ack=True)
+    a.subscribe("$share/g/sh/#")
+    b = Client("sh-b", protocol=mqtt.MQTTv311)
+    b.subscribe("$share/g/sh/#")
+    plain = Client("sh-plain")
+    plain.subscribe("sh/#")
+    pub = Client("sh-pub")
+    for i in range(10):
+        pub.publish("sh/t", f"s{i}")
+    plain.wait_messages(10)
+    deadline = time.monotonic() + TIMEOUT
+    while len(a.messages) + len(b.messages) < 10 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    spread = {"a": len(a.messages), "b": len(b.messages)}
+    # a holds its messages unacknowledged and leaves: the group gives them to b [redelivery on member loss].
+    held = [m["payload"] for m in a.messages]
+    a.c.disconnect()
+    a.c.loop_stop()
+    b.wait_messages(10)
+    payloads = sorted(m["payload"] for m in a.messages[:len(held)] + b.messages)
+    return {"spread": spread, "plain": len(plain.messages), "b_total": len(b.messages),
+            "held": held, "b_got_held": all(h in [m["payload"] for m in b.messages] for h in held),
+            "distinct": sorted(set(payloads)) == sorted(f"s{i}" for i in range(10))}
+
+
+def mixed_versions():
+    old = Client("mx-old", protocol=mqtt.MQTTv311)
+    old.subscribe("mx/#", qos=2)
+    new = Client("mx-new")
+    new.subscribe("mx/#", qos=1)
+    new.publish("mx/from5", "five", qos=1, UserProperty=[("k", "v")], ContentType="text/plain")
+    old.wait_messages(1)
+    new.wait_messages(1)
+    Client("mx-old-pub", protocol=mqtt.MQTTv311).c.publish("mx/from3", "three", qos=2).wait_for_publish(TIMEOUT)
+    new.wait_messages(2)
+    old.wait_messages(2)
+    to_old = old.messages[0]
+    to_new = [m for m in new.messages if m["topic"] == "mx/from3"][0]
+    return {"to_old": [to_old["topic"], to_old["payload"], to_old["qos"]],
+            "to_new": [to_new["topic"], to_new["payload"], to_new["qos"], to_new["props"]]}
 
 
 print(json.dumps(globals()[SCENARIO]()))

@@ -70,3 +70,42 @@ fn mqtt_js_v5_aliases_properties_subscription_ids_expiry_and_sessions() {
     assert!((295..=300).contains(&left), "{v}");
     assert_eq!(v["resumed"], serde_json::json!({"sessionPresent": true, "message": "while away"}), "{v}");
 }
+
+#[test]
+fn mqtt_js_v5_reason_codes_takeover_options_flow_shared_expiry_will_delay_request_response_auth_and_3_1_1() {
+    let broker = Skein::start(&["--max-keepalive", "10", "--max-subscriptions", "3"]);
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients");
+    let mut cmd = Command::new("node");
+    cmd.current_dir(dir)
+        .arg("mqttjs_v5_more.js")
+        .arg(broker.port().to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let out = Proc::spawn(&mut cmd).wait_output(WAIT * 4);
+    assert!(out.status.success(), "MQTT.js v5: {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON line");
+    let assigned = v["connack"]["assigned"].as_str().expect("Assigned Client Identifier");
+    assert!(assigned.starts_with("skein-"), "{v}");
+    assert_eq!(v["connack"]["serverKeepAlive"], 10, "{v}");
+    assert_eq!(v["connack"]["responseInformation"], format!("response/{assigned}"), "{v}");
+    assert_eq!(
+        v["reasons"],
+        serde_json::json!({"puback": 0x10, "granted": 2, "emptyGroup": 0x8F, "second": 1, "third": 1, "quota": 0x97,
+                           "unsuback": [0x11], "payloadFormat": 0x99}),
+        "{v}"
+    );
+    assert_eq!(v["takenOver"], 0x8E, "{v}");
+    assert_eq!(
+        v["options"],
+        serde_json::json!([["js-opts/kept", true], ["js-opts/live", true]]),
+        "retained once (Retain Handling 2 sent none), retain flag as published, own message not echoed: {v}"
+    );
+    assert_eq!(v["flow"], serde_json::json!(["m1", "m2", "m3", "m4", "m5"]), "the 500-byte one dropped: {v}");
+    assert_eq!(v["shared"], serde_json::json!([5, 5]), "{v}");
+    assert_eq!(v["will"]["topic"], "js-will/gone");
+    assert!(v["will"]["waitedMs"].as_u64().unwrap() >= 900, "the will waited out its delay: {v}");
+    assert_eq!(v["sessionPresent"], serde_json::json!({"js-sx-short": false, "js-sx-long": true}), "{v}");
+    assert_eq!(v["response"], serde_json::json!({"payload": "re: ping", "correlation": "corr-9"}), "{v}");
+    assert_eq!(v["auth"], 0x8C, "{v}");
+    assert_eq!(v["mixed"], serde_json::json!({"topic": "js-mx/t", "payload": "to old", "qos": 2}), "{v}");
+}

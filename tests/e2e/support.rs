@@ -163,6 +163,11 @@ impl Proc {
         self.0.as_ref().expect("running").id()
     }
 
+    /// The child's piped standard output, to read as it runs.
+    pub fn stdout(&mut self) -> std::process::ChildStdout {
+        self.0.as_mut().and_then(|c| c.stdout.take()).expect("stdout piped and not taken yet")
+    }
+
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.0.take() {
             let _ = c.kill();
