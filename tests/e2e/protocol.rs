@@ -497,3 +497,41 @@ fn a_5_0_message_reaches_a_3_1_1_subscriber_and_back() {
     assert_eq!((p.qos, &p.payload[..]), (QoS::AtLeastOnce, &b"three"[..]));
     assert!(p.properties.user_properties.is_empty() && p.properties.content_type.is_none());
 }
+
+#[test]
+fn unreleased_qos2_messages_beyond_our_receive_maximum_close_the_connection() {
+    let broker = Skein::start(&["--max-inflight-messages", "5"]);
+    // Someone listens, so every PUBREC is a plain success.
+    let (mut sub, _) = Raw::connect(broker.mqtt, connect_packet(ProtocolVersion::V311, "rm-sub", true));
+    sub.send(&sub_packet(1, &[("rm/#", QoS::AtMostOnce)]));
+    assert!(matches!(sub.recv(), Some(Packet::SubAck(_))));
+    for version in [ProtocolVersion::V5, ProtocolVersion::V311] {
+        let (mut c, connack) = Raw::connect(broker.mqtt, connect_packet(version, "rm", true));
+        if version.is_v5() {
+            assert_eq!(connack.properties.receive_maximum, Some(5), "Receive Maximum is max_inflight_messages");
+        }
+        for id in 1..=5 {
+            c.send(&publish("rm/t", QoS::ExactlyOnce, id, b"x"));
+            assert_eq!(c.recv(), Some(Packet::PubRec(Ack::new(id))));
+        }
+        // A repeat of an unreleased one is not a new one [MQTT-4.3.3-10].
+        c.send(&publish("rm/t", QoS::ExactlyOnce, 3, b"x"));
+        assert_eq!(c.recv(), Some(Packet::PubRec(Ack::new(3))));
+        // Once released, the identifier and the slot are free again.
+        c.send(&Packet::PubRel(Ack::new(1)));
+        assert_eq!(c.recv(), Some(Packet::PubComp(Ack::new(1))));
+        c.send(&publish("rm/t", QoS::ExactlyOnce, 6, b"x"));
+        assert_eq!(c.recv(), Some(Packet::PubRec(Ack::new(6))));
+        // The sixth unreleased one: MQTT 5.0 section 3.3.4, DISCONNECT 0x93; a 3.1.1 client is closed.
+        c.send(&publish("rm/t", QoS::ExactlyOnce, 7, b"x"));
+        let rest = c.recv_until_closed();
+        if version.is_v5() {
+            assert!(
+                matches!(rest.as_slice(), [Packet::Disconnect(d)] if d.reason_code == ReasonCode::ReceiveMaximumExceeded),
+                "{rest:?}"
+            );
+        } else {
+            assert!(rest.is_empty(), "{rest:?}");
+        }
+    }
+}

@@ -97,6 +97,10 @@ struct Load {
     /// Unbounded runs are closed-loop: as fast as the broker delivers, never faster than it can.
     #[arg(long, default_value_t = 64)]
     window: usize,
+    /// QoS 1/2 messages a publisher may have unacknowledged; also capped by the broker's Receive Maximum (MQTT 5.0).
+    /// 20 is Mosquitto's max_inflight_messages, past which it closes a publisher with unreleased QoS 2 messages.
+    #[arg(long, default_value_t = 20)]
+    inflight: usize,
     /// Seconds to wait, after publishing stops, for the last messages to arrive.
     #[arg(long, default_value_t = 3)]
     drain: u64,
@@ -324,6 +328,7 @@ async fn load(
             payload: l.payload,
             rate: l.rate,
             window: l.window.max(1),
+            inflight: l.inflight.min(usize::from(c.receive_maximum)).max(1),
             fan,
         };
         pubs.push(tokio::spawn(publisher(c, cfg, epoch, live.clone(), stop_pubs.clone())));
@@ -389,6 +394,8 @@ struct PubConfig {
     payload: usize,
     rate: u64,
     window: usize,
+    /// QoS 1/2 messages awaiting their acknowledgement, at most.
+    inflight: usize,
 }
 
 /// Publishes until told to stop; returns how many messages it sent (for QoS 1/2: that were acknowledged).
@@ -414,7 +421,8 @@ async fn publisher(mut c: Client, cfg: PubConfig, epoch: Instant, live: Arc<Live
             let should = (started.elapsed().as_secs_f64() * cfg.rate as f64) as u64;
             should.saturating_sub(seq).min(batch)
         };
-        let acked_room = if cfg.qos == QoS::AtMostOnce { u64::MAX } else { (cfg.window - outstanding) as u64 };
+        let in_flight = cfg.window.min(cfg.inflight);
+        let acked_room = if cfg.qos == QoS::AtMostOnce { u64::MAX } else { (in_flight - outstanding) as u64 };
         // Closed loop: no more than `window` ahead of what subscribers have received. A message the broker dropped
         // never arrives, so after a stall the loop gives up waiting and sends on (the loss is counted at the end).
         let delivered = live.per_publisher.get(cfg.id as usize).map_or(0, |d| d.load(Ordering::Relaxed)) / cfg.fan;
@@ -451,7 +459,7 @@ async fn publisher(mut c: Client, cfg: PubConfig, epoch: Instant, live: Arc<Live
             wbuf.clear();
         }
         // Read acknowledgements when there are any to wait for or nothing else to do.
-        let must_wait = cfg.qos != QoS::AtMostOnce && (outstanding >= cfg.window || stopping);
+        let must_wait = cfg.qos != QoS::AtMostOnce && (outstanding >= in_flight || stopping);
         let idle = n == 0 && !must_wait;
         if cfg.qos == QoS::AtMostOnce {
             if idle {

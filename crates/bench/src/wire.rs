@@ -14,6 +14,8 @@ pub struct Client {
     pub stream: TcpStream,
     pub rbuf: BytesMut,
     pub version: ProtocolVersion,
+    /// The broker's Receive Maximum from an MQTT 5.0 CONNACK (65,535 when absent or for 3.1.1).
+    pub receive_maximum: u16,
 }
 
 #[derive(Debug, Clone)]
@@ -36,7 +38,12 @@ impl Client {
             None => TcpStream::connect(target.addr).await?,
         };
         stream.set_nodelay(true)?;
-        let mut c = Client { stream, rbuf: BytesMut::with_capacity(64 * 1024), version: target.version };
+        let mut c = Client {
+            stream,
+            rbuf: BytesMut::with_capacity(64 * 1024),
+            version: target.version,
+            receive_maximum: u16::MAX,
+        };
         let connect = Connect {
             protocol: target.version,
             clean_start: true,
@@ -49,7 +56,10 @@ impl Client {
         };
         c.send(&Packet::Connect(Box::new(connect))).await?;
         match c.recv().await? {
-            Packet::ConnAck(a) if !a.reason_code.is_error() => Ok(c),
+            Packet::ConnAck(a) if !a.reason_code.is_error() => {
+                c.receive_maximum = a.properties.receive_maximum.unwrap_or(u16::MAX);
+                Ok(c)
+            }
             Packet::ConnAck(a) => Err(err(format!("connection refused: {:?}", a.reason_code))),
             other => Err(err(format!("expected CONNACK, got {:?}", other.packet_type()))),
         }

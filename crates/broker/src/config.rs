@@ -10,7 +10,8 @@ pub struct BrokerConfig {
     /// Accept clients without a user name (Mosquitto `allow_anonymous`).
     pub allow_anonymous: bool,
     /// QoS 1 and 2 messages in flight to one client at a time; 0 means no limit (Mosquitto `max_inflight_messages`).
-    /// An MQTT 5.0 client's Receive Maximum lowers it further.
+    /// An MQTT 5.0 client's Receive Maximum lowers it further. It is also our Receive Maximum: the unreleased QoS 2
+    /// messages a client may have towards us.
     pub max_inflight_messages: usize,
     /// Messages queued for one client beyond those in flight; 0 means no limit. When full, further messages for
     /// that client are dropped and counted (Mosquitto `max_queued_messages`).
@@ -56,6 +57,17 @@ impl BrokerConfig {
     pub fn too_many_levels(&self, topic: &str) -> bool {
         let max = self.max_topic_levels;
         max != 0 && topic.len() >= max && topic.bytes().filter(|b| *b == b'/').count() >= max
+    }
+}
+
+impl BrokerConfig {
+    /// The Receive Maximum announced to MQTT 5.0 clients and enforced on every client's unreleased QoS 2
+    /// messages: `max_inflight_messages`, as with Mosquitto; no limit there means the protocol's 65,535.
+    pub fn receive_maximum(&self) -> u16 {
+        match self.max_inflight_messages {
+            0 => u16::MAX,
+            n => u16::try_from(n).unwrap_or(u16::MAX),
+        }
     }
 }
 

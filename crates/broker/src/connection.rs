@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use crate::session::IncomingQos2;
 use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
 use skein_codec::topic::Filter;
@@ -255,6 +256,9 @@ where
         }
         if !broker.config.retain_available {
             properties.retain_available = Some(0);
+        }
+        if broker.config.receive_maximum() < u16::MAX {
+            properties.receive_maximum = Some(broker.config.receive_maximum());
         }
         if broker.config.max_qos < QoS::ExactlyOnce {
             properties.maximum_qos = Some(broker.config.max_qos as u8);
@@ -915,14 +919,19 @@ impl Conn<'_> {
         }
         let qos = p.qos;
         let packet_id = p.packet_id;
-        if qos == QoS::ExactlyOnce && lock(&self.session.state).incoming_inflight() >= usize::from(u16::MAX) {
-            // More unreleased QoS 2 messages than our Receive Maximum (65,535, the default we announce).
-            return Some(Close::Violation(ReasonCode::ReceiveMaximumExceeded));
-        }
-        if qos == QoS::ExactlyOnce && !lock(&self.session.state).on_incoming_qos2(packet_id) {
-            // A repeat before PUBREL: acknowledge again, deliver nothing [MQTT-4.3.3-10].
-            self.ack(batch, Packet::PubRec(Ack::new(packet_id)));
-            return None;
+        if qos == QoS::ExactlyOnce {
+            let limit = usize::from(broker.config.receive_maximum());
+            match lock(&self.session.state).on_incoming_qos2(packet_id, limit) {
+                IncomingQos2::New => {}
+                IncomingQos2::Repeat => {
+                    // A repeat before PUBREL: acknowledge again, deliver nothing [MQTT-4.3.3-10].
+                    self.ack(batch, Packet::PubRec(Ack::new(packet_id)));
+                    return None;
+                }
+                // More unreleased QoS 2 messages than our Receive Maximum (MQTT 5.0 section 3.3.4); a 3.x client is
+                // closed, as Mosquitto does past max_inflight_messages.
+                IncomingQos2::OverLimit => return Some(Close::Violation(ReasonCode::ReceiveMaximumExceeded)),
+            }
         }
         let mut reason = ReasonCode::Success;
         match refusal {

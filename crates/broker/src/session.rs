@@ -109,6 +109,14 @@ impl InflightState {
     }
 }
 
+/// What a QoS 2 PUBLISH from the client is, next to the ones not yet released.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IncomingQos2 {
+    New,
+    Repeat,
+    OverLimit,
+}
+
 /// A persistent session moving to another node: its subscriptions and what was queued or in flight, in order.
 #[derive(Debug, Clone, Default)]
 pub struct SessionExport {
@@ -476,10 +484,17 @@ impl Session {
         self.finish_inflight(packet_id, InflightState::AwaitingPubComp, updates)
     }
 
-    /// A QoS 2 PUBLISH from the client: true if it is new and must be delivered, false for a repeat of one whose
-    /// PUBREL has not come yet [MQTT-4.3.3-10].
-    pub fn on_incoming_qos2(&mut self, packet_id: u16) -> bool {
-        self.incoming_qos2.insert(packet_id)
+    /// A QoS 2 PUBLISH from the client, with `limit` unreleased ones allowed (our Receive Maximum): new and to be
+    /// delivered, a repeat of one whose PUBREL has not come yet [MQTT-4.3.3-10], or one too many.
+    pub fn on_incoming_qos2(&mut self, packet_id: u16, limit: usize) -> IncomingQos2 {
+        if self.incoming_qos2.contains(&packet_id) {
+            IncomingQos2::Repeat
+        } else if self.incoming_qos2.len() >= limit {
+            IncomingQos2::OverLimit
+        } else {
+            self.incoming_qos2.insert(packet_id);
+            IncomingQos2::New
+        }
     }
 
     /// PUBREL from the client: frees the identifier; false if it was not in use.
@@ -667,11 +682,14 @@ mod tests {
     #[test]
     fn repeated_qos2_publish_is_delivered_once() {
         let mut s = session(10, 0);
-        assert!(s.on_incoming_qos2(7));
-        assert!(!s.on_incoming_qos2(7), "the repeat before PUBREL is not new");
+        assert_eq!(s.on_incoming_qos2(7, 2), IncomingQos2::New);
+        assert_eq!(s.on_incoming_qos2(7, 2), IncomingQos2::Repeat, "the repeat before PUBREL is not new");
+        assert_eq!(s.on_incoming_qos2(8, 2), IncomingQos2::New);
+        assert_eq!(s.on_incoming_qos2(9, 2), IncomingQos2::OverLimit, "a third unreleased one is one too many");
+        assert_eq!(s.on_incoming_qos2(8, 2), IncomingQos2::Repeat, "a repeat is not over the limit");
         assert!(s.on_pubrel(7));
         assert!(!s.on_pubrel(7));
-        assert!(s.on_incoming_qos2(7), "after PUBREL the identifier may be reused");
+        assert_eq!(s.on_incoming_qos2(7, 2), IncomingQos2::New, "after PUBREL the identifier may be reused");
     }
 
     #[test]
