@@ -30,6 +30,9 @@ pub struct Config {
     pub ws: Vec<SocketAddr>,
     /// MQTT over secure WebSocket listen addresses (with `tls_cert` and `tls_key`).
     pub wss: Vec<SocketAddr>,
+    /// Connections one listener takes at a time, as `ADDR=N` (Mosquitto's `max_connections` inside a `listener`
+    /// block); the one over it is closed at once. `max_connections` bounds all listeners together.
+    pub listener_max_connections: Vec<String>,
     /// PEM certificate chain and private key of the TLS listeners; reloaded when the files change.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -106,6 +109,7 @@ impl Default for Config {
             mqtts: Vec::new(),
             ws: Vec::new(),
             wss: Vec::new(),
+            listener_max_connections: Vec::new(),
             tls_cert: None,
             tls_key: None,
             tls_client_ca: None,
@@ -164,6 +168,9 @@ pub struct ServeArgs {
     /// MQTT over WebSocket listen address (path /mqtt); repeat for more.
     #[arg(long, env = "SKEIN_WS", value_name = "ADDR", value_delimiter = ',')]
     pub ws: Vec<SocketAddr>,
+    /// Connections one listener takes at a time, as ADDR=N (the listener's address as given); repeat for more.
+    #[arg(long, env = "SKEIN_LISTENER_MAX_CONNECTIONS", value_name = "ADDR=N", value_delimiter = ',')]
+    pub listener_max_connections: Vec<String>,
     /// MQTT over secure WebSocket listen address (needs --tls-cert and --tls-key); repeat for more.
     #[arg(long, env = "SKEIN_WSS", value_name = "ADDR", value_delimiter = ',')]
     pub wss: Vec<SocketAddr>,
@@ -301,6 +308,9 @@ impl ServeArgs {
         }
         if !self.wss.is_empty() {
             c.wss = self.wss.clone();
+        }
+        if !self.listener_max_connections.is_empty() {
+            c.listener_max_connections = self.listener_max_connections.clone();
         }
         for (dst, src) in [
             (&mut c.tls_cert, &self.tls_cert),
@@ -445,7 +455,35 @@ impl Config {
         })
     }
 
+    /// The `listener_max_connections` entries: listener address to limit.
+    fn listener_limits(&self) -> Result<Vec<(SocketAddr, usize)>, String> {
+        let listeners: Vec<&SocketAddr> =
+            self.mqtt.iter().chain(&self.mqtts).chain(&self.ws).chain(&self.wss).collect();
+        self.listener_max_connections
+            .iter()
+            .map(|entry| {
+                let bad = || format!("listener_max_connections {entry:?}: write ADDR=N, e.g. 0.0.0.0:1883=1000");
+                let (addr, n) = entry.split_once('=').ok_or_else(bad)?;
+                let addr: SocketAddr = addr.trim().parse().map_err(|_| bad())?;
+                let n: usize = n.trim().parse().map_err(|_| bad())?;
+                if !listeners.contains(&&addr) {
+                    return Err(format!(
+                        "listener_max_connections names {addr}, which is not one of the listeners (mqtt, mqtts, ws, wss)"
+                    ));
+                }
+                Ok((addr, n))
+            })
+            .collect()
+    }
+
+    /// Connections the listener on `addr` (as configured) takes at a time; 0: no limit of its own.
+    pub fn listener_limit(&self, addr: SocketAddr) -> usize {
+        let limits = self.listener_limits().unwrap_or_default();
+        limits.iter().rev().find(|(a, _)| *a == addr).map_or(0, |(_, n)| *n)
+    }
+
     fn check(&self) -> Result<(), String> {
+        self.listener_limits()?;
         if self.max_connections < -1 {
             return Err(format!("max_connections = {}: use -1 (no limit) or a positive number", self.max_connections));
         }

@@ -175,10 +175,10 @@ async fn serve(config: Config) -> Result<(), String> {
     }
     for addr in &config.listeners() {
         let l = listen(*addr).map_err(|e| format!("cannot listen for MQTT on {addr}: {e}"))?;
-        listeners_bound.push(l);
+        listeners_bound.push((*addr, l));
     }
     let mqtt_local =
-        listeners_bound.first().and_then(|l| l.local_addr().ok()).map(|a| a.to_string()).unwrap_or_default();
+        listeners_bound.first().and_then(|(_, l)| l.local_addr().ok()).map(|a| a.to_string()).unwrap_or_default();
     let node = match config.cluster {
         Some(listen) => {
             let cluster_config = ClusterConfig {
@@ -220,33 +220,40 @@ async fn serve(config: Config) -> Result<(), String> {
     let mut tls_bound = Vec::new();
     for addr in &config.mqtts {
         let l = listen(*addr).map_err(|e| format!("cannot listen for MQTT over TLS on {addr}: {e}"))?;
-        tls_bound.push(l);
+        tls_bound.push((*addr, l));
     }
     let mut ws_bound = Vec::new();
     for (addr, secure) in config.ws.iter().map(|a| (a, false)).chain(config.wss.iter().map(|a| (a, true))) {
         let l = listen(*addr).map_err(|e| format!("cannot listen for MQTT over WebSocket on {addr}: {e}"))?;
-        ws_bound.push((l, secure));
+        ws_bound.push((*addr, l, secure));
     }
+    let limits = |addr| skein_broker::listener::Limits { max_connections: config.listener_limit(addr) };
     let mut listeners = Vec::new();
-    for (l, secure) in ws_bound {
+    for (addr, l, secure) in ws_bound {
         let local = l.local_addr().map_err(|e| e.to_string())?;
         tracing::info!(%local, tls = secure, "listening for MQTT over WebSocket");
         let tls = if secure { tls.clone() } else { None };
-        listeners.push(tokio::spawn(skein_broker::listener::serve_ws(broker.clone(), l, tls)));
+        listeners.push(tokio::spawn(skein_broker::listener::serve_ws(broker.clone(), l, limits(addr), tls)));
     }
     if let Some(tls) = &tls {
         tokio::spawn(tls.clone().watch(Duration::from_secs(2)));
-        for l in tls_bound {
+        for (addr, l) in tls_bound {
             let local = l.local_addr().map_err(|e| e.to_string())?;
             tracing::info!(%local, mutual = config.tls_client_ca.is_some(), "listening for MQTT over TLS");
             let identity = config.use_identity_as_username;
-            listeners.push(tokio::spawn(skein_broker::listener::serve_tls(broker.clone(), l, tls.clone(), identity)));
+            listeners.push(tokio::spawn(skein_broker::listener::serve_tls(
+                broker.clone(),
+                l,
+                limits(addr),
+                tls.clone(),
+                identity,
+            )));
         }
     }
-    for l in listeners_bound {
+    for (addr, l) in listeners_bound {
         let local = l.local_addr().map_err(|e| e.to_string())?;
         tracing::info!(%local, "listening for MQTT");
-        listeners.push(tokio::spawn(skein_broker::listener::serve_tcp(broker.clone(), l)));
+        listeners.push(tokio::spawn(skein_broker::listener::serve_tcp(broker.clone(), l, limits(addr))));
     }
     if let Some(addr) = config.http {
         let l = TcpListener::bind(addr).await.map_err(|e| format!("cannot listen for HTTP on {addr}: {e}"))?;

@@ -89,7 +89,14 @@ impl Parser {
             "queue_qos0_messages" => c.queue_qos0_messages = parse(key, value)?,
             "message_size_limit" => c.message_size_limit = parse(key, value)?,
             "max_packet_size" => c.max_packet_size = parse(key, value)?,
-            "max_connections" => c.max_connections = parse(key, value)?,
+            // Inside a listener block: that listener's own limit; before any, all of them together.
+            "max_connections" => match self.listener {
+                Some((addr, _, _)) => {
+                    let n: i64 = parse(key, value)?;
+                    c.listener_max_connections.push(format!("{addr}={}", n.max(0)));
+                }
+                None => c.max_connections = parse(key, value)?,
+            },
             "max_keepalive" => c.max_keepalive = parse(key, value)?,
             "sys_interval" => c.sys_interval = parse(key, value)?,
             "retain_available" => c.retain_available = parse(key, value)?,
@@ -176,7 +183,7 @@ mod tests {
             format!(
                 "# Debian's file\npid_file /run/mosquitto/mosquitto.pid\npersistence true\npersistence_location \
                  /var/lib/mosquitto/\nlog_dest file /var/log/mosquitto/mosquitto.log\ninclude_dir {}\n\nlistener \
-                 1883\nlistener 8080\nprotocol websockets\nlistener 8883 127.0.0.1\ncertfile /etc/s.pem\nkeyfile /etc/s.key\ncafile /etc/ca.pem\n\
+                 1883\nmax_connections 500\nlistener 8080\nprotocol websockets\nmax_connections -1\nlistener 8883 127.0.0.1\ncertfile /etc/s.pem\nkeyfile /etc/s.key\ncafile /etc/ca.pem\n\
                  require_certificate true\nuse_identity_as_username true\n",
                 conf_d.display()
             ),
@@ -191,6 +198,8 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("/var/lib/mosquitto/"));
         assert_eq!(c.tls_client_ca, Some(PathBuf::from("/etc/ca.pem")));
         assert!(c.use_identity_as_username);
+        assert_eq!(c.listener_max_connections, vec!["0.0.0.0:1883=500", "0.0.0.0:8080=0"], "per listener");
+        assert_eq!(c.max_connections, -1, "no limit over all listeners");
     }
 
     #[test]

@@ -137,3 +137,43 @@ fn new_connections_over_the_rate_wait_their_turn() {
     assert!(started.elapsed() >= Duration::from_secs(1), "{:?}", started.elapsed());
     assert_eq!(clients.len(), 15);
 }
+
+#[test]
+fn a_full_listener_closes_the_next_connection_and_the_others_still_take_clients() {
+    let (small, other) = (free_port(), free_port());
+    let small_listener = format!("127.0.0.1:{small}");
+    let limit = format!("{small_listener}=2");
+    let broker = Skein::start(&[
+        "--mqtt",
+        &small_listener,
+        "--mqtt",
+        &format!("127.0.0.1:{other}"),
+        "--listener-max-connections",
+        &limit,
+    ]);
+    let small_addr: std::net::SocketAddr = small_listener.parse().unwrap();
+    let v311 = |id: &str| connect_packet(ProtocolVersion::V311, id, true);
+    let (first, _) = Raw::connect(small_addr, v311("l1"));
+    let (_second, _) = Raw::connect(small_addr, v311("l2"));
+    // The third is closed before any CONNACK, as Mosquitto closes a connection past a listener's max_connections.
+    let mut third = Raw::connect_tcp(small_addr);
+    third.send(&Packet::Connect(Box::new(v311("l3"))));
+    assert_eq!(third.recv(), None, "closed without a CONNACK");
+    // Other listeners are not affected.
+    let (_elsewhere, ack) = Raw::connect(format!("127.0.0.1:{other}").parse().unwrap(), v311("l4"));
+    assert_eq!(ack.reason_code, ReasonCode::Success);
+    round_trip(&broker, "listener");
+    // A slot frees when a connection ends: the broker notices the close, then takes the next one.
+    drop(first);
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let mut again = Raw::connect_tcp(small_addr);
+        again.send(&Packet::Connect(Box::new(v311("l5"))));
+        if let Some(Packet::ConnAck(a)) = again.recv() {
+            assert_eq!(a.reason_code, ReasonCode::Success);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the freed slot was never given out");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -52,6 +52,13 @@ impl Source for tokio::io::ReadHalf<tokio_rustls::server::TlsStream<tokio::net::
         std::future::ready(Ok(()))
     }
 }
+/// An in-memory stream (the connection-driver fuzz target and tests): always readable as far as we can tell.
+impl Source for tokio::io::ReadHalf<tokio::io::DuplexStream> {
+    fn ready(&mut self) -> impl std::future::Future<Output = std::io::Result<()>> + Send {
+        std::future::ready(Ok(()))
+    }
+}
+
 /// How long a closing connection's writer gets to send what is left.
 const WRITER_GRACE: Duration = Duration::from_secs(3);
 /// How long a refused login waits for its CONNACK.
@@ -82,6 +89,11 @@ impl Close {
             Close::TakenOver => Some(ReasonCode::SessionTakenOver),
             Close::Shutdown => Some(ReasonCode::ServerShuttingDown),
             Close::KeepAlive => Some(ReasonCode::KeepAliveTimeout),
+            // A decode error can carry a CONNECT-only reason (a second CONNECT with a bad protocol name gives
+            // 0x84); a second CONNECT is a protocol error whatever is in it [MQTT-3.1.0-2].
+            Close::Violation(code) if !code.allowed_in(skein_codec::PacketType::Disconnect) => {
+                Some(ReasonCode::ProtocolError)
+            }
             Close::Violation(code) => Some(code),
         }
     }

@@ -3,20 +3,40 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::broker::Broker;
 use crate::connection;
+use crate::stats::Stats;
 use crate::tls::{Reloading, common_name};
 
+/// Connections a listener serves at a time (Mosquitto's per-listener `max_connections`); 0: no limit of its own.
+/// `Broker`'s `max_connections` still bounds all listeners together.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Limits {
+    pub max_connections: usize,
+}
+
+/// Counts one connection of a listener until dropped.
+struct Held(Arc<AtomicUsize>);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Accepts on `listener` until the broker shuts down, at most `max_connection_rate` a second, and runs `serve` for
-/// each stream in a task of its own (so no handshake holds up the next client).
-async fn accept_loop<F, Fut>(broker: Arc<Broker>, listener: TcpListener, serve: F)
+/// each stream in a task of its own (so no handshake holds up the next client). A stream over the listener's own
+/// limit is closed at once, before any handshake, as Mosquitto does.
+async fn accept_loop<F, Fut>(broker: Arc<Broker>, listener: TcpListener, limits: Limits, serve: F)
 where
     F: Fn(Arc<Broker>, TcpStream, SocketAddr) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    let open = Arc::new(AtomicUsize::new(0));
     let mut shutdown = broker.shutdown_signal();
     loop {
         let accepted = tokio::select! {
@@ -25,10 +45,22 @@ where
         };
         match accepted {
             Ok((stream, peer)) => {
+                if limits.max_connections != 0 && open.load(Ordering::Acquire) >= limits.max_connections {
+                    Stats::add(&broker.stats.connections_refused, 1);
+                    tracing::debug!(%peer, limit = limits.max_connections, "listener full: connection closed");
+                    drop(stream);
+                    continue;
+                }
+                open.fetch_add(1, Ordering::AcqRel);
+                let held = Held(open.clone());
                 broker.admit().await;
                 // Latency over packet count: MQTT packets are small and each one is awaited by someone.
                 let _ = stream.set_nodelay(true);
-                tokio::spawn(serve(broker.clone(), stream, peer));
+                let served = serve(broker.clone(), stream, peer);
+                tokio::spawn(async move {
+                    served.await;
+                    drop(held);
+                });
             }
             Err(e) => {
                 // Out of file descriptors and the like: say so, and give the system a moment.
@@ -40,8 +72,8 @@ where
 }
 
 /// Accepts MQTT over TCP on `listener` until the broker shuts down.
-pub async fn serve_tcp(broker: Arc<Broker>, listener: TcpListener) {
-    accept_loop(broker, listener, |broker, stream, peer| {
+pub async fn serve_tcp(broker: Arc<Broker>, listener: TcpListener, limits: Limits) {
+    accept_loop(broker, listener, limits, |broker, stream, peer| {
         let (r, w) = stream.into_split();
         connection::serve(broker, r, w, peer, None)
     })
@@ -51,8 +83,14 @@ pub async fn serve_tcp(broker: Arc<Broker>, listener: TcpListener) {
 /// Accepts MQTT over TLS on `listener` until the broker shuts down. The handshake is bounded by the CONNECT timeout.
 /// With `identity_as_username`, the client certificate's Common Name is the user name (and a client without one is
 /// refused, as the listener then requires a certificate).
-pub async fn serve_tls(broker: Arc<Broker>, listener: TcpListener, tls: Arc<Reloading>, identity_as_username: bool) {
-    accept_loop(broker, listener, move |broker, stream, peer| {
+pub async fn serve_tls(
+    broker: Arc<Broker>,
+    listener: TcpListener,
+    limits: Limits,
+    tls: Arc<Reloading>,
+    identity_as_username: bool,
+) {
+    accept_loop(broker, listener, limits, move |broker, stream, peer| {
         let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
         async move {
             let Some(stream) = tls_handshake(&broker, acceptor, stream, peer).await else { return };
@@ -76,8 +114,8 @@ pub async fn serve_tls(broker: Arc<Broker>, listener: TcpListener, tls: Arc<Relo
 
 /// Accepts MQTT over WebSocket on `listener` until the broker shuts down: `ws://`, or `wss://` with `tls`. The TLS
 /// and WebSocket handshakes are each bounded by the CONNECT timeout.
-pub async fn serve_ws(broker: Arc<Broker>, listener: TcpListener, tls: Option<Arc<Reloading>>) {
-    accept_loop(broker, listener, move |broker, stream, peer| {
+pub async fn serve_ws(broker: Arc<Broker>, listener: TcpListener, limits: Limits, tls: Option<Arc<Reloading>>) {
+    accept_loop(broker, listener, limits, move |broker, stream, peer| {
         let acceptor = tls.as_ref().map(|t| tokio_rustls::TlsAcceptor::from(t.current()));
         async move {
             match acceptor {

@@ -87,7 +87,7 @@ async fn broker() -> std::net::SocketAddr {
     broker.add_auth_method(Arc::new(Challenge));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(skein_broker::listener::serve_tcp(broker, listener));
+    tokio::spawn(skein_broker::listener::serve_tcp(broker, listener, Default::default()));
     addr
 }
 
