@@ -327,3 +327,29 @@ fn a_missing_or_broken_file_stops_start_up_with_its_line() {
         assert!(!out.status.success() && err.contains(want), "{flag}: {err}");
     }
 }
+
+/// `-H argon2id` is an opt-in Mosquitto 2.0 cannot read; Skein reads it beside `$7$` lines in the same file.
+#[test]
+fn argon2id_hashes_from_skein_passwd_log_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("passwd");
+    let f = file.to_str().unwrap();
+    for args in [&["-c", "-b", "-H", "argon2id", f, "dave", "password"][..], &["-b", f, "erin", "pbkdf2 one"]] {
+        let out = Command::new(skein_bin()).arg("passwd").args(args).output().unwrap();
+        assert!(out.status.success(), "skein passwd {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.starts_with("dave:$argon2id$v=19$m=19456,t=2,p=1$") && text.contains("\nerin:$7$101$"), "{text}");
+    let broker = Skein::start(&["--password-file", f]);
+    let port = broker.port().to_string();
+    let run = |u: &str, p: &str| {
+        Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &port, "-t", "t", "-m", "m", "-u", u, "-P", p])
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert!(run("dave", "password") && run("erin", "pbkdf2 one"));
+    assert!(!run("dave", "wrong"), "a wrong password is refused");
+}
