@@ -74,6 +74,8 @@ pub struct Config {
     pub connect_timeout: f64,
     /// Levels a topic name or filter may have; 0: no limit.
     pub max_topic_levels: usize,
+    /// Bytes a topic name or filter may have; 0: the protocol's 65,535.
+    pub max_topic_length: usize,
     /// Subscriptions one client may hold; 0: no limit.
     pub max_subscriptions: usize,
     /// New connections accepted per second over all listeners; 0: no limit.
@@ -135,6 +137,7 @@ impl Default for Config {
             max_qos: broker.max_qos as u8,
             connect_timeout: broker.connect_timeout.as_secs_f64(),
             max_topic_levels: broker.max_topic_levels,
+            max_topic_length: broker.max_topic_length,
             max_subscriptions: broker.max_subscriptions,
             max_connection_rate: broker.max_connection_rate,
             max_publish_rate: broker.max_publish_rate,
@@ -249,6 +252,9 @@ pub struct ServeArgs {
     /// Levels a topic name or filter may have; 0: no limit [default: 128].
     #[arg(long, env = "SKEIN_MAX_TOPIC_LEVELS", value_name = "N")]
     pub max_topic_levels: Option<usize>,
+    /// Bytes a topic name or filter may have; 0: the protocol's 65,535 [default: 0].
+    #[arg(long, env = "SKEIN_MAX_TOPIC_LENGTH", value_name = "BYTES")]
+    pub max_topic_length: Option<usize>,
     /// Subscriptions one client may hold; 0: no limit [default: 0].
     #[arg(long, env = "SKEIN_MAX_SUBSCRIPTIONS", value_name = "N")]
     pub max_subscriptions: Option<usize>,
@@ -345,6 +351,7 @@ impl ServeArgs {
             max_qos,
             connect_timeout,
             max_topic_levels,
+            max_topic_length,
             max_subscriptions,
             max_connection_rate,
             max_publish_rate
@@ -550,6 +557,7 @@ impl Config {
             },
             connect_timeout: Duration::from_secs_f64(self.connect_timeout),
             max_topic_levels: self.max_topic_levels,
+            max_topic_length: self.max_topic_length,
             max_subscriptions: self.max_subscriptions,
             max_connection_rate: self.max_connection_rate,
             max_publish_rate: self.max_publish_rate,

@@ -104,6 +104,7 @@ impl Parser {
             "max_qos" => c.max_qos = parse(key, value)?,
             "connect_timeout" => c.connect_timeout = parse(key, value)?,
             "max_topic_levels" => c.max_topic_levels = parse(key, value)?,
+            "max_topic_length" => c.max_topic_length = parse(key, value)?,
             "max_subscriptions" => c.max_subscriptions = parse(key, value)?,
             "max_connection_rate" => c.max_connection_rate = parse(key, value)?,
             "max_publish_rate" => c.max_publish_rate = parse(key, value)?,

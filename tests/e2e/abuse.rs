@@ -90,12 +90,15 @@ fn subscribe(raw: &mut Raw, filter: &str) -> ReasonCode {
 }
 
 #[test]
-fn topic_levels_and_subscriptions_per_client_are_bounded() {
-    let broker = Skein::start(&["--max-topic-levels", "3", "--max-subscriptions", "2"]);
+fn topic_length_levels_and_subscriptions_per_client_are_bounded() {
+    let broker = Skein::start(&["--max-topic-levels", "3", "--max-topic-length", "12", "--max-subscriptions", "2"]);
     let mut c = v5(&broker, "bounded");
     c.send(&publish("a/b/c/d", QoS::AtLeastOnce, 1, b"m"));
     assert_eq!(c.recv(), Some(Packet::PubAck(Ack { reason_code: ReasonCode::TopicNameInvalid, ..Ack::new(1) })));
+    c.send(&publish("thirteen/byte", QoS::AtLeastOnce, 2, b"m"));
+    assert_eq!(c.recv(), Some(Packet::PubAck(Ack { reason_code: ReasonCode::TopicNameInvalid, ..Ack::new(2) })));
     assert_eq!(subscribe(&mut c, "a/b/c/#"), ReasonCode::TopicFilterInvalid);
+    assert_eq!(subscribe(&mut c, "a-long/filter"), ReasonCode::TopicFilterInvalid, "13 bytes");
     assert_eq!(subscribe(&mut c, "a/b/#"), ReasonCode::GrantedQoS1);
     assert_eq!(subscribe(&mut c, "x/+"), ReasonCode::GrantedQoS1);
     assert_eq!(subscribe(&mut c, "y"), ReasonCode::QuotaExceeded, "a third subscription");

@@ -874,8 +874,8 @@ impl Broker {
                     continue;
                 }
             };
-            if self.config.too_many_levels(parsed.topic_filter()) {
-                tracing::debug!(client_id = %session.client_id, %filter, "subscription refused: too many levels");
+            if self.config.topic_beyond_limits(filter) || self.config.too_many_levels(parsed.topic_filter()) {
+                tracing::debug!(client_id = %session.client_id, %filter, "subscription refused: too long or too many levels");
                 codes.push(ReasonCode::TopicFilterInvalid);
                 continue;
             }

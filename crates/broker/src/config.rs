@@ -42,6 +42,8 @@ pub struct BrokerConfig {
     pub max_qos: QoS,
     /// Levels a topic name or filter may have; 0 means no limit (EMQX `max_topic_levels`).
     pub max_topic_levels: usize,
+    /// Bytes of UTF-8 a topic name or filter may have; 0 means the protocol's own 65,535.
+    pub max_topic_length: usize,
     /// Subscriptions one client may hold; 0 means no limit (EMQX `max_subscriptions`).
     pub max_subscriptions: usize,
     /// New connections accepted per second, over all listeners; 0 means no limit. Beyond it the node accepts
@@ -57,6 +59,12 @@ impl BrokerConfig {
     pub fn too_many_levels(&self, topic: &str) -> bool {
         let max = self.max_topic_levels;
         max != 0 && topic.len() >= max && topic.bytes().filter(|b| *b == b'/').count() >= max
+    }
+
+    /// Whether `topic` (a name or filter) is longer than `max_topic_length` or has more levels than
+    /// `max_topic_levels`.
+    pub fn topic_beyond_limits(&self, topic: &str) -> bool {
+        (self.max_topic_length != 0 && topic.len() > self.max_topic_length) || self.too_many_levels(topic)
     }
 }
 
@@ -88,6 +96,7 @@ impl Default for BrokerConfig {
             max_topic_alias: 10,
             max_qos: QoS::ExactlyOnce,
             max_topic_levels: 128,
+            max_topic_length: 0,
             max_subscriptions: 0,
             max_connection_rate: 0.0,
             max_publish_rate: 0.0,
@@ -108,5 +117,7 @@ mod tests {
             assert_eq!(c.too_many_levels(topic), too_many, "{topic}");
         }
         assert!(!BrokerConfig { max_topic_levels: 0, ..BrokerConfig::default() }.too_many_levels("a/b/c/d/e/f"));
+        let c = BrokerConfig { max_topic_length: 5, ..BrokerConfig::default() };
+        assert!(!c.topic_beyond_limits("a/b/c") && c.topic_beyond_limits("a/b/cd"));
     }
 }
