@@ -193,7 +193,8 @@ where
             }
         }
     }
-    let accepted = match accept(&broker, &connect, certified).and_then(|a| {
+    let credentials = check_credentials(&broker, &connect, certified).await;
+    let accepted = match accept(&broker, &connect, credentials).and_then(|a| {
         if broker.stats.client_connected(broker.config.max_connections) { Ok(a) } else { Err(ReasonCode::ServerBusy) }
     }) {
         Ok(a) => a,
@@ -530,8 +531,28 @@ struct Accepted {
     server_keep_alive: Option<u16>,
 }
 
+/// The password file's answer to a CONNECT; a certificate already proved who the client is. A hash check costs up
+/// to tens of milliseconds (Argon2id), so it runs on the blocking pool, never on a runtime worker.
+async fn check_credentials(broker: &Broker, c: &Connect, certified: bool) -> Result<(), ReasonCode> {
+    if certified {
+        return Ok(());
+    }
+    let auth = broker.auth();
+    let allow = broker.config.allow_anonymous;
+    match (&auth.passwords, &c.username) {
+        (Some(_), Some(user)) => {
+            let (user, password) = (user.clone(), c.password.clone());
+            tokio::task::spawn_blocking(move || auth.authenticate(allow, Some(&user), password.as_deref()))
+                .await
+                .unwrap_or(Err(ReasonCode::UnspecifiedError))
+        }
+        (_, user) => auth.authenticate(allow, user.as_deref(), c.password.as_deref()),
+    }
+}
+
 /// CONNECT checks: limits, authentication, client identifier, keep alive (3.1.1 section 3.1.4, 5.0 section 3.1.4).
-fn accept(broker: &Broker, c: &Connect, certified: bool) -> Result<Accepted, ReasonCode> {
+/// `credentials` is the password file's answer, from [`check_credentials`].
+fn accept(broker: &Broker, c: &Connect, credentials: Result<(), ReasonCode>) -> Result<Accepted, ReasonCode> {
     let config = &broker.config;
     if broker.is_shutting_down() {
         return Err(ReasonCode::ServerUnavailable);
@@ -551,14 +572,10 @@ fn accept(broker: &Broker, c: &Connect, certified: bool) -> Result<Accepted, Rea
         // [MQTT-3.2.2-12]
         return Err(ReasonCode::QoSNotSupported);
     }
-    let auth = broker.auth();
-    // A certificate already proved who the client is; otherwise the password file decides.
-    if !certified {
-        auth.authenticate(config.allow_anonymous, c.username.as_deref(), c.password.as_deref()).map_err(|code| {
-            // 3.x clients hear "not authorised" (return code 5) for every refusal, as Mosquitto answers them.
-            if v5 { code } else { ReasonCode::NotAuthorized }
-        })?;
-    }
+    credentials.map_err(|code| {
+        // 3.x clients hear "not authorised" (return code 5) for every refusal, as Mosquitto answers them.
+        if v5 { code } else { ReasonCode::NotAuthorized }
+    })?;
     let (client_id, assigned) = if c.client_id.is_empty() {
         // [MQTT-3.1.3-7] 3.1 requires an identifier; [MQTT-3.1.3-8] 3.1.1 only with a clean session.
         if c.protocol == ProtocolVersion::V31 || (c.protocol == ProtocolVersion::V311 && !c.clean_start) {
