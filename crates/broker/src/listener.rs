@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use futures_util::FutureExt as _;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::broker::Broker;
@@ -56,11 +57,9 @@ where
                 broker.admit().await;
                 // Latency over packet count: MQTT packets are small and each one is awaited by someone.
                 let _ = stream.set_nodelay(true);
-                let served = serve(broker.clone(), stream, peer);
-                tokio::spawn(async move {
-                    served.await;
-                    drop(held);
-                });
+                // `map`, not an async block around `.await`: such a block would keep a second copy of the
+                // connection's (large) future in every task.
+                tokio::spawn(serve(broker.clone(), stream, peer).map(move |()| drop(held)));
             }
             Err(e) => {
                 // Out of file descriptors and the like: say so, and give the system a moment.
