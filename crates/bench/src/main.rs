@@ -35,6 +35,15 @@ struct Cli {
     username: Option<String>,
     #[arg(long)]
     password: Option<String>,
+    /// MQTT over TLS (the broker's TLS port), checking its certificate against --cafile.
+    #[arg(long, requires = "cafile")]
+    tls: bool,
+    /// PEM file of the CA that signed the broker's certificate.
+    #[arg(long, value_name = "PEM")]
+    cafile: Option<PathBuf>,
+    /// Name the broker's certificate must carry [default: --host].
+    #[arg(long, value_name = "NAME")]
+    tls_name: Option<String>,
     /// MQTT version: 3.1.1 or 5.
     #[arg(long, default_value = "3.1.1", value_parser = ["3.1.1", "5"])]
     protocol: String,
@@ -199,7 +208,11 @@ async fn run(cli: Cli) -> Result<(), String> {
         .next()
         .ok_or("no address")?;
     let version = if cli.protocol == "5" { ProtocolVersion::V5 } else { ProtocolVersion::V311 };
-    let target = Target { addr, version, username: cli.username.clone(), password: cli.password.clone() };
+    let tls = match (&cli.tls, &cli.cafile) {
+        (true, Some(ca)) => Some(wire::Tls::new(ca, cli.tls_name.as_deref().unwrap_or(&cli.host))?),
+        _ => None,
+    };
+    let target = Target { addr, version, username: cli.username.clone(), password: cli.password.clone(), tls };
     let sub_target = Target { addr: SocketAddr::new(addr.ip(), cli.sub_port.unwrap_or(cli.port)), ..target.clone() };
     let publishers = match &cli.scenario {
         Scenario::P2p(l) | Scenario::Fanin(l) | Scenario::Shared { load: l, .. } => l.clients,
@@ -452,7 +465,7 @@ async fn publisher(mut c: Client, cfg: PubConfig, epoch: Instant, live: Arc<Live
         }
         live.published.fetch_add(n, Ordering::Relaxed);
         if !wbuf.is_empty() {
-            if c.stream.write_all(&wbuf).await.is_err() {
+            if c.stream.write_all(&wbuf).await.is_err() || c.stream.flush().await.is_err() {
                 live.errors.fetch_add(1, Ordering::Relaxed);
                 break;
             }
@@ -559,7 +572,7 @@ async fn subscriber(mut c: Client, epoch: Instant, live: Arc<Live>, mut stop: wa
         }
         live.delivered.fetch_add(n, Ordering::Relaxed);
         if !wbuf.is_empty() {
-            if c.stream.write_all(&wbuf).await.is_err() {
+            if c.stream.write_all(&wbuf).await.is_err() || c.stream.flush().await.is_err() {
                 live.errors.fetch_add(1, Ordering::Relaxed);
                 break;
             }

@@ -5,13 +5,89 @@ use bytes::{BufMut, BytesMut};
 use skein_codec::{
     Connect, MAX_PACKET_SIZE, Packet, Properties, ProtocolVersion, QoS, Subscribe, SubscriptionOptions, decode,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::track;
 
+/// A connection to the broker: plain TCP, or TLS over it (`--tls`).
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// TLS towards the broker: the CA that signed its certificate, and the name to check it for.
+#[derive(Clone)]
+pub struct Tls {
+    pub connector: tokio_rustls::TlsConnector,
+    pub server_name: rustls::pki_types::ServerName<'static>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls").field("server_name", &self.server_name).finish_non_exhaustive()
+    }
+}
+
+impl Tls {
+    /// Trusts the certificates in the PEM file `ca`; checks the broker's certificate for `host`.
+    pub fn new(ca: &std::path::Path, host: &str) -> Result<Tls, String> {
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in
+            rustls::pki_types::CertificateDer::pem_file_iter(ca).map_err(|e| format!("{}: {e}", ca.display()))?
+        {
+            roots.add(cert.map_err(|e| format!("{}: {e}", ca.display()))?).map_err(|e| e.to_string())?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let server_name = rustls::pki_types::ServerName::try_from(host.to_owned()).map_err(|e| e.to_string())?;
+        Ok(Tls { connector: tokio_rustls::TlsConnector::from(Arc::new(config)), server_name })
+    }
+}
+
 pub struct Client {
-    pub stream: TcpStream,
+    pub stream: Stream,
     pub rbuf: BytesMut,
     pub version: ProtocolVersion,
     /// The broker's Receive Maximum from an MQTT 5.0 CONNACK (65,535 when absent or for 3.1.1).
@@ -24,6 +100,7 @@ pub struct Target {
     pub version: ProtocolVersion,
     pub username: Option<String>,
     pub password: Option<String>,
+    pub tls: Option<Tls>,
 }
 
 fn err(msg: impl Into<String>) -> std::io::Error {
@@ -38,6 +115,10 @@ impl Client {
             None => TcpStream::connect(target.addr).await?,
         };
         stream.set_nodelay(true)?;
+        let stream = match &target.tls {
+            None => Stream::Plain(stream),
+            Some(tls) => Stream::Tls(Box::new(tls.connector.connect(tls.server_name.clone(), stream).await?)),
+        };
         let mut c = Client {
             stream,
             rbuf: BytesMut::with_capacity(64 * 1024),
@@ -68,7 +149,8 @@ impl Client {
     pub async fn send(&mut self, packet: &Packet) -> std::io::Result<()> {
         let mut buf = BytesMut::new();
         packet.encode(self.version, &mut buf).map_err(|e| err(e.to_string()))?;
-        self.stream.write_all(&buf).await
+        self.stream.write_all(&buf).await?;
+        self.stream.flush().await
     }
 
     pub async fn recv(&mut self) -> std::io::Result<Packet> {
