@@ -132,9 +132,13 @@ where
         n => n,
     };
     let mut rbuf = BytesMut::new();
-    let first =
-        tokio::time::timeout(broker.config.connect_timeout, read_first(&broker, &mut reader, &mut rbuf, max_packet))
-            .await;
+    // The handshake's futures are boxed: whatever they hold while they wait would otherwise be part of every
+    // connection's task for its whole life (the largest state of a future sets its size).
+    let first = Box::pin(tokio::time::timeout(
+        broker.config.connect_timeout,
+        read_first(&broker, &mut reader, &mut rbuf, max_packet),
+    ))
+    .await;
     let mut connect = match first {
         Ok(Ok(c)) => c,
         Ok(Err(refusal)) => {
@@ -173,7 +177,18 @@ where
     if let Some(name) = connect.properties.authentication_method.clone()
         && let Some(method) = broker.auth_method(&name)
     {
-        match authenticate(&broker, &*method, &name, &connect, &mut reader, &mut writer, &mut rbuf, max_packet).await {
+        match Box::pin(authenticate(
+            &broker,
+            &*method,
+            &name,
+            &connect,
+            &mut reader,
+            &mut writer,
+            &mut rbuf,
+            max_packet,
+        ))
+        .await
+        {
             Ok((data, username)) => {
                 if let Some(u) = username {
                     connect.username = Some(u.into());
@@ -241,7 +256,7 @@ where
         username: connect.username.as_deref().map(ByteString::from),
         imported,
     };
-    let attached = match broker.connect(request).await {
+    let attached = match Box::pin(broker.connect(request)).await {
         Ok(a) => a,
         Err(e) => {
             tracing::error!(client_id = %accepted.client_id, error = %e, "session could not be opened");
@@ -250,43 +265,48 @@ where
             return;
         }
     };
-    let mut properties = Properties::default();
-    if version.is_v5() {
-        if accepted.assigned {
-            properties.assigned_client_identifier = Some(accepted.client_id.clone());
+    // In a block: a packet or its properties left in scope would be kept in the connection's task for its whole
+    // life (borrowed locals keep their place in an async function's state until their scope ends).
+    let out = {
+        let mut properties = Properties::default();
+        if version.is_v5() {
+            if accepted.assigned {
+                properties.assigned_client_identifier = Some(accepted.client_id.clone());
+            }
+            properties.server_keep_alive = accepted.server_keep_alive;
+            if broker.config.max_topic_alias > 0 {
+                properties.topic_alias_maximum = Some(broker.config.max_topic_alias);
+            }
+            if let Some((name, _)) = &auth_method {
+                properties.authentication_method = Some(name.clone());
+                properties.authentication_data = auth_data.map(Bytes::from);
+            }
+            if connect.properties.request_response_information == Some(1) {
+                // A topic this client may build response topics on (MQTT 5.0 section 4.10); a naming convention only.
+                properties.response_information = Some(format!("response/{}", accepted.client_id).into());
+            }
+            if !broker.config.retain_available {
+                properties.retain_available = Some(0);
+            }
+            if broker.config.receive_maximum() < u16::MAX {
+                properties.receive_maximum = Some(broker.config.receive_maximum());
+            }
+            if broker.config.max_qos < QoS::ExactlyOnce {
+                properties.maximum_qos = Some(broker.config.max_qos as u8);
+            }
+            if broker.config.max_packet_size != 0 {
+                properties.maximum_packet_size = u32::try_from(broker.config.max_packet_size).ok();
+            }
         }
-        properties.server_keep_alive = accepted.server_keep_alive;
-        if broker.config.max_topic_alias > 0 {
-            properties.topic_alias_maximum = Some(broker.config.max_topic_alias);
-        }
-        if let Some((name, _)) = &auth_method {
-            properties.authentication_method = Some(name.clone());
-            properties.authentication_data = auth_data.map(Bytes::from);
-        }
-        if connect.properties.request_response_information == Some(1) {
-            // A topic this client may build response topics on (MQTT 5.0 section 4.10); a naming convention only.
-            properties.response_information = Some(format!("response/{}", accepted.client_id).into());
-        }
-        if !broker.config.retain_available {
-            properties.retain_available = Some(0);
-        }
-        if broker.config.receive_maximum() < u16::MAX {
-            properties.receive_maximum = Some(broker.config.receive_maximum());
-        }
-        if broker.config.max_qos < QoS::ExactlyOnce {
-            properties.maximum_qos = Some(broker.config.max_qos as u8);
-        }
-        if broker.config.max_packet_size != 0 {
-            properties.maximum_packet_size = u32::try_from(broker.config.max_packet_size).ok();
-        }
-    }
-    let connack = Packet::ConnAck(ConnAck {
-        session_present: attached.session_present,
-        reason_code: ReasonCode::Success,
-        properties,
-    });
-    let mut out = BytesMut::new();
-    let _ = connack.encode(version, &mut out);
+        let connack = Packet::ConnAck(ConnAck {
+            session_present: attached.session_present,
+            reason_code: ReasonCode::Success,
+            properties,
+        });
+        let mut out = BytesMut::new();
+        let _ = connack.encode(version, &mut out);
+        out
+    };
     // TCP needs no flush; TLS and WebSocket writers hold what was written until flushed.
     if writer.write_all(&out).await.is_err() || writer.flush().await.is_err() {
         broker.disconnect(&attached.session, attached.connection_id);
@@ -353,7 +373,7 @@ where
             let state = lock(&session.state);
             (state.persistent, state.expiry)
         };
-        let will = Message::from_will(will, conn.client_id.clone());
+        let will = Message::from_will(*will, conn.client_id.clone());
         if delay > 0 && persistent {
             // Sent when the delay or the session ends, whichever is first (MQTT 5.0 section 3.1.3.2.2).
             let delay = Duration::from_secs(u64::from(delay.min(expiry)));
@@ -366,14 +386,16 @@ where
 }
 
 /// The will, copied out of the read buffer it arrived in (which would otherwise stay allocated while it waits).
-fn owned_will(w: &skein_codec::Will) -> skein_codec::Will {
-    skein_codec::Will {
+/// Boxed: most connections have none, and an inline one (its properties are ~400 bytes) would sit in every
+/// connection's task for its whole life.
+fn owned_will(w: &skein_codec::Will) -> Box<skein_codec::Will> {
+    Box::new(skein_codec::Will {
         topic: ByteString::from(&*w.topic),
         payload: Bytes::copy_from_slice(&w.payload),
         qos: w.qos,
         retain: w.retain,
         properties: w.properties.clone(),
-    }
+    })
 }
 
 /// A client counted in `clients_connected`, counted out when dropped.
@@ -615,7 +637,7 @@ struct Conn<'a> {
     connection_id: u64,
     version: ProtocolVersion,
     persistent: bool,
-    will: Option<skein_codec::Will>,
+    will: Option<Box<skein_codec::Will>>,
     client_id: ByteString,
     username: Option<ByteString>,
     /// The client's topic aliases (MQTT 5.0 section 3.3.2.3.4), index alias - 1; grown when first set.

@@ -1,0 +1,27 @@
+//! Every idle connection keeps its `connection::serve` future for its whole life, so that future's size is part of
+//! the broker's memory per connection (BENCHMARKS.md, conn scenario). Locals an async function borrows keep their
+//! place in its state until their scope ends, and the largest state sets the size, so a packet left in scope or a
+//! large future awaited inline in the handshake grows every connection. This catches such a change.
+
+use std::sync::Arc;
+
+use skein_broker::{Broker, BrokerConfig, SingleNode};
+
+/// Measured when this test was written: 1,920 bytes (rustc 1.95, debug build, TCP halves; about 3.2 KB before the
+/// handshake was kept out of it). The bound leaves room for compiler versions, not for a packet or a handshake
+/// future left inline (each ~450 bytes or more).
+const BOUND: usize = 2_304;
+
+#[tokio::test]
+async fn the_connection_future_stays_small() {
+    let broker = Broker::open(BrokerConfig::default(), None, Arc::new(SingleNode)).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+    let (stream, peer) = listener.accept().await.unwrap();
+    let (r, w) = stream.into_split();
+    let serve = skein_broker::connection::serve(broker, r, w, peer, None);
+    let size = std::mem::size_of_val(&serve);
+    println!("connection::serve future: {size} bytes");
+    assert!(size <= BOUND, "connection::serve's future grew to {size} bytes (bound {BOUND}): see this file's comment");
+    drop((serve, client));
+}
