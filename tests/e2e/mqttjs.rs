@@ -20,6 +20,17 @@ fn run(broker: &Skein, version: u8) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("one JSON line")
 }
 
+/// Runs one of tests/clients' MQTT.js scripts against `broker` (`node SCRIPT PORT`) and returns its JSON line.
+fn script(broker: &Skein, name: &str, limit: std::time::Duration) -> serde_json::Value {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients");
+    assert!(Path::new(dir).join("node_modules/mqtt").exists(), "MQTT.js is missing: run ./scripts/test");
+    let mut cmd = Command::new("node");
+    cmd.current_dir(dir).arg(name).arg(broker.port().to_string()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let out = Proc::spawn(&mut cmd).wait_output(limit);
+    assert!(out.status.success(), "MQTT.js {name}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("one JSON line")
+}
+
 #[test]
 fn mqtt_js_protocol_4_and_5() {
     let broker = Skein::start(&[]);
@@ -42,16 +53,7 @@ fn mqtt_js_protocol_4_and_5() {
 #[test]
 fn mqtt_js_v5_aliases_properties_subscription_ids_expiry_and_sessions() {
     let broker = Skein::start(&[]);
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients");
-    let mut cmd = Command::new("node");
-    cmd.current_dir(dir)
-        .arg("mqttjs_v5.js")
-        .arg(broker.port().to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let out = Proc::spawn(&mut cmd).wait_output(WAIT * 2);
-    assert!(out.status.success(), "MQTT.js v5: {}", String::from_utf8_lossy(&out.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON line");
+    let v = script(&broker, "mqttjs_v5.js", WAIT * 2);
     assert_eq!(v["connack"]["topicAliasMaximum"], 10, "{v}");
     let messages = v["messages"].as_array().expect("list");
     let payloads: Vec<&str> = messages.iter().map(|m| m["payload"].as_str().unwrap()).collect();
@@ -74,16 +76,7 @@ fn mqtt_js_v5_aliases_properties_subscription_ids_expiry_and_sessions() {
 #[test]
 fn mqtt_js_v5_reason_codes_takeover_options_flow_shared_expiry_will_delay_request_response_auth_and_3_1_1() {
     let broker = Skein::start(&["--max-keepalive", "10", "--max-subscriptions", "3"]);
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients");
-    let mut cmd = Command::new("node");
-    cmd.current_dir(dir)
-        .arg("mqttjs_v5_more.js")
-        .arg(broker.port().to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let out = Proc::spawn(&mut cmd).wait_output(WAIT * 4);
-    assert!(out.status.success(), "MQTT.js v5: {}", String::from_utf8_lossy(&out.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON line");
+    let v = script(&broker, "mqttjs_v5_more.js", WAIT * 4);
     let assigned = v["connack"]["assigned"].as_str().expect("Assigned Client Identifier");
     assert!(assigned.starts_with("skein-"), "{v}");
     assert_eq!(v["connack"]["serverKeepAlive"], 10, "{v}");

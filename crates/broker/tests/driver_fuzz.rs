@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use skein_broker::{Broker, BrokerConfig, SingleNode, fuzzing};
+use skein_codec::fuzzing::Rng;
 use skein_codec::*;
 
 fn corpus() -> Vec<Vec<u8>> {
@@ -127,22 +128,6 @@ const FOUND: &[&[u8]] = &[
     // A second CONNECT with a bad protocol name: the DISCONNECT carried 0x84, which DISCONNECT does not allow.
     b"\x10\x1c\x00\x04\x4d\x51\x54\x54\x05\x02\x00\x3c\x03\x21\x00\x14\x00\x0c\x66\x69\x78\x74\x75\x72\x65\x2d\x70\x75\x62\x35\x10\x20\x00\x04\x74\x65\x73\x74\x00\x01\x00\x4d\x65\x73\x73\x61\x67\x33\x20\x66\x72\x6f\x6d\x20\x63\x6c\x69\x65\x6e\x74\x20\x58\x59\x5a\xeb\x02\x00\x01\xe0\x00",
 ];
-
-/// xorshift64*: a fixed seed, so a failure reproduces.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
 
 /// The length of the first packet of `stream` (its CONNECT), from the fixed header.
 fn first_packet_len(stream: &[u8]) -> usize {

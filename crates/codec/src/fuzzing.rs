@@ -80,3 +80,22 @@ pub fn topic_match(data: &[u8]) {
     assert_eq!(trie.remove(filter, |_| true), 1);
     assert!(trie.is_empty());
 }
+
+/// xorshift64*: a small seeded generator for the bounded fuzz runs (this crate's and the broker's), so a failure
+/// reproduces from its seed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// A number below `n` (0 when `n` is 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}

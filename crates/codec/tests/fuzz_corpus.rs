@@ -3,7 +3,7 @@
 //! `cargo fuzz run packet_v5` (nightly) explores the same checks without a bound.
 
 use skein_codec::ProtocolVersion::{self, V5, V31, V311};
-use skein_codec::fuzzing;
+use skein_codec::fuzzing::{self, Rng};
 
 const VERSIONS: [ProtocolVersion; 3] = [V31, V311, V5];
 
@@ -17,18 +17,6 @@ fn corpus() -> Vec<Vec<u8>> {
     files.sort();
     assert!(files.len() >= 20, "the recorded fixtures are missing");
     files.iter().map(|p| std::fs::read(p).expect("readable")).collect()
-}
-
-/// xorshift64*: a fixed seed, so a failure reproduces.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
 }
 
 #[test]
