@@ -48,9 +48,53 @@ pub struct StoredMessage {
     pub sent: Option<(u16, InflightState)>,
 }
 
+/// Group commit over one sled database: one flush at a time, run on tokio's blocking pool, and a caller whose writes
+/// a flush that started after them already covered returns at once. Not sled's `flush_async`: concurrent calls of it
+/// park sled's own I/O threads waiting for a write that then has no thread to run on (sled 0.34's open issue #1308);
+/// under QoS 1 load from many persistent sessions the node stopped acknowledging anything, for good.
+#[derive(Clone)]
+pub struct Flusher(std::sync::Arc<FlusherState>);
+
+struct FlusherState {
+    db: sled::Db,
+    /// Flushes started so far.
+    started: std::sync::atomic::AtomicU64,
+    /// The number (1-based, in start order) of the last flush that completed; held while one runs.
+    completed: tokio::sync::Mutex<u64>,
+}
+
+impl Flusher {
+    pub fn new(db: sled::Db) -> Flusher {
+        Flusher(std::sync::Arc::new(FlusherState {
+            db,
+            started: std::sync::atomic::AtomicU64::new(0),
+            completed: tokio::sync::Mutex::new(0),
+        }))
+    }
+
+    /// Makes every write made before this call durable.
+    pub async fn flush(&self) -> sled::Result<()> {
+        use std::sync::atomic::Ordering::SeqCst;
+        // A flush numbered above `seen` started after this call began, so after its caller's writes.
+        let seen = self.0.started.load(SeqCst);
+        let mut completed = self.0.completed.lock().await;
+        if *completed > seen {
+            return Ok(());
+        }
+        let mine = self.0.started.fetch_add(1, SeqCst) + 1;
+        let db = self.0.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| sled::Error::ReportableBug(format!("flush task failed: {e}")))??;
+        *completed = mine;
+        Ok(())
+    }
+}
+
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
+    flusher: Flusher,
     retained: sled::Tree,
     sessions: sled::Tree,
     queue: sled::Tree,
@@ -68,13 +112,14 @@ impl Store {
             retained: db.open_tree("retained")?,
             sessions: db.open_tree("sessions")?,
             queue: db.open_tree("queue")?,
+            flusher: Flusher::new(db.clone()),
             db,
         })
     }
 
     /// Makes every write so far durable.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await?;
+        self.flusher.flush().await?;
         Ok(())
     }
 
