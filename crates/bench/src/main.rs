@@ -44,6 +44,9 @@ struct Cli {
     /// Name the broker's certificate must carry [default: --host].
     #[arg(long, value_name = "NAME")]
     tls_name: Option<String>,
+    /// Connect with persistent sessions instead of clean ones (what a broker's persistence then has to store).
+    #[arg(long)]
+    persistent: bool,
     /// MQTT version: 3.1.1 or 5.
     #[arg(long, default_value = "3.1.1", value_parser = ["3.1.1", "5"])]
     protocol: String,
@@ -212,7 +215,14 @@ async fn run(cli: Cli) -> Result<(), String> {
         (true, Some(ca)) => Some(wire::Tls::new(ca, cli.tls_name.as_deref().unwrap_or(&cli.host))?),
         _ => None,
     };
-    let target = Target { addr, version, username: cli.username.clone(), password: cli.password.clone(), tls };
+    let target = Target {
+        addr,
+        version,
+        username: cli.username.clone(),
+        password: cli.password.clone(),
+        tls,
+        persistent: cli.persistent,
+    };
     let sub_target = Target { addr: SocketAddr::new(addr.ip(), cli.sub_port.unwrap_or(cli.port)), ..target.clone() };
     let publishers = match &cli.scenario {
         Scenario::P2p(l) | Scenario::Fanin(l) | Scenario::Shared { load: l, .. } => l.clients,

@@ -101,6 +101,9 @@ pub struct Target {
     pub username: Option<String>,
     pub password: Option<String>,
     pub tls: Option<Tls>,
+    /// Persistent sessions (3.1.1 Clean Session 0; 5.0 a Session Expiry Interval), so the broker keeps - and, with
+    /// persistence on, stores - what is in flight to them.
+    pub persistent: bool,
 }
 
 fn err(msg: impl Into<String>) -> std::io::Error {
@@ -108,7 +111,7 @@ fn err(msg: impl Into<String>) -> std::io::Error {
 }
 
 impl Client {
-    /// Connects, sends CONNECT (clean, keep alive off) and waits for a successful CONNACK.
+    /// Connects, sends CONNECT (clean unless `target.persistent`, keep alive off) and waits for a successful CONNACK.
     pub async fn connect(target: &Target, client_id: &str, stream: Option<TcpStream>) -> std::io::Result<Client> {
         let stream = match stream {
             Some(s) => s,
@@ -127,9 +130,12 @@ impl Client {
         };
         let connect = Connect {
             protocol: target.version,
-            clean_start: true,
+            clean_start: !target.persistent,
             keep_alive: 0,
-            properties: Properties::default(),
+            properties: Properties {
+                session_expiry_interval: (target.persistent && target.version.is_v5()).then_some(300),
+                ..Properties::default()
+            },
             client_id: client_id.into(),
             will: None,
             username: target.username.as_deref().map(Into::into),
