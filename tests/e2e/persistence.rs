@@ -151,3 +151,54 @@ fn session_expiry_counts_across_a_restart() {
     assert!(resume("lasting"), "a 300 s session is still there after the restart");
     assert!(!resume("brief"), "a 2 s session expired, the restart notwithstanding");
 }
+
+/// Many publishers at once into a persistent session, persistence on: every acknowledgement waits for a flush, and
+/// the flushes of all connections overlap. With sled's own flush_async this hung within a second (nothing was
+/// acknowledged again); every PUBACK must come, and the subscriber gets every message.
+#[test]
+fn concurrent_durable_publishes_are_all_acknowledged() {
+    const PUBLISHERS: u16 = 100;
+    const EACH: u16 = 100;
+    let dir = tempfile::tempdir().unwrap();
+    // Room for every message in the subscriber's queue: this is about acknowledgements, not the drop policy.
+    let broker = Skein::start_in(dir.path(), &["--max-queued-messages", "20000"]);
+    let (mut sub, _) = Raw::connect(broker.mqtt, connect_packet(ProtocolVersion::V311, "durable-sub", false));
+    subscribe(&mut sub, "load/#", QoS::AtLeastOnce);
+    let total = usize::from(PUBLISHERS) * usize::from(EACH);
+    let receiver = std::thread::spawn(move || {
+        let mut got = 0;
+        while got < total {
+            match sub.recv() {
+                Some(Packet::Publish(p)) => {
+                    sub.send(&Packet::PubAck(Ack::new(p.packet_id)));
+                    got += 1;
+                }
+                Some(_) => {}
+                None => panic!("the subscriber was closed after {got} messages"),
+            }
+        }
+        got
+    });
+    let publishers: Vec<_> = (0..PUBLISHERS)
+        .map(|n| {
+            let addr = broker.mqtt;
+            std::thread::spawn(move || {
+                let (mut c, _) = Raw::connect(addr, connect_packet(ProtocolVersion::V311, &format!("load-{n}"), true));
+                // Ten in flight at a time, so the connections' flushes overlap.
+                for i in 1..=EACH {
+                    c.send(&publish(&format!("load/{n}"), QoS::AtLeastOnce, i, b"durable", false));
+                    if i > 10 {
+                        assert_eq!(c.recv(), Some(Packet::PubAck(Ack::new(i - 10))), "publisher {n}");
+                    }
+                }
+                for i in EACH - 9..=EACH {
+                    assert_eq!(c.recv(), Some(Packet::PubAck(Ack::new(i))), "publisher {n}");
+                }
+            })
+        })
+        .collect();
+    for p in publishers {
+        p.join().expect("every publish acknowledged");
+    }
+    assert_eq!(receiver.join().expect("every message delivered"), total);
+}
