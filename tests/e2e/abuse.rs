@@ -180,3 +180,11 @@ fn a_full_listener_closes_the_next_connection_and_the_others_still_take_clients(
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn a_shared_groups_prefix_does_not_count_as_topic_levels() {
+    let broker = Skein::start(&["--max-topic-levels", "3"]);
+    let mut c = v5(&broker, "shared-levels");
+    assert_eq!(subscribe(&mut c, "$share/g/a/b/c"), ReasonCode::GrantedQoS1, "three levels of topic filter");
+    assert_eq!(subscribe(&mut c, "$share/g/a/b/c/d"), ReasonCode::TopicFilterInvalid);
+}

@@ -874,7 +874,8 @@ impl Broker {
                     continue;
                 }
             };
-            if self.config.topic_beyond_limits(filter) || self.config.too_many_levels(parsed.topic_filter()) {
+            // Length over the whole filter; levels over the topic filter, not a shared group's prefix.
+            if self.config.too_long(filter) || self.config.too_many_levels(parsed.topic_filter()) {
                 tracing::debug!(client_id = %session.client_id, %filter, "subscription refused: too long or too many levels");
                 codes.push(ReasonCode::TopicFilterInvalid);
                 continue;

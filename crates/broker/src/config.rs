@@ -61,10 +61,9 @@ impl BrokerConfig {
         max != 0 && topic.len() >= max && topic.bytes().filter(|b| *b == b'/').count() >= max
     }
 
-    /// Whether `topic` (a name or filter) is longer than `max_topic_length` or has more levels than
-    /// `max_topic_levels`.
-    pub fn topic_beyond_limits(&self, topic: &str) -> bool {
-        (self.max_topic_length != 0 && topic.len() > self.max_topic_length) || self.too_many_levels(topic)
+    /// Whether `topic` (a name or a whole filter, `$share/{group}/` included) is longer than `max_topic_length`.
+    pub fn too_long(&self, topic: &str) -> bool {
+        self.max_topic_length != 0 && topic.len() > self.max_topic_length
     }
 }
 
@@ -118,6 +117,6 @@ mod tests {
         }
         assert!(!BrokerConfig { max_topic_levels: 0, ..BrokerConfig::default() }.too_many_levels("a/b/c/d/e/f"));
         let c = BrokerConfig { max_topic_length: 5, ..BrokerConfig::default() };
-        assert!(!c.topic_beyond_limits("a/b/c") && c.topic_beyond_limits("a/b/cd"));
+        assert!(!c.too_long("a/b/c") && c.too_long("a/b/cd"));
     }
 }

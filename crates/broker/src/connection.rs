@@ -955,7 +955,7 @@ impl Conn<'_> {
         } else if v5 && p.properties.payload_format_indicator == Some(1) && std::str::from_utf8(&p.payload).is_err() {
             // MQTT 5.0 section 3.3.2.3.2: a payload that says it is UTF-8 and is not.
             refusal = Some(ReasonCode::PayloadFormatInvalid);
-        } else if broker.config.topic_beyond_limits(&p.topic) {
+        } else if broker.config.too_long(&p.topic) || broker.config.too_many_levels(&p.topic) {
             tracing::debug!(client_id = %self.client_id, "publish refused: topic too long or too many levels");
             refusal = Some(ReasonCode::TopicNameInvalid);
         } else if broker
