@@ -277,9 +277,7 @@ fn max_keepalive_refuses_3x_and_tells_5() {
 #[test]
 fn message_size_limit_drops_but_completes_the_flow() {
     let broker = Skein::start(&["--message-size-limit", "4"]);
-    let (mut sub, _) = Raw::connect(broker.mqtt, connect_packet(ProtocolVersion::V5, "ms", true));
-    sub.send(&sub_packet(1, &[("m/#", QoS::AtLeastOnce)]));
-    assert!(matches!(sub.recv(), Some(Packet::SubAck(_))));
+    let mut sub = raw_subscriber(broker.mqtt, ProtocolVersion::V5, "ms", &[("m/#", QoS::AtLeastOnce)]);
     let (mut publ, _) = Raw::connect(broker.mqtt, connect_packet(ProtocolVersion::V5, "mp", true));
     publ.send(&publish("m/big", QoS::AtLeastOnce, 1, b"too long"));
     let Some(Packet::PubAck(ack)) = publ.recv() else { panic!("PUBACK") };
@@ -502,9 +500,7 @@ fn a_5_0_message_reaches_a_3_1_1_subscriber_and_back() {
 fn unreleased_qos2_messages_beyond_our_receive_maximum_close_the_connection() {
     let broker = Skein::start(&["--max-inflight-messages", "5"]);
     // Someone listens, so every PUBREC is a plain success.
-    let (mut sub, _) = Raw::connect(broker.mqtt, connect_packet(ProtocolVersion::V311, "rm-sub", true));
-    sub.send(&sub_packet(1, &[("rm/#", QoS::AtMostOnce)]));
-    assert!(matches!(sub.recv(), Some(Packet::SubAck(_))));
+    let _sub = raw_subscriber(broker.mqtt, ProtocolVersion::V311, "rm-sub", &[("rm/#", QoS::AtMostOnce)]);
     for version in [ProtocolVersion::V5, ProtocolVersion::V311] {
         let (mut c, connack) = Raw::connect(broker.mqtt, connect_packet(version, "rm", true));
         if version.is_v5() {

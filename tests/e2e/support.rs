@@ -580,6 +580,14 @@ pub fn publish(topic: &str, qos: QoS, id: u16, payload: &'static [u8]) -> Packet
 }
 
 /// The next packet, which must be a PUBLISH.
+/// A raw client connected as `client_id` and subscribed to `filters` (its SUBACK read).
+pub fn raw_subscriber(addr: SocketAddr, version: ProtocolVersion, client_id: &str, filters: &[(&str, QoS)]) -> Raw {
+    let (mut raw, _) = Raw::connect(addr, connect_packet(version, client_id, true));
+    raw.send(&sub_packet(1, filters));
+    assert!(matches!(raw.recv(), Some(Packet::SubAck(_))), "SUBACK for {client_id}");
+    raw
+}
+
 pub fn expect_publish(raw: &mut Raw) -> Publish {
     match raw.recv() {
         Some(Packet::Publish(p)) => p,
