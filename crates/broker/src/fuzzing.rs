@@ -24,11 +24,10 @@ pub async fn connection(broker: Arc<Broker>, data: &[u8]) -> Vec<u8> {
     let (reader, writer) = tokio::io::split(server);
     let peer = std::net::SocketAddr::from(([127, 0, 0, 1], 1));
     let served = tokio::spawn(crate::connection::serve(broker, reader, writer, peer, None));
-    let input = data.to_vec();
     let (mut rx, mut tx) = tokio::io::split(&mut client);
     let send = async move {
         // The server may close before taking everything: the rest is simply not read.
-        let _ = tx.write_all(&input).await;
+        let _ = tx.write_all(data).await;
         let _ = tx.shutdown().await;
     };
     let mut out = Vec::new();
