@@ -159,6 +159,14 @@ impl Proc {
         Proc(Some(cmd.spawn().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))))
     }
 
+    /// Starts `cmd` with `input` as its whole standard input (closed after it).
+    pub fn spawn_with_stdin(cmd: &mut Command, input: &[u8]) -> Proc {
+        let mut p = Proc::spawn(cmd.stdin(Stdio::piped()));
+        let mut stdin = p.0.as_mut().and_then(|c| c.stdin.take()).expect("stdin piped");
+        stdin.write_all(input).expect("write the child's input");
+        p
+    }
+
     pub fn pid(&self) -> u32 {
         self.0.as_ref().expect("running").id()
     }

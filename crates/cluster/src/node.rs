@@ -86,8 +86,11 @@ pub struct ClusterNode {
     pending_routes: std::sync::atomic::AtomicUsize,
     /// Set by `leave`: this node announces no more routes.
     leaving: std::sync::atomic::AtomicBool,
-    /// Set once `ready` has seen the log applied up to its end.
+    /// Set once `ready` has seen the log applied up to its end and up to `catch_up_to`.
     caught_up: std::sync::atomic::AtomicBool,
+    /// The leader's applied index, asked once after start (`u64::MAX` until known, 0 for an empty log): entries a
+    /// node missed while it was down are in the leader's log and not yet in its own.
+    catch_up_to: AtomicU64,
     /// Rotates the node that serves a shared group, message by message.
     shared_turn: std::sync::atomic::AtomicUsize,
 }
@@ -146,6 +149,7 @@ impl ClusterNode {
             pending_routes: std::sync::atomic::AtomicUsize::new(0),
             leaving: std::sync::atomic::AtomicBool::new(false),
             caught_up: std::sync::atomic::AtomicBool::new(false),
+            catch_up_to: AtomicU64::new(u64::MAX),
             shared_turn: std::sync::atomic::AtomicUsize::new(0),
             config,
             raft,
@@ -216,6 +220,8 @@ impl ClusterNode {
         });
         let me = self.clone();
         tokio::spawn(async move { me.form().await });
+        let me = self.clone();
+        tokio::spawn(async move { me.learn_catch_up().await });
         let me = self.clone();
         tokio::spawn(async move { me.watch_members().await });
         let me = self.clone();
@@ -629,16 +635,50 @@ impl ClusterNode {
         })
     }
 
-    /// Joined, with a known leader.
-    /// Joined, with a known leader, and (once, after starting) caught up with its own log: everything it had
-    /// before a restart is applied again, so retained messages and routes are all there when clients arrive.
+    /// Joined, with a known leader, and (once, after starting) caught up: everything it had before a restart is
+    /// applied again, and so is everything the leader had applied when this node first asked, so retained messages
+    /// and routes are all there when clients arrive.
     pub fn ready(&self) -> bool {
         let m = self.raft.metrics().borrow().clone();
         let joined = m.current_leader.is_some() && m.membership_config.membership().get_node(&m.id).is_some();
-        if joined && !self.caught_up.load(Ordering::Acquire) && m.last_applied.map(|l| l.index) >= m.last_log_index {
-            self.caught_up.store(true, Ordering::Release);
+        if joined && !self.caught_up.load(Ordering::Acquire) {
+            let applied = m.last_applied.map(|l| l.index);
+            let target = match self.catch_up_to.load(Ordering::Acquire) {
+                u64::MAX if m.current_leader != Some(m.id) => return false,
+                u64::MAX => None,
+                t => Some(t),
+            };
+            if applied >= m.last_log_index && applied >= target {
+                self.caught_up.store(true, Ordering::Release);
+            }
         }
         joined && self.caught_up.load(Ordering::Acquire)
+    }
+
+    /// Asks the leader, once, how far it has applied the log (see `catch_up_to`); retries until a leader answers.
+    async fn learn_catch_up(self: Arc<Self>) {
+        let mut metrics = self.raft.metrics();
+        loop {
+            let _ = metrics.wait_for(|m| m.current_leader.is_some()).await;
+            if self.is_leader() {
+                // A leader has every committed entry in its own log.
+                self.catch_up_to.store(0, Ordering::Release);
+                return;
+            }
+            if let Some(addr) = self.leader_addr() {
+                let ask = async {
+                    let mut c = network::client(&addr).ok()?;
+                    c.hello(HelloRequest {}).await.ok().map(|r| r.into_inner())
+                };
+                if let Ok(Some(reply)) = tokio::time::timeout(Duration::from_secs(1), ask).await {
+                    if Some(reply.node_id) == self.raft.metrics().borrow().current_leader {
+                        self.catch_up_to.store(reply.applied_index.unwrap_or(0), Ordering::Release);
+                        return;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 }
 
@@ -942,6 +982,7 @@ impl ClusterService for Service {
             cluster_addr: n.config.advertise.clone(),
             mqtt_addr: n.config.mqtt_advertise.clone(),
             initialized: n.raft.is_initialized().await.unwrap_or(false),
+            applied_index: n.raft.metrics().borrow().last_applied.map(|l| l.index),
         }))
     }
 

@@ -2,6 +2,7 @@
 //! snapshot are durable; the state machine is rebuilt from the snapshot and the log after a restart (the snapshot
 //! is loaded here, openraft re-applies the committed log after it).
 
+use skein_broker::store::Flusher;
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io::Cursor;
@@ -36,7 +37,10 @@ fn io<E: std::error::Error + 'static>(make: fn(AnyError) -> StorageIOError<NodeI
 /// be purged, so it cannot be rebuilt from the log alone.
 pub fn open(dir: &Path) -> Result<(LogStore, StateMachine), OpenError> {
     let db = sled::Config::new().path(dir.join("raft")).open()?;
-    let log = LogStore { logs: db.open_tree("log")?, meta: db.open_tree("meta")?, db: db.clone() };
+    // One group-commit flusher for the log and the state machine (sled's flush_async can deadlock when called
+    // concurrently; see `skein_broker::store::Flusher`).
+    let flusher = Flusher::new(db.clone());
+    let log = LogStore { logs: db.open_tree("log")?, meta: db.open_tree("meta")?, db: flusher.clone() };
     let snapshots = db.open_tree("snapshot")?;
     let mut applier = Applier::default();
     if let Some(v) = snapshots.get("current")? {
@@ -45,7 +49,7 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachine), OpenError> {
         applier.last_applied = s.meta.last_log_id;
         applier.last_membership = s.meta.last_membership;
     }
-    let sm = StateMachine { inner: Arc::new(RwLock::new(applier)), sink: Arc::default(), snapshots, db };
+    let sm = StateMachine { inner: Arc::new(RwLock::new(applier)), sink: Arc::default(), snapshots, db: flusher };
     Ok((log, sm))
 }
 
@@ -76,7 +80,7 @@ pub type RetainedSink = Arc<dyn Fn(RetainedChange<'_>) + Send + Sync>;
 
 #[derive(Clone)]
 pub struct LogStore {
-    db: sled::Db,
+    db: Flusher,
     logs: sled::Tree,
     meta: sled::Tree,
 }
@@ -92,7 +96,7 @@ impl LogStore {
     async fn put_meta<T: Serialize>(&self, key: &str, value: &T) -> Result<(), Error> {
         let v = serde_json::to_vec(value).map_err(io(StorageIOError::write))?;
         self.meta.insert(key, v).map_err(io(StorageIOError::write))?;
-        self.db.flush_async().await.map_err(io(StorageIOError::write))?;
+        self.db.flush().await.map_err(io(StorageIOError::write))?;
         Ok(())
     }
 }
@@ -166,7 +170,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             batch.insert(&e.log_id.index.to_be_bytes(), v);
         }
         self.logs.apply_batch(batch).map_err(io(StorageIOError::write_logs))?;
-        let flushed = self.db.flush_async().await.map(|_| ()).map_err(std::io::Error::other);
+        let flushed = self.db.flush().await.map(|_| ()).map_err(std::io::Error::other);
         callback.log_io_completed(flushed);
         Ok(())
     }
@@ -181,7 +185,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         for k in keys {
             self.logs.remove(k).map_err(io(StorageIOError::write_logs))?;
         }
-        self.db.flush_async().await.map_err(io(StorageIOError::write_logs))?;
+        self.db.flush().await.map_err(io(StorageIOError::write_logs))?;
         Ok(())
     }
 
@@ -220,7 +224,7 @@ pub struct StateMachine {
     pub inner: Arc<RwLock<Applier>>,
     sink: Arc<RwLock<Option<RetainedSink>>>,
     snapshots: sled::Tree,
-    db: sled::Db,
+    db: Flusher,
 }
 
 impl StateMachine {
@@ -271,7 +275,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         let stored = serde_json::to_vec(&StoredSnapshot { meta: meta.clone(), data: data.clone() })
             .map_err(io(StorageIOError::write_state_machine))?;
         self.snapshots.insert("current", stored).map_err(io(StorageIOError::write_state_machine))?;
-        self.db.flush_async().await.map_err(io(StorageIOError::write_state_machine))?;
+        self.db.flush().await.map_err(io(StorageIOError::write_state_machine))?;
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
     }
 }
@@ -353,7 +357,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let stored = serde_json::to_vec(&StoredSnapshot { meta: meta.clone(), data })
             .map_err(io(StorageIOError::write_state_machine))?;
         self.snapshots.insert("current", stored).map_err(io(StorageIOError::write_state_machine))?;
-        self.db.flush_async().await.map_err(io(StorageIOError::write_state_machine))?;
+        self.db.flush().await.map_err(io(StorageIOError::write_state_machine))?;
         Ok(())
     }
 
