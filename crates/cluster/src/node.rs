@@ -88,8 +88,8 @@ pub struct ClusterNode {
     leaving: std::sync::atomic::AtomicBool,
     /// Set once `ready` has seen the log applied up to its end and up to `catch_up_to`.
     caught_up: std::sync::atomic::AtomicBool,
-    /// The leader's applied index, asked once after start (`u64::MAX` until known, 0 for an empty log): entries a
-    /// node missed while it was down are in the leader's log and not yet in its own.
+    /// The leader's applied index, asked once after start (`u64::MAX` until known): entries a node missed while it
+    /// was down are in the leader's log and not yet in its own.
     catch_up_to: AtomicU64,
     /// Rotates the node that serves a shared group, message by message.
     shared_turn: std::sync::atomic::AtomicUsize,
@@ -671,8 +671,10 @@ impl ClusterNode {
                     c.hello(HelloRequest {}).await.ok().map(|r| r.into_inner())
                 };
                 if let Ok(Some(reply)) = tokio::time::timeout(Duration::from_secs(1), ask).await {
-                    if Some(reply.node_id) == self.raft.metrics().borrow().current_leader {
-                        self.catch_up_to.store(reply.applied_index.unwrap_or(0), Ordering::Release);
+                    if let Some(applied) = reply.applied_index
+                        && Some(reply.node_id) == self.raft.metrics().borrow().current_leader
+                    {
+                        self.catch_up_to.store(applied, Ordering::Release);
                         return;
                     }
                 }
@@ -982,7 +984,8 @@ impl ClusterService for Service {
             cluster_addr: n.config.advertise.clone(),
             mqtt_addr: n.config.mqtt_advertise.clone(),
             initialized: n.raft.is_initialized().await.unwrap_or(false),
-            applied_index: n.raft.metrics().borrow().last_applied.map(|l| l.index),
+            // Only once ready: a leader fresh from a restart may not have applied all of its committed log yet.
+            applied_index: if n.ready() { n.raft.metrics().borrow().last_applied.map(|l| l.index) } else { None },
         }))
     }
 
