@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
-use skein_codec::{MAX_PACKET_SIZE, Packet, Properties, PropertyContext, ProtocolVersion, Publish, QoS, decode};
+use skein_codec::{MAX_PACKET_SIZE, Packet, Properties, PropertyContext, ProtocolVersion, Publish, QoS};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
@@ -118,17 +118,23 @@ impl Message {
     /// The message as stored and as sent between nodes: an MQTT 5.0 PUBLISH, with `sub_ids` as its Subscription
     /// Identifiers. One encoding for the store and the cluster.
     pub fn encode_v5(&self, sub_ids: &[u32]) -> Bytes {
-        let packet = Packet::Publish(self.to_publish(ProtocolVersion::V5, self.qos, 1, self.retain, false, sub_ids));
-        let mut buf = BytesMut::with_capacity(packet.encoded_len(ProtocolVersion::V5).unwrap_or(0));
-        // A message that was decoded or built by the broker always encodes.
-        let _ = packet.encode(ProtocolVersion::V5, &mut buf);
+        let mut buf = BytesMut::new();
+        self.encode_v5_into(sub_ids, &mut buf);
         buf.freeze()
+    }
+
+    /// `encode_v5`, appended to `buf` (many messages in one allocation: `buf.split().freeze()` after each).
+    pub fn encode_v5_into(&self, sub_ids: &[u32], buf: &mut BytesMut) {
+        let packet = Packet::Publish(self.to_publish(ProtocolVersion::V5, self.qos, 1, self.retain, false, sub_ids));
+        buf.reserve(packet.encoded_len(ProtocolVersion::V5).unwrap_or(0));
+        // A message that was decoded or built by the broker always encodes.
+        let _ = packet.encode(ProtocolVersion::V5, buf);
     }
 
     /// The message `encode_v5` wrote, and its Subscription Identifiers. The payload stays a slice of `bytes`.
     pub fn decode_v5(bytes: Bytes, publisher: Option<ByteString>) -> Result<(Message, Vec<u32>), String> {
-        let mut buf = BytesMut::from(bytes);
-        match decode(&mut buf, ProtocolVersion::V5, MAX_PACKET_SIZE) {
+        let mut buf = bytes;
+        match skein_codec::decode_bytes(&mut buf, ProtocolVersion::V5, MAX_PACKET_SIZE) {
             Ok(Some(Packet::Publish(p))) => {
                 let sub_ids = p.properties.subscription_identifiers.clone();
                 Ok((Message::from_publish(Publish { packet_id: 0, ..p }, publisher), sub_ids))

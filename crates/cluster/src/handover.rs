@@ -9,9 +9,21 @@ use skein_codec::QoS;
 use crate::proto::{Forwarded, Queued, TakeoverReply};
 
 pub fn encode_message(m: &Message, shared_groups: Vec<String>, retain_seq: u64, groups_only: bool) -> Forwarded {
+    encode_message_into(m, shared_groups, retain_seq, groups_only, &mut BytesMut::new())
+}
+
+/// `encode_message` with the packet written into `buf`, so that a batch of messages shares one allocation.
+pub fn encode_message_into(
+    m: &Message,
+    shared_groups: Vec<String>,
+    retain_seq: u64,
+    groups_only: bool,
+    buf: &mut BytesMut,
+) -> Forwarded {
+    m.encode_v5_into(&[], buf);
     Forwarded {
-        publish: m.encode_v5(&[]),
-        publisher: m.publisher.as_deref().unwrap_or("").to_string(),
+        publish: buf.split().freeze(),
+        publisher: m.publisher.as_ref().map(|p| p.as_bytes().clone()).unwrap_or_default(),
         shared_groups,
         retain_seq,
         groups_only,
@@ -19,7 +31,8 @@ pub fn encode_message(m: &Message, shared_groups: Vec<String>, retain_seq: u64, 
 }
 
 pub fn decode_message(f: &Forwarded) -> Option<Message> {
-    let publisher = (!f.publisher.is_empty()).then(|| f.publisher.as_str().into());
+    let publisher =
+        if f.publisher.is_empty() { None } else { Some(skein_codec::ByteString::try_from(f.publisher.clone()).ok()?) };
     Message::decode_v5(f.publish.clone(), publisher).ok().map(|(m, _)| m)
 }
 

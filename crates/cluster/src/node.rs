@@ -670,13 +670,12 @@ impl ClusterNode {
                     let mut c = network::client(&addr).ok()?;
                     c.hello(HelloRequest {}).await.ok().map(|r| r.into_inner())
                 };
-                if let Ok(Some(reply)) = tokio::time::timeout(Duration::from_secs(1), ask).await {
-                    if let Some(applied) = reply.applied_index
-                        && Some(reply.node_id) == self.raft.metrics().borrow().current_leader
-                    {
-                        self.catch_up_to.store(applied, Ordering::Release);
-                        return;
-                    }
+                if let Ok(Some(reply)) = tokio::time::timeout(Duration::from_secs(1), ask).await
+                    && let Some(applied) = reply.applied_index
+                    && Some(reply.node_id) == self.raft.metrics().borrow().current_leader
+                {
+                    self.catch_up_to.store(applied, Ordering::Release);
+                    return;
                 }
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -892,8 +891,10 @@ async fn forward_loop(node: Arc<ClusterNode>, target: NodeId, addr: String, mut 
                     }
                     let mut messages = Vec::with_capacity(items.len());
                     let mut waiters = Vec::with_capacity(items.len());
+                    // One allocation for the batch's packets.
+                    let mut buf = bytes::BytesMut::with_capacity(items.iter().map(|o| o.message.payload.len() + o.message.topic.len() + 16).sum());
                     for o in items {
-                        messages.push(handover::encode_message(&o.message, o.groups, o.retain_seq, o.groups_only));
+                        messages.push(handover::encode_message_into(&o.message, o.groups, o.retain_seq, o.groups_only, &mut buf));
                         waiters.extend(o.accepted);
                     }
                     let batch = ForwardBatch { batch_id: next_batch, from_node: node.id(), messages };

@@ -395,3 +395,37 @@ fn encoded_len_matches_encode() {
         assert_eq!(p.encode(v, &mut buf), p.encoded_len(v));
     }
 }
+
+#[test]
+fn decode_bytes_reads_whole_packets_in_place() {
+    // Two PUBLISH packets back to back, then the start of a third.
+    let mut wire = BytesMut::new();
+    for (topic, payload) in [("a/b", &b"first"[..]), ("c", &b"second"[..])] {
+        let p = Publish {
+            dup: false,
+            qos: QoS::AtMostOnce,
+            retain: false,
+            topic: s(topic),
+            packet_id: 0,
+            properties: Properties::default(),
+            payload: Bytes::copy_from_slice(payload),
+        };
+        Packet::Publish(p).encode(V5, &mut wire).unwrap();
+    }
+    wire.extend_from_slice(&[0x30, 10, 0]);
+    let mut bytes = wire.freeze();
+    let start = bytes.as_ptr() as usize;
+    let end = start + bytes.len();
+    let mut payloads = Vec::new();
+    while let Some(packet) = decode_bytes(&mut bytes, V5, MAX_PACKET_SIZE).unwrap() {
+        let Packet::Publish(p) = packet else { panic!("a PUBLISH") };
+        let at = p.payload.as_ptr() as usize;
+        assert!(at >= start && at < end, "the payload is a slice of the input, not a copy");
+        payloads.push((p.topic.to_string(), p.payload));
+    }
+    assert_eq!(payloads, vec![("a/b".into(), Bytes::from("first")), ("c".into(), Bytes::from("second"))]);
+    assert_eq!(&bytes[..], &[0x30, 10, 0], "an incomplete packet is left as it was");
+    // The same limits and checks as `decode`.
+    let mut big = bytes.clone();
+    assert_eq!(decode_bytes(&mut big, V5, 5), Err(DecodeError::PacketTooLarge { size: 12, max: 5 }));
+}

@@ -13,7 +13,7 @@ pub use control::{Auth, Disconnect};
 pub use publish::{Ack, Publish};
 pub use subscribe::{RetainHandling, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe};
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::error::{DecodeError, EncodeError};
 use crate::types::{PacketType, ProtocolVersion};
@@ -53,6 +53,27 @@ pub fn decode(
     version: ProtocolVersion,
     max_packet_size: usize,
 ) -> Result<Option<Packet>, DecodeError> {
+    let Some((packet, size, len_bytes)) = frame_header(buf, version, max_packet_size)? else { return Ok(None) };
+    decode_frame(buf.split_to(size).freeze(), packet, len_bytes, version)
+}
+
+/// [`decode`] for bytes already received whole (a stored or forwarded packet): the packet's fields are slices of
+/// `buf`, nothing is copied.
+pub fn decode_bytes(
+    buf: &mut Bytes,
+    version: ProtocolVersion,
+    max_packet_size: usize,
+) -> Result<Option<Packet>, DecodeError> {
+    let Some((packet, size, len_bytes)) = frame_header(buf, version, max_packet_size)? else { return Ok(None) };
+    decode_frame(buf.split_to(size), packet, len_bytes, version)
+}
+
+/// The type, whole size and length-field size of the packet at the start of `buf`, once its fixed header is there.
+fn frame_header(
+    buf: &[u8],
+    version: ProtocolVersion,
+    max_packet_size: usize,
+) -> Result<Option<(PacketType, usize, usize)>, DecodeError> {
     let Some(&first) = buf.first() else { return Ok(None) };
     let packet = packet_type(first, version)?;
     let Some((remaining, len_bytes)) = parse_varint(buf.get(1..).unwrap_or_default())? else {
@@ -66,7 +87,16 @@ pub fn decode(
         // No reserve here: a claimed size is not yet a reason to allocate (the caller grows its buffer as bytes come).
         return Ok(None);
     }
-    let mut frame = buf.split_to(size).freeze();
+    Ok(Some((packet, size, len_bytes)))
+}
+
+fn decode_frame(
+    mut frame: Bytes,
+    packet: PacketType,
+    len_bytes: usize,
+    version: ProtocolVersion,
+) -> Result<Option<Packet>, DecodeError> {
+    let first = frame[0];
     let body = frame.split_off(1 + len_bytes);
     let r = Reader::new(body, packet);
     let flags = first & 0x0f;
