@@ -634,7 +634,7 @@ impl Broker {
             out.subscription_ids = member.id.into_iter().collect();
             out.stored = None;
             tracing::debug!(group = %key, client_id = %member.session.client_id, "message handed to another member");
-            let _ = self.enqueue(&member.session, out);
+            let _ = self.enqueue(&member.session, out, &mut None);
         }
     }
 
@@ -706,15 +706,17 @@ impl Broker {
         }
         // `$SYS` values are the node's own and current; a restart republishes them rather than restoring.
         let node_own = message.topic.starts_with('$');
+        // Kept for long: in an allocation of its own, not a slice of the publisher's read buffer.
+        let kept = || Arc::new(message.compact());
         if !node_own && self.cluster.replicates_retained() {
             if !here {
                 return false;
             }
             // Held at once, so this node's next subscriber sees it; the log's order settles it on every node.
-            write(&self.retained).set(message.clone());
+            write(&self.retained).set(kept());
             return true;
         }
-        write(&self.retained).set(message.clone());
+        write(&self.retained).set(kept());
         if let Some(store) = self.store.as_ref().filter(|_| !node_own) {
             match store.put_retained(message) {
                 Ok(()) => routed.durable |= message.qos != QoS::AtMostOnce,
@@ -726,6 +728,8 @@ impl Broker {
 
     /// The cluster applied a retained message change (`None` clears the topic); see [`Cluster::replicates_retained`].
     pub fn retained_changed(&self, topic: &str, message: Option<Message>) {
+        // A forwarded copy is a slice of its batch's buffer.
+        let message = message.map(|m| m.compact());
         let mut retained = write(&self.retained);
         match message {
             Some(m) => {
@@ -759,6 +763,8 @@ impl Broker {
         // A session matched by several subscriptions gets the message once, at the highest QoS, with every
         // Subscription Identifier [MQTT-3.3.4-2] [MQTT-3.3.4-3].
         targets.sort_unstable_by_key(|t| Arc::as_ptr(&t.subscriber.session) as usize);
+        // The copy queued for sessions that are away, made once (see `enqueue`).
+        let mut kept = None;
         let mut i = 0;
         while i < targets.len() {
             let session = targets[i].subscriber.session.clone();
@@ -794,7 +800,7 @@ impl Broker {
                 continue;
             }
             let out = Outgoing { message: message.clone(), qos, retain, subscription_ids: ids, stored: None, group };
-            let (queued, durable) = self.enqueue(&session, out);
+            let (queued, durable) = self.enqueue(&session, out, &mut kept);
             routed.delivered += usize::from(queued);
             routed.durable |= durable;
         }
@@ -806,9 +812,18 @@ impl Broker {
     }
 
     /// Queues `out` for `session`, storing it first when the session is persistent and the QoS is above 0.
-    /// Returns (queued, durable write made).
-    fn enqueue(&self, session: &Arc<SessionHandle>, mut out: Outgoing) -> (bool, bool) {
+    /// Returns (queued, durable write made). A session that is away may hold the message for long, so it gets a
+    /// compact copy (`Message::compact`), made once per message in `kept` and shared by every such session.
+    fn enqueue(
+        &self,
+        session: &Arc<SessionHandle>,
+        mut out: Outgoing,
+        kept: &mut Option<Arc<Message>>,
+    ) -> (bool, bool) {
         let mut state = lock(&session.state);
+        if state.waker.is_none() {
+            out.message = kept.get_or_insert_with(|| Arc::new(out.message.compact())).clone();
+        }
         let mut durable = false;
         if state.persistent
             && out.qos != QoS::AtMostOnce
@@ -896,7 +911,8 @@ impl Broker {
                 continue;
             }
             let sub = Subscription { options: *options, id };
-            lock(&session.state).subscriptions.insert(filter.clone(), sub);
+            // A copy of the filter: the packet's is a slice of the read buffer, which the session would keep alive.
+            lock(&session.state).subscriptions.insert(ByteString::from(&**filter), sub);
             let is_new = self.route_subscribe(filter, Subscriber { session: session.clone(), options: *options, id });
             codes.push(ReasonCode::granted(options.qos));
             // Retained messages on subscribe [MQTT-3.3.1-9] as Retain Handling says [MQTT-3.3.1-10] [MQTT-3.3.1-11];
@@ -963,7 +979,7 @@ impl Broker {
     pub fn deliver(&self, session: &Arc<SessionHandle>, messages: Vec<Outgoing>) -> bool {
         let mut durable = false;
         for out in messages {
-            durable |= self.enqueue(session, out).1;
+            durable |= self.enqueue(session, out, &mut None).1;
         }
         durable
     }

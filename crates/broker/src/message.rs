@@ -40,6 +40,40 @@ impl Message {
         }
     }
 
+    /// This message in one allocation of its own. A message decoded from a PUBLISH has its topic, payload and
+    /// properties as slices of the buffer the packet was read into (16 KB per read of a busy connection, a forward
+    /// batch's buffer between nodes); one that is kept for long (retained, queued for a session that is away) would
+    /// keep that whole buffer alive. Everything but the buffer stays as it was, the receive time included.
+    pub fn compact(&self) -> Message {
+        let publish = Publish {
+            dup: false,
+            qos: self.qos,
+            retain: self.retain,
+            topic: self.topic.clone(),
+            packet_id: if self.qos == QoS::AtMostOnce { 0 } else { 1 },
+            properties: self.properties.as_deref().cloned().unwrap_or_default(),
+            payload: self.payload.clone(),
+        };
+        let packet = Packet::Publish(publish);
+        let mut buf = BytesMut::with_capacity(packet.encoded_len(ProtocolVersion::V5).unwrap_or(0));
+        let decoded = packet.encode(ProtocolVersion::V5, &mut buf).ok().and_then(|_| {
+            skein_codec::decode_bytes(&mut buf.freeze(), ProtocolVersion::V5, MAX_PACKET_SIZE).ok().flatten()
+        });
+        match decoded {
+            Some(Packet::Publish(p)) => Message {
+                topic: p.topic,
+                payload: p.payload,
+                qos: self.qos,
+                retain: self.retain,
+                properties: if p.properties.is_empty() { None } else { Some(Box::new(p.properties)) },
+                publisher: self.publisher.clone(),
+                received: self.received,
+            },
+            // A message the broker holds always encodes and decodes; if one did not, it stays as it is.
+            _ => self.clone(),
+        }
+    }
+
     /// A will, published when its connection ends without a clean DISCONNECT. Will Delay Interval is not a
     /// PUBLISH property, so it is dropped.
     pub fn from_will(will: skein_codec::Will, publisher: ByteString) -> Message {
@@ -142,5 +176,42 @@ impl Message {
             Ok(_) => Err("not a PUBLISH record".into()),
             Err(e) => Err(e.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compact_keeps_everything_but_the_buffer() {
+        let read = Bytes::from(vec![b'x'; 16 * 1024]);
+        let properties = Properties {
+            message_expiry_interval: Some(60),
+            correlation_data: Some(read.slice(100..104)),
+            user_properties: vec![("k".into(), "v".into())],
+            ..Properties::default()
+        };
+        let p = Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            topic: ByteString::try_from(read.slice(0..10)).unwrap(),
+            packet_id: 9,
+            properties,
+            payload: read.slice(10..100),
+        };
+        let m = Message::from_publish(p, Some("pub".into()));
+        let c = m.compact();
+        assert_eq!((&c.topic, &c.payload, c.qos, c.retain), (&m.topic, &m.payload, m.qos, m.retain));
+        assert_eq!(c.properties, m.properties, "the interval as received, not what is left of it");
+        assert_eq!((c.publisher.as_deref(), c.received), (Some("pub"), m.received));
+        let inside = |b: &[u8]| {
+            let (start, at) = (read.as_ptr() as usize, b.as_ptr() as usize);
+            at >= start && at < start + read.len()
+        };
+        assert!(inside(m.payload.as_ref()) && inside(m.topic.as_bytes()), "the original is a slice of the read");
+        assert!(!inside(c.payload.as_ref()) && !inside(c.topic.as_bytes()), "the copy is not");
+        assert!(!inside(c.properties.as_ref().unwrap().correlation_data.as_deref().unwrap()));
     }
 }

@@ -285,7 +285,8 @@ impl Session {
             p.topic = ByteString::new();
         } else if self.aliases.len() < usize::from(max) {
             let alias = self.aliases.len() as u16 + 1;
-            self.aliases.insert(p.topic.clone(), alias);
+            // A copy: the message's topic is a slice of the buffer it was read into, which the map would keep alive.
+            self.aliases.insert(ByteString::from(&*p.topic), alias);
             p.properties.topic_alias = Some(alias);
         }
         p

@@ -1,0 +1,162 @@
+//! What the broker keeps for long (a subscription's filter, a retained message, a message queued for a session that
+//! is away) must not keep alive the read buffer its packet came in: each read of a busy connection makes room for
+//! 16 KB, and a topic or payload sliced out of it holds all of it. Counted with an allocator that tracks live heap
+//! bytes, over real TCP connections, one packet per read.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicIsize, Ordering};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use skein_broker::{Broker, BrokerConfig, SingleNode};
+use skein_codec::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+struct Counting;
+
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE.fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+struct Client {
+    stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl Client {
+    async fn connect(addr: std::net::SocketAddr, id: &str, persistent: bool) -> Client {
+        let mut c = Client { stream: TcpStream::connect(addr).await.unwrap(), buf: BytesMut::new() };
+        let properties = Properties { session_expiry_interval: persistent.then_some(300), ..Properties::default() };
+        c.send(Packet::Connect(Box::new(Connect {
+            protocol: ProtocolVersion::V5,
+            clean_start: !persistent,
+            keep_alive: 0,
+            properties,
+            client_id: id.into(),
+            will: None,
+            username: None,
+            password: None,
+        })))
+        .await;
+        assert!(matches!(c.recv().await, Packet::ConnAck(a) if a.reason_code == ReasonCode::Success));
+        c
+    }
+
+    async fn send(&mut self, p: Packet) {
+        let mut out = BytesMut::new();
+        p.encode(ProtocolVersion::V5, &mut out).unwrap();
+        self.stream.write_all(&out).await.unwrap();
+    }
+
+    async fn recv(&mut self) -> Packet {
+        loop {
+            if let Some(p) = decode(&mut self.buf, ProtocolVersion::V5, MAX_PACKET_SIZE).unwrap() {
+                return p;
+            }
+            let read = tokio::time::timeout(Duration::from_secs(10), self.stream.read_buf(&mut self.buf));
+            assert!(read.await.expect("an answer in time").unwrap() > 0, "connection closed");
+        }
+    }
+
+    async fn subscribe(&mut self, filter: &str) {
+        let options = SubscriptionOptions { qos: QoS::AtLeastOnce, ..SubscriptionOptions::default() };
+        self.send(Packet::Subscribe(Subscribe {
+            packet_id: 1,
+            properties: Properties::default(),
+            filters: vec![(filter.into(), options)],
+        }))
+        .await;
+        assert!(matches!(self.recv().await, Packet::SubAck(_)));
+    }
+
+    async fn publish(&mut self, topic: &str, retain: bool) {
+        self.send(Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain,
+            topic: topic.into(),
+            packet_id: 7,
+            properties: Properties::default(),
+            payload: Bytes::from_static(b"a small payload"),
+        }))
+        .await;
+        assert!(matches!(self.recv().await, Packet::PubAck(_)));
+    }
+
+    async fn disconnect(mut self) {
+        self.send(Packet::Disconnect(Disconnect::default())).await;
+        // The broker closes its side once it has taken the DISCONNECT.
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.stream.read_to_end(&mut rest)).await;
+    }
+}
+
+const SESSIONS: usize = 40;
+const FILTERS: usize = 10;
+const RETAINED: usize = 40;
+const QUEUED: usize = 40;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_filters_and_messages_do_not_hold_their_read_buffers() {
+    let broker = Broker::open(BrokerConfig::default(), None, Arc::new(SingleNode)).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(skein_broker::listener::serve_tcp(broker, listener, Default::default()));
+    // One connection first, so that lazily made runtime and broker state is not counted.
+    Client::connect(addr, "warm-up", false).await.disconnect().await;
+    let before = LIVE.load(Ordering::Relaxed);
+
+    // Sessions that subscribe, one SUBSCRIBE per read, and go away; their subscriptions stay.
+    for i in 0..SESSIONS {
+        let mut c = Client::connect(addr, &format!("away-{i}"), true).await;
+        for k in 0..FILTERS {
+            c.subscribe(&format!("kept/{i}/{k}")).await;
+        }
+        c.disconnect().await;
+    }
+    let mut publisher = Client::connect(addr, "publisher", false).await;
+    for j in 0..RETAINED {
+        publisher.publish(&format!("retained/{j}"), true).await;
+    }
+    // Queued for the sessions that are away.
+    for q in 0..QUEUED {
+        publisher.publish(&format!("kept/{}/0", q % SESSIONS), false).await;
+    }
+    publisher.disconnect().await;
+
+    // Each kept item costs its own few hundred bytes (trie node, session entry, message); a pinned read buffer
+    // would add up to 16 KB to each of them. Memory settles as connections finish closing.
+    let items = SESSIONS * FILTERS + RETAINED + QUEUED;
+    let bound = (items * 1024 + SESSIONS * 4096) as isize;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let grown = LIVE.load(Ordering::Relaxed) - before;
+        if grown <= bound {
+            println!("{grown} bytes kept for {items} items and {SESSIONS} sessions (bound {bound})");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{grown} bytes kept for {items} items and {SESSIONS} sessions (bound {bound}): read buffers are held"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
