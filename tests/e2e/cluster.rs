@@ -282,6 +282,26 @@ fn the_same_client_id_through_two_nodes_closes_the_older_connection() {
 }
 
 #[test]
+fn many_client_ids_moving_at_once_each_close_their_older_connection() {
+    use skein_codec::*;
+    // Clean-session connects are told to the other nodes in batches: every one of them must still arrive.
+    let c = Nodes::start(3);
+    let ids: Vec<String> = (0..60).map(|i| format!("mover-{i}")).collect();
+    let mut first: Vec<Raw> =
+        ids.iter().map(|id| Raw::connect(c.nodes[0].mqtt, connect_packet(ProtocolVersion::V5, id, true)).0).collect();
+    let second: Vec<Raw> =
+        ids.iter().map(|id| Raw::connect(c.nodes[2].mqtt, connect_packet(ProtocolVersion::V5, id, true)).0).collect();
+    for (id, old) in ids.iter().zip(&mut first) {
+        assert_eq!(
+            old.recv_until_closed(),
+            vec![Packet::Disconnect(Disconnect::new(ReasonCode::SessionTakenOver))],
+            "{id}: the older connection is closed with 0x8E"
+        );
+    }
+    drop(second);
+}
+
+#[test]
 fn a_persistent_session_resumes_on_another_node_with_its_queued_messages() {
     let c = Nodes::start(3);
     // Subscribe on node 1 with a persistent session, then leave.

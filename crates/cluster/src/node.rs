@@ -21,8 +21,8 @@ use crate::handover;
 use crate::network::{self, Factory, to_message};
 use crate::proto::cluster_server::{Cluster as ClusterService, ClusterServer};
 use crate::proto::{
-    ForwardAck, ForwardBatch, HelloReply, HelloRequest, JoinReply, JoinRequest, RaftMessage, TakeoverReply,
-    TakeoverRequest,
+    ForwardAck, ForwardBatch, HelloReply, HelloRequest, JoinReply, JoinRequest, RaftMessage, ReleaseReply,
+    ReleaseRequest, TakeoverReply, TakeoverRequest,
 };
 use crate::state::{Command, Member, NodeId, RouteIndex};
 use crate::store::{self, Raft, RetainedChange, StateMachine};
@@ -78,6 +78,8 @@ pub struct ClusterNode {
     retains_rx: Mutex<Option<mpsc::UnboundedReceiver<RetainChange>>>,
     index: RwLock<(Option<u64>, Arc<RouteIndex>)>,
     forwarders: Mutex<HashMap<NodeId, mpsc::UnboundedSender<Outbound>>>,
+    /// Per peer: clean-session connects to tell it of, sent in batches (see `release_loop`).
+    releasers: Mutex<HashMap<String, mpsc::UnboundedSender<TakeoverRequest>>>,
     /// Forwarded messages that could not be handed to a node in time.
     pub forward_failures: AtomicU64,
     /// This node itself, for the tasks it starts from `&self`.
@@ -164,6 +166,7 @@ impl ClusterNode {
             retains_rx: Mutex::new(Some(retains_rx)),
             index: RwLock::new((None, Arc::new(RouteIndex::default()))),
             forwarders: Mutex::new(HashMap::new()),
+            releasers: Mutex::new(HashMap::new()),
             forward_failures: AtomicU64::new(0),
         }))
     }
@@ -599,6 +602,19 @@ impl ClusterNode {
         Some(tx)
     }
 
+    fn releaser(&self, addr: &str) -> mpsc::UnboundedSender<TakeoverRequest> {
+        let mut r = self.releasers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = r.get(addr)
+            && !tx.is_closed()
+        {
+            return tx.clone();
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        r.insert(addr.to_string(), tx.clone());
+        tokio::spawn(release_loop(addr.to_string(), rx));
+        tx
+    }
+
     /// A JSON view of this node's cluster state, for `GET /cluster` and `skein cluster status`.
     pub fn status(&self) -> serde_json::Value {
         let m = self.raft.metrics().borrow().clone();
@@ -730,6 +746,15 @@ impl skein_broker::Cluster for ClusterNode {
         if peers.is_empty() {
             return None;
         }
+        if !want_session {
+            // A clean session has nothing to bring over: the other nodes close its connections there, told in
+            // batches, and nobody waits for it.
+            for addr in peers {
+                let req = TakeoverRequest { client_id: client_id.to_string(), want_session, connected_at_ns };
+                let _ = self.releaser(&addr).send(req);
+            }
+            return None;
+        }
         let client_id = client_id.to_string();
         let asks = async move {
             let mut asks = Vec::with_capacity(peers.len());
@@ -750,11 +775,6 @@ impl skein_broker::Cluster for ClusterNode {
             }
             session
         };
-        if !want_session {
-            // A clean session has nothing to bring over: close the other connections, but don't wait for it.
-            tokio::spawn(asks);
-            return None;
-        }
         Some(Box::pin(asks))
     }
 
@@ -925,6 +945,31 @@ async fn forward_loop(node: Arc<ClusterNode>, target: NodeId, addr: String, mut 
     }
 }
 
+/// Tells the node at `addr` of clean-session connects here, as many in one call as have come meanwhile. A node that
+/// does not answer within a second is down or cut off: its connections of those ids are gone with it, or closed
+/// when it comes back and its clients reconnect.
+async fn release_loop(addr: String, mut rx: mpsc::UnboundedReceiver<TakeoverRequest>) {
+    let mut client = None;
+    while let Some(first) = rx.recv().await {
+        let mut clients = vec![first];
+        while clients.len() < 4096 {
+            match rx.try_recv() {
+                Ok(c) => clients.push(c),
+                Err(_) => break,
+            }
+        }
+        if client.is_none() {
+            client = network::client(&addr).ok();
+        }
+        let Some(c) = client.as_mut() else { continue };
+        let sent = tokio::time::timeout(Duration::from_secs(1), c.release(ReleaseRequest { clients })).await;
+        if !matches!(sent, Ok(Ok(_))) {
+            tracing::debug!(%addr, "clean-session connects not told to a peer");
+            client = None;
+        }
+    }
+}
+
 /// Gives up on batches a node has not taken for `node_timeout`: their publishers are answered, the loss counted.
 fn fail_old(
     node: &ClusterNode,
@@ -1023,6 +1068,19 @@ impl ClusterService for Service {
             tracing::info!(client_id = %req.client_id, "session handed over to another node");
         }
         Ok(Response::new(handover::to_reply(export)))
+    }
+
+    async fn release(&self, request: Request<ReleaseRequest>) -> Result<Response<ReleaseReply>, Status> {
+        let Some(broker) = self.0.broker.get() else { return Ok(Response::new(ReleaseReply {})) };
+        for req in request.into_inner().clients {
+            let broker = broker.clone();
+            // Each waits (up to seconds) for its old connection to close; none holds up the others.
+            tokio::spawn(async move {
+                let newer_than = std::time::UNIX_EPOCH + Duration::from_nanos(req.connected_at_ns);
+                broker.take_over(&req.client_id, false, newer_than).await;
+            });
+        }
+        Ok(Response::new(ReleaseReply {}))
     }
 
     type ForwardStream = tokio_stream::wrappers::ReceiverStream<Result<ForwardAck, Status>>;
