@@ -302,6 +302,76 @@ fn many_client_ids_moving_at_once_each_close_their_older_connection() {
 }
 
 #[test]
+fn a_will_fires_once_on_every_node_when_its_client_drops_or_moves() {
+    use skein_codec::*;
+    let c = Nodes::start(3);
+    let with_will = |id: &str, payload: &'static [u8]| {
+        let mut p = connect_packet(ProtocolVersion::V311, id, true);
+        p.will = Some(Will {
+            topic: "wills/gone".into(),
+            payload: Bytes::from_static(payload),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties: Properties::default(),
+        });
+        p
+    };
+    let mut subs: Vec<Raw> = [1, 2]
+        .iter()
+        .map(|&i| {
+            raw_subscriber(
+                c.nodes[i].mqtt,
+                ProtocolVersion::V311,
+                &format!("watcher-{i}"),
+                &[("wills/#", QoS::AtLeastOnce)],
+            )
+        })
+        .collect();
+    for node in [2, 3] {
+        c.wait_node_routes(0, node, 1);
+    }
+    // Dropped without DISCONNECT on node 1; then one that moves from node 1 to node 2 (its old connection is taken
+    // over, which ends its clean session: its will goes too [MQTT-3.1.2-8]).
+    let (dropped, _) = Raw::connect(c.nodes[0].mqtt, with_will("dropper", b"dropped"));
+    drop(dropped);
+    let (mut moved, _) = Raw::connect(c.nodes[0].mqtt, with_will("mover", b"moved"));
+    let (mut new, _) = Raw::connect(c.nodes[1].mqtt, connect_packet(ProtocolVersion::V311, "mover", true));
+    assert_eq!(moved.recv_until_closed(), vec![], "a 3.1.1 connection taken over is closed");
+    let next = |sub: &mut Raw| {
+        let p = expect_publish(sub);
+        if p.qos != QoS::AtMostOnce {
+            sub.send(&Packet::PubAck(Ack::new(p.packet_id)));
+        }
+        String::from_utf8_lossy(&p.payload).to_string()
+    };
+    let mut got = vec![Vec::new(), Vec::new()];
+    for (sub, got) in subs.iter_mut().zip(&mut got) {
+        while !(got.iter().any(|w| w == "dropped") && got.iter().any(|w| w == "moved")) {
+            got.push(next(sub));
+        }
+    }
+    // Then a marker from every node: a second copy of a will from any node would come before that node's marker.
+    for (i, node) in c.nodes.iter().enumerate() {
+        let (mut m, _) = Raw::connect(node.mqtt, connect_packet(ProtocolVersion::V311, &format!("marker-{i}"), true));
+        m.send(&publish("wills/marker", QoS::AtLeastOnce, 1, b"end"));
+        assert!(matches!(m.recv(), Some(Packet::PubAck(_))));
+    }
+    for (i, (sub, got)) in subs.iter_mut().zip(&mut got).enumerate() {
+        let mut markers = 0;
+        while markers < 3 {
+            match next(sub) {
+                end if end == "end" => markers += 1,
+                other => got.push(other),
+            }
+        }
+        got.sort();
+        assert_eq!(*got, vec!["dropped", "moved"], "watcher on node {}: each will once", i + 2);
+    }
+    new.send(&Packet::PingReq);
+    assert_eq!(new.recv(), Some(Packet::PingResp));
+}
+
+#[test]
 fn a_persistent_session_resumes_on_another_node_with_its_queued_messages() {
     let c = Nodes::start(3);
     // Subscribe on node 1 with a persistent session, then leave.
