@@ -38,6 +38,59 @@ fn three_nodes_form_one_cluster_and_deliver_across_nodes() {
 }
 
 #[test]
+fn paho_clients_on_three_nodes_are_served_as_by_one_broker() {
+    let c = Nodes::start(3);
+    let ports: Vec<u16> = c.nodes.iter().map(|n| n.port()).collect();
+    // Subscriber on node 1, publisher on node 2 (QoS 0, 1, 2), retained subscriber on node 3; every version.
+    for version in ["31", "311", "5"] {
+        crate::paho::check(&crate::paho::run_on(&ports, version), &format!("paho{version}"));
+    }
+}
+
+#[test]
+fn rumqttc_across_nodes_at_every_qos() {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    let c = Nodes::start(3);
+    let options = |i: usize, id: &str| {
+        let mut o = MqttOptions::new(id, "127.0.0.1", c.nodes[i].port());
+        o.set_keep_alive(std::time::Duration::from_secs(30));
+        o
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        use crate::rumqttc_client::until;
+        let (sub, mut sub_ev) = AsyncClient::new(options(2, "rq-cluster-sub"), 16);
+        sub.subscribe("rqc/#", QoS::ExactlyOnce).await.unwrap();
+        until(&mut sub_ev, |e| matches!(e, Event::Incoming(Packet::SubAck(_))).then_some(())).await;
+        c.wait_node_routes(0, 3, 1);
+        let (publ, mut pub_ev) = AsyncClient::new(options(0, "rq-cluster-pub"), 16);
+        for (i, qos) in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce].into_iter().enumerate() {
+            publ.publish(format!("rqc/{i}"), qos, false, format!("m{i}")).await.unwrap();
+            let sent = async {
+                loop {
+                    match pub_ev.poll().await.expect("publisher stays up") {
+                        Event::Outgoing(rumqttc::Outgoing::Publish(_)) if qos == QoS::AtMostOnce => break,
+                        Event::Incoming(Packet::PubAck(_)) | Event::Incoming(Packet::PubComp(_)) => break,
+                        _ => {}
+                    }
+                }
+            };
+            tokio::time::timeout(WAIT, sent).await.expect("published within the bound");
+            let p = until(&mut sub_ev, |e| match e {
+                Event::Incoming(Packet::Publish(p)) => Some(p.clone()),
+                _ => None,
+            })
+            .await;
+            assert_eq!(
+                (p.topic.as_str(), &p.payload[..], p.qos),
+                (format!("rqc/{i}").as_str(), format!("m{i}").as_bytes(), qos),
+                "from node 1 to a subscriber on node 3"
+            );
+        }
+    });
+}
+
+#[test]
 fn retained_set_on_one_node_is_seen_from_the_others() {
     let c = Nodes::start(3);
     publish_to(&port_of(&c.nodes[0]), &["-t", "r/t", "-r", "-q", "1", "-m", "kept"]);

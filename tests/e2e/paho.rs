@@ -12,15 +12,21 @@ pub fn python() -> PathBuf {
 }
 
 fn run(broker: &Skein, version: &str) -> serde_json::Value {
+    run_on(&[broker.port()], version)
+}
+
+/// The script with its subscriber on `ports[0]`, and its publisher and late subscriber on the next ports if given.
+pub fn run_on(ports: &[u16], version: &str) -> serde_json::Value {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/paho_client.py");
     let mut cmd = Command::new(python());
-    cmd.arg(script).arg(broker.port().to_string()).arg(version).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.arg(script).arg(ports[0].to_string()).arg(version).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.args(ports[1..].iter().map(|p| p.to_string()));
     let out = Proc::spawn(&mut cmd).wait_output(WAIT * 2);
     assert!(out.status.success(), "paho {version}: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).expect("one JSON line")
 }
 
-fn check(v: &serde_json::Value, prefix: &str) {
+pub fn check(v: &serde_json::Value, prefix: &str) {
     assert_eq!(v["granted"], serde_json::json!([2]));
     for qos in 0..3 {
         let m = &v["live"][qos];

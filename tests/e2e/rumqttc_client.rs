@@ -13,7 +13,7 @@ fn options(broker: &Skein, id: &str, clean: bool) -> MqttOptions {
 }
 
 /// Polls until `pred` picks an event out, or fails after `WAIT`.
-async fn until<T>(ev: &mut EventLoop, mut pred: impl FnMut(&Event) -> Option<T>) -> T {
+pub async fn until<T>(ev: &mut EventLoop, mut pred: impl FnMut(&Event) -> Option<T>) -> T {
     tokio::time::timeout(WAIT, async {
         loop {
             let e = ev.poll().await.expect("connection stays up");
