@@ -37,7 +37,8 @@ def version(cmd):
         return "unknown"
 
 
-names = sorted({p.name.split(".")[0] for p in results.glob("*.json") if not p.name.endswith(".cluster.json")}, key=lambda n: (n.split("-")[0], n))
+cluster_only = (".cluster.json", ".single.json", ".connect.json", ".spread.json")
+names = sorted({p.name.split(".")[0] for p in results.glob("*.json") if not p.name.endswith(cluster_only)}, key=lambda n: (n.split("-")[0], n))
 order = ["p2p", "fanout", "fanin", "shared", "latency", "conn"]
 names.sort(key=lambda n: (order.index(n.split("-")[0]) if n.split("-")[0] in order else 99, n))
 
@@ -107,6 +108,36 @@ if cluster_rows:
         "| scenario | cluster delivered/s | single node delivered/s | ratio | cluster msgs/CPU-s (3 nodes) | cluster p99 µs | lost |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
         *cluster_rows,
+    ]
+connect_rows = []
+for p in sorted(results.glob("*.connect.json")):
+    n = p.name.split(".")[0]
+    c, single = json.loads(p.read_text()), load(n, "single")
+    spread = load(n, "spread") or {}
+    if not single:
+        continue
+    if c.get("subscribes_per_s"):
+        after = spread.get("routes_on_node2_after_s")
+        routes = spread.get("routes", 0)
+        on_node2 = f"{routes:,} after {after:.2f} s ({routes / after:,.0f}/s)" if after else "not all seen"
+        connect_rows.append(
+            f"| {n} | subscribes/s | {c['subscribes_per_s']:,.0f} | {single['subscribes_per_s']:,.0f} "
+            f"| {ratio(c['subscribes_per_s'], single['subscribes_per_s'])} | {on_node2} | {c['errors']} |"
+        )
+    else:
+        connect_rows.append(
+            f"| {n} | connects/s | {c['connects_per_s']:,.0f} | {single['connects_per_s']:,.0f} "
+            f"| {ratio(c['connects_per_s'], single['connects_per_s'])} | - | {c['errors']} |"
+        )
+if connect_rows:
+    lines += [
+        "",
+        "Connects and subscribes on node 1 of the 3-node cluster, as fast as they go, against single-node Skein; for",
+        "subscribes, when node 2 showed every new route (counted from the start of the run):",
+        "",
+        "| scenario | rate | cluster | single node | ratio | routes on node 2 | errors |",
+        "| --- | --- | ---: | ---: | ---: | --- | ---: |",
+        *connect_rows,
     ]
 lines += [
     "",
