@@ -54,7 +54,7 @@ pub fn decode(
     max_packet_size: usize,
 ) -> Result<Option<Packet>, DecodeError> {
     let Some((packet, size, len_bytes)) = frame_header(buf, version, max_packet_size)? else { return Ok(None) };
-    decode_frame(buf.split_to(size).freeze(), packet, len_bytes, version)
+    decode_frame(buf.split_to(size).freeze(), packet, len_bytes, version).map(Some)
 }
 
 /// [`decode`] for bytes already received whole (a stored or forwarded packet): the packet's fields are slices of
@@ -65,7 +65,7 @@ pub fn decode_bytes(
     max_packet_size: usize,
 ) -> Result<Option<Packet>, DecodeError> {
     let Some((packet, size, len_bytes)) = frame_header(buf, version, max_packet_size)? else { return Ok(None) };
-    decode_frame(buf.split_to(size), packet, len_bytes, version)
+    decode_frame(buf.split_to(size), packet, len_bytes, version).map(Some)
 }
 
 /// The type, whole size and length-field size of the packet at the start of `buf`, once its fixed header is there.
@@ -90,17 +90,17 @@ fn frame_header(
     Ok(Some((packet, size, len_bytes)))
 }
 
+/// The packet in `frame`, exactly one whole packet whose header `frame_header` read.
 fn decode_frame(
     mut frame: Bytes,
     packet: PacketType,
     len_bytes: usize,
     version: ProtocolVersion,
-) -> Result<Option<Packet>, DecodeError> {
-    let first = frame[0];
+) -> Result<Packet, DecodeError> {
+    let flags = frame[0] & 0x0f;
     let body = frame.split_off(1 + len_bytes);
     let r = Reader::new(body, packet);
-    let flags = first & 0x0f;
-    Ok(Some(match packet {
+    Ok(match packet {
         PacketType::Connect => Packet::Connect(Box::new(Connect::decode(r)?)),
         PacketType::ConnAck => Packet::ConnAck(ConnAck::decode(r, version)?),
         PacketType::Publish => Packet::Publish(Publish::decode(r, flags, version)?),
@@ -122,7 +122,7 @@ fn decode_frame(
         }
         PacketType::Disconnect => Packet::Disconnect(Disconnect::decode(r, version)?),
         PacketType::Auth => Packet::Auth(Auth::decode(r)?),
-    }))
+    })
 }
 
 /// The packet type of a first byte, with its reserved flags checked [MQTT-2.2.2-2].
