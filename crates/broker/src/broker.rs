@@ -727,9 +727,8 @@ impl Broker {
     }
 
     /// The cluster applied a retained message change (`None` clears the topic); see [`Cluster::replicates_retained`].
+    /// The message is kept as given, so it should be one of its own (see [`Message::compact`]).
     pub fn retained_changed(&self, topic: &str, message: Option<Message>) {
-        // A forwarded copy is a slice of its batch's buffer.
-        let message = message.map(|m| m.compact());
         let mut retained = write(&self.retained);
         match message {
             Some(m) => {

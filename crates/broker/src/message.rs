@@ -45,7 +45,8 @@ impl Message {
     /// batch's buffer between nodes); one that is kept for long (retained, queued for a session that is away) would
     /// keep that whole buffer alive. Everything but the buffer stays as it was, the receive time included.
     pub fn compact(&self) -> Message {
-        let publish = Publish {
+        // `encode_v5` would count the time waited against the expiry interval; this keeps it as received.
+        let packet = Packet::Publish(Publish {
             dup: false,
             qos: self.qos,
             retain: self.retain,
@@ -53,22 +54,10 @@ impl Message {
             packet_id: if self.qos == QoS::AtMostOnce { 0 } else { 1 },
             properties: self.properties.as_deref().cloned().unwrap_or_default(),
             payload: self.payload.clone(),
-        };
-        let packet = Packet::Publish(publish);
-        let mut buf = BytesMut::with_capacity(packet.encoded_len(ProtocolVersion::V5).unwrap_or(0));
-        let decoded = packet.encode(ProtocolVersion::V5, &mut buf).ok().and_then(|_| {
-            skein_codec::decode_bytes(&mut buf.freeze(), ProtocolVersion::V5, MAX_PACKET_SIZE).ok().flatten()
         });
-        match decoded {
-            Some(Packet::Publish(p)) => Message {
-                topic: p.topic,
-                payload: p.payload,
-                qos: self.qos,
-                retain: self.retain,
-                properties: if p.properties.is_empty() { None } else { Some(Box::new(p.properties)) },
-                publisher: self.publisher.clone(),
-                received: self.received,
-            },
+        let mut buf = BytesMut::with_capacity(packet.encoded_len(ProtocolVersion::V5).unwrap_or(0));
+        match packet.encode(ProtocolVersion::V5, &mut buf).map(|_| Message::decode_v5(buf.freeze(), None)) {
+            Ok(Ok((m, _))) => Message { publisher: self.publisher.clone(), received: self.received, ..m },
             // A message the broker holds always encodes and decodes; if one did not, it stays as it is.
             _ => self.clone(),
         }
