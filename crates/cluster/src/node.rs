@@ -657,14 +657,10 @@ impl ClusterNode {
     pub fn ready(&self) -> bool {
         let m = self.raft.metrics().borrow().clone();
         let joined = m.current_leader.is_some() && m.membership_config.membership().get_node(&m.id).is_some();
-        if joined && !self.caught_up.load(Ordering::Acquire) {
+        let target = self.catch_up_to.load(Ordering::Acquire);
+        if joined && !self.caught_up.load(Ordering::Acquire) && target != u64::MAX {
             let applied = m.last_applied.map(|l| l.index);
-            let target = match self.catch_up_to.load(Ordering::Acquire) {
-                u64::MAX if m.current_leader != Some(m.id) => return false,
-                u64::MAX => None,
-                t => Some(t),
-            };
-            if applied >= m.last_log_index && applied >= target {
+            if applied >= m.last_log_index && applied >= Some(target) {
                 self.caught_up.store(true, Ordering::Release);
             }
         }
@@ -677,7 +673,7 @@ impl ClusterNode {
         loop {
             let _ = metrics.wait_for(|m| m.current_leader.is_some()).await;
             if self.is_leader() {
-                // A leader has every committed entry in its own log.
+                // A leader has every committed entry in its own log: its own end is the target.
                 self.catch_up_to.store(0, Ordering::Release);
                 return;
             }
@@ -880,15 +876,9 @@ async fn forward_loop(node: Arc<ClusterNode>, target: NodeId, addr: String, mut 
                 tracing::debug!(target, error = %e, "forward stream not open; retrying");
                 // What arrived meanwhile waits with the unacknowledged batches, and times out with them.
                 while let Ok(o) = rx.try_recv() {
-                    let messages = vec![handover::encode_message(&o.message, o.groups, o.retain_seq, o.groups_only)];
-                    let batch = ForwardBatch { batch_id: next_batch, from_node: node.id(), messages };
+                    let (batch, waiters) = forward_batch(node.id(), next_batch, vec![o]);
                     next_batch += 1;
-                    unacked.push((
-                        batch.batch_id,
-                        batch,
-                        o.accepted.into_iter().collect(),
-                        tokio::time::Instant::now(),
-                    ));
+                    unacked.push((batch.batch_id, batch, waiters, tokio::time::Instant::now()));
                 }
                 fail_old(&node, &mut unacked);
                 tokio::time::sleep(backoff).await;
@@ -909,15 +899,7 @@ async fn forward_loop(node: Arc<ClusterNode>, target: NodeId, addr: String, mut 
                             Err(_) => break,
                         }
                     }
-                    let mut messages = Vec::with_capacity(items.len());
-                    let mut waiters = Vec::with_capacity(items.len());
-                    // One allocation for the batch's packets.
-                    let mut buf = bytes::BytesMut::with_capacity(items.iter().map(|o| o.message.payload.len() + o.message.topic.len() + 16).sum());
-                    for o in items {
-                        messages.push(handover::encode_message_into(&o.message, o.groups, o.retain_seq, o.groups_only, &mut buf));
-                        waiters.extend(o.accepted);
-                    }
-                    let batch = ForwardBatch { batch_id: next_batch, from_node: node.id(), messages };
+                    let (batch, waiters) = forward_batch(node.id(), next_batch, items);
                     next_batch += 1;
                     unacked.push((batch.batch_id, batch.clone(), waiters, tokio::time::Instant::now()));
                     if btx.send(batch).await.is_err() {
@@ -943,6 +925,20 @@ async fn forward_loop(node: Arc<ClusterNode>, target: NodeId, addr: String, mut 
             }
         }
     }
+}
+
+/// One batch of `items`, their packets in one allocation, and who waits for its acknowledgement.
+fn forward_batch(from_node: NodeId, batch_id: u64, items: Vec<Outbound>) -> (ForwardBatch, Vec<oneshot::Sender<bool>>) {
+    let mut messages = Vec::with_capacity(items.len());
+    let mut waiters = Vec::with_capacity(items.len());
+    let mut buf = bytes::BytesMut::with_capacity(
+        items.iter().map(|o| o.message.payload.len() + o.message.topic.len() + 16).sum(),
+    );
+    for o in items {
+        messages.push(handover::encode_message_into(&o.message, o.groups, o.retain_seq, o.groups_only, &mut buf));
+        waiters.extend(o.accepted);
+    }
+    (ForwardBatch { batch_id, from_node, messages }, waiters)
 }
 
 /// Tells the node at `addr` of clean-session connects here, as many in one call as have come meanwhile. A node that
@@ -1101,8 +1097,9 @@ impl ClusterService for Service {
                 for f in batch.messages {
                     if let Some(m) = handover::decode_message(&f) {
                         if f.retain_seq != 0 {
-                            // Held at once, unless the log already brought this change (or a later one).
-                            let held = if m.payload.is_empty() { None } else { Some(m.clone()) };
+                            // Held at once, unless the log already brought this change (or a later one); a copy
+                            // of its own, not a slice of the batch's buffer.
+                            let held = if m.payload.is_empty() { None } else { Some(m.compact()) };
                             node.sm.unless_applied(batch.from_node, f.retain_seq, || {
                                 broker.retained_changed(&m.topic, held)
                             });
