@@ -58,7 +58,7 @@ fn rumqttc_across_nodes_at_every_qos() {
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
-        use crate::rumqttc_client::until;
+        use crate::rumqttc_client::{next_publish, published, until};
         let (sub, mut sub_ev) = AsyncClient::new(options(2, "rq-cluster-sub"), 16);
         sub.subscribe("rqc/#", QoS::ExactlyOnce).await.unwrap();
         until(&mut sub_ev, |e| matches!(e, Event::Incoming(Packet::SubAck(_))).then_some(())).await;
@@ -66,21 +66,8 @@ fn rumqttc_across_nodes_at_every_qos() {
         let (publ, mut pub_ev) = AsyncClient::new(options(0, "rq-cluster-pub"), 16);
         for (i, qos) in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce].into_iter().enumerate() {
             publ.publish(format!("rqc/{i}"), qos, false, format!("m{i}")).await.unwrap();
-            let sent = async {
-                loop {
-                    match pub_ev.poll().await.expect("publisher stays up") {
-                        Event::Outgoing(rumqttc::Outgoing::Publish(_)) if qos == QoS::AtMostOnce => break,
-                        Event::Incoming(Packet::PubAck(_)) | Event::Incoming(Packet::PubComp(_)) => break,
-                        _ => {}
-                    }
-                }
-            };
-            tokio::time::timeout(WAIT, sent).await.expect("published within the bound");
-            let p = until(&mut sub_ev, |e| match e {
-                Event::Incoming(Packet::Publish(p)) => Some(p.clone()),
-                _ => None,
-            })
-            .await;
+            published(&mut pub_ev, qos).await;
+            let p = next_publish(&mut sub_ev).await;
             assert_eq!(
                 (p.topic.as_str(), &p.payload[..], p.qos),
                 (format!("rqc/{i}").as_str(), format!("m{i}").as_bytes(), qos),

@@ -26,6 +26,25 @@ pub async fn until<T>(ev: &mut EventLoop, mut pred: impl FnMut(&Event) -> Option
     .expect("event within the bound")
 }
 
+/// Until the publish just made is through: sent at QoS 0, acknowledged (PUBACK, PUBCOMP) above.
+pub async fn published(ev: &mut EventLoop, qos: QoS) {
+    until(ev, |e| match e {
+        Event::Outgoing(rumqttc::Outgoing::Publish(_)) if qos == QoS::AtMostOnce => Some(()),
+        Event::Incoming(Packet::PubAck(_)) | Event::Incoming(Packet::PubComp(_)) => Some(()),
+        _ => None,
+    })
+    .await
+}
+
+/// The next PUBLISH that arrives.
+pub async fn next_publish(ev: &mut EventLoop) -> rumqttc::Publish {
+    until(ev, |e| match e {
+        Event::Incoming(Packet::Publish(p)) => Some(p.clone()),
+        _ => None,
+    })
+    .await
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
 }
@@ -40,20 +59,8 @@ fn rumqttc_round_trips_at_every_qos() {
         let (publ, mut pub_ev) = AsyncClient::new(options(&broker, "rq-pub", true), 16);
         for (i, qos) in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce].into_iter().enumerate() {
             publ.publish(format!("rq/{i}"), qos, false, format!("m{i}")).await.unwrap();
-            if qos != QoS::AtMostOnce {
-                until(&mut pub_ev, |e| match e {
-                    Event::Incoming(Packet::PubAck(_)) | Event::Incoming(Packet::PubComp(_)) => Some(()),
-                    _ => None,
-                })
-                .await;
-            } else {
-                until(&mut pub_ev, |e| matches!(e, Event::Outgoing(rumqttc::Outgoing::Publish(_))).then_some(())).await;
-            }
-            let p = until(&mut sub_ev, |e| match e {
-                Event::Incoming(Packet::Publish(p)) => Some(p.clone()),
-                _ => None,
-            })
-            .await;
+            published(&mut pub_ev, qos).await;
+            let p = next_publish(&mut sub_ev).await;
             assert_eq!(
                 (p.topic.as_str(), &p.payload[..], p.qos),
                 (format!("rq/{i}").as_str(), format!("m{i}").as_bytes(), qos)
@@ -81,11 +88,7 @@ fn rumqttc_persistent_session_resumes() {
         })
         .await;
         assert!(present);
-        let p = until(&mut ev, |e| match e {
-            Event::Incoming(Packet::Publish(p)) => Some(p.clone()),
-            _ => None,
-        })
-        .await;
+        let p = next_publish(&mut ev).await;
         assert_eq!(&p.payload[..], b"while away");
     });
 }

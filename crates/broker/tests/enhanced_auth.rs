@@ -4,12 +4,13 @@
 
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use skein_broker::auth::{AuthExchange, AuthMethod, AuthStep};
 use skein_broker::{Broker, BrokerConfig, SingleNode};
 use skein_codec::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+
+mod support;
+use support::Client;
 
 /// Sends the challenge "nonce-1"; the right answer is "nonce-1:secret".
 struct Challenge;
@@ -43,31 +44,6 @@ impl AuthExchange for Exchange {
     }
 }
 
-struct Client {
-    stream: TcpStream,
-    buf: BytesMut,
-}
-
-impl Client {
-    async fn send(&mut self, p: Packet) {
-        let mut out = BytesMut::new();
-        p.encode(ProtocolVersion::V5, &mut out).unwrap();
-        self.stream.write_all(&out).await.unwrap();
-    }
-
-    async fn recv(&mut self) -> Option<Packet> {
-        loop {
-            if let Some(p) = decode(&mut self.buf, ProtocolVersion::V5, MAX_PACKET_SIZE).unwrap() {
-                return Some(p);
-            }
-            let read = tokio::time::timeout(std::time::Duration::from_secs(10), self.stream.read_buf(&mut self.buf));
-            if read.await.expect("an answer in time").unwrap() == 0 {
-                return None;
-            }
-        }
-    }
-}
-
 fn auth(reason_code: ReasonCode, data: &'static [u8]) -> Packet {
     let properties = Properties {
         authentication_method: Some("CHALLENGE".into()),
@@ -85,14 +61,11 @@ async fn broker() -> std::net::SocketAddr {
     let config = BrokerConfig { allow_anonymous: false, ..BrokerConfig::default() };
     let broker = Broker::open(config, None, Arc::new(SingleNode)).unwrap();
     broker.add_auth_method(Arc::new(Challenge));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(skein_broker::listener::serve_tcp(broker, listener, Default::default()));
-    addr
+    support::serve(broker).await
 }
 
 async fn connect(addr: std::net::SocketAddr, method: &str, id: &str) -> Client {
-    let mut c = Client { stream: TcpStream::connect(addr).await.unwrap(), buf: BytesMut::new() };
+    let mut c = Client::open(addr).await;
     let properties = Properties {
         authentication_method: Some(method.into()),
         authentication_data: Some(Bytes::from_static(b"hello")),

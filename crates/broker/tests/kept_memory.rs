@@ -8,11 +8,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use skein_broker::{Broker, BrokerConfig, SingleNode};
 use skein_codec::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::AsyncReadExt;
+
+mod support;
+use support::Client;
 
 struct Counting;
 
@@ -36,14 +38,17 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
-struct Client {
-    stream: TcpStream,
-    buf: BytesMut,
+/// The shared client, with the few exchanges these checks make.
+trait Exchanges {
+    async fn connect(addr: std::net::SocketAddr, id: &str, persistent: bool) -> Client;
+    async fn subscribe(&mut self, filter: &str);
+    async fn publish(&mut self, topic: &str, retain: bool);
+    async fn disconnect(self);
 }
 
-impl Client {
+impl Exchanges for Client {
     async fn connect(addr: std::net::SocketAddr, id: &str, persistent: bool) -> Client {
-        let mut c = Client { stream: TcpStream::connect(addr).await.unwrap(), buf: BytesMut::new() };
+        let mut c = Client::open(addr).await;
         let properties = Properties { session_expiry_interval: persistent.then_some(300), ..Properties::default() };
         c.send(Packet::Connect(Box::new(Connect {
             protocol: ProtocolVersion::V5,
@@ -56,24 +61,8 @@ impl Client {
             password: None,
         })))
         .await;
-        assert!(matches!(c.recv().await, Packet::ConnAck(a) if a.reason_code == ReasonCode::Success));
+        assert!(matches!(c.recv().await, Some(Packet::ConnAck(a)) if a.reason_code == ReasonCode::Success));
         c
-    }
-
-    async fn send(&mut self, p: Packet) {
-        let mut out = BytesMut::new();
-        p.encode(ProtocolVersion::V5, &mut out).unwrap();
-        self.stream.write_all(&out).await.unwrap();
-    }
-
-    async fn recv(&mut self) -> Packet {
-        loop {
-            if let Some(p) = decode(&mut self.buf, ProtocolVersion::V5, MAX_PACKET_SIZE).unwrap() {
-                return p;
-            }
-            let read = tokio::time::timeout(Duration::from_secs(10), self.stream.read_buf(&mut self.buf));
-            assert!(read.await.expect("an answer in time").unwrap() > 0, "connection closed");
-        }
     }
 
     async fn subscribe(&mut self, filter: &str) {
@@ -84,7 +73,7 @@ impl Client {
             filters: vec![(filter.into(), options)],
         }))
         .await;
-        assert!(matches!(self.recv().await, Packet::SubAck(_)));
+        assert!(matches!(self.recv().await, Some(Packet::SubAck(_))));
     }
 
     async fn publish(&mut self, topic: &str, retain: bool) {
@@ -98,7 +87,7 @@ impl Client {
             payload: Bytes::from_static(b"a small payload"),
         }))
         .await;
-        assert!(matches!(self.recv().await, Packet::PubAck(_)));
+        assert!(matches!(self.recv().await, Some(Packet::PubAck(_))));
     }
 
     async fn disconnect(mut self) {
@@ -106,6 +95,20 @@ impl Client {
         // The broker closes its side once it has taken the DISCONNECT.
         let mut rest = Vec::new();
         let _ = tokio::time::timeout(Duration::from_secs(10), self.stream.read_to_end(&mut rest)).await;
+    }
+}
+
+/// Waits for `check` to hold (live memory settles as connections finish closing), failing with its message after 10 s.
+async fn settles(check: impl Fn() -> (bool, String)) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (holds, what) = check();
+        if holds {
+            println!("{what}");
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -123,10 +126,7 @@ async fn kept_items_and_idle_connections_hold_no_read_buffer() {
 }
 
 async fn kept_filters_and_messages_do_not_hold_their_read_buffers() {
-    let broker = Broker::open(BrokerConfig::default(), None, Arc::new(SingleNode)).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(skein_broker::listener::serve_tcp(broker, listener, Default::default()));
+    let addr = support::serve(Broker::open(BrokerConfig::default(), None, Arc::new(SingleNode)).unwrap()).await;
     // One connection first, so that lazily made runtime and broker state is not counted.
     Client::connect(addr, "warm-up", false).await.disconnect().await;
     let before = LIVE.load(Ordering::Relaxed);
@@ -153,19 +153,11 @@ async fn kept_filters_and_messages_do_not_hold_their_read_buffers() {
     // would add up to 16 KB to each of them. Memory settles as connections finish closing.
     let items = SESSIONS * FILTERS + RETAINED + QUEUED;
     let bound = (items * 1024 + SESSIONS * 4096) as isize;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
+    settles(|| {
         let grown = LIVE.load(Ordering::Relaxed) - before;
-        if grown <= bound {
-            println!("{grown} bytes kept for {items} items and {SESSIONS} sessions (bound {bound})");
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{grown} bytes kept for {items} items and {SESSIONS} sessions (bound {bound}): read buffers are held"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        (grown <= bound, format!("{grown} bytes kept for {items} items and {SESSIONS} sessions (bound {bound})"))
+    })
+    .await;
 }
 
 /// Heap of one idle connection (its two tasks, session, socket registration), measured when this test was written:
@@ -174,10 +166,7 @@ async fn kept_filters_and_messages_do_not_hold_their_read_buffers() {
 const IDLE_BOUND: isize = 4_352;
 
 async fn an_idle_connection_keeps_no_buffer() {
-    let broker = Broker::open(BrokerConfig::default(), None, Arc::new(SingleNode)).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(skein_broker::listener::serve_tcp(broker, listener, Default::default()));
+    let addr = support::serve(Broker::open(BrokerConfig::default(), None, Arc::new(SingleNode)).unwrap()).await;
     Client::connect(addr, "warm-up", false).await.disconnect().await;
     const N: usize = 200;
     // Blocking std sockets for the clients, so that their side costs the heap nothing but this Vec.
@@ -201,15 +190,10 @@ async fn an_idle_connection_keeps_no_buffer() {
     })
     .await
     .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
+    settles(|| {
         let per = (LIVE.load(Ordering::Relaxed) - before) / N as isize;
-        if per <= IDLE_BOUND {
-            println!("{per} bytes of heap per idle connection (bound {IDLE_BOUND})");
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{per} bytes of heap per idle connection (bound {IDLE_BOUND})");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        (per <= IDLE_BOUND, format!("{per} bytes of heap per idle connection (bound {IDLE_BOUND})"))
+    })
+    .await;
     drop(clients);
 }

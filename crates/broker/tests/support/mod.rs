@@ -1,0 +1,49 @@
+//! What the broker's own integration tests share: a broker on a loopback port and a byte-level MQTT 5.0 client.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use skein_broker::Broker;
+use skein_codec::{BytesMut, MAX_PACKET_SIZE, Packet, ProtocolVersion, decode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Serves `broker` on an ephemeral loopback port, for the rest of the test's runtime.
+pub async fn serve(broker: Arc<Broker>) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(skein_broker::listener::serve_tcp(broker, listener, Default::default()));
+    addr
+}
+
+/// Sends exactly the packets a test writes and reads exactly what comes, MQTT 5.0.
+pub struct Client {
+    pub stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl Client {
+    pub async fn open(addr: SocketAddr) -> Client {
+        Client { stream: TcpStream::connect(addr).await.unwrap(), buf: BytesMut::new() }
+    }
+
+    pub async fn send(&mut self, p: Packet) {
+        let mut out = BytesMut::new();
+        p.encode(ProtocolVersion::V5, &mut out).unwrap();
+        self.stream.write_all(&out).await.unwrap();
+    }
+
+    /// The next packet, or `None` once the broker has closed the connection; fails after 10 s without either.
+    pub async fn recv(&mut self) -> Option<Packet> {
+        loop {
+            if let Some(p) = decode(&mut self.buf, ProtocolVersion::V5, MAX_PACKET_SIZE).unwrap() {
+                return Some(p);
+            }
+            let read = tokio::time::timeout(Duration::from_secs(10), self.stream.read_buf(&mut self.buf));
+            if read.await.expect("an answer in time").unwrap() == 0 {
+                return None;
+            }
+        }
+    }
+}
