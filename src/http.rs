@@ -1,7 +1,8 @@
 //! The HTTP endpoint for probes and status: `GET /healthz` (the process answers), `GET /readyz` (the MQTT
 //! listeners are up, the node is not shutting down, and, when clustered, it has joined and knows a leader) and
-//! `GET /cluster` (the cluster as this node sees it, JSON) and `POST /cluster/leave` (leave the cluster, then shut
-//! down). Deliberately tiny: one request per connection.
+//! `GET /cluster` (the cluster as this node sees it, JSON), `GET /cluster/clients/{id}` (which node holds that
+//! client's persistent session, JSON; the id percent-encoded) and `POST /cluster/leave` (leave the cluster, then
+//! shut down). Deliberately tiny: one request per connection.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,6 +55,23 @@ async fn answer(mut stream: TcpStream, broker: &Broker, node: Option<&ClusterNod
             Some(n) => ("200 OK", "application/json", format!("{}\n", n.status())),
             None => ("404 Not Found", "text/plain", "not clustered: start with --cluster ADDR\n".into()),
         },
+        ("GET", p) if p.starts_with("/cluster/clients/") => match node {
+            Some(n) => match percent_decode(&p["/cluster/clients/".len()..]) {
+                Some(id) => match n.client(&id) {
+                    Some(c) => (
+                        "200 OK",
+                        "application/json",
+                        format!(
+                            "{}\n",
+                            serde_json::json!({"client_id": id, "node": c.node, "since_ns": c.since, "epoch": c.epoch})
+                        ),
+                    ),
+                    None => ("404 Not Found", "text/plain", "no persistent session of that client id\n".into()),
+                },
+                None => ("400 Bad Request", "text/plain", "the client id is not valid percent-encoded UTF-8\n".into()),
+            },
+            None => ("404 Not Found", "text/plain", "not clustered\n".into()),
+        },
         ("POST", "/cluster/leave") => match node {
             Some(n) => match n.leave().await {
                 Ok(()) => {
@@ -74,4 +92,31 @@ async fn answer(mut stream: TcpStream, broker: &Broker, node: Option<&ClusterNod
     );
     stream.write_all(response.as_bytes()).await?;
     stream.shutdown().await
+}
+
+/// Decodes `%XX` escapes; `None` for a bad escape or bytes that are not UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut bytes = s.bytes();
+    while let Some(b) = bytes.next() {
+        if b == b'%' {
+            let hex = [bytes.next()?, bytes.next()?];
+            out.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
+        } else {
+            out.push(b);
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(super::percent_decode("a%2Fb%20c").as_deref(), Some("a/b c"));
+        assert_eq!(super::percent_decode("%E2%9C%93").as_deref(), Some("\u{2713}"));
+        assert_eq!(super::percent_decode("%2"), None);
+        assert_eq!(super::percent_decode("%zz"), None);
+        assert_eq!(super::percent_decode("%FF"), None, "not UTF-8");
+    }
 }

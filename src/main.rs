@@ -46,6 +46,11 @@ enum ClusterAction {
         #[arg(long)]
         json: bool,
     },
+    /// Which node holds a client's persistent session, as the cluster's registry has it.
+    Client {
+        /// The client id.
+        id: String,
+    },
     /// Remove the node from the cluster (its routes and its place), then shut it down.
     Leave,
 }
@@ -98,9 +103,10 @@ fn main() -> ExitCode {
 /// `skein cluster status|leave`: one HTTP request to the node.
 fn cluster_command(http: &str, action: ClusterAction) -> Result<(), String> {
     use std::io::{Read, Write};
-    let (method, path) = match action {
-        ClusterAction::Status { .. } => ("GET", "/cluster"),
-        ClusterAction::Leave => ("POST", "/cluster/leave"),
+    let (method, path) = match &action {
+        ClusterAction::Status { .. } => ("GET", "/cluster".to_string()),
+        ClusterAction::Client { id } => ("GET", format!("/cluster/clients/{}", percent_encode(id))),
+        ClusterAction::Leave => ("POST", "/cluster/leave".to_string()),
     };
     let mut s = std::net::TcpStream::connect(http).map_err(|e| {
         format!("cannot reach the node's HTTP at {http}: {e} (start it with --http, or pass --http ADDR)")
@@ -114,7 +120,7 @@ fn cluster_command(http: &str, action: ClusterAction) -> Result<(), String> {
         return Err(body.trim().to_string());
     }
     match action {
-        ClusterAction::Status { json: true } | ClusterAction::Leave => print!("{body}"),
+        ClusterAction::Status { json: true } | ClusterAction::Client { .. } | ClusterAction::Leave => print!("{body}"),
         ClusterAction::Status { json: false } => {
             let v: serde_json::Value = serde_json::from_str(body).map_err(|e| e.to_string())?;
             println!(
@@ -125,21 +131,32 @@ fn cluster_command(http: &str, action: ClusterAction) -> Result<(), String> {
                 v["term"],
                 v["applied_index"]
             );
-            println!("{:<6} {:<8} {:<24} {:<24} routes", "id", "role", "cluster", "mqtt");
+            println!("{:<6} {:<8} {:<24} {:<24} {:<8} sessions", "id", "role", "cluster", "mqtt", "routes");
             for m in v["members"].as_array().into_iter().flatten() {
                 let id = m["id"].to_string();
                 println!(
-                    "{:<6} {:<8} {:<24} {:<24} {}",
+                    "{:<6} {:<8} {:<24} {:<24} {:<8} {}",
                     id,
                     m["role"].as_str().unwrap_or("?"),
                     m["cluster_addr"].as_str().unwrap_or("?"),
                     m["mqtt_addr"].as_str().unwrap_or("-"),
-                    v["routes_per_node"][&id]
+                    v["routes_per_node"][&id].to_string(),
+                    v["sessions_per_node"][&id].as_u64().unwrap_or(0)
                 );
             }
         }
     }
     Ok(())
+}
+
+/// `id` fit for a URL path: unreserved bytes as they are, the rest as `%XX`.
+fn percent_encode(id: &str) -> String {
+    id.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => char::from(b).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 fn init_logging(config: &Config) {

@@ -109,8 +109,16 @@ fn a_node_that_missed_compacted_log_catches_up_from_a_snapshot_and_restarts_from
     publish_to(&first, &["-t", "snap/0", "-r", "-q", "1", "-n"]);
     publish_to(&port_of(&c.nodes[1]), &["-t", "snap/1", "-r", "-q", "1", "-m", "changed"]);
     let leader = (0..2).find(|i| c.status(*i)["leader"] == c.status(*i)["node_id"]).expect("a leader of two");
-    let purged = c.status(leader)["purged_index"].as_u64().unwrap_or(0);
-    assert!(purged > 20, "the leader compacted its log: {}", c.status(leader));
+    // The leader compacts its log on its own time, after the snapshot it builds in the background.
+    let deadline = std::time::Instant::now() + WAIT;
+    let purged = loop {
+        let purged = c.status(leader)["purged_index"].as_u64().unwrap_or(0);
+        if purged > 20 {
+            break purged;
+        }
+        assert!(std::time::Instant::now() < deadline, "the leader compacted its log: {}", c.status(leader));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
 
     let join = c.cluster_addrs.join(",");
     c.nodes[2] = c.spawn(2, &join);
@@ -418,6 +426,8 @@ fn a_persistent_session_resumes_on_another_node_with_its_queued_messages() {
     let (sub, _) = mosquitto_sub(&c.nodes[0], &["-i", "nomad", "-c", "-q", "1", "-t", "nomad/#", "-E"]);
     sub.wait_output(WAIT);
     c.wait_routes(2, 1);
+    // Every node's registry knows where the session is.
+    let first = c.wait_session_owner("nomad", Some(1)).unwrap();
     // Messages published on node 3 queue in the session on node 1.
     for i in 0..3 {
         publish_to(&port_of(&c.nodes[2]), &["-t", "nomad/x", "-q", "1", "-m", &format!("queued {i}")]);
@@ -435,8 +445,25 @@ fn a_persistent_session_resumes_on_another_node_with_its_queued_messages() {
         out.messages(),
         vec!["nomad/x queued 0", "nomad/x queued 1", "nomad/x queued 2", "nomad/y after the move"]
     );
-    // Node 1 no longer routes for it.
+    // Node 1 no longer routes for it; the registry moved the session to node 2, a newer claim.
     c.wait_node_routes(2, 1, 0);
+    let moved = c.wait_session_owner("nomad", Some(2)).unwrap();
+    assert!(moved > first, "epoch {moved} after {first}");
+    // Node 2 asked the node the registry named for the session, and no other.
+    assert_eq!(
+        (c.status(0)["takeovers_answered"].as_u64(), c.status(2)["takeovers_answered"].as_u64()),
+        (Some(1), Some(0))
+    );
+    let out = Command::new(skein_bin())
+        .args(["cluster", "--http", &c.nodes[0].http.unwrap().to_string(), "client", "nomad"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("skein cluster client prints JSON");
+    assert_eq!((v["client_id"].as_str(), v["node"].as_u64()), (Some("nomad"), Some(2)));
+    // A clean-session connect of the id on node 1 ends the session: it leaves the registry everywhere.
+    publish_to(&port_of(&c.nodes[0]), &["-i", "nomad", "-t", "nomad/z", "-m", "clean"]);
+    c.wait_session_owner("nomad", None);
+    assert_eq!(c.status(2)["sessions"], 0);
 }
 
 #[test]
@@ -467,12 +494,22 @@ fn a_shared_subscription_spreads_across_nodes_each_message_once() {
 #[test]
 fn losing_quorum_stops_route_changes_never_local_delivery() {
     let mut c = Nodes::start_with(3, &["--node-timeout", "2"]);
+    let keeper = ["-i", "keeper", "-c", "-q", "1", "-t", "k/#"];
+    let (sub, _) = mosquitto_sub(&c.nodes[0], &[&keeper[..], &["-E"]].concat());
+    sub.wait_output(WAIT);
+    c.wait_session_owner("keeper", Some(1));
     c.nodes[1].kill9();
     c.nodes[2].kill9();
     // Node 1 alone has no quorum; a subscription made now still gets local messages at once.
     let (sub, out) = mosquitto_sub(&c.nodes[0], &["-t", "q/#", "-q", "1", "-v", "-C", "2"]);
     publish_to(&port_of(&c.nodes[0]), &["-t", "q/x", "-q", "1", "-m", "alone"]);
     out.wait_for(|l| l == "q/x alone");
+    // A persistent session resumes without quorum too (its claim waits for the log; the connect does not), with
+    // what was queued for it meanwhile.
+    publish_to(&port_of(&c.nodes[0]), &["-t", "k/x", "-q", "1", "-m", "kept"]);
+    let (back, kept) = mosquitto_sub_started(&c.nodes[0], &[&keeper[..], &["-v", "-C", "1"]].concat());
+    kept.wait_for(|l| l == "k/x kept");
+    back.wait_output(WAIT);
     // The other two come back; the cluster is whole again and routes flow between nodes.
     let join = c.cluster_addrs.join(",");
     c.nodes[1] = c.spawn(1, &join);

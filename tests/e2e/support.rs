@@ -473,6 +473,31 @@ impl Nodes {
         }
     }
 
+    /// Which node the client registry, as node `i` has it, gives `client_id`'s persistent session to: (node,
+    /// epoch), `None` when it has no entry.
+    pub fn session_owner(&self, i: usize, client_id: &str) -> Option<(u64, u64)> {
+        let (code, body) = http_get(self.nodes[i].http.unwrap(), &format!("/cluster/clients/{client_id}"))?;
+        if code == 404 {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        Some((v["node"].as_u64().expect("node"), v["epoch"].as_u64().expect("epoch")))
+    }
+
+    /// Waits until every node's registry agrees that `client_id`'s session is on `node` (`None`: nowhere), and
+    /// returns the entry's epoch.
+    pub fn wait_session_owner(&self, client_id: &str, node: Option<u64>) -> Option<u64> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let seen: Vec<_> = (0..self.nodes.len()).map(|i| self.session_owner(i, client_id)).collect();
+            if seen.iter().all(|s| s.map(|(n, _)| n) == node) && seen.windows(2).all(|w| w[0] == w[1]) {
+                return seen[0].map(|(_, e)| e);
+            }
+            assert!(Instant::now() < deadline, "{client_id}: wanted its session on {node:?}, the nodes say {seen:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Waits until node `i` has a route entry for `count` filters.
     pub fn wait_routes(&self, i: usize, count: u64) {
         let deadline = Instant::now() + WAIT;

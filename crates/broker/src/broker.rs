@@ -1014,6 +1014,17 @@ impl Broker {
     }
 
     /// The filters this node has at least one subscriber on: its full route set, for announcing to a cluster.
+    /// The persistent sessions held here: client id, and since when its connection is attached (`None` while the
+    /// client is away).
+    pub fn persistent_sessions(&self) -> Vec<(ByteString, Option<std::time::SystemTime>)> {
+        let sessions: Vec<_> = lock(&self.sessions).values().cloned().collect();
+        sessions
+            .iter()
+            .filter(|s| lock(&s.state).persistent)
+            .map(|s| (s.client_id.clone(), lock(&s.link).as_ref().map(|l| l.since)))
+            .collect()
+    }
+
     pub fn local_filters(&self) -> Vec<String> {
         read(&self.router).filters().map(|f| f.to_string()).collect()
     }

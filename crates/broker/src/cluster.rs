@@ -39,9 +39,16 @@ pub trait Cluster: Send + Sync + 'static {
     }
 
     /// A client is connecting here: close its connection on any other node (MQTT 5.0 clients hear 0x8E) and, when
-    /// `want_session`, bring its persistent session over. `None` when there are no other nodes.
-    fn take_over(&self, client_id: &str, want_session: bool, connected_at: std::time::SystemTime) -> Option<TakenOver> {
-        let _ = (client_id, want_session, connected_at);
+    /// `want_session`, bring its persistent session over. `persistent`: the session it gets here outlives the
+    /// connection (the cluster then records that this node holds it). `None` when there is nothing to wait for.
+    fn take_over(
+        &self,
+        client_id: &str,
+        want_session: bool,
+        persistent: bool,
+        connected_at: std::time::SystemTime,
+    ) -> Option<TakenOver> {
+        let _ = (client_id, want_session, persistent, connected_at);
         None
     }
 

@@ -237,7 +237,12 @@ where
     let client_max_packet = connect.properties.maximum_packet_size.map(|n| n as usize);
     // The client id is unique across the cluster: other nodes close their connection of it, and hand its session
     // over when this one resumes it.
-    let imported = match broker.cluster().take_over(&accepted.client_id, !connect.clean_start, connected_at) {
+    let imported = match broker.cluster().take_over(
+        &accepted.client_id,
+        !connect.clean_start,
+        accepted.persistent,
+        connected_at,
+    ) {
         Some(taken) => taken.await,
         None => None,
     };

@@ -24,7 +24,7 @@ use crate::proto::{
     ForwardAck, ForwardBatch, HelloReply, HelloRequest, JoinReply, JoinRequest, RaftMessage, ReleaseReply,
     ReleaseRequest, TakeoverReply, TakeoverRequest,
 };
-use crate::state::{Command, Member, NodeId, RouteIndex};
+use crate::state::{Claim, Claimed, Command, Member, NodeId, RouteIndex};
 use crate::store::{self, Raft, RetainedChange, StateMachine};
 
 #[derive(Debug, Clone)]
@@ -82,6 +82,8 @@ pub struct ClusterNode {
     releasers: Mutex<HashMap<String, mpsc::UnboundedSender<TakeoverRequest>>>,
     /// Forwarded messages that could not be handed to a node in time.
     pub forward_failures: AtomicU64,
+    /// Takeover requests (a persistent session wanted elsewhere) this node has answered.
+    takeovers_answered: AtomicU64,
     /// This node itself, for the tasks it starts from `&self`.
     this: std::sync::Weak<ClusterNode>,
     /// Route changes reported and not yet proposed.
@@ -95,7 +97,32 @@ pub struct ClusterNode {
     catch_up_to: AtomicU64,
     /// Rotates the node that serves a shared group, message by message.
     shared_turn: std::sync::atomic::AtomicUsize,
+    /// Changes of the client registry, waiting to be proposed (see `propose_clients`).
+    clients: mpsc::UnboundedSender<ClientChange>,
+    clients_rx: Mutex<Option<mpsc::UnboundedReceiver<ClientChange>>>,
+    /// Connects waiting for their claim to be applied here, by client id and `since`.
+    claim_waiters: Mutex<HashMap<(String, u64), oneshot::Sender<Claimed>>>,
+    /// Client ids that connected here lately: `reconcile_clients` leaves them alone while they settle.
+    recent: Mutex<HashMap<String, tokio::time::Instant>>,
+    /// Sessions held here that the registry gives to another node, and since when this node has seen so.
+    stranded: Mutex<HashMap<String, tokio::time::Instant>>,
 }
+
+/// A change of the client registry from this node.
+enum ClientChange {
+    Claimed(String, u64),
+    Released(String, u64),
+}
+
+/// How long a persistent connect waits for its claim to reach the log before it asks every peer instead.
+const CLAIM_WAIT: Duration = Duration::from_secs(2);
+/// A connect this recent is still settling (its claim waits up to `CLAIM_WAIT`, its ask up to a second): the
+/// registry and the broker may disagree about it meanwhile. Should one take longer, an entry dropped too early is
+/// registered again on the next round.
+const SETTLING: Duration = Duration::from_secs(3);
+/// A session held here that the registry has given to another node for this long was left behind by a race (two
+/// connects of one client id at once, or this node away meanwhile): it goes.
+const STRANDED: Duration = Duration::from_secs(5);
 
 /// A retained message published here, waiting to be proposed; `done` hears whether it was committed.
 struct RetainChange {
@@ -146,7 +173,13 @@ impl ClusterNode {
             .map_err(|e| StartError::Raft(e.to_string()))?;
         let (tx, rx) = mpsc::unbounded_channel();
         let (retains, retains_rx) = mpsc::unbounded_channel();
+        let (clients, clients_rx) = mpsc::unbounded_channel();
         Ok(Arc::new_cyclic(|this| ClusterNode {
+            clients,
+            clients_rx: Mutex::new(Some(clients_rx)),
+            claim_waiters: Mutex::new(HashMap::new()),
+            recent: Mutex::new(HashMap::new()),
+            stranded: Mutex::new(HashMap::new()),
             this: this.clone(),
             pending_routes: std::sync::atomic::AtomicUsize::new(0),
             leaving: std::sync::atomic::AtomicBool::new(false),
@@ -168,6 +201,7 @@ impl ClusterNode {
             forwarders: Mutex::new(HashMap::new()),
             releasers: Mutex::new(HashMap::new()),
             forward_failures: AtomicU64::new(0),
+            takeovers_answered: AtomicU64::new(0),
         }))
     }
 
@@ -198,6 +232,17 @@ impl ClusterNode {
             }
         }));
         let _ = self.broker.set(broker);
+        let weak = self.this.clone();
+        self.sm.watch_claims(Arc::new(move |node, claimed| {
+            let Some(me) = weak.upgrade() else { return };
+            if node != me.id() {
+                return;
+            }
+            let key = (claimed.client_id.clone(), claimed.since);
+            if let Some(waiter) = lock(&me.claim_waiters).remove(&key) {
+                let _ = waiter.send(claimed);
+            }
+        }));
         let listener = tokio::net::TcpListener::bind(self.config.listen)
             .await
             .map_err(|error| StartError::Listen { addr: self.config.listen, error })?;
@@ -238,6 +283,11 @@ impl ClusterNode {
         let rx = self.retains_rx.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(rx) = rx {
             tokio::spawn(async move { me.propose_retained(rx).await });
+        }
+        let me = self.clone();
+        let rx = lock(&self.clients_rx).take();
+        if let Some(rx) = rx {
+            tokio::spawn(async move { me.propose_clients(rx).await });
         }
         Ok(())
     }
@@ -341,6 +391,62 @@ impl ClusterNode {
                 tracing::info!(node = self.id(), routes = local.len(), "announcing this node's routes again");
                 self.propose(Command::Announce { node: self.id(), filters: local.into_iter().collect() }).await;
             }
+            self.reconcile_clients(broker);
+        }
+    }
+
+    /// Brings the client registry in line with the persistent sessions held here: registers those it lacks (after
+    /// a restart or a purge), drops entries of sessions that ended here, and ends sessions here that the registry
+    /// has given to another node for a while (left behind by a race). Connects still settling are left alone.
+    fn reconcile_clients(&self, broker: &Broker) {
+        let now = tokio::time::Instant::now();
+        let recent: std::collections::HashSet<String> = {
+            let mut r = lock(&self.recent);
+            r.retain(|_, at| now.duration_since(*at) < SETTLING);
+            r.keys().cloned().collect()
+        };
+        let local = broker.persistent_sessions();
+        let me = self.id();
+        let (mut claims, mut releases, mut stranded) = (Vec::new(), Vec::new(), Vec::new());
+        {
+            let a = self.sm.inner.read().unwrap_or_else(|e| e.into_inner());
+            let held: std::collections::HashSet<&str> = local.iter().map(|(c, _)| &**c).collect();
+            for (client_id, claim) in &a.state.clients {
+                if claim.node == me && !held.contains(client_id.as_str()) && !recent.contains(client_id) {
+                    releases.push((client_id.clone(), claim.since));
+                }
+            }
+            for (client_id, _) in &local {
+                if recent.contains(&**client_id) {
+                    continue;
+                }
+                match a.state.clients.get(&**client_id) {
+                    None => claims.push((client_id.to_string(), 0)),
+                    Some(c) if c.node != me => stranded.push((client_id.to_string(), c.since)),
+                    Some(_) => {}
+                }
+            }
+        }
+        for (c, since) in claims {
+            let _ = self.clients.send(ClientChange::Claimed(c, since));
+        }
+        for (c, since) in releases {
+            let _ = self.clients.send(ClientChange::Released(c, since));
+        }
+        let mut seen = lock(&self.stranded);
+        let before: HashMap<String, tokio::time::Instant> = std::mem::take(&mut *seen);
+        for (client_id, since) in stranded {
+            let first = before.get(&client_id).copied().unwrap_or(now);
+            if now.duration_since(first) < STRANDED {
+                seen.insert(client_id, first);
+                continue;
+            }
+            tracing::info!(%client_id, "session held here belongs to another node now; ending it");
+            let Some(broker) = self.broker.get().cloned() else { continue };
+            tokio::spawn(async move {
+                let newer_than = std::time::UNIX_EPOCH + Duration::from_nanos(since);
+                broker.take_over(&client_id, false, newer_than).await;
+            });
         }
     }
 
@@ -557,6 +663,32 @@ impl ClusterNode {
         }
     }
 
+    /// Proposes the client registry's changes from this node, in order, as one batch per round trip.
+    async fn propose_clients(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<ClientChange>) {
+        while let Some(first) = rx.recv().await {
+            let (mut claimed, mut released) = (Vec::new(), Vec::new());
+            let mut next = Some(first);
+            while let Some(change) = next.take().or_else(|| rx.try_recv().ok()) {
+                match change {
+                    ClientChange::Claimed(c, since) => claimed.push((c, since)),
+                    // A release names the claim it drops: its place among the claims does not matter.
+                    ClientChange::Released(c, since) => released.push((c, since)),
+                }
+                if claimed.len() + released.len() >= 4096 {
+                    break;
+                }
+            }
+            if !self.leaving.load(Ordering::Acquire) {
+                self.propose(Command::Clients { node: self.id(), claimed, released }).await;
+            }
+        }
+    }
+
+    /// Where the registry says `client_id`'s persistent session is.
+    pub fn client(&self, client_id: &str) -> Option<Claim> {
+        self.sm.inner.read().unwrap_or_else(|e| e.into_inner()).state.clients.get(client_id).copied()
+    }
+
     /// The route index, rebuilt when the applied state has moved on.
     fn route_index(&self) -> Arc<RouteIndex> {
         let applied = self.sm.inner.read().unwrap_or_else(|e| e.into_inner()).last_applied.map(|l| l.index);
@@ -647,7 +779,13 @@ impl ClusterNode {
             "routes_per_node": a.state.members.keys().chain(voters.iter()).collect::<BTreeSet<_>>().into_iter()
                 .map(|id| (id.to_string(), a.state.routes.values().filter(|n| n.contains(id)).count()))
                 .collect::<BTreeMap<_, _>>(),
+            "sessions": a.state.clients.len(),
+            "sessions_per_node": a.state.clients.values().fold(BTreeMap::<String, usize>::new(), |mut per, c| {
+                *per.entry(c.node.to_string()).or_default() += 1;
+                per
+            }),
             "forward_failures": self.forward_failures.load(Ordering::Relaxed),
+            "takeovers_answered": self.takeovers_answered.load(Ordering::Relaxed),
         })
     }
 
@@ -733,45 +871,71 @@ impl skein_broker::Cluster for ClusterNode {
         &self,
         client_id: &str,
         want_session: bool,
+        persistent: bool,
         connected_at: std::time::SystemTime,
     ) -> Option<skein_broker::cluster::TakenOver> {
-        let connected_at_ns =
-            connected_at.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
-        let peers: Vec<String> =
-            self.members().into_iter().filter(|(id, _)| *id != self.id()).map(|(_, a)| a).collect();
+        let since = connected_at.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+        lock(&self.recent).insert(client_id.to_string(), tokio::time::Instant::now());
+        let me = self.id();
+        let peers: Vec<(NodeId, String)> = self.members().into_iter().filter(|(id, _)| *id != me).collect();
+        // A resumed persistent session waits for its claim: the registry then names who held the session.
+        let claim = (persistent && want_session).then(|| {
+            let (tx, rx) = oneshot::channel();
+            lock(&self.claim_waiters).insert((client_id.to_string(), since), tx);
+            rx
+        });
+        if persistent {
+            let _ = self.clients.send(ClientChange::Claimed(client_id.to_string(), since));
+        }
         if peers.is_empty() {
+            if let Some(rx) = claim {
+                drop(rx);
+                lock(&self.claim_waiters).remove(&(client_id.to_string(), since));
+            }
             return None;
         }
         if !want_session {
-            // A clean session has nothing to bring over: the other nodes close its connections there, told in
+            // A new session has nothing to bring over: the other nodes close their connections of the id, told in
             // batches, and nobody waits for it.
-            for addr in peers {
-                let req = TakeoverRequest { client_id: client_id.to_string(), want_session, connected_at_ns };
-                let _ = self.releaser(&addr).send(req);
+            for (_, addr) in &peers {
+                let _ = self.releaser(addr).send(request(client_id, false, since));
             }
             return None;
         }
-        let client_id = client_id.to_string();
-        let asks = async move {
-            let mut asks = Vec::with_capacity(peers.len());
-            for addr in peers {
-                let req = TakeoverRequest { client_id: client_id.clone(), want_session, connected_at_ns };
-                asks.push(tokio::spawn(async move {
-                    let mut c = network::client(&addr).ok()?;
-                    // A node that does not answer soon is down or cut off; its copy of the session is lost to us.
-                    let reply = tokio::time::timeout(Duration::from_secs(1), c.takeover(req)).await.ok()?.ok()?;
-                    handover::from_reply(reply.into_inner())
-                }));
-            }
-            let mut session = None;
-            for a in asks {
-                if let Ok(Some(s)) = a.await {
-                    session = Some(s);
-                }
-            }
-            session
+        let Some(claim) = claim else {
+            // Wants an old session but keeps none itself (MQTT 5.0, no expiry): it is not in the registry, so
+            // every peer is asked.
+            return Some(Box::pin(ask_all(
+                peers.into_iter().map(|(_, a)| a).collect(),
+                request(client_id, true, since),
+            )));
         };
-        Some(Box::pin(asks))
+        let me_node = self.this.upgrade()?;
+        let client_id = client_id.to_string();
+        // Asks the node that held the session, and tells the others to close any connection of the id.
+        Some(Box::pin(async move {
+            let claimed = match tokio::time::timeout(CLAIM_WAIT, claim).await {
+                Ok(Ok(c)) => c,
+                _ => {
+                    // No quorum in time: the claim stays queued for the log, and the peers are asked as they are.
+                    lock(&me_node.claim_waiters).remove(&(client_id.clone(), since));
+                    tracing::debug!(%client_id, "claim not applied in time; asking every peer for the session");
+                    return ask_all(peers.into_iter().map(|(_, a)| a).collect(), request(&client_id, true, since))
+                        .await;
+                }
+            };
+            let owner = claimed.previous.filter(|p| claimed.won && p.node != me).map(|p| p.node);
+            let owner_addr = owner.and_then(|o| peers.iter().find(|(id, _)| *id == o).map(|(_, a)| a.clone()));
+            for (_, addr) in peers.iter().filter(|(_, a)| Some(a) != owner_addr.as_ref()) {
+                let _ = me_node.releaser(addr).send(request(&client_id, false, since));
+            }
+            match owner_addr {
+                Some(addr) => ask(addr, request(&client_id, true, since)).await,
+                // Nobody else held it (or a later connect of the id claimed it first: this one is the older and
+                // starts afresh; `reconcile_clients` ends it if it is still here).
+                None => None,
+            }
+        }))
     }
 
     fn forward(&self, message: &Arc<Message>, retain: bool) -> skein_broker::cluster::Forwarded {
@@ -855,6 +1019,34 @@ impl skein_broker::Cluster for ClusterNode {
         });
         skein_broker::cluster::Forwarded { accepted, groups_elsewhere }
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn request(client_id: &str, want_session: bool, connected_at_ns: u64) -> TakeoverRequest {
+    TakeoverRequest { client_id: client_id.to_string(), want_session, connected_at_ns }
+}
+
+/// Asks the node at `addr` to close its connection of a client id and hand its session over.
+async fn ask(addr: String, req: TakeoverRequest) -> Option<skein_broker::session::SessionExport> {
+    let mut c = network::client(&addr).ok()?;
+    // A node that does not answer soon is down or cut off; its copy of the session is lost to us.
+    let reply = tokio::time::timeout(Duration::from_secs(1), c.takeover(req)).await.ok()?.ok()?;
+    handover::from_reply(reply.into_inner())
+}
+
+/// Asks every node in `addrs` at once (see `ask`); the session of whichever held it.
+async fn ask_all(addrs: Vec<String>, req: TakeoverRequest) -> Option<skein_broker::session::SessionExport> {
+    let asks: Vec<_> = addrs.into_iter().map(|addr| tokio::spawn(ask(addr, req.clone()))).collect();
+    let mut session = None;
+    for a in asks {
+        if let Ok(Some(s)) = a.await {
+            session = Some(s);
+        }
+    }
+    session
 }
 
 /// Keeps one stream to `node` and sends it batches; a batch is acknowledged once delivered there. On a broken
@@ -1057,6 +1249,7 @@ impl ClusterService for Service {
 
     async fn takeover(&self, request: Request<TakeoverRequest>) -> Result<Response<TakeoverReply>, Status> {
         let req = request.into_inner();
+        self.0.takeovers_answered.fetch_add(1, Ordering::Relaxed);
         let Some(broker) = self.0.broker.get() else { return Ok(Response::new(TakeoverReply::default())) };
         let newer_than = std::time::UNIX_EPOCH + Duration::from_nanos(req.connected_at_ns);
         let export = broker.take_over(&req.client_id, req.want_session, newer_than).await;

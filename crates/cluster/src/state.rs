@@ -34,6 +34,40 @@ pub enum Command {
     /// the message in its MQTT 5.0 wire form from `Message::encode_v5`, or `None` to clear the topic). Batched: the
     /// changes a node collected while its previous batch was being committed.
     Retain { node: NodeId, changes: Vec<(u64, String, Option<Vec<u8>>)> },
+    /// The client registry: persistent sessions `node` now holds (client id, when its connection came, in
+    /// nanoseconds since the Unix epoch) and ones it no longer holds (client id, the `since` of the claim it
+    /// drops). Batched, applied in order.
+    Clients { node: NodeId, claimed: Vec<(String, u64)>, released: Vec<(String, u64)> },
+}
+
+/// Where a client's persistent session lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claim {
+    pub node: NodeId,
+    /// When the connection that made the claim came (nanoseconds since the Unix epoch); 0 for a session a node
+    /// re-registers after a restart or a purge, which never displaces a claim made by a connection.
+    pub since: u64,
+    /// The log index of the claim: it counts up with every change of owner.
+    pub epoch: u64,
+}
+
+impl Claim {
+    /// Whether a claim made `since` by `node` displaces this one: the later connection wins, whatever order the
+    /// claims reach the log in (a session started afresh does not wait for its claim), and ties go by node id.
+    fn yields_to(&self, node: NodeId, since: u64) -> bool {
+        (since, node) > (self.since, self.node)
+    }
+}
+
+/// What applying a claim did, for the node that made it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claimed {
+    pub client_id: String,
+    pub since: u64,
+    /// The claim it displaced, if any: who held the session before.
+    pub previous: Option<Claim>,
+    /// False when a later claim of another node was there first: this connection is the older one.
+    pub won: bool,
 }
 
 /// What applying a command returns: the `R` of the Raft log.
@@ -53,9 +87,34 @@ pub struct ClusterState {
     /// Node → the sequence number of its last retained change applied: a forwarded copy at or below it is old news.
     #[serde(default)]
     pub retain_applied: BTreeMap<NodeId, u64>,
+    /// The client registry: client id → the node holding its persistent session.
+    #[serde(default)]
+    pub clients: BTreeMap<String, Claim>,
 }
 
 impl ClusterState {
+    /// Applies `command`, the log entry at `index`. Claims applied for `node` are reported to `claimed`.
+    pub fn apply_at(&mut self, command: &Command, index: u64, mut claimed: impl FnMut(NodeId, Claimed)) -> Applied {
+        let Command::Clients { node, claimed: claims, released } = command else { return self.apply(command) };
+        let mut changed = 0;
+        for (client_id, since) in claims {
+            let previous = self.clients.get(client_id).copied();
+            let won = previous.is_none_or(|p| p.yields_to(*node, *since));
+            if won {
+                self.clients.insert(client_id.clone(), Claim { node: *node, since: *since, epoch: index });
+                changed += 1;
+            }
+            claimed(*node, Claimed { client_id: client_id.clone(), since: *since, previous, won });
+        }
+        for (client_id, since) in released {
+            if self.clients.get(client_id).is_some_and(|c| c.node == *node && c.since == *since) {
+                self.clients.remove(client_id);
+                changed += 1;
+            }
+        }
+        Applied { changed }
+    }
+
     pub fn apply(&mut self, command: &Command) -> Applied {
         let mut changed = 0;
         match command {
@@ -81,7 +140,13 @@ impl ClusterState {
                     }
                 }
             }
-            Command::Purge { node } => changed += self.purge(*node),
+            Command::Purge { node } => {
+                changed += self.purge(*node);
+                let before = self.clients.len();
+                self.clients.retain(|_, c| c.node != *node);
+                changed += before - self.clients.len();
+            }
+            Command::Clients { .. } => return self.apply_at(command, 0, |_, _| {}),
             Command::Retain { node, changes } => {
                 for (seq, topic, message) in changes {
                     changed += usize::from(match message {
@@ -253,11 +318,45 @@ mod tests {
     }
 
     #[test]
+    fn the_registry_gives_each_session_to_the_latest_connection() {
+        let mut st = ClusterState::default();
+        let claim =
+            |node, c: &str, since| Command::Clients { node, claimed: vec![(c.into(), since)], released: vec![] };
+        let mut heard = Vec::new();
+        st.apply_at(&claim(1, "c", 100), 5, |n, c| heard.push((n, c)));
+        assert_eq!(st.clients["c"], Claim { node: 1, since: 100, epoch: 5 });
+        assert_eq!(heard.pop(), Some((1, Claimed { client_id: "c".into(), since: 100, previous: None, won: true })));
+        // A later connection on node 2: it takes the session, and hears that node 1 held it.
+        st.apply_at(&claim(2, "c", 200), 6, |n, c| heard.push((n, c)));
+        let previous = Some(Claim { node: 1, since: 100, epoch: 5 });
+        assert_eq!(heard.pop(), Some((2, Claimed { client_id: "c".into(), since: 200, previous, won: true })));
+        // A claim that reaches the log late (its connection came earlier) displaces nothing, and is told so.
+        st.apply_at(&claim(3, "c", 150), 7, |n, c| heard.push((n, c)));
+        assert!(!heard.pop().unwrap().1.won);
+        assert_eq!(st.clients["c"], Claim { node: 2, since: 200, epoch: 6 });
+        // A re-registration (since 0) fills a gap only.
+        st.apply_at(&claim(3, "c", 0), 8, |_, _| {});
+        st.apply_at(&claim(3, "d", 0), 9, |_, _| {});
+        assert_eq!((st.clients["c"].node, st.clients["d"].node), (2, 3));
+        // A release names the claim it drops: node 1's old one, or node 2's with the wrong time, change nothing.
+        let release =
+            |node, c: &str, since| Command::Clients { node, claimed: vec![], released: vec![(c.into(), since)] };
+        assert_eq!(st.apply_at(&release(1, "c", 100), 10, |_, _| {}).changed, 0);
+        assert_eq!(st.apply_at(&release(2, "c", 199), 11, |_, _| {}).changed, 0);
+        assert_eq!(st.apply_at(&release(2, "c", 200), 12, |_, _| {}).changed, 1);
+        assert!(!st.clients.contains_key("c"));
+        // A purged node's sessions leave the registry with its routes.
+        st.apply(&Command::Purge { node: 3 });
+        assert!(st.clients.is_empty());
+    }
+
+    #[test]
     fn state_round_trips_through_json() {
         let mut st = ClusterState::default();
         st.apply(&Command::Member { node: 1, member: Member { cluster_addr: "a".into(), mqtt_addr: "b".into() } });
         st.apply(&Command::Routes { node: 1, added: s(&["x"]), removed: vec![] });
         st.apply(&Command::Retain { node: 1, changes: vec![(1, "r".into(), Some(vec![0, 1, 255]))] });
+        st.apply_at(&Command::Clients { node: 1, claimed: vec![("c".into(), 7)], released: vec![] }, 4, |_, _| {});
         let json = serde_json::to_vec(&st).unwrap();
         assert_eq!(serde_json::from_slice::<ClusterState>(&json).unwrap(), st);
     }

@@ -17,7 +17,7 @@ use openraft::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::state::{Applied, ClusterState, Command, NodeId};
+use crate::state::{Applied, Claimed, ClusterState, Command, NodeId};
 
 openraft::declare_raft_types!(
     /// The Raft types of a Skein cluster.
@@ -49,7 +49,13 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachine), OpenError> {
         applier.last_applied = s.meta.last_log_id;
         applier.last_membership = s.meta.last_membership;
     }
-    let sm = StateMachine { inner: Arc::new(RwLock::new(applier)), sink: Arc::default(), snapshots, db: flusher };
+    let sm = StateMachine {
+        inner: Arc::new(RwLock::new(applier)),
+        sink: Arc::default(),
+        claims: Arc::default(),
+        snapshots,
+        db: flusher,
+    };
     Ok((log, sm))
 }
 
@@ -77,6 +83,10 @@ pub enum RetainedChange<'a> {
 
 /// Hears every [`RetainedChange`], in log order, while the state machine is locked.
 pub type RetainedSink = Arc<dyn Fn(RetainedChange<'_>) + Send + Sync>;
+
+/// Hears every claim of the client registry as it is applied (the node that made it, and what it did), while the
+/// state machine is locked.
+pub type ClaimSink = Arc<dyn Fn(NodeId, Claimed) + Send + Sync>;
 
 #[derive(Clone)]
 pub struct LogStore {
@@ -223,6 +233,7 @@ struct StoredSnapshot {
 pub struct StateMachine {
     pub inner: Arc<RwLock<Applier>>,
     sink: Arc<RwLock<Option<RetainedSink>>>,
+    claims: Arc<RwLock<Option<ClaimSink>>>,
     snapshots: sled::Tree,
     db: Flusher,
 }
@@ -242,6 +253,11 @@ impl StateMachine {
         sink(RetainedChange::All(&a.state.retained));
         *self.sink.write().unwrap_or_else(|e| e.into_inner()) = Some(sink);
         drop(a);
+    }
+
+    /// Sends `sink` every claim applied from now on.
+    pub fn watch_claims(&self, sink: ClaimSink) {
+        *self.claims.write().unwrap_or_else(|e| e.into_inner()) = Some(sink);
     }
 
     /// Runs `hold` (which sets the retained message of a forwarded copy) unless the log has already applied
@@ -302,15 +318,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Normal(cmd) => {
                     // Routes belong to members: a late announcement from a node that has left changes nothing.
                     let from_non_member = match &cmd {
-                        Command::Routes { node, .. } | Command::Announce { node, .. } => {
-                            a.last_membership.membership().get_node(node).is_none()
-                        }
+                        Command::Routes { node, .. }
+                        | Command::Announce { node, .. }
+                        | Command::Clients { node, .. } => a.last_membership.membership().get_node(node).is_none(),
                         _ => false,
                     };
                     if from_non_member {
                         Applied::default()
                     } else {
-                        let applied = a.state.apply(&cmd);
+                        let sink = self.claims.read().unwrap_or_else(|e| e.into_inner()).clone();
+                        let applied = a.state.apply_at(&cmd, e.log_id.index, |node, claimed| {
+                            if let Some(sink) = &sink {
+                                sink(node, claimed);
+                            }
+                        });
                         if let Command::Retain { changes, .. } = &cmd {
                             for (_, topic, message) in changes {
                                 self.tell(match message {
