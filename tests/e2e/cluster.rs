@@ -466,6 +466,48 @@ fn a_persistent_session_resumes_on_another_node_with_its_queued_messages() {
     assert_eq!(c.status(2)["sessions"], 0);
 }
 
+/// A node down for longer than the node timeout loses its sessions to the cluster; a session of it the client has
+/// meanwhile started afresh elsewhere must not live on there when it comes back from its store (its subscription
+/// would keep drawing copies of messages nobody reads).
+#[test]
+fn a_session_left_behind_on_a_node_that_was_away_ends_when_it_returns() {
+    let mut c = Nodes::start_with(3, &["--node-timeout", "1"]);
+    let drifter = ["-i", "drifter", "-c", "-q", "1", "-t", "drift/#"];
+    let (sub, _) = mosquitto_sub(&c.nodes[0], &[&drifter[..], &["-E"]].concat());
+    sub.wait_output(WAIT);
+    c.wait_session_owner("drifter", Some(1));
+    c.wait_node_routes(2, 1, 1);
+    c.nodes[0].kill9();
+    // The others purge node 1: its route and its session are gone from the registry.
+    c.wait_node_routes(2, 1, 0);
+    let deadline = std::time::Instant::now() + WAIT;
+    while c.session_owner(1, "drifter").is_some() || c.session_owner(2, "drifter").is_some() {
+        assert!(std::time::Instant::now() < deadline, "node 1's session never purged: {}", c.status(1));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // The client comes back through node 2 and gets a new session there.
+    let (sub, _) = mosquitto_sub(&c.nodes[1], &[&drifter[..], &["-E"]].concat());
+    sub.wait_output(WAIT);
+    c.nodes[0] = c.spawn(0, &c.cluster_addrs.join(","));
+    wait_ready(c.nodes[0].http.unwrap());
+    // Node 1 returns holding its old copy from its store; it ends the session the registry gave to node 2, and
+    // the route that session had goes.
+    c.wait_session_owner("drifter", Some(2));
+    let deadline = std::time::Instant::now() + WAIT * 2;
+    while c.status(2)["routes_per_node"]["1"].as_u64() != Some(0)
+        || !c.nodes[0].log().contains("belongs to another node")
+    {
+        assert!(std::time::Instant::now() < deadline, "node 1 kept the session: {}", c.status(2));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    c.wait_session_owner("drifter", Some(2));
+    // One copy of a message, on node 2.
+    publish_to(&port_of(&c.nodes[2]), &["-t", "drift/x", "-q", "1", "-m", "once"]);
+    let (sub, out) = mosquitto_sub_started(&c.nodes[1], &[&drifter[..], &["-v", "-C", "1"]].concat());
+    out.wait_for(|l| l == "drift/x once");
+    sub.wait_output(WAIT);
+}
+
 #[test]
 fn a_shared_subscription_spreads_across_nodes_each_message_once() {
     let c = Nodes::start(3);

@@ -352,17 +352,13 @@ impl ClusterNode {
                     *seen = now;
                     purged.remove(&id);
                 } else if now.duration_since(*seen) > self.config.node_timeout && !purged.contains(&id) {
-                    let has_routes = self
-                        .sm
-                        .inner
-                        .read()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .state
-                        .routes
-                        .values()
-                        .any(|n| n.contains(&id));
-                    if has_routes {
-                        tracing::warn!(node = id, "node not answering; purging its routes");
+                    let holds_any = {
+                        let a = self.sm.inner.read().unwrap_or_else(|e| e.into_inner());
+                        a.state.routes.values().any(|n| n.contains(&id))
+                            || a.state.clients.values().any(|c| c.node == id)
+                    };
+                    if holds_any {
+                        tracing::warn!(node = id, "node not answering; purging its routes and sessions");
                         self.propose(Command::Purge { node: id }).await;
                     }
                     purged.insert(id);
