@@ -552,6 +552,8 @@ fn losing_quorum_stops_route_changes_never_local_delivery() {
     let (back, kept) = mosquitto_sub_started(&c.nodes[0], &[&keeper[..], &["-v", "-C", "1"]].concat());
     kept.wait_for(|l| l == "k/x kept");
     back.wait_output(WAIT);
+    // A clean connect of the id ends that session, and with it its route.
+    publish_to(&port_of(&c.nodes[0]), &["-i", "keeper", "-t", "k/end", "-m", "end"]);
     // The other two come back; the cluster is whole again and routes flow between nodes.
     let join = c.cluster_addrs.join(",");
     c.nodes[1] = c.spawn(1, &join);
