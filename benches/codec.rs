@@ -131,5 +131,30 @@ fn matching(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, codec, matching);
+/// A message on its way out to a subscriber: built into a `Publish` and encoded, or written bare from its parts.
+fn delivering(c: &mut Criterion) {
+    use skein_broker::message::Message;
+    let message = Message::system("fleet/device-0042/telemetry", vec![0x5au8; 64], false);
+    let mut group = c.benchmark_group("deliver_64B_qos1");
+    for v in [ProtocolVersion::V311, ProtocolVersion::V5] {
+        let mut buf = BytesMut::with_capacity(4096);
+        group.bench_function(format!("to_publish_{v}"), |b| {
+            b.iter(|| {
+                buf.clear();
+                let p = black_box(&message).to_publish(v, QoS::AtLeastOnce, 42, false, false, &[]);
+                black_box(Packet::Publish(p).encode(v, &mut buf).expect("encodes"))
+            })
+        });
+        group.bench_function(format!("bare_{v}"), |b| {
+            b.iter(|| {
+                buf.clear();
+                let p = black_box(&message).bare(v, QoS::AtLeastOnce, 42, false, false, &[]).expect("no properties");
+                black_box(p.encode(v, &mut buf).expect("encodes"))
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, codec, matching, delivering);
 criterion_main!(benches);

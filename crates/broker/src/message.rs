@@ -138,6 +138,28 @@ impl Message {
         Publish { dup, qos, retain, topic: self.topic.clone(), packet_id, properties, payload: self.payload.clone() }
     }
 
+    /// The message as a PUBLISH without properties, when that is how it goes out for `version`: every 3.x packet,
+    /// and a 5.0 one for a message that has none and no Subscription Identifiers to carry. The same bytes as
+    /// [`Message::to_publish`] then, without building a `Publish` (the common case of delivery and forwarding).
+    pub fn bare(
+        &self,
+        version: ProtocolVersion,
+        qos: QoS,
+        packet_id: u16,
+        retain: bool,
+        dup: bool,
+        sub_ids: &[u32],
+    ) -> Option<skein_codec::BarePublish<'_>> {
+        (!version.is_v5() || (self.properties.is_none() && sub_ids.is_empty())).then(|| skein_codec::BarePublish {
+            dup,
+            qos,
+            retain,
+            topic: &self.topic,
+            packet_id,
+            payload: &self.payload,
+        })
+    }
+
     /// The message as stored and as sent between nodes: an MQTT 5.0 PUBLISH, with `sub_ids` as its Subscription
     /// Identifiers. One encoding for the store and the cluster.
     pub fn encode_v5(&self, sub_ids: &[u32]) -> Bytes {
@@ -148,6 +170,10 @@ impl Message {
 
     /// `encode_v5`, appended to `buf` (many messages in one allocation: `buf.split().freeze()` after each).
     pub fn encode_v5_into(&self, sub_ids: &[u32], buf: &mut BytesMut) {
+        if let Some(bare) = self.bare(ProtocolVersion::V5, self.qos, 1, self.retain, false, sub_ids) {
+            let _ = bare.encode(ProtocolVersion::V5, buf);
+            return;
+        }
         let packet = Packet::Publish(self.to_publish(ProtocolVersion::V5, self.qos, 1, self.retain, false, sub_ids));
         buf.reserve(packet.encoded_len(ProtocolVersion::V5).unwrap_or(0));
         // A message that was decoded or built by the broker always encodes.

@@ -405,14 +405,21 @@ impl Session {
                     }
                 }
             };
-            let publish = out.message.to_publish(version, out.qos, packet_id, out.retain, false, &out.subscription_ids);
-            let packet = Packet::Publish(self.aliased(publish));
-            let too_large = match (self.limits.max_packet_size, packet.encoded_len(version)) {
-                (Some(max), Ok(len)) => len > max,
-                (_, Err(_)) => true,
-                (None, Ok(_)) => false,
+            let max = self.limits.max_packet_size;
+            let fits = |len: Result<usize, _>| len.is_ok_and(|len| max.is_none_or(|max| len <= max));
+            // Topic aliases are properties: a session that uses them takes the full path.
+            let aliasing = version.is_v5() && self.limits.topic_alias_maximum > 0;
+            let bare = out.message.bare(version, out.qos, packet_id, out.retain, false, &out.subscription_ids);
+            let written_now = match bare.filter(|_| !aliasing) {
+                Some(bare) => fits(bare.encoded_len(version)) && bare.encode(version, buf).is_ok(),
+                None => {
+                    let publish =
+                        out.message.to_publish(version, out.qos, packet_id, out.retain, false, &out.subscription_ids);
+                    let packet = Packet::Publish(self.aliased(publish));
+                    fits(packet.encoded_len(version)) && packet.encode(version, buf).is_ok()
+                }
             };
-            if too_large {
+            if !written_now {
                 // [MQTT-3.1.2-25]: discarded as if delivered.
                 self.dropped += 1;
                 if let Some(key) = out.stored {
@@ -420,7 +427,6 @@ impl Session {
                 }
                 continue;
             }
-            let _ = packet.encode(version, buf);
             written += 1;
             if out.qos != QoS::AtMostOnce {
                 let state = if out.qos == QoS::AtLeastOnce {

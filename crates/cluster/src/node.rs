@@ -82,6 +82,9 @@ pub struct ClusterNode {
     releasers: Mutex<HashMap<String, mpsc::UnboundedSender<TakeoverRequest>>>,
     /// Forwarded messages that could not be handed to a node in time.
     pub forward_failures: AtomicU64,
+    /// Messages and batches sent to other nodes (a batch resent after a reconnect counts again).
+    forwarded: AtomicU64,
+    forward_batches: AtomicU64,
     /// Takeover requests (a persistent session wanted elsewhere) this node has answered.
     takeovers_answered: AtomicU64,
     /// This node itself, for the tasks it starts from `&self`.
@@ -202,6 +205,8 @@ impl ClusterNode {
             releasers: Mutex::new(HashMap::new()),
             forward_failures: AtomicU64::new(0),
             takeovers_answered: AtomicU64::new(0),
+            forwarded: AtomicU64::new(0),
+            forward_batches: AtomicU64::new(0),
         }))
     }
 
@@ -388,7 +393,15 @@ impl ClusterNode {
                 self.propose(Command::Announce { node: self.id(), filters: local.into_iter().collect() }).await;
             }
             self.reconcile_clients(broker);
+            self.drop_departed_peers();
         }
+    }
+
+    /// Ends the forward and release tasks of nodes that are no longer members (their channels close them).
+    fn drop_departed_peers(&self) {
+        let members = self.members();
+        lock(&self.forwarders).retain(|id, _| members.iter().any(|(m, _)| m == id));
+        lock(&self.releasers).retain(|addr, _| members.iter().any(|(_, a)| a == addr));
     }
 
     /// Brings the client registry in line with the persistent sessions held here: registers those it lacks (after
@@ -780,6 +793,8 @@ impl ClusterNode {
                 *per.entry(c.node.to_string()).or_default() += 1;
                 per
             }),
+            "forwarded": self.forwarded.load(Ordering::Relaxed),
+            "forward_batches": self.forward_batches.load(Ordering::Relaxed),
             "forward_failures": self.forward_failures.load(Ordering::Relaxed),
             "takeovers_answered": self.takeovers_answered.load(Ordering::Relaxed),
         })
@@ -1089,6 +1104,8 @@ async fn forward_loop(node: Arc<ClusterNode>, target: NodeId, addr: String, mut 
                     }
                     let (batch, waiters) = forward_batch(node.id(), next_batch, items);
                     next_batch += 1;
+                    node.forwarded.fetch_add(batch.messages.len() as u64, Ordering::Relaxed);
+                    node.forward_batches.fetch_add(1, Ordering::Relaxed);
                     unacked.push((batch.batch_id, batch.clone(), waiters, tokio::time::Instant::now()));
                     if btx.send(batch).await.is_err() {
                         continue 'connect;

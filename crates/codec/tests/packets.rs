@@ -429,3 +429,38 @@ fn decode_bytes_reads_whole_packets_in_place() {
     let mut big = bytes.clone();
     assert_eq!(decode_bytes(&mut big, V5, 5), Err(DecodeError::PacketTooLarge { size: 12, max: 5 }));
 }
+
+#[test]
+fn a_bare_publish_writes_the_bytes_of_a_publish_without_properties() {
+    let payloads: [&[u8]; 3] = [b"", b"hello", &[7u8; 300]];
+    for version in [V31, V311, V5] {
+        for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+            for payload in payloads {
+                for (dup, retain) in [(false, false), (true, true)] {
+                    let dup = dup && qos != QoS::AtMostOnce;
+                    let packet_id = if qos == QoS::AtMostOnce { 0 } else { 513 };
+                    let full = Publish {
+                        dup,
+                        qos,
+                        retain,
+                        topic: s("a/b"),
+                        packet_id,
+                        properties: Properties::default(),
+                        payload: bytes::Bytes::copy_from_slice(payload),
+                    };
+                    let bare = BarePublish { dup, qos, retain, topic: "a/b", packet_id, payload };
+                    let (mut want, mut got) = (bytes::BytesMut::new(), bytes::BytesMut::new());
+                    let n = Packet::Publish(full.clone()).encode(version, &mut want).unwrap();
+                    assert_eq!(bare.encode(version, &mut got).unwrap(), n);
+                    assert_eq!(got, want, "{version} {qos:?} {} bytes", payload.len());
+                    assert_eq!(bare.encoded_len(version).unwrap(), n);
+                    // And it reads back as that packet.
+                    assert_eq!(decode(&mut got, version, usize::MAX).unwrap(), Some(Packet::Publish(full)));
+                }
+            }
+        }
+    }
+    // A QoS 1 packet needs a packet identifier, as a full one does.
+    let bare = BarePublish { dup: false, qos: QoS::AtLeastOnce, retain: false, topic: "t", packet_id: 0, payload: b"" };
+    assert!(bare.encode(V311, &mut bytes::BytesMut::new()).is_err());
+}

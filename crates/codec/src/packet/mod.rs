@@ -10,7 +10,7 @@ mod subscribe;
 
 pub use connect::{ConnAck, Connect, Will};
 pub use control::{Auth, Disconnect};
-pub use publish::{Ack, Publish};
+pub use publish::{Ack, BarePublish, Publish};
 pub use subscribe::{RetainHandling, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe};
 
 use bytes::{BufMut, Bytes, BytesMut};

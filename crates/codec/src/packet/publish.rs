@@ -78,6 +78,59 @@ impl Publish {
     }
 }
 
+/// A PUBLISH without properties, from borrowed parts: it encodes to the same bytes as a [`Publish`] with empty
+/// properties, without building one (a `Publish` carries a full `Properties`, hundreds of bytes to set up and
+/// move for every message delivered).
+#[derive(Debug, Clone, Copy)]
+pub struct BarePublish<'a> {
+    pub dup: bool,
+    pub qos: QoS,
+    pub retain: bool,
+    pub topic: &'a str,
+    pub packet_id: u16,
+    pub payload: &'a [u8],
+}
+
+impl BarePublish<'_> {
+    fn body_len(&self, version: ProtocolVersion) -> Result<usize, EncodeError> {
+        let mut len = field_len(self.topic.as_bytes())? + self.payload.len() + usize::from(version.is_v5());
+        if self.qos != QoS::AtMostOnce {
+            check_packet_id(self.packet_id, PacketType::Publish)?;
+            len += 2;
+        }
+        Ok(len)
+    }
+
+    /// The encoded size for `version`, header included.
+    pub fn encoded_len(&self, version: ProtocolVersion) -> Result<usize, EncodeError> {
+        let len = self.body_len(version)?;
+        Ok(1 + crate::wire::varint_len(len) + len)
+    }
+
+    /// Appends the packet to `buf`; returns the bytes written.
+    pub fn encode(&self, version: ProtocolVersion, buf: &mut BytesMut) -> Result<usize, EncodeError> {
+        let len = self.body_len(version)?;
+        if len > crate::wire::MAX_REMAINING_LENGTH {
+            return Err(EncodeError::PacketTooLarge(len));
+        }
+        let total = 1 + crate::wire::varint_len(len) + len;
+        buf.reserve(total);
+        let flags = (u8::from(self.dup) << 3) | ((self.qos as u8) << 1) | u8::from(self.retain);
+        buf.put_u8(((PacketType::Publish as u8) << 4) | flags);
+        crate::wire::put_varint(buf, len);
+        put_field(buf, self.topic.as_bytes());
+        if self.qos != QoS::AtMostOnce {
+            buf.put_u16(self.packet_id);
+        }
+        if version.is_v5() {
+            // An empty property list: its length, 0.
+            buf.put_u8(0);
+        }
+        buf.put_slice(self.payload);
+        Ok(total)
+    }
+}
+
 /// PUBACK, PUBREC, PUBREL and PUBCOMP share one shape: a packet identifier, and in 5.0 a reason code and properties.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ack {
