@@ -19,7 +19,14 @@ pub struct Message {
     pub properties: Option<Box<Properties>>,
     /// Client id of the publisher, for MQTT 5.0 No Local.
     pub publisher: Option<ByteString>,
-    pub received: Instant,
+    /// When this node received it, for its Message Expiry Interval; `None` for a message without one (the only
+    /// use: a clock read for every message would cost more than the rest of building it).
+    pub received: Option<Instant>,
+}
+
+/// The receive time a message with these properties keeps (see `Message::received`).
+fn received_now(props: Option<&Properties>) -> Option<Instant> {
+    props.and_then(|p| p.message_expiry_interval).map(|_| Instant::now())
 }
 
 impl Message {
@@ -29,14 +36,15 @@ impl Message {
         let mut props = publish.properties;
         props.topic_alias = None;
         props.subscription_identifiers.clear();
+        let properties = if props.is_empty() { None } else { Some(Box::new(props)) };
         Message {
             topic: publish.topic,
             payload: publish.payload,
             qos: publish.qos,
             retain: publish.retain,
-            properties: if props.is_empty() { None } else { Some(Box::new(props)) },
+            received: received_now(properties.as_deref()),
+            properties,
             publisher,
-            received: Instant::now(),
         }
     }
 
@@ -68,14 +76,15 @@ impl Message {
     pub fn from_will(will: skein_codec::Will, publisher: ByteString) -> Message {
         let mut props = will.properties;
         props.retain_allowed(PropertyContext::Publish);
+        let properties = if props.is_empty() { None } else { Some(Box::new(props)) };
         Message {
             topic: will.topic,
             payload: will.payload,
             qos: will.qos,
             retain: will.retain,
-            properties: if props.is_empty() { None } else { Some(Box::new(props)) },
+            received: received_now(properties.as_deref()),
+            properties,
             publisher: Some(publisher),
-            received: Instant::now(),
         }
     }
 
@@ -88,7 +97,7 @@ impl Message {
             retain,
             properties: None,
             publisher: None,
-            received: Instant::now(),
+            received: None,
         }
     }
 
@@ -96,7 +105,7 @@ impl Message {
     /// interval counts from when this node received it (or restored it, with what was left when it was stored).
     pub fn expiry_left(&self, now: Instant) -> Option<u32> {
         let interval = self.properties.as_deref()?.message_expiry_interval?;
-        let waited = now.saturating_duration_since(self.received).as_secs();
+        let waited = self.received.map_or(0, |r| now.saturating_duration_since(r).as_secs());
         Some(u32::try_from(u64::from(interval).saturating_sub(waited)).unwrap_or(0))
     }
 

@@ -590,7 +590,7 @@ mod tests {
         let mut expiring = Message::system("t/old", "x", false);
         expiring.properties =
             Some(Box::new(skein_codec::Properties { message_expiry_interval: Some(1), ..Default::default() }));
-        expiring.received = std::time::Instant::now() - std::time::Duration::from_secs(2);
+        expiring.received = Some(std::time::Instant::now() - std::time::Duration::from_secs(2));
         let stale = Outgoing {
             message: Arc::new(expiring),
             qos: QoS::AtLeastOnce,

@@ -305,6 +305,21 @@ mod tests {
         SubscriptionOptions { qos, ..Default::default() }
     }
 
+    /// Opens the store again in this process: sled lets go of its lock file a moment after the last handle is
+    /// dropped (its background flusher holds one until it wakes), so the first tries may find it still held.
+    fn reopen(dir: &Path) -> Store {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match Store::open(dir) {
+                Ok(store) => return store,
+                Err(e) if e.to_string().contains("could not acquire lock") && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                Err(e) => panic!("store does not open again: {e}"),
+            }
+        }
+    }
+
     #[test]
     fn sessions_queued_and_retained_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();
@@ -338,7 +353,7 @@ mod tests {
             store.put_retained(&Message::system("r/gone", "x", true)).unwrap();
             store.put_retained(&Message::system("r/gone", "", true)).unwrap();
         }
-        let store = Store::open(dir.path()).unwrap();
+        let store = reopen(dir.path());
         let sessions = store.load_sessions().unwrap();
         assert_eq!(sessions.len(), 1, "c10 has queued messages but no session record");
         let (session, queued) = &sessions[0];
