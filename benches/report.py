@@ -133,7 +133,9 @@ if connect_rows:
     lines += [
         "",
         "Connects and subscribes on node 1 of the 3-node cluster, as fast as they go, against single-node Skein; for",
-        "subscribes, when node 2 showed every new route (counted from the start of the run):",
+        "subscribes, when node 2 showed every new route (counted from the start of the run). `*-moving`: the same",
+        "persistent sessions made once before on node 1 (single node: on that node), then resumed through node 2, so",
+        "each moves between nodes:",
         "",
         "| scenario | rate | cluster | single node | ratio | routes on node 2 | errors |",
         "| --- | --- | ---: | ---: | ---: | --- | ---: |",

@@ -886,7 +886,15 @@ impl skein_broker::Cluster for ClusterNode {
         connected_at: std::time::SystemTime,
     ) -> Option<skein_broker::cluster::TakenOver> {
         let since = connected_at.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
-        lock(&self.recent).insert(client_id.to_string(), tokio::time::Instant::now());
+        {
+            let mut recent = lock(&self.recent);
+            let now = tokio::time::Instant::now();
+            // Pruned here too, as it doubles, for when `reconcile_clients` does not run (no leader).
+            if recent.len() >= 4096 && recent.len().is_power_of_two() {
+                recent.retain(|_, at| now.duration_since(*at) < SETTLING);
+            }
+            recent.insert(client_id.to_string(), now);
+        }
         let me = self.id();
         let peers: Vec<(NodeId, String)> = self.members().into_iter().filter(|(id, _)| *id != me).collect();
         // A resumed persistent session waits for its claim: the registry then names who held the session.
