@@ -897,8 +897,9 @@ impl skein_broker::Cluster for ClusterNode {
         }
         let me = self.id();
         let peers: Vec<(NodeId, String)> = self.members().into_iter().filter(|(id, _)| *id != me).collect();
-        // A resumed persistent session waits for its claim: the registry then names who held the session.
-        let claim = (persistent && want_session).then(|| {
+        // A resumed persistent session waits for its claim (the waiter is in place before the claim can apply): the
+        // registry then names who held the session.
+        let claim = (persistent && want_session && !peers.is_empty()).then(|| {
             let (tx, rx) = oneshot::channel();
             lock(&self.claim_waiters).insert((client_id.to_string(), since), tx);
             rx
@@ -907,10 +908,6 @@ impl skein_broker::Cluster for ClusterNode {
             let _ = self.clients.send(ClientChange::Claimed(client_id.to_string(), since));
         }
         if peers.is_empty() {
-            if let Some(rx) = claim {
-                drop(rx);
-                lock(&self.claim_waiters).remove(&(client_id.to_string(), since));
-            }
             return None;
         }
         if !want_session {
