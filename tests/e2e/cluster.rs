@@ -488,6 +488,8 @@ fn a_session_left_behind_on_a_node_that_was_away_ends_when_it_returns() {
     // The client comes back through node 2 and gets a new session there.
     let (sub, _) = mosquitto_sub(&c.nodes[1], &[&drifter[..], &["-E"]].concat());
     sub.wait_output(WAIT);
+    // Node 2 gives up telling node 1 to close the id once node 1 has been silent for the node timeout.
+    c.nodes[1].wait_log("did not take connect notices in time");
     c.nodes[0] = c.spawn(0, &c.cluster_addrs.join(","));
     wait_ready(c.nodes[0].http.unwrap());
     // Node 1 returns holding its old copy from its store; it ends the session the registry gave to node 2, and

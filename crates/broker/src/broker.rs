@@ -42,6 +42,9 @@ pub struct SessionHandle {
     pub client_id: ByteString,
     pub state: Mutex<Session>,
     link: Mutex<Option<Link>>,
+    /// When a connection last attached, kept after it leaves: a takeover request from another node older than
+    /// that is late and ends nothing.
+    attached_at: Mutex<Option<std::time::SystemTime>>,
 }
 
 impl std::fmt::Debug for SessionHandle {
@@ -55,8 +58,6 @@ struct Link {
     id: u64,
     kick: Option<oneshot::Sender<ReasonCode>>,
     done: watch::Receiver<bool>,
-    /// When the connection attached: a takeover from another node closes only connections older than its own.
-    since: std::time::SystemTime,
 }
 
 impl SessionHandle {
@@ -378,6 +379,7 @@ impl Broker {
             state: Mutex::new(Session::new(client_id.clone(), self.limits())),
             client_id,
             link: Mutex::new(None),
+            attached_at: Mutex::new(None),
         })
     }
 
@@ -450,12 +452,13 @@ impl Broker {
             .entry(client_id.clone())
             .or_insert_with(|| self.new_session(client_id.clone()))
             .clone();
-        let previous = lock(&session.link).replace(Link {
-            id: connection_id,
-            kick: Some(kick_tx),
-            done: done_rx,
-            since: std::time::SystemTime::now(),
-        });
+        let previous = {
+            // Both under the link's lock, as `take_over` reads them.
+            let mut link = lock(&session.link);
+            let now = std::time::SystemTime::now();
+            *lock(&session.attached_at) = Some(now);
+            link.replace(Link { id: connection_id, kick: Some(kick_tx), done: done_rx })
+        };
         if let Some(mut prev) = previous {
             if let Some(kick) = prev.kick.take() {
                 let _ = kick.send(ReasonCode::SessionTakenOver);
@@ -539,8 +542,9 @@ impl Broker {
         let session = lock(&self.sessions).get(client_id).cloned()?;
         let previous = {
             let mut link = lock(&session.link);
-            if link.as_ref().is_some_and(|l| l.since > newer_than) {
-                // Ours is the newer connection: the request is late, and loses.
+            if lock(&session.attached_at).is_some_and(|at| at > newer_than) {
+                // A connection here came after the one asking (attached now or since gone): the request is late,
+                // and ends nothing.
                 return None;
             }
             link.take()
@@ -1014,15 +1018,10 @@ impl Broker {
     }
 
     /// The filters this node has at least one subscriber on: its full route set, for announcing to a cluster.
-    /// The persistent sessions held here: client id, and since when its connection is attached (`None` while the
-    /// client is away).
-    pub fn persistent_sessions(&self) -> Vec<(ByteString, Option<std::time::SystemTime>)> {
+    /// The client ids of the persistent sessions held here, connected or not.
+    pub fn persistent_sessions(&self) -> Vec<ByteString> {
         let sessions: Vec<_> = lock(&self.sessions).values().cloned().collect();
-        sessions
-            .iter()
-            .filter(|s| lock(&s.state).persistent)
-            .map(|s| (s.client_id.clone(), lock(&s.link).as_ref().map(|l| l.since)))
-            .collect()
+        sessions.iter().filter(|s| lock(&s.state).persistent).map(|s| s.client_id.clone()).collect()
     }
 
     pub fn local_filters(&self) -> Vec<String> {

@@ -40,31 +40,12 @@ static ALLOCATOR: Counting = Counting;
 
 /// The shared client, with the few exchanges these checks make.
 trait Exchanges {
-    async fn connect(addr: std::net::SocketAddr, id: &str, persistent: bool) -> Client;
     async fn subscribe(&mut self, filter: &str);
     async fn publish(&mut self, topic: &str, retain: bool);
     async fn disconnect(self);
 }
 
 impl Exchanges for Client {
-    async fn connect(addr: std::net::SocketAddr, id: &str, persistent: bool) -> Client {
-        let mut c = Client::open(addr).await;
-        let properties = Properties { session_expiry_interval: persistent.then_some(300), ..Properties::default() };
-        c.send(Packet::Connect(Box::new(Connect {
-            protocol: ProtocolVersion::V5,
-            clean_start: !persistent,
-            keep_alive: 0,
-            properties,
-            client_id: id.into(),
-            will: None,
-            username: None,
-            password: None,
-        })))
-        .await;
-        assert!(matches!(c.recv().await, Some(Packet::ConnAck(a)) if a.reason_code == ReasonCode::Success));
-        c
-    }
-
     async fn subscribe(&mut self, filter: &str) {
         let options = SubscriptionOptions { qos: QoS::AtLeastOnce, ..SubscriptionOptions::default() };
         self.send(Packet::Subscribe(Subscribe {

@@ -419,13 +419,13 @@ impl ClusterNode {
         let (mut claims, mut releases, mut stranded) = (Vec::new(), Vec::new(), Vec::new());
         {
             let a = self.sm.inner.read().unwrap_or_else(|e| e.into_inner());
-            let held: std::collections::HashSet<&str> = local.iter().map(|(c, _)| &**c).collect();
+            let held: std::collections::HashSet<&str> = local.iter().map(|c| &**c).collect();
             for (client_id, claim) in &a.state.clients {
                 if claim.node == me && !held.contains(client_id.as_str()) && !recent.contains(client_id) {
                     releases.push((client_id.clone(), claim.since));
                 }
             }
-            for (client_id, _) in &local {
+            for client_id in &local {
                 if recent.contains(&**client_id) {
                     continue;
                 }
@@ -752,7 +752,7 @@ impl ClusterNode {
         }
         let (tx, rx) = mpsc::unbounded_channel();
         r.insert(addr.to_string(), tx.clone());
-        tokio::spawn(release_loop(addr.to_string(), rx));
+        tokio::spawn(release_loop(addr.to_string(), self.config.node_timeout, rx));
         tx
     }
 
@@ -1045,11 +1045,26 @@ fn request(client_id: &str, want_session: bool, connected_at_ns: u64) -> Takeove
     TakeoverRequest { client_id: client_id.to_string(), want_session, connected_at_ns }
 }
 
+/// How long a connect waits for a node to hand a session over. A node that is down refuses the call at once; one
+/// that does not answer in this time is cut off or stuck, and its copy of the session is lost to the new connection
+/// (it ends there once the registry has given the session away, see `reconcile_clients`). Long enough for a live
+/// node on a busy machine, short of a client's connect timeout.
+const ASK_LIMIT: Duration = Duration::from_secs(5);
+
 /// Asks the node at `addr` to close its connection of a client id and hand its session over.
 async fn ask(addr: String, req: TakeoverRequest) -> Option<skein_broker::session::SessionExport> {
     let mut c = network::client(&addr).ok()?;
-    // A node that does not answer soon is down or cut off; its copy of the session is lost to us.
-    let reply = tokio::time::timeout(Duration::from_secs(1), c.takeover(req)).await.ok()?.ok()?;
+    let reply = match tokio::time::timeout(ASK_LIMIT, c.takeover(req)).await {
+        Ok(Ok(reply)) => reply,
+        Ok(Err(e)) => {
+            tracing::debug!(%addr, error = %e, "a peer did not hand a session over");
+            return None;
+        }
+        Err(_) => {
+            tracing::warn!(%addr, "a peer did not answer a session take-over in time; the client starts afresh");
+            return None;
+        }
+    };
     handover::from_reply(reply.into_inner())
 }
 
@@ -1151,28 +1166,55 @@ fn forward_batch(from_node: NodeId, batch_id: u64, items: Vec<Outbound>) -> (For
     (ForwardBatch { batch_id, from_node, messages }, waiters)
 }
 
-/// Tells the node at `addr` of clean-session connects here, as many in one call as have come meanwhile. A node that
-/// does not answer within a second is down or cut off: its connections of those ids are gone with it, or closed
-/// when it comes back and its clients reconnect.
-async fn release_loop(addr: String, mut rx: mpsc::UnboundedReceiver<TakeoverRequest>) {
+/// Tells the node at `addr` of connects here whose older connections it must close, as many in one call as have
+/// come meanwhile. A batch the node does not take is sent again (a live node on a busy machine may be slow to
+/// answer) until it is `give_up` old: a node silent that long is down or cut off, and its connections of those ids
+/// are gone with it, or closed when it comes back and its clients reconnect. A late notice closes only connections
+/// older than its own (`connected_at_ns`).
+async fn release_loop(addr: String, give_up: Duration, mut rx: mpsc::UnboundedReceiver<TakeoverRequest>) {
     let mut client = None;
-    while let Some(first) = rx.recv().await {
-        let mut clients = vec![first];
-        while clients.len() < 4096 {
+    let mut unsent: Vec<TakeoverRequest> = Vec::new();
+    let mut since = tokio::time::Instant::now();
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        if unsent.is_empty() {
+            let Some(first) = rx.recv().await else { return };
+            unsent.push(first);
+            since = tokio::time::Instant::now();
+        }
+        while unsent.len() < 4096 {
             match rx.try_recv() {
-                Ok(c) => clients.push(c),
+                Ok(c) => unsent.push(c),
                 Err(_) => break,
             }
         }
         if client.is_none() {
             client = network::client(&addr).ok();
         }
-        let Some(c) = client.as_mut() else { continue };
-        let sent = tokio::time::timeout(Duration::from_secs(1), c.release(ReleaseRequest { clients })).await;
-        if !matches!(sent, Ok(Ok(_))) {
-            tracing::debug!(%addr, "clean-session connects not told to a peer");
-            client = None;
+        let sent = match client.as_mut() {
+            Some(c) => {
+                let clients = unsent.clone();
+                matches!(
+                    tokio::time::timeout(Duration::from_secs(1), c.release(ReleaseRequest { clients })).await,
+                    Ok(Ok(_))
+                )
+            }
+            None => false,
+        };
+        if sent {
+            unsent.clear();
+            backoff = Duration::from_millis(50);
+            continue;
         }
+        client = None;
+        if since.elapsed() >= give_up {
+            tracing::warn!(%addr, clients = unsent.len(), "a peer did not take connect notices in time; given up");
+            unsent.clear();
+            continue;
+        }
+        tracing::debug!(%addr, "connect notices not taken by a peer; sending again");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(1));
     }
 }
 

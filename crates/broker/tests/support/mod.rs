@@ -28,6 +28,27 @@ impl Client {
         Client { stream: TcpStream::connect(addr).await.unwrap(), buf: BytesMut::new() }
     }
 
+    /// Opens a connection and connects as `id`, with a session that outlives it when `persistent` (expiry 300 s).
+    #[allow(dead_code)] // Each test binary compiles this module; the AUTH tests connect their own way.
+    pub async fn connect(addr: SocketAddr, id: &str, persistent: bool) -> Client {
+        use skein_codec::{Connect, Properties, ReasonCode};
+        let mut c = Client::open(addr).await;
+        let properties = Properties { session_expiry_interval: persistent.then_some(300), ..Properties::default() };
+        c.send(Packet::Connect(Box::new(Connect {
+            protocol: ProtocolVersion::V5,
+            clean_start: !persistent,
+            keep_alive: 0,
+            properties,
+            client_id: id.into(),
+            will: None,
+            username: None,
+            password: None,
+        })))
+        .await;
+        assert!(matches!(c.recv().await, Some(Packet::ConnAck(a)) if a.reason_code == ReasonCode::Success));
+        c
+    }
+
     pub async fn send(&mut self, p: Packet) {
         let mut out = BytesMut::new();
         p.encode(ProtocolVersion::V5, &mut out).unwrap();
