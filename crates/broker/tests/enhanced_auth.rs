@@ -71,17 +71,7 @@ async fn connect(addr: std::net::SocketAddr, method: &str, id: &str) -> Client {
         authentication_data: Some(Bytes::from_static(b"hello")),
         ..Properties::default()
     };
-    c.send(Packet::Connect(Box::new(Connect {
-        protocol: ProtocolVersion::V5,
-        clean_start: true,
-        keep_alive: 30,
-        properties,
-        client_id: id.into(),
-        will: None,
-        username: None,
-        password: None,
-    })))
-    .await;
+    c.send_connect(id, true, 30, properties).await;
     c
 }
 

@@ -886,7 +886,8 @@ impl skein_broker::Cluster for ClusterNode {
         connected_at: std::time::SystemTime,
     ) -> Option<skein_broker::cluster::TakenOver> {
         let since = connected_at.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
-        {
+        // Only persistent sessions are the registry's: a clean connect has nothing to settle.
+        if persistent {
             let mut recent = lock(&self.recent);
             let now = tokio::time::Instant::now();
             // Pruned here too, as it doubles, for when `reconcile_clients` does not run (no leader).

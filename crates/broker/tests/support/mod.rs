@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use skein_broker::Broker;
-use skein_codec::{BytesMut, MAX_PACKET_SIZE, Packet, ProtocolVersion, decode};
+use skein_codec::{BytesMut, MAX_PACKET_SIZE, Packet, Properties, ProtocolVersion, decode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -31,13 +31,20 @@ impl Client {
     /// Opens a connection and connects as `id`, with a session that outlives it when `persistent` (expiry 300 s).
     #[allow(dead_code)] // Each test binary compiles this module; the AUTH tests connect their own way.
     pub async fn connect(addr: SocketAddr, id: &str, persistent: bool) -> Client {
-        use skein_codec::{Connect, Properties, ReasonCode};
+        use skein_codec::ReasonCode;
         let mut c = Client::open(addr).await;
         let properties = Properties { session_expiry_interval: persistent.then_some(300), ..Properties::default() };
-        c.send(Packet::Connect(Box::new(Connect {
+        c.send_connect(id, !persistent, 0, properties).await;
+        assert!(matches!(c.recv().await, Some(Packet::ConnAck(a)) if a.reason_code == ReasonCode::Success));
+        c
+    }
+
+    /// Sends a 5.0 CONNECT as `id` with no will, user name or password; what comes back is the caller's to read.
+    pub async fn send_connect(&mut self, id: &str, clean_start: bool, keep_alive: u16, properties: Properties) {
+        self.send(Packet::Connect(Box::new(skein_codec::Connect {
             protocol: ProtocolVersion::V5,
-            clean_start: !persistent,
-            keep_alive: 0,
+            clean_start,
+            keep_alive,
             properties,
             client_id: id.into(),
             will: None,
@@ -45,8 +52,6 @@ impl Client {
             password: None,
         })))
         .await;
-        assert!(matches!(c.recv().await, Some(Packet::ConnAck(a)) if a.reason_code == ReasonCode::Success));
-        c
     }
 
     pub async fn send(&mut self, p: Packet) {
