@@ -78,6 +78,8 @@ pub struct ClusterNode {
     retains_rx: Mutex<Option<mpsc::UnboundedReceiver<RetainChange>>>,
     index: RwLock<(Option<u64>, Arc<RouteIndex>)>,
     forwarders: Mutex<HashMap<NodeId, mpsc::UnboundedSender<Outbound>>>,
+    /// Nodes whose forward stream is open now: a retained change's copy is waited for only there.
+    forward_up: Mutex<BTreeSet<NodeId>>,
     /// Per peer: clean-session connects to tell it of, sent in batches (see `release_loop`).
     releasers: Mutex<HashMap<String, mpsc::UnboundedSender<TakeoverRequest>>>,
     /// Forwarded messages that could not be handed to a node in time.
@@ -202,6 +204,7 @@ impl ClusterNode {
             retains_rx: Mutex::new(Some(retains_rx)),
             index: RwLock::new((None, Arc::new(RouteIndex::default()))),
             forwarders: Mutex::new(HashMap::new()),
+            forward_up: Mutex::new(BTreeSet::new()),
             releasers: Mutex::new(HashMap::new()),
             forward_failures: AtomicU64::new(0),
             takeovers_answered: AtomicU64::new(0),
@@ -989,8 +992,12 @@ impl skein_broker::Cluster for ClusterNode {
             return skein_broker::cluster::Forwarded::default();
         }
         let mut waits = Vec::with_capacity(if wait { plan.nodes.len() } else { 0 });
+        // Members that only get a retained change's copy: waited for briefly (see `RETAIN_COPY_WAIT`), and only
+        // while their stream is open.
+        let mut copies = Vec::new();
         for (i, (node, groups)) in plan.nodes.into_iter().enumerate() {
-            let (tx, rx) = if wait && i < routed {
+            // A copy goes to a member that may be down: waited for only while its stream is open.
+            let (tx, rx) = if wait && (i < routed || lock(&self.forward_up).contains(&node)) {
                 let (tx, rx) = oneshot::channel();
                 (Some(tx), Some(rx))
             } else {
@@ -1007,7 +1014,11 @@ impl skein_broker::Cluster for ClusterNode {
                     })
                     .is_ok() =>
                 {
-                    waits.extend(rx)
+                    if i < routed {
+                        waits.extend(rx)
+                    } else {
+                        copies.extend(rx)
+                    }
                 }
                 _ => {
                     self.forward_failures.fetch_add(1, Ordering::Relaxed);
@@ -1024,6 +1035,15 @@ impl skein_broker::Cluster for ClusterNode {
                 for w in waits {
                     all &= w.await.unwrap_or(false);
                 }
+                // A subscriber that comes to another member after the acknowledgement finds the message there as
+                // retained; a member that is down or slow holds the acknowledgement up for a moment only (the log
+                // brings it the change later), and is no failure of this publish.
+                let _ = tokio::time::timeout(RETAIN_COPY_WAIT, async {
+                    for c in copies {
+                        let _ = c.await;
+                    }
+                })
+                .await;
                 // Without quorum the change waits, in order, for one; the publisher's acknowledgement does not.
                 if let Some(c) = committed
                     && !matches!(tokio::time::timeout(limit, c).await, Ok(Ok(())))
@@ -1045,6 +1065,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 fn request(client_id: &str, want_session: bool, connected_at_ns: u64) -> TakeoverRequest {
     TakeoverRequest { client_id: client_id.to_string(), want_session, connected_at_ns }
 }
+
+/// How long a QoS 1/2 retained publish waits for members without a subscriber of it to hold their copy.
+const RETAIN_COPY_WAIT: Duration = Duration::from_secs(1);
 
 /// How long a connect waits for a node to hand a session over. A node that is down refuses the call at once; one
 /// that does not answer in this time is cut off or stuck, and its copy of the session is lost to the new connection
@@ -1089,6 +1112,7 @@ async fn forward_loop(node: Arc<ClusterNode>, target: NodeId, addr: String, mut 
     let mut unacked: Vec<(u64, ForwardBatch, Vec<oneshot::Sender<bool>>, tokio::time::Instant)> = Vec::new();
     let mut backoff = Duration::from_millis(50);
     'connect: loop {
+        lock(&node.forward_up).remove(&target);
         let Ok(mut client) = network::dedicated_client(&addr) else { break };
         let (btx, brx) = mpsc::channel::<ForwardBatch>(64);
         for (_, b, _, _) in &unacked {
@@ -1111,6 +1135,7 @@ async fn forward_loop(node: Arc<ClusterNode>, target: NodeId, addr: String, mut 
             }
         };
         backoff = Duration::from_millis(50);
+        lock(&node.forward_up).insert(target);
         tokio::pin!(acks);
         loop {
             tokio::select! {
@@ -1151,6 +1176,7 @@ async fn forward_loop(node: Arc<ClusterNode>, target: NodeId, addr: String, mut 
             }
         }
     }
+    lock(&node.forward_up).remove(&target);
 }
 
 /// One batch of `items`, their packets in one allocation, and who waits for its acknowledgement.
