@@ -375,8 +375,11 @@ fn a_will_fires_once_on_every_node_when_its_client_drops_or_moves() {
             )
         })
         .collect();
-    for node in [2, 3] {
-        c.wait_node_routes(0, node, 1);
+    // Every node publishes here (the wills on node 1, a marker from each below): each must know both watchers.
+    for i in 0..3 {
+        for node in [2, 3] {
+            c.wait_node_routes(i, node, 1);
+        }
     }
     // Dropped without DISCONNECT on node 1; then one that moves from node 1 to node 2 (its old connection is taken
     // over, which ends its clean session: its will goes too [MQTT-3.1.2-8]).
