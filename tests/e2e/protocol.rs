@@ -1,5 +1,7 @@
 //! Byte-level checks of the protocol rules with a raw client on our codec: what exactly the server sends.
 
+use std::time::{Duration, Instant};
+
 use skein_codec::*;
 
 use crate::support::*;
@@ -258,6 +260,25 @@ fn keep_alive_timeout_closes_and_fires_the_will() {
     assert_eq!(silent.recv_until_closed(), vec![Packet::Disconnect(Disconnect::new(ReasonCode::KeepAliveTimeout))]);
     let will = expect_publish(&mut watcher);
     assert_eq!((&will.topic[..], &will.payload[..]), ("lost/silent", &b"timed out"[..]));
+}
+
+#[test]
+fn a_client_that_keeps_talking_stays_past_its_keep_alive_then_times_out_from_its_last_packet() {
+    let broker = Skein::start(&[]);
+    let mut c = connect_packet(ProtocolVersion::V5, "chatty", true);
+    c.keep_alive = 1;
+    let (mut client, _) = Raw::connect(broker.mqtt, c);
+    // A PINGREQ every 0.4 s for 4 s: well past 1.5 s, and past the first two times the server looks.
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(4) {
+        client.send(&Packet::PingReq);
+        assert_eq!(client.recv(), Some(Packet::PingResp), "still connected after {:?}", start.elapsed());
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    // Then silence: closed with 0x8D [MQTT-3.1.2-24], counted from the last packet, not from the connect.
+    let quiet = Instant::now();
+    assert_eq!(client.recv_until_closed(), vec![Packet::Disconnect(Disconnect::new(ReasonCode::KeepAliveTimeout))]);
+    assert!(quiet.elapsed() >= Duration::from_millis(1000), "closed {:?} after the last packet", quiet.elapsed());
 }
 
 #[test]

@@ -395,6 +395,14 @@ impl Broker {
     /// Asks every connection to close (MQTT 5.0 clients hear 0x8B, Server shutting down).
     pub fn begin_shutdown(&self) {
         self.shutdown.send_replace(true);
+        // Attached connections hear it through their session's kick (no per-connection watcher of the signal);
+        // one that attaches after this checks the signal itself.
+        let sessions: Vec<Arc<SessionHandle>> = lock(&self.sessions).values().cloned().collect();
+        for session in sessions {
+            if let Some(kick) = lock(&session.link).as_mut().and_then(|l| l.kick.take()) {
+                let _ = kick.send(ReasonCode::ServerShuttingDown);
+            }
+        }
     }
 
     pub fn is_shutting_down(&self) -> bool {

@@ -35,28 +35,29 @@ const READ_CHUNK: usize = 16 * 1024;
 /// even this small, was a fifth of an idle connection's memory.
 const HANDSHAKE_READ: usize = 1024;
 
-/// A connection's byte source. `ready` waits until a read would not block, without holding a buffer, so that an
-/// idle connection costs none; a source that cannot tell returns at once and is read with a buffer as usual.
+/// A connection's byte source. `poll_ready` tells when a read would not block, without holding a buffer (or a
+/// future: it uses the socket's own waker slot), so that an idle connection costs neither; a source that cannot tell
+/// says ready at once and is read with a buffer as usual.
 pub trait Source: AsyncRead + Unpin + Send + 'static {
-    fn ready(&mut self) -> impl std::future::Future<Output = std::io::Result<()>> + Send;
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>>;
 }
 
 impl Source for tokio::net::tcp::OwnedReadHalf {
-    fn ready(&mut self) -> impl std::future::Future<Output = std::io::Result<()>> + Send {
-        self.readable()
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        self.as_ref().poll_read_ready(cx)
     }
 }
 
 /// TLS buffers records inside the stream, so readiness cannot be told without reading: read as usual.
 impl Source for tokio::io::ReadHalf<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
-    fn ready(&mut self) -> impl std::future::Future<Output = std::io::Result<()>> + Send {
-        std::future::ready(Ok(()))
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
     }
 }
 /// An in-memory stream (the connection-driver fuzz target and tests): always readable as far as we can tell.
 impl Source for tokio::io::ReadHalf<tokio::io::DuplexStream> {
-    fn ready(&mut self) -> impl std::future::Future<Output = std::io::Result<()>> + Send {
-        std::future::ready(Ok(()))
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
     }
 }
 
@@ -110,6 +111,15 @@ impl Close {
     }
 }
 
+/// Why the broker closed a connection through its session's kick: a shutdown, or another connection taking the
+/// session (the sender gone means the session was let go of, which only a take-over does).
+fn kicked_close(kick: Result<ReasonCode, tokio::sync::oneshot::error::RecvError>) -> Close {
+    match kick {
+        Ok(ReasonCode::ServerShuttingDown) => Close::Shutdown,
+        _ => Close::TakenOver,
+    }
+}
+
 /// Per-connection signals between reader and writer.
 struct Shared {
     waker: Arc<Notify>,
@@ -122,24 +132,59 @@ struct Shared {
 /// Serves one client connection to the end. `identity` is a user name the transport has already proven (a TLS
 /// client certificate's Common Name, Mosquitto's `use_identity_as_username`): it replaces the CONNECT's user name,
 /// and no password is checked.
-pub async fn serve<R, W>(broker: Arc<Broker>, mut reader: R, mut writer: W, peer: SocketAddr, identity: Option<String>)
+pub async fn serve<R, W>(broker: Arc<Broker>, mut reader: R, writer: W, peer: SocketAddr, identity: Option<String>)
 where
     R: Source,
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let _guard = broker.connection_opened();
+    // Each phase is boxed: a future is as large as its largest state, and the handshake's and teardown's states
+    // (packets, properties, the session take-over) would otherwise sit in every connection's task for its whole
+    // life. What stays inline is `Live` and the packet loop.
+    let Some(mut live) = Box::pin(handshake(&broker, &mut reader, writer, peer, identity)).await else {
+        return;
+    };
+    let close = live
+        .conn
+        .run(&mut reader, &mut live.rbuf, live.max_packet, live.keep_alive, &mut live.kicked, &live.shared)
+        .await;
+    Box::pin(teardown(live, close, peer)).await;
+}
+
+/// A connected client between its CONNACK and its teardown.
+struct Live<'a> {
+    conn: Conn<'a>,
+    /// Bytes read after the CONNECT.
+    rbuf: BytesMut,
+    max_packet: usize,
+    keep_alive: u16,
+    kicked: tokio::sync::oneshot::Receiver<ReasonCode>,
+    done: tokio::sync::watch::Sender<bool>,
+    shared: Arc<Shared>,
+    writer_task: tokio::task::JoinHandle<()>,
+    _counted: Counted<'a>,
+}
+
+/// CONNECT to CONNACK: reads and checks the CONNECT, authenticates, opens or takes over the session, answers, and
+/// starts the writer. `None` when the connection ends here (refused, timed out, or gone).
+async fn handshake<'a, R, W>(
+    broker: &'a Arc<Broker>,
+    reader: &mut R,
+    mut writer: W,
+    peer: SocketAddr,
+    identity: Option<String>,
+) -> Option<Live<'a>>
+where
+    R: Source,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let max_packet = match broker.config.max_packet_size {
         0 => MAX_PACKET_SIZE,
         n => n,
     };
     let mut rbuf = BytesMut::new();
-    // The handshake's futures are boxed: whatever they hold while they wait would otherwise be part of every
-    // connection's task for its whole life (the largest state of a future sets its size).
-    let first = Box::pin(tokio::time::timeout(
-        broker.config.connect_timeout,
-        read_first(&broker, &mut reader, &mut rbuf, max_packet),
-    ))
-    .await;
+    let first =
+        tokio::time::timeout(broker.config.connect_timeout, read_first(broker, reader, &mut rbuf, max_packet)).await;
     let mut connect = match first {
         Ok(Ok(c)) => c,
         Ok(Err(refusal)) => {
@@ -148,11 +193,11 @@ where
                 let _ = writer.flush().await;
             }
             let _ = writer.shutdown().await;
-            return;
+            return None;
         }
         Err(_) => {
             tracing::debug!(%peer, "no CONNECT in time");
-            return;
+            return None;
         }
     };
     let mut certified = identity.is_some();
@@ -178,18 +223,7 @@ where
     if let Some(name) = connect.properties.authentication_method.clone()
         && let Some(method) = broker.auth_method(&name)
     {
-        match Box::pin(authenticate(
-            &broker,
-            &*method,
-            &name,
-            &connect,
-            &mut reader,
-            &mut writer,
-            &mut rbuf,
-            max_packet,
-        ))
-        .await
-        {
+        match authenticate(broker, &*method, &name, &connect, reader, &mut writer, &mut rbuf, max_packet).await {
             Ok((data, username)) => {
                 if let Some(u) = username {
                     connect.username = Some(u.into());
@@ -205,12 +239,12 @@ where
                 tokio::time::sleep(FAILED_LOGIN_DELAY).await;
                 let _ = writer.write_all(&refuse(code)).await;
                 let _ = writer.flush().await;
-                return;
+                return None;
             }
         }
     }
-    let credentials = check_credentials(&broker, &connect, certified).await;
-    let accepted = match accept(&broker, &connect, credentials).and_then(|a| {
+    let credentials = check_credentials(broker, &connect, certified).await;
+    let accepted = match accept(broker, &connect, credentials).and_then(|a| {
         if broker.stats.client_connected(broker.config.max_connections) { Ok(a) } else { Err(ReasonCode::ServerBusy) }
     }) {
         Ok(a) => a,
@@ -227,11 +261,11 @@ where
             let _ = writer.write_all(&refuse(code)).await;
             let _ = writer.flush().await;
             let _ = writer.shutdown().await;
-            return;
+            return None;
         }
     };
-    // Counted in until this function returns, whichever way.
-    let _counted = Counted(&broker.stats);
+    // Counted in until the connection's teardown ends, whichever way it ends.
+    let counted = Counted(&broker.stats);
     let connected_at = std::time::SystemTime::now();
     let receive_maximum = connect.properties.receive_maximum;
     let client_max_packet = connect.properties.maximum_packet_size.map(|n| n as usize);
@@ -262,13 +296,13 @@ where
         username: connect.username.as_deref().map(ByteString::from),
         imported,
     };
-    let attached = match Box::pin(broker.connect(request)).await {
+    let attached = match broker.connect(request).await {
         Ok(a) => a,
         Err(e) => {
             tracing::error!(client_id = %accepted.client_id, error = %e, "session could not be opened");
             let _ = writer.write_all(&refuse(ReasonCode::UnspecifiedError)).await;
             let _ = writer.flush().await;
-            return;
+            return None;
         }
     };
     // In a block: a packet or its properties left in scope would be kept in the connection's task for its whole
@@ -317,7 +351,7 @@ where
     if writer.write_all(&out).await.is_err() || writer.flush().await.is_err() {
         broker.disconnect(&attached.session, attached.connection_id);
         let _ = attached.done.send(true);
-        return;
+        return None;
     }
     tracing::debug!(%peer, client_id = %accepted.client_id, %version, present = attached.session_present, "connected");
 
@@ -336,11 +370,10 @@ where
     ));
     shared.waker.notify_one();
 
-    let keep_alive = accepted.keep_alive;
-    let Attached { session, connection_id, mut kicked, done, .. } = attached;
-    let mut conn = Conn {
-        broker: &broker,
-        session: &session,
+    let Attached { session, connection_id, kicked, done, .. } = attached;
+    let conn = Conn {
+        broker,
+        session,
         connection_id,
         version,
         persistent: accepted.persistent,
@@ -351,13 +384,28 @@ where
         publish_rate: (broker.config.max_publish_rate > 0.0)
             .then(|| Box::new(crate::stats::Bucket::new(broker.config.max_publish_rate))),
         throttled: None,
-        auth_method,
+        auth_method: auth_method.map(Box::new),
         reauth: None,
     };
-    drop(connect);
-    let close = conn.run(&mut reader, &mut rbuf, max_packet, keep_alive, &mut kicked, &shared).await;
+    Some(Live {
+        conn,
+        rbuf,
+        max_packet,
+        keep_alive: accepted.keep_alive,
+        kicked,
+        done,
+        shared,
+        writer_task,
+        _counted: counted,
+    })
+}
 
-    // Teardown: tell the writer what is left to say, give it a moment, then let go of the session.
+/// Closes a connection: the writer's last words, the session let go, the will.
+async fn teardown(live: Live<'_>, close: Close, peer: SocketAddr) {
+    let Live { conn, shared, writer_task, done, _counted, .. } = live;
+    let broker = conn.broker;
+    let (session, connection_id, version) = (&conn.session, conn.connection_id, conn.version);
+    // Tell the writer what is left to say, give it a moment, then let go of the session.
     if let (true, Some(reason)) = (version.is_v5(), close.reason()) {
         let mut buf = BytesMut::new();
         let _ = Packet::Disconnect(Disconnect::new(reason)).encode(version, &mut buf);
@@ -369,10 +417,10 @@ where
     if tokio::time::timeout(WRITER_GRACE, &mut writer_task).await.is_err() {
         writer_task.abort();
     }
-    broker.disconnect(&session, connection_id);
+    broker.disconnect(session, connection_id);
     tracing::debug!(%peer, client_id = %conn.client_id, reason = ?close, "disconnected");
     if close.sends_will()
-        && let Some(will) = conn.will.take()
+        && let Some(will) = conn.will
     {
         let delay = will.properties.will_delay_interval.unwrap_or(0);
         let (persistent, expiry) = {
@@ -639,7 +687,7 @@ fn assign_client_id(broker: &Broker) -> ByteString {
 /// The reader side of one attached connection.
 struct Conn<'a> {
     broker: &'a Arc<Broker>,
-    session: &'a Arc<crate::broker::SessionHandle>,
+    session: Arc<crate::broker::SessionHandle>,
     connection_id: u64,
     version: ProtocolVersion,
     persistent: bool,
@@ -649,7 +697,7 @@ struct Conn<'a> {
     /// The client's topic aliases (MQTT 5.0 section 3.3.2.3.4), index alias - 1; grown when first set.
     aliases: Vec<Option<ByteString>>,
     /// The enhanced authentication method the client connected with, and a re-authentication in progress.
-    auth_method: Option<(ByteString, Arc<dyn crate::auth::AuthMethod>)>,
+    auth_method: Option<Box<(ByteString, Arc<dyn crate::auth::AuthMethod>)>>,
     reauth: Option<Box<dyn crate::auth::AuthExchange>>,
     /// `max_publish_rate`, and, when it stopped the handling of a read, how long until the next PUBLISH may go.
     publish_rate: Option<Box<crate::stats::Bucket>>,
@@ -666,35 +714,57 @@ struct Batch {
     remote: Vec<crate::cluster::Accepted>,
 }
 
+impl Batch {
+    /// True if committing it waits: for the store, for other nodes, or to deliver retained messages.
+    fn waits(&self) -> bool {
+        self.durable || !self.remote.is_empty() || !self.retained.is_empty()
+    }
+}
+
 impl Conn<'_> {
     async fn run<R: Source>(
         &mut self,
         reader: &mut R,
-        rbuf: &mut BytesMut,
+        pending: &mut BytesMut,
         max_packet: usize,
         keep_alive: u16,
         kicked: &mut tokio::sync::oneshot::Receiver<ReasonCode>,
         shared: &Shared,
     ) -> Close {
-        let mut shutdown = self.broker.shutdown_signal();
-        // [MQTT-3.1.2-24]: one and a half times the keep alive.
-        let deadline = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
-        let mut pending = std::mem::take(rbuf);
+        // [MQTT-3.1.2-24]: one and a half times the keep alive. One timer for the connection's life, moved on only
+        // when it fires early (bytes came since it was set), not for every read.
+        let period = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
+        let mut last_read = tokio::time::Instant::now();
+        let timer = tokio::time::sleep(period.unwrap_or_default());
+        tokio::pin!(timer);
+        // A shutdown that began before this connection's session was attached sent it no kick.
+        if self.broker.is_shutting_down() {
+            return Close::Shutdown;
+        }
         loop {
             if !pending.is_empty() {
-                let mut batch = Batch::default();
-                let outcome = self.handle_all(&mut pending, max_packet, &mut batch);
-                self.commit(batch, shared).await;
+                let outcome = {
+                    let mut batch = Batch::default();
+                    let outcome = self.handle_all(pending, max_packet, &mut batch);
+                    if batch.waits() {
+                        // Boxed: what waiting holds would otherwise be part of every idle connection's task.
+                        Box::pin(self.commit(batch, shared)).await;
+                    } else {
+                        self.queue_acks(&batch.acks);
+                        shared.waker.notify_one();
+                    }
+                    outcome
+                };
                 if let Some(close) = outcome {
                     return close;
                 }
                 // Over its publish rate: the rest of this read waits, and nothing more is read meanwhile (TCP holds
                 // what the client sends on).
                 if let Some(wait) = self.throttled.take() {
+                    // Boxed, as this is rare: an inline timer would be part of every connection's task.
                     tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = &mut *kicked => return Close::TakenOver,
-                        _ = shutdown.wait_for(|s| *s) => return Close::Shutdown,
+                        _ = Box::pin(tokio::time::sleep(wait)) => {}
+                        k = &mut *kicked => return kicked_close(k),
                     }
                     continue;
                 }
@@ -703,48 +773,46 @@ impl Conn<'_> {
             while lock(&self.session.state).control.len() > CONTROL_LIMIT {
                 tokio::select! {
                     _ = shared.drained.notified() => {}
-                    _ = &mut *kicked => return Close::TakenOver,
-                    _ = shutdown.wait_for(|s| *s) => return Close::Shutdown,
+                    k = &mut *kicked => return kicked_close(k),
                 }
             }
             if pending.is_empty() {
                 // Idle: give the buffer back and wait for bytes without one.
                 if pending.capacity() > 0 {
-                    pending = BytesMut::new();
+                    *pending = BytesMut::new();
                 }
-                let ready = async {
-                    match deadline {
-                        Some(d) => tokio::time::timeout(d, reader.ready()).await.ok(),
-                        None => Some(reader.ready().await),
-                    }
-                };
                 tokio::select! {
                     biased;
-                    _ = &mut *kicked => return Close::TakenOver,
-                    _ = shutdown.wait_for(|s| *s) => return Close::Shutdown,
-                    r = ready => match r {
-                        None => return Close::KeepAlive,
-                        Some(Err(_)) => return Close::Closed,
-                        Some(Ok(())) => {}
+                    k = &mut *kicked => return kicked_close(k),
+                    r = std::future::poll_fn(|cx| reader.poll_ready(cx)) => if r.is_err() {
+                        return Close::Closed;
                     },
+                    () = &mut timer, if period.is_some() => {
+                        match period.map(|p| last_read + p).filter(|due| *due > tokio::time::Instant::now()) {
+                            Some(due) => timer.as_mut().reset(due),
+                            None => return Close::KeepAlive,
+                        }
+                        continue;
+                    }
                 }
             }
             pending.reserve(READ_CHUNK);
-            let read = async {
-                match deadline {
-                    Some(d) => tokio::time::timeout(d, reader.read_buf(&mut pending)).await.ok(),
-                    None => Some(reader.read_buf(&mut pending).await),
-                }
-            };
             tokio::select! {
                 biased;
-                _ = &mut *kicked => return Close::TakenOver,
-                _ = shutdown.wait_for(|s| *s) => return Close::Shutdown,
-                r = read => match r {
-                    None => return Close::KeepAlive,
-                    Some(Ok(0)) | Some(Err(_)) => return Close::Closed,
-                    Some(Ok(n)) => Stats::add(&self.broker.stats.bytes_received, n as u64),
+                k = &mut *kicked => return kicked_close(k),
+                r = reader.read_buf(pending) => match r {
+                    Ok(0) | Err(_) => return Close::Closed,
+                    Ok(n) => {
+                        last_read = tokio::time::Instant::now();
+                        Stats::add(&self.broker.stats.bytes_received, n as u64);
+                    }
                 },
+                () = &mut timer, if period.is_some() => {
+                    match period.map(|p| last_read + p).filter(|due| *due > tokio::time::Instant::now()) {
+                        Some(due) => timer.as_mut().reset(due),
+                        None => return Close::KeepAlive,
+                    }
+                }
             }
         }
     }
@@ -760,16 +828,20 @@ impl Conn<'_> {
         for accepted in batch.remote {
             accepted.await;
         }
-        if !batch.acks.is_empty() {
-            let mut state = lock(&self.session.state);
-            if state.connection_id == self.connection_id {
-                state.control.extend_from_slice(&batch.acks);
-            }
-        }
-        if !batch.retained.is_empty() && self.broker.deliver(self.session, batch.retained) {
+        self.queue_acks(&batch.acks);
+        if !batch.retained.is_empty() && self.broker.deliver(&self.session, batch.retained) {
             let _ = self.broker.flush().await;
         }
         shared.waker.notify_one();
+    }
+
+    fn queue_acks(&self, acks: &[u8]) {
+        if !acks.is_empty() {
+            let mut state = lock(&self.session.state);
+            if state.connection_id == self.connection_id {
+                state.control.extend_from_slice(acks);
+            }
+        }
     }
 
     fn handle_all(&mut self, buf: &mut BytesMut, max_packet: usize, batch: &mut Batch) -> Option<Close> {
@@ -844,7 +916,7 @@ impl Conn<'_> {
                     return Some(Close::Violation(ReasonCode::ProtocolError));
                 }
                 let id = s.properties.subscription_identifiers.first().copied();
-                let (reason_codes, retained, durable) = self.broker.subscribe(self.session, &s.filters, id);
+                let (reason_codes, retained, durable) = self.broker.subscribe(&self.session, &s.filters, id);
                 batch.durable |= durable;
                 batch.retained.extend(retained);
                 self.ack(
@@ -853,7 +925,7 @@ impl Conn<'_> {
                 );
             }
             Packet::Unsubscribe(u) => {
-                let (reason_codes, durable) = self.broker.unsubscribe(self.session, &u.filters);
+                let (reason_codes, durable) = self.broker.unsubscribe(&self.session, &u.filters);
                 batch.durable |= durable;
                 self.ack(
                     batch,
@@ -891,7 +963,7 @@ impl Conn<'_> {
     /// the connection was authenticated by; success is AUTH 0x00, failure DISCONNECT 0x87.
     fn reauthenticate(&mut self, a: skein_codec::Auth, batch: &mut Batch) -> Option<Close> {
         use crate::auth::AuthStep;
-        let Some((name, method)) = self.auth_method.clone() else {
+        let Some((name, method)) = self.auth_method.as_deref().cloned() else {
             // [MQTT-4.12.0-6]: no AUTH from a client that did not connect with a method.
             return Some(Close::Violation(ReasonCode::ProtocolError));
         };

@@ -103,7 +103,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for WsWriter<S> {
 
 /// A WebSocket holds whole messages: readiness cannot be told without reading, so it is read as usual.
 impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> crate::connection::Source for WsReader<S> {
-    fn ready(&mut self) -> impl std::future::Future<Output = io::Result<()>> + Send {
-        std::future::ready(Ok(()))
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
     }
 }
