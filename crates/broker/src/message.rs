@@ -192,6 +192,20 @@ impl Message {
     /// The message `encode_v5` wrote, and its Subscription Identifiers. The payload stays a slice of `bytes`.
     pub fn decode_v5(bytes: Bytes, publisher: Option<ByteString>) -> Result<(Message, Vec<u32>), String> {
         let mut buf = bytes;
+        // Most messages have no properties: those are read without building a `Publish` (every forwarded message
+        // comes this way).
+        if let Ok(Some(p)) = skein_codec::decode_publish_parts(&mut buf, ProtocolVersion::V5, MAX_PACKET_SIZE) {
+            let message = Message {
+                topic: p.topic,
+                payload: p.payload,
+                qos: p.qos,
+                retain: p.retain,
+                properties: None,
+                publisher,
+                received: None,
+            };
+            return Ok((message, Vec::new()));
+        }
         match skein_codec::decode_bytes(&mut buf, ProtocolVersion::V5, MAX_PACKET_SIZE) {
             Ok(Some(Packet::Publish(p))) => {
                 let sub_ids = p.properties.subscription_identifiers.clone();

@@ -225,10 +225,15 @@ impl RouteIndex {
     /// The whole plan for a message published on `me`: plain routes, and one node per matching shared group,
     /// taken in turn (by `turn`, which outlives index rebuilds) among the nodes that have members of it.
     pub fn plan(&self, topic: &str, me: NodeId, turn: &std::sync::atomic::AtomicUsize) -> Plan {
-        let mut plan = Plan {
-            nodes: self.remote_nodes(topic, me).into_iter().map(|n| (n, Vec::new())).collect(),
-            ..Plan::default()
-        };
+        let mut plan = Plan::default();
+        self.plain.for_each_match(topic, |n| {
+            if *n != me && !plan.nodes.iter().any(|(m, _)| m == n) {
+                plan.nodes.push((*n, Vec::new()));
+            }
+        });
+        if self.shared.is_empty() {
+            return plan;
+        }
         self.shared.for_each_match(topic, |g| {
             if g.nodes.is_empty() {
                 return;

@@ -8,6 +8,7 @@ use std::fmt::Debug;
 use std::io::Cursor;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
@@ -51,6 +52,7 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachine), OpenError> {
     }
     let sm = StateMachine {
         inner: Arc::new(RwLock::new(applier)),
+        routes_version: Arc::new(AtomicU64::new(1)),
         sink: Arc::default(),
         claims: Arc::default(),
         snapshots,
@@ -232,6 +234,10 @@ struct StoredSnapshot {
 #[derive(Clone)]
 pub struct StateMachine {
     pub inner: Arc<RwLock<Applier>>,
+    /// Moves on after every change that may touch the route table (an applied entry other than a registry or
+    /// retained change, or a snapshot), once the change is in `inner`: the forwarding path's index is rebuilt only
+    /// when it moves.
+    pub routes_version: Arc<AtomicU64>,
     sink: Arc<RwLock<Option<RetainedSink>>>,
     claims: Arc<RwLock<Option<ClaimSink>>>,
     snapshots: sled::Tree,
@@ -311,11 +317,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let mut a = self.write();
         let mut out = Vec::new();
+        let mut routes_touched = false;
         for e in entries {
             a.last_applied = Some(e.log_id);
             out.push(match e.payload {
                 EntryPayload::Blank => Applied::default(),
                 EntryPayload::Normal(cmd) => {
+                    routes_touched |= !matches!(cmd, Command::Clients { .. } | Command::Retain { .. });
                     // Routes belong to members: a late announcement from a node that has left changes nothing.
                     let from_non_member = match &cmd {
                         Command::Routes { node, .. }
@@ -349,6 +357,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
             });
         }
+        drop(a);
+        if routes_touched {
+            self.routes_version.fetch_add(1, Ordering::Release);
+        }
         Ok(out)
     }
 
@@ -375,6 +387,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             a.last_membership = meta.last_membership.clone();
             self.tell(RetainedChange::All(&a.state.retained));
         }
+        self.routes_version.fetch_add(1, Ordering::Release);
         let stored = serde_json::to_vec(&StoredSnapshot { meta: meta.clone(), data })
             .map_err(io(StorageIOError::write_state_machine))?;
         self.snapshots.insert("current", stored).map_err(io(StorageIOError::write_state_machine))?;
@@ -449,6 +462,36 @@ mod tests {
         assert_eq!(applied.map(|l| l.index), Some(3));
         let a = sm.read();
         assert_eq!(a.state.retained.keys().collect::<Vec<_>>(), ["b"]);
+    }
+
+    /// The forwarding path rebuilds its route index only when `routes_version` moves: it must move for every entry
+    /// that can change routes, and may stay for registry and retained changes (most of a busy cluster's log).
+    #[tokio::test]
+    async fn the_routes_version_moves_with_route_changes_only() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (_log, sm) = open(dir.path()).expect("opens");
+        let version = || sm.routes_version.load(Ordering::Acquire);
+        let v0 = version();
+        let mut sm2 = sm.clone();
+        sm2.apply([entry(1, Command::Retain { node: 1, changes: vec![(1, "r".into(), Some(vec![1]))] })])
+            .await
+            .unwrap();
+        sm2.apply([entry(2, Command::Clients { node: 1, claimed: vec![("c".into(), 5)], released: vec![] })])
+            .await
+            .unwrap();
+        assert_eq!(version(), v0, "no route can have changed");
+        for (i, command) in [
+            Command::Routes { node: 1, added: vec!["a/#".into()], removed: vec![] },
+            Command::Announce { node: 1, filters: vec!["b".into()] },
+            Command::Purge { node: 1 },
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let before = version();
+            sm2.apply([entry(3 + i as u64, command)]).await.unwrap();
+            assert!(version() > before, "entry {} may have changed routes", 3 + i);
+        }
     }
 
     /// openraft's own storage test suite, against the sled stores.

@@ -3,7 +3,7 @@
 
 use bytes::BytesMut;
 
-use crate::packet::{MAX_PACKET_SIZE, Packet, decode};
+use crate::packet::{MAX_PACKET_SIZE, Packet, Publish, PublishParts, decode, decode_bytes, decode_publish_parts};
 use crate::topic::{self, FilterTrie};
 use crate::types::ProtocolVersion;
 
@@ -35,6 +35,28 @@ pub fn packet_stream(data: &[u8], version: ProtocolVersion) -> usize {
         assert_eq!(pieces, whole.0, "packets differ when the stream arrives in two pieces");
         assert_eq!(error, whole.1, "errors differ when the stream arrives in two pieces");
     }
+    // The PUBLISH fast path for bytes received whole reads the same packets, and fails the same way.
+    let mut bytes = bytes::Bytes::copy_from_slice(data);
+    let mut lean = Vec::new();
+    let lean_error = loop {
+        match decode_publish_parts(&mut bytes, version, MAX_PACKET_SIZE) {
+            Ok(Some(p)) => {
+                let PublishParts { dup, qos, retain, topic, packet_id, payload } = p;
+                let properties = crate::Properties::default();
+                lean.push(Packet::Publish(Publish { dup, qos, retain, topic, packet_id, properties, payload }));
+                continue;
+            }
+            Ok(None) => {}
+            Err(e) => break Some(e),
+        }
+        match decode_bytes(&mut bytes, version, MAX_PACKET_SIZE) {
+            Ok(Some(p)) => lean.push(p),
+            Ok(None) => break None,
+            Err(e) => break Some(e),
+        }
+    };
+    assert_eq!(lean, whole.0, "the PUBLISH fast path reads other packets");
+    assert_eq!(lean_error, whole.1, "the PUBLISH fast path fails otherwise");
     whole.0.len()
 }
 

@@ -28,8 +28,9 @@ pub use bytes::{Bytes, BytesMut};
 pub use bytestring::ByteString;
 pub use error::{DecodeError, EncodeError};
 pub use packet::{
-    Ack, Auth, BarePublish, ConnAck, Connect, Disconnect, MAX_PACKET_SIZE, Packet, Publish, RetainHandling, SubAck,
-    Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe, Will, decode, decode_bytes,
+    Ack, Auth, BarePublish, ConnAck, Connect, Disconnect, MAX_PACKET_SIZE, Packet, Publish, PublishParts,
+    RetainHandling, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe, Will, decode, decode_bytes,
+    decode_publish_parts,
 };
 pub use properties::{Properties, PropertyContext};
 pub use reason::{ALL_REASON_CODES, ReasonCode};

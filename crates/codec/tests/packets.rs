@@ -464,3 +464,72 @@ fn a_bare_publish_writes_the_bytes_of_a_publish_without_properties() {
     let bare = BarePublish { dup: false, qos: QoS::AtLeastOnce, retain: false, topic: "t", packet_id: 0, payload: b"" };
     assert!(bare.encode(V311, &mut bytes::BytesMut::new()).is_err());
 }
+
+#[test]
+fn publish_parts_read_a_publish_without_properties_as_the_full_decoder_does() {
+    for version in [V31, V311, V5] {
+        for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+            for (dup, retain) in [(false, false), (true, true)] {
+                let dup = dup && qos != QoS::AtMostOnce;
+                let packet_id = if qos == QoS::AtMostOnce { 0 } else { 77 };
+                let full = Publish {
+                    dup,
+                    qos,
+                    retain,
+                    topic: s("a/b/c"),
+                    packet_id,
+                    properties: Properties::default(),
+                    payload: bytes::Bytes::from_static(b"payload"),
+                };
+                let mut wire = bytes::BytesMut::new();
+                Packet::Publish(full.clone()).encode(version, &mut wire).unwrap();
+                wire.extend_from_slice(&[0xc0, 0x00]); // a PINGREQ after it stays in the buffer
+                let mut buf = wire.freeze();
+                let parts = decode_publish_parts(&mut buf, version, usize::MAX).unwrap().expect("no properties");
+                assert_eq!(
+                    (parts.dup, parts.qos, parts.retain, &parts.topic[..], parts.packet_id, &parts.payload[..]),
+                    (dup, qos, retain, "a/b/c", packet_id, &b"payload"[..]),
+                    "{version} {qos:?}"
+                );
+                assert_eq!(&buf[..], &[0xc0, 0x00], "only the PUBLISH is taken");
+            }
+        }
+    }
+    // With properties, or not a PUBLISH, or not whole: nothing is taken and the full decoder reads it.
+    let with_props = Publish {
+        dup: false,
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        topic: s("t"),
+        packet_id: 1,
+        properties: Properties { message_expiry_interval: Some(9), ..Properties::default() },
+        payload: bytes::Bytes::from_static(b"x"),
+    };
+    let mut wire = bytes::BytesMut::new();
+    Packet::Publish(with_props.clone()).encode(V5, &mut wire).unwrap();
+    let whole = wire.freeze();
+    let mut buf = whole.clone();
+    assert_eq!(decode_publish_parts(&mut buf, V5, usize::MAX).unwrap(), None);
+    assert_eq!(decode_bytes(&mut buf, V5, usize::MAX).unwrap(), Some(Packet::Publish(with_props)));
+    let mut ping = bytes::Bytes::from_static(&[0xc0, 0x00]);
+    assert_eq!(decode_publish_parts(&mut ping, V5, usize::MAX).unwrap(), None);
+    assert_eq!(ping.len(), 2);
+    let mut cut = whole.slice(..whole.len() - 1);
+    assert_eq!(decode_publish_parts(&mut cut, V5, usize::MAX).unwrap(), None);
+    // Malformed: the full decoder's errors.
+    for bad in [
+        &[0x30, 0x03, 0x00, 0x01, b'+'][..],             // a wildcard in a topic name
+        &[0x3a, 0x04, 0x00, 0x01, b't', 0x00][..],       // QoS 1 whose packet identifier is cut short
+        &[0x30, 0x03, 0x00, 0x00, 0x00][..],             // 5.0: empty topic without an alias
+        &[0x36, 0x05, 0x00, 0x01, b't', 0x00, 0x01][..], // QoS 3
+    ] {
+        for version in [V311, V5] {
+            let got = decode_publish_parts(&mut bytes::Bytes::copy_from_slice(bad), version, usize::MAX);
+            let want = decode_bytes(&mut bytes::Bytes::copy_from_slice(bad), version, usize::MAX);
+            match (got, want) {
+                (Err(g), Err(w)) => assert_eq!(g.to_string(), w.to_string(), "{bad:02x?} {version}"),
+                (g, w) => panic!("{bad:02x?} {version}: parts {g:?}, full {w:?}"),
+            }
+        }
+    }
+}

@@ -10,10 +10,10 @@ mod subscribe;
 
 pub use connect::{ConnAck, Connect, Will};
 pub use control::{Auth, Disconnect};
-pub use publish::{Ack, BarePublish, Publish};
+pub use publish::{Ack, BarePublish, Publish, PublishParts};
 pub use subscribe::{RetainHandling, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::error::{DecodeError, EncodeError};
 use crate::types::{PacketType, ProtocolVersion};
@@ -66,6 +66,28 @@ pub fn decode_bytes(
 ) -> Result<Option<Packet>, DecodeError> {
     let Some((packet, size, len_bytes)) = frame_header(buf, version, max_packet_size)? else { return Ok(None) };
     decode_frame(buf.split_to(size), packet, len_bytes, version).map(Some)
+}
+
+/// The PUBLISH at the start of `buf` (bytes received whole: a stored or forwarded packet) when it has no
+/// properties, decoded without building a [`Publish`] (whose `Properties` are hundreds of bytes to set up and move
+/// for every message). `Ok(None)`, with `buf` as it was, when the packet there is not a whole PUBLISH or has
+/// properties: [`decode_bytes`] then decodes it. Malformed input gives the error [`decode_bytes`] would.
+pub fn decode_publish_parts(
+    buf: &mut Bytes,
+    version: ProtocolVersion,
+    max_packet_size: usize,
+) -> Result<Option<PublishParts>, DecodeError> {
+    let Some((packet, size, len_bytes)) = frame_header(buf, version, max_packet_size)? else { return Ok(None) };
+    if packet != PacketType::Publish {
+        return Ok(None);
+    }
+    let flags = buf[0] & 0x0f;
+    let r = Reader::new(buf.slice(1 + len_bytes..size), packet);
+    let parts = Publish::decode_parts(r, flags, version)?;
+    if parts.is_some() {
+        buf.advance(size);
+    }
+    Ok(parts)
 }
 
 /// The type, whole size and length-field size of the packet at the start of `buf`, once its fixed header is there.

@@ -50,6 +50,33 @@ impl Publish {
         Ok(Publish { dup, qos, retain, topic, packet_id, properties, payload })
     }
 
+    /// [`Publish::decode`] for a PUBLISH without properties (3.x, or 5.0 with a property length of 0), without
+    /// building a `Properties`; `Ok(None)` when it has properties. The same checks, the same errors.
+    pub(crate) fn decode_parts(
+        mut r: Reader,
+        flags: u8,
+        version: ProtocolVersion,
+    ) -> Result<Option<PublishParts>, DecodeError> {
+        let dup = flags & 0x08 != 0;
+        let qos = QoS::from_u8((flags >> 1) & 0x03).ok_or(DecodeError::InvalidQoS)?;
+        let retain = flags & 0x01 != 0;
+        if dup && qos == QoS::AtMostOnce {
+            return Err(DecodeError::DupOnQoS0);
+        }
+        let topic = r.string()?;
+        let packet_id = if qos == QoS::AtMostOnce { 0 } else { read_packet_id(&mut r, PacketType::Publish)? };
+        if version.is_v5() && r.varint()? != 0 {
+            return Ok(None);
+        }
+        match topic::validate_topic_name(&topic) {
+            Ok(()) => {}
+            Err(TopicError::Empty) if version.is_v5() => return Err(DecodeError::EmptyTopicWithoutAlias),
+            Err(e) => return Err(DecodeError::InvalidTopicName(e)),
+        }
+        let payload = r.rest();
+        Ok(Some(PublishParts { dup, qos, retain, topic, packet_id, payload }))
+    }
+
     pub(crate) fn header_flags(&self) -> u8 {
         (u8::from(self.dup) << 3) | ((self.qos as u8) << 1) | u8::from(self.retain)
     }
@@ -76,6 +103,18 @@ impl Publish {
         }
         buf.put_slice(&self.payload);
     }
+}
+
+/// A PUBLISH without properties, decoded: its fields as slices of the buffer it came in, and no `Properties`
+/// (see [`crate::decode_publish_parts`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishParts {
+    pub dup: bool,
+    pub qos: QoS,
+    pub retain: bool,
+    pub topic: ByteString,
+    pub packet_id: u16,
+    pub payload: Bytes,
 }
 
 /// A PUBLISH without properties, from borrowed parts: it encodes to the same bytes as a [`Publish`] with empty
