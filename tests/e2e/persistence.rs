@@ -202,3 +202,69 @@ fn concurrent_durable_publishes_are_all_acknowledged() {
     }
     assert_eq!(receiver.join().expect("every message delivered"), total);
 }
+
+/// A client that does not wait for its acknowledgements: reads whose PUBACKs wait for the store (a persistent
+/// subscriber is away, so each message is stored) overlap with later reads, whose answers (a PUBACK for a topic
+/// nobody stores, a SUBACK, a PINGRESP, a PUBREC) must still come after them, in the order of the packets
+/// [MQTT-4.6.0-2]; a DISCONNECT right after is answered only once everything before it is acknowledged.
+#[test]
+fn acknowledgements_keep_their_order_while_stores_overlap() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Skein::start_in(dir.path(), &["--max-queued-messages", "5000"]);
+    let (mut away, _) = Raw::connect(broker.mqtt, connect_packet(ProtocolVersion::V311, "away", false));
+    subscribe(&mut away, "stored/#", QoS::AtLeastOnce);
+    away.send(&Packet::Disconnect(Disconnect::default()));
+    assert_eq!(away.recv(), None);
+
+    let (mut c, _) = Raw::connect(broker.mqtt, connect_packet(ProtocolVersion::V311, "hasty", true));
+    let mut expected = Vec::new();
+    for i in 1..=600u16 {
+        let packet = match i % 6 {
+            0 => Packet::PingReq,
+            1 => publish("unstored/x", QoS::AtLeastOnce, i, b"nobody keeps this", false),
+            // Ten QoS 2 exchanges: the client releases none here, and the broker allows 20 at a time.
+            2 if i <= 60 => publish("stored/y", QoS::ExactlyOnce, i, b"kept for away", false),
+            3 => Packet::Subscribe(Subscribe {
+                packet_id: i,
+                properties: Properties::default(),
+                filters: vec![("unstored/#".into(), SubscriptionOptions::default())],
+            }),
+            _ => publish("stored/x", QoS::AtLeastOnce, i, b"kept for away", false),
+        };
+        expected.push(match &packet {
+            Packet::PingReq => "PINGRESP".to_string(),
+            Packet::Publish(p) if p.qos == QoS::ExactlyOnce => format!("PUBREC {i}"),
+            Packet::Subscribe(_) => format!("SUBACK {i}"),
+            _ => format!("PUBACK {i}"),
+        });
+        c.send(&packet);
+    }
+    c.send(&Packet::Disconnect(Disconnect::default()));
+    let mut got = Vec::new();
+    while let Some(p) = c.recv() {
+        match p {
+            Packet::PingResp => got.push("PINGRESP".to_string()),
+            Packet::PubRec(a) => got.push(format!("PUBREC {}", a.packet_id)),
+            Packet::SubAck(a) => got.push(format!("SUBACK {}", a.packet_id)),
+            Packet::PubAck(a) => got.push(format!("PUBACK {}", a.packet_id)),
+            // The client's own subscription to unstored/# gets its later publishes: not acknowledgements.
+            Packet::Publish(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(got, expected, "every packet answered, in the order sent");
+
+    // And what was acknowledged for the away session is there.
+    let (mut back, ack) = Raw::connect(broker.mqtt, connect_packet(ProtocolVersion::V311, "away", false));
+    assert!(ack.session_present);
+    let mut stored = 0;
+    while stored < 300 {
+        let p = recv_publish(&mut back);
+        match p.qos {
+            QoS::AtLeastOnce => back.send(&Packet::PubAck(Ack::new(p.packet_id))),
+            QoS::ExactlyOnce => back.send(&Packet::PubRec(Ack::new(p.packet_id))),
+            QoS::AtMostOnce => panic!("published at QoS 1 and 2 only"),
+        }
+        stored += 1;
+    }
+}

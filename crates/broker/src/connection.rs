@@ -721,7 +721,39 @@ impl Batch {
     }
 }
 
-impl Conn<'_> {
+/// A read's batch on its way to being acknowledged: resolves, with the batch, once what it waits for is done.
+type Commit<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Batch> + Send + 'a>>;
+
+/// Commits not yet ended, oldest first; allocated when the first has to wait (most connections never do).
+type Commits<'a> = Option<Box<std::collections::VecDeque<Commit<'a>>>>;
+
+/// Reads whose acknowledgements may wait at once (for the store, for other nodes); past this, reading waits for
+/// the oldest. A client keeps far fewer unacknowledged QoS 1/2 messages than this anyway (Receive Maximum).
+const MAX_COMMITS: usize = 64;
+
+/// The oldest commit's end (only called while there is one). A plain poll, not an async fn: its state would be
+/// part of every connection's task.
+fn next_commit<'c, 'a>(commits: &'c mut Commits<'a>) -> impl std::future::Future<Output = Batch> + use<'c, 'a> {
+    std::future::poll_fn(move |cx| {
+        let Some(queue) = commits.as_mut() else { return std::task::Poll::Pending };
+        let Some(front) = queue.front_mut() else { return std::task::Poll::Pending };
+        let batch = std::task::ready!(front.as_mut().poll(cx));
+        queue.pop_front();
+        std::task::Poll::Ready(batch)
+    })
+}
+
+/// True while a commit has not ended.
+fn waiting(commits: &Commits<'_>) -> bool {
+    commits.as_ref().is_some_and(|q| !q.is_empty())
+}
+
+impl<'a> Conn<'a> {
+    /// Reads and handles packets to the end of the connection. A read whose acknowledgements must wait (for the
+    /// store, or for the nodes a message went to) does not hold up the next read: its commit joins `commits`, which
+    /// end in order, so that acknowledgements still leave in the order their packets came [MQTT-4.6.0-2]; while any
+    /// waits, every later read's acknowledgements queue behind it. What was read before the end is acknowledged
+    /// before this returns (as a client that is still there expects).
     async fn run<R: Source>(
         &mut self,
         reader: &mut R,
@@ -737,18 +769,24 @@ impl Conn<'_> {
         let mut last_read = tokio::time::Instant::now();
         let timer = tokio::time::sleep(period.unwrap_or_default());
         tokio::pin!(timer);
+        let mut commits: Commits<'a> = None;
+        // A finished commit delivered retained messages that must be stored before the writer sends them.
+        let mut flush_first = false;
         // A shutdown that began before this connection's session was attached sent it no kick.
         if self.broker.is_shutting_down() {
             return Close::Shutdown;
         }
-        loop {
+        let close = 'conn: loop {
+            if std::mem::take(&mut flush_first) {
+                Box::pin(self.flush_then_wake(shared)).await;
+            }
             if !pending.is_empty() {
+                // In a block: a batch in scope across the waits below would sit in every connection's task.
                 let outcome = {
                     let mut batch = Batch::default();
                     let outcome = self.handle_all(pending, max_packet, &mut batch);
-                    if batch.waits() {
-                        // Boxed: what waiting holds would otherwise be part of every idle connection's task.
-                        Box::pin(self.commit(batch, shared)).await;
+                    if batch.waits() || (waiting(&commits) && !batch.acks.is_empty()) {
+                        commits.get_or_insert_default().push_back(self.commit(batch));
                     } else {
                         self.queue_acks(&batch.acks);
                         shared.waker.notify_one();
@@ -756,7 +794,12 @@ impl Conn<'_> {
                     outcome
                 };
                 if let Some(close) = outcome {
-                    return close;
+                    break close;
+                }
+                if commits.as_ref().is_some_and(|q| q.len() >= MAX_COMMITS) {
+                    let batch = next_commit(&mut commits).await;
+                    flush_first = self.finish(batch, shared);
+                    continue;
                 }
                 // Over its publish rate: the rest of this read waits, and nothing more is read meanwhile (TCP holds
                 // what the client sends on).
@@ -764,7 +807,7 @@ impl Conn<'_> {
                     // Boxed, as this is rare: an inline timer would be part of every connection's task.
                     tokio::select! {
                         _ = Box::pin(tokio::time::sleep(wait)) => {}
-                        k = &mut *kicked => return kicked_close(k),
+                        k = &mut *kicked => break kicked_close(k),
                     }
                     continue;
                 }
@@ -773,7 +816,7 @@ impl Conn<'_> {
             while lock(&self.session.state).control.len() > CONTROL_LIMIT {
                 tokio::select! {
                     _ = shared.drained.notified() => {}
-                    k = &mut *kicked => return kicked_close(k),
+                    k = &mut *kicked => break 'conn kicked_close(k),
                 }
             }
             if pending.is_empty() {
@@ -783,14 +826,18 @@ impl Conn<'_> {
                 }
                 tokio::select! {
                     biased;
-                    k = &mut *kicked => return kicked_close(k),
+                    k = &mut *kicked => break kicked_close(k),
+                    batch = next_commit(&mut commits), if waiting(&commits) => {
+                        flush_first = self.finish(batch, shared);
+                        continue;
+                    }
                     r = std::future::poll_fn(|cx| reader.poll_ready(cx)) => if r.is_err() {
-                        return Close::Closed;
+                        break Close::Closed;
                     },
                     () = &mut timer, if period.is_some() => {
                         match period.map(|p| last_read + p).filter(|due| *due > tokio::time::Instant::now()) {
                             Some(due) => timer.as_mut().reset(due),
-                            None => return Close::KeepAlive,
+                            None => break Close::KeepAlive,
                         }
                         continue;
                     }
@@ -799,9 +846,10 @@ impl Conn<'_> {
             pending.reserve(READ_CHUNK);
             tokio::select! {
                 biased;
-                k = &mut *kicked => return kicked_close(k),
+                k = &mut *kicked => break kicked_close(k),
+                batch = next_commit(&mut commits), if waiting(&commits) => flush_first = self.finish(batch, shared),
                 r = reader.read_buf(pending) => match r {
-                    Ok(0) | Err(_) => return Close::Closed,
+                    Ok(0) | Err(_) => break Close::Closed,
                     Ok(n) => {
                         last_read = tokio::time::Instant::now();
                         Stats::add(&self.broker.stats.bytes_received, n as u64);
@@ -810,28 +858,59 @@ impl Conn<'_> {
                 () = &mut timer, if period.is_some() => {
                     match period.map(|p| last_read + p).filter(|due| *due > tokio::time::Instant::now()) {
                         Some(due) => timer.as_mut().reset(due),
-                        None => return Close::KeepAlive,
+                        None => break Close::KeepAlive,
                     }
                 }
             }
+        };
+        if flush_first || waiting(&commits) {
+            Box::pin(async {
+                if flush_first {
+                    self.flush_then_wake(shared).await;
+                }
+                while waiting(&commits) {
+                    let batch = next_commit(&mut commits).await;
+                    if self.finish(batch, shared) {
+                        self.flush_then_wake(shared).await;
+                    }
+                }
+            })
+            .await;
         }
+        close
     }
 
-    /// Makes the batch's writes durable, then hands its acknowledgements and retained messages to the writer, in
-    /// that order: no PUBACK goes out before what it acknowledges is stored.
-    async fn commit(&self, batch: Batch, shared: &Shared) {
-        if batch.durable
-            && let Err(e) = self.broker.flush().await
-        {
-            tracing::error!(error = %e, "data store flush failed");
-        }
-        for accepted in batch.remote {
-            accepted.await;
-        }
+    /// Waits until the batch's writes are durable and the other nodes have what it forwarded; `finish` then hands
+    /// its acknowledgements to the writer: no PUBACK goes out before what it acknowledges is stored.
+    fn commit(&self, mut batch: Batch) -> Commit<'a> {
+        let broker = self.broker;
+        Box::pin(async move {
+            if batch.durable
+                && let Err(e) = broker.flush().await
+            {
+                tracing::error!(error = %e, "data store flush failed");
+            }
+            for accepted in std::mem::take(&mut batch.remote) {
+                accepted.await;
+            }
+            batch
+        })
+    }
+
+    /// A committed batch: its acknowledgements to the writer, then its retained messages. True if those must be
+    /// made durable before the writer is woken (`flush_then_wake`); otherwise it is woken here.
+    fn finish(&self, batch: Batch, shared: &Shared) -> bool {
         self.queue_acks(&batch.acks);
         if !batch.retained.is_empty() && self.broker.deliver(&self.session, batch.retained) {
-            let _ = self.broker.flush().await;
+            return true;
         }
+        shared.waker.notify_one();
+        false
+    }
+
+    /// Called boxed: the rare wait would otherwise be part of every connection's task.
+    async fn flush_then_wake(&self, shared: &Shared) {
+        let _ = self.broker.flush().await;
         shared.waker.notify_one();
     }
 

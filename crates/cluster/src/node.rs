@@ -262,7 +262,13 @@ impl ClusterNode {
             .map_err(|error| StartError::Listen { addr: self.config.listen, error })?;
         tracing::info!(local = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), node_id = self.id(), "listening for the cluster");
         let service = ClusterServer::new(Service(self.clone()));
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        // Nagle off on accepted connections too (the clients set it on theirs): a forward stream's acknowledgements
+        // are small writes that would otherwise wait for the peer's delayed ACK, and publishers wait for them.
+        let incoming = tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(listener), |s| {
+            s.inspect(|s| {
+                let _ = s.set_nodelay(true);
+            })
+        });
         let mut server = tonic::transport::Server::builder();
         if let Some(tls) = &self.config.tls {
             use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
