@@ -662,3 +662,56 @@ fn a_shared_member_that_leaves_hands_its_messages_to_the_group_on_another_node()
     plain.send(&Packet::PingReq);
     assert_eq!(plain.recv(), Some(Packet::PingResp), "the plain subscriber got each message once");
 }
+
+/// A QoS 1 publish waits for the node it went to; packets the client sends after it do not overtake it: their
+/// answers (PINGRESP, the PUBACK of a message no other node needs, SUBACK) come after its PUBACK, in the order
+/// the packets were sent [MQTT-4.6.0-2]. The receiving node is stopped (SIGSTOP) so the wait is long enough to see.
+#[test]
+fn answers_wait_in_order_behind_a_publish_another_node_has_not_taken_yet() {
+    use skein_codec::*;
+    let c = Nodes::start(3);
+    let mut far = raw_subscriber(c.nodes[1].mqtt, ProtocolVersion::V311, "far-sub", &[("far/#", QoS::AtLeastOnce)]);
+    c.wait_node_routes(0, 2, 1);
+    let (mut publ, _) = Raw::connect(c.nodes[0].mqtt, connect_packet(ProtocolVersion::V311, "hasty", true));
+
+    /// Resumes the stopped node however the test ends (a stopped process would not take its SIGKILL's exit).
+    struct Stopped(u32);
+    impl Drop for Stopped {
+        fn drop(&mut self) {
+            let _ = Command::new("kill").args(["-CONT", &self.0.to_string()]).status();
+        }
+    }
+    // One message first: node 1's forward stream to node 2 is open before node 2 stops.
+    publ.send(&publish("far/0", QoS::AtLeastOnce, 9, b"opens the stream"));
+    assert_eq!(publ.recv(), Some(Packet::PubAck(Ack::new(9))));
+    assert_eq!(&*expect_publish(&mut far).topic, "far/0");
+    let forwarded = |c: &Nodes| c.status(0)["forwarded"].as_u64().unwrap_or(0);
+    let before = forwarded(&c);
+    assert!(Command::new("kill").args(["-STOP", &c.nodes[1].pid().to_string()]).status().unwrap().success());
+    let stopped = Stopped(c.nodes[1].pid());
+    publ.send(&publish("far/1", QoS::AtLeastOnce, 1, b"to node 2"));
+    // Node 1 has read it and sent it on: what comes next is a read of its own.
+    let deadline = std::time::Instant::now() + WAIT;
+    while forwarded(&c) == before {
+        assert!(std::time::Instant::now() < deadline, "node 1 never forwarded the publish");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    publ.send(&Packet::PingReq);
+    publ.send(&publish("near/1", QoS::AtLeastOnce, 2, b"nobody elsewhere"));
+    publ.send(&sub_packet(3, &[("near/#", QoS::AtMostOnce)]));
+    // Nothing is answered while node 2 has not taken the first publish: a PINGRESP here would have overtaken it.
+    publ.stream.set_read_timeout(Some(std::time::Duration::from_millis(300))).unwrap();
+    let mut early = [0u8; 1];
+    match std::io::Read::read(&mut publ.stream, &mut early) {
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+        other => panic!("an answer came before node 2 took the first publish: {other:?}"),
+    }
+    publ.stream.set_read_timeout(Some(WAIT)).unwrap();
+    drop(stopped);
+    assert_eq!(publ.recv(), Some(Packet::PubAck(Ack::new(1))));
+    assert_eq!(publ.recv(), Some(Packet::PingResp));
+    assert_eq!(publ.recv(), Some(Packet::PubAck(Ack::new(2))));
+    assert!(matches!(publ.recv(), Some(Packet::SubAck(a)) if a.packet_id == 3));
+    let p = expect_publish(&mut far);
+    assert_eq!((&*p.topic, &p.payload[..]), ("far/1", &b"to node 2"[..]));
+}
