@@ -715,3 +715,54 @@ fn answers_wait_in_order_behind_a_publish_another_node_has_not_taken_yet() {
     let p = expect_publish(&mut far);
     assert_eq!((&*p.topic, &p.payload[..]), ("far/1", &b"to node 2"[..]));
 }
+
+/// Two connections of one client id at nearly the same time, on two nodes: the earlier one is still in its
+/// handshake (resuming a session from a node that is slow to answer) when the later one is announced to its node.
+/// It is then answered and closed at once as taken over (0x8E), its session ended; the later one stays. Before,
+/// both stayed connected.
+#[test]
+fn a_connection_still_in_its_handshake_when_a_later_one_elsewhere_is_announced_is_closed() {
+    use skein_codec::*;
+    let c = Nodes::start(3);
+    let mut resume = connect_packet(ProtocolVersion::V5, "twin", false);
+    resume.properties.session_expiry_interval = Some(3600);
+    // A persistent session of "twin", held by node 3.
+    let (mut held, _) = Raw::connect(c.nodes[2].mqtt, resume.clone());
+    held.send(&Packet::Disconnect(Disconnect::default()));
+    assert_eq!(held.recv(), None);
+    c.wait_session_owner("twin", Some(3));
+
+    /// Resumes the stopped node however the test ends.
+    struct Stopped(u32);
+    impl Drop for Stopped {
+        fn drop(&mut self) {
+            let _ = Command::new("kill").args(["-CONT", &self.0.to_string()]).status();
+        }
+    }
+    assert!(Command::new("kill").args(["-STOP", &c.nodes[2].pid().to_string()]).status().unwrap().success());
+    let stopped = Stopped(c.nodes[2].pid());
+    // The earlier connection resumes the session through node 1, which claims it (nodes 1 and 2 are a quorum)
+    // and then waits for node 3 to hand it over.
+    let addr = c.nodes[0].mqtt;
+    let earlier = std::thread::spawn(move || {
+        let (mut raw, ack) = Raw::connect(addr, resume);
+        (ack.reason_code, raw.recv_until_closed())
+    });
+    let deadline = std::time::Instant::now() + WAIT;
+    while c.session_owner(1, "twin").map(|(n, _)| n) != Some(1) {
+        assert!(std::time::Instant::now() < deadline, "node 1 never claimed the session");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // The later connection, a clean one, through node 2; node 1 hears of it during the earlier one's handshake.
+    let (mut later, ack) = Raw::connect(c.nodes[1].mqtt, connect_packet(ProtocolVersion::V5, "twin", true));
+    assert_eq!(ack.reason_code, ReasonCode::Success);
+    c.nodes[0].wait_log("another node has a connection of this client id; one is in its handshake here");
+    drop(stopped);
+    let (code, after) = earlier.join().unwrap();
+    assert_eq!(code, ReasonCode::Success);
+    assert_eq!(after, vec![Packet::Disconnect(Disconnect::new(ReasonCode::SessionTakenOver))]);
+    later.send(&Packet::PingReq);
+    assert_eq!(later.recv(), Some(Packet::PingResp));
+    // The session the earlier connection resumed is gone with it: no node holds one for the id.
+    c.wait_session_owner("twin", None);
+}

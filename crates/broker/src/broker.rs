@@ -87,6 +87,35 @@ pub struct ConnectRequest {
     pub username: Option<ByteString>,
     /// The session another node handed over, if it held one.
     pub imported: Option<SessionExport>,
+    /// When the connection began its handshake: what other nodes compare their connections of the id with (the
+    /// later one stays), as `Broker::take_over` does here.
+    pub connected_at: std::time::SystemTime,
+}
+
+/// Handshakes of one client id under way on this node.
+#[derive(Default)]
+struct Connecting {
+    count: usize,
+    /// The latest `connected_at` of a connection of the id on another node, reported meanwhile.
+    newer_elsewhere: Option<std::time::SystemTime>,
+}
+
+/// A handshake under way (see `Broker::begin_connect`); its mark goes when dropped.
+pub struct ConnectGuard<'a> {
+    broker: &'a Broker,
+    client_id: ByteString,
+}
+
+impl Drop for ConnectGuard<'_> {
+    fn drop(&mut self) {
+        let mut connecting = lock(&self.broker.connecting);
+        if let Some(c) = connecting.get_mut(&self.client_id) {
+            c.count -= 1;
+            if c.count == 0 {
+                connecting.remove(&self.client_id);
+            }
+        }
+    }
 }
 
 /// What `Broker::connect` hands the connection.
@@ -98,6 +127,9 @@ pub struct Attached {
     pub kicked: oneshot::Receiver<ReasonCode>,
     /// Set to true when this connection has finished its teardown.
     pub done: watch::Sender<bool>,
+    /// A later connection of the id on another node, reported during the handshake: that one stays, so this one is
+    /// to be taken over at once (`Broker::take_over` with this time), as if the report had come after it attached.
+    pub superseded_by: Option<std::time::SystemTime>,
     /// Wakes this connection's writer.
     pub waker: Arc<Notify>,
 }
@@ -123,6 +155,8 @@ pub struct Broker {
     pub stats: Stats,
     pub started: Instant,
     next_connection: AtomicU64,
+    /// Client ids with a handshake under way here (see `Broker::begin_connect`).
+    connecting: Mutex<HashMap<ByteString, Connecting>>,
     shutdown: watch::Sender<bool>,
     /// Open network connections, whatever their state.
     connections: watch::Sender<usize>,
@@ -186,6 +220,7 @@ impl Broker {
             stats: Stats::default(),
             started: Instant::now(),
             next_connection: AtomicU64::new(1),
+            connecting: Mutex::new(HashMap::new()),
             shutdown: watch::channel(false).0,
             connections: watch::channel(0).0,
             timers: Mutex::new(BTreeMap::new()),
@@ -451,6 +486,7 @@ impl Broker {
             session_expiry,
             username,
             imported,
+            connected_at,
         } = request;
         let connection_id = self.next_connection.fetch_add(1, Ordering::Relaxed);
         let waker = Arc::new(Notify::new());
@@ -463,10 +499,12 @@ impl Broker {
         let previous = {
             // Both under the link's lock, as `take_over` reads them.
             let mut link = lock(&session.link);
-            let now = std::time::SystemTime::now();
-            *lock(&session.attached_at) = Some(now);
+            *lock(&session.attached_at) = Some(connected_at);
             link.replace(Link { id: connection_id, kick: Some(kick_tx), done: done_rx })
         };
+        // Another node reported a later connection of this id while this one was in its handshake.
+        let superseded_by =
+            lock(&self.connecting).get(&client_id).and_then(|c| c.newer_elsewhere).filter(|t| *t > connected_at);
         if let Some(mut prev) = previous {
             if let Some(kick) = prev.kick.take() {
                 let _ = kick.send(ReasonCode::SessionTakenOver);
@@ -536,7 +574,15 @@ impl Broker {
                 store.remove_session(&client_id)?;
             }
         }
-        Ok(Attached { session, session_present, connection_id, kicked, done, waker })
+        Ok(Attached { session, session_present, connection_id, kicked, done, waker, superseded_by })
+    }
+
+    /// Marks a handshake of `client_id` under way until the guard is dropped (after `connect`): a take-over request
+    /// that another node sends meanwhile, for a later connection of the id, is remembered, so that this connection
+    /// is closed once attached rather than left beside the later one.
+    pub fn begin_connect(&self, client_id: &ByteString) -> ConnectGuard<'_> {
+        lock(&self.connecting).entry(client_id.clone()).or_default().count += 1;
+        ConnectGuard { broker: self, client_id: client_id.clone() }
     }
 
     /// Another node is taking `client_id` over: closes its connection here (and waits for it to finish), and hands
@@ -547,6 +593,11 @@ impl Broker {
         want_session: bool,
         newer_than: std::time::SystemTime,
     ) -> Option<SessionExport> {
+        // A handshake of the id under way here attaches after this call: it learns of the connection elsewhere.
+        if let Some(c) = lock(&self.connecting).get_mut(client_id) {
+            tracing::info!(%client_id, "another node has a connection of this client id; one is in its handshake here");
+            c.newer_elsewhere = Some(c.newer_elsewhere.map_or(newer_than, |t| t.max(newer_than)));
+        }
         let session = lock(&self.sessions).get(client_id).cloned()?;
         let previous = {
             let mut link = lock(&session.link);

@@ -267,6 +267,7 @@ where
     // Counted in until the connection's teardown ends, whichever way it ends.
     let counted = Counted(&broker.stats);
     let connected_at = std::time::SystemTime::now();
+    let connecting = broker.begin_connect(&accepted.client_id);
     let receive_maximum = connect.properties.receive_maximum;
     let client_max_packet = connect.properties.maximum_packet_size.map(|n| n as usize);
     // The client id is unique across the cluster: other nodes close their connection of it, and hand its session
@@ -295,9 +296,19 @@ where
         },
         username: connect.username.as_deref().map(ByteString::from),
         imported,
+        connected_at,
     };
-    let attached = match broker.connect(request).await {
-        Ok(a) => a,
+    let attached = broker.connect(request).await;
+    drop(connecting);
+    let attached = match attached {
+        Ok(a) => {
+            if let Some(later) = a.superseded_by {
+                // Answered, then closed as taken over, its session ended here: the later connection is the client.
+                let (broker, client_id) = (broker.clone(), accepted.client_id.clone());
+                tokio::spawn(async move { broker.take_over(&client_id, false, later).await });
+            }
+            a
+        }
         Err(e) => {
             tracing::error!(client_id = %accepted.client_id, error = %e, "session could not be opened");
             let _ = writer.write_all(&refuse(ReasonCode::UnspecifiedError)).await;
