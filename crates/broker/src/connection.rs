@@ -132,7 +132,28 @@ struct Shared {
 /// Serves one client connection to the end. `identity` is a user name the transport has already proven (a TLS
 /// client certificate's Common Name, Mosquitto's `use_identity_as_username`): it replaces the CONNECT's user name,
 /// and no password is checked.
-pub async fn serve<R, W>(broker: Arc<Broker>, mut reader: R, writer: W, peer: SocketAddr, identity: Option<String>)
+pub fn serve<R, W>(
+    broker: Arc<Broker>,
+    reader: R,
+    writer: W,
+    peer: SocketAddr,
+    identity: Option<String>,
+) -> impl std::future::Future<Output = ()>
+where
+    R: Source,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    serve_opened(broker, reader, Box::new(Opening { writer, peer, identity }))
+}
+
+/// What only the handshake needs. Boxed: an async function's arguments are part of its future for its whole life.
+struct Opening<W> {
+    writer: W,
+    peer: SocketAddr,
+    identity: Option<String>,
+}
+
+async fn serve_opened<R, W>(broker: Arc<Broker>, mut reader: R, opening: Box<Opening<W>>)
 where
     R: Source,
     W: AsyncWrite + Unpin + Send + 'static,
@@ -141,14 +162,14 @@ where
     // Each phase is boxed: a future is as large as its largest state, and the handshake's and teardown's states
     // (packets, properties, the session take-over) would otherwise sit in every connection's task for its whole
     // life. What stays inline is `Live` and the packet loop.
-    let Some(mut live) = Box::pin(handshake(&broker, &mut reader, writer, peer, identity)).await else {
+    let Some(mut live) = Box::pin(handshake(&broker, &mut reader, opening)).await else {
         return;
     };
     let close = live
         .conn
         .run(&mut reader, &mut live.rbuf, live.max_packet, live.keep_alive, &mut live.kicked, &live.shared)
         .await;
-    Box::pin(teardown(live, close, peer)).await;
+    Box::pin(teardown(live, close)).await;
 }
 
 /// A connected client between its CONNACK and its teardown.
@@ -167,17 +188,12 @@ struct Live<'a> {
 
 /// CONNECT to CONNACK: reads and checks the CONNECT, authenticates, opens or takes over the session, answers, and
 /// starts the writer. `None` when the connection ends here (refused, timed out, or gone).
-async fn handshake<'a, R, W>(
-    broker: &'a Arc<Broker>,
-    reader: &mut R,
-    mut writer: W,
-    peer: SocketAddr,
-    identity: Option<String>,
-) -> Option<Live<'a>>
+async fn handshake<'a, R, W>(broker: &'a Arc<Broker>, reader: &mut R, opening: Box<Opening<W>>) -> Option<Live<'a>>
 where
     R: Source,
     W: AsyncWrite + Unpin + Send + 'static,
 {
+    let Opening { mut writer, peer, identity } = *opening;
     let max_packet = match broker.config.max_packet_size {
         0 => MAX_PACKET_SIZE,
         n => n,
@@ -364,7 +380,10 @@ where
         let _ = attached.done.send(true);
         return None;
     }
-    tracing::debug!(%peer, client_id = %accepted.client_id, %version, present = attached.session_present, "connected");
+    tracing::debug!(
+        %peer, client_id = %accepted.client_id, connection = attached.connection_id, %version,
+        present = attached.session_present, "connected"
+    );
 
     let shared = Arc::new(Shared {
         waker: attached.waker.clone(),
@@ -389,12 +408,11 @@ where
         version,
         persistent: accepted.persistent,
         will: connect.will.as_ref().map(owned_will),
-        client_id: accepted.client_id.clone(),
-        username: connect.username.as_deref().map(ByteString::from),
+        username: connect.username.as_deref().map(Box::from),
         aliases: Vec::new(),
-        publish_rate: (broker.config.max_publish_rate > 0.0)
-            .then(|| Box::new(crate::stats::Bucket::new(broker.config.max_publish_rate))),
-        throttled: None,
+        publish_rate: (broker.config.max_publish_rate > 0.0).then(|| {
+            Box::new(Throttle { bucket: crate::stats::Bucket::new(broker.config.max_publish_rate), wait: None })
+        }),
         auth_method: auth_method.map(Box::new),
         reauth: None,
     };
@@ -412,7 +430,7 @@ where
 }
 
 /// Closes a connection: the writer's last words, the session let go, the will.
-async fn teardown(live: Live<'_>, close: Close, peer: SocketAddr) {
+async fn teardown(live: Live<'_>, close: Close) {
     let Live { conn, shared, writer_task, done, _counted, .. } = live;
     let broker = conn.broker;
     let (session, connection_id, version) = (&conn.session, conn.connection_id, conn.version);
@@ -429,7 +447,7 @@ async fn teardown(live: Live<'_>, close: Close, peer: SocketAddr) {
         writer_task.abort();
     }
     broker.disconnect(session, connection_id);
-    tracing::debug!(%peer, client_id = %conn.client_id, reason = ?close, "disconnected");
+    tracing::debug!(client_id = %conn.session.client_id, connection = connection_id, reason = ?close, "disconnected");
     if close.sends_will()
         && let Some(will) = conn.will
     {
@@ -438,11 +456,11 @@ async fn teardown(live: Live<'_>, close: Close, peer: SocketAddr) {
             let state = lock(&session.state);
             (state.persistent, state.expiry)
         };
-        let will = Message::from_will(*will, conn.client_id.clone());
+        let will = Message::from_will(*will, conn.session.client_id.clone());
         if delay > 0 && persistent {
             // Sent when the delay or the session ends, whichever is first (MQTT 5.0 section 3.1.3.2.2).
             let delay = Duration::from_secs(u64::from(delay.min(expiry)));
-            broker.delay_will(&conn.client_id, connection_id, will, delay);
+            broker.delay_will(&conn.session.client_id, connection_id, will, delay);
         } else if broker.publish(will).durable {
             let _ = broker.flush().await;
         }
@@ -695,6 +713,13 @@ fn assign_client_id(broker: &Broker) -> ByteString {
     ByteString::from(format!("skein-{:016x}", h.finish()))
 }
 
+/// A connection's `max_publish_rate`: its bucket, and, when it stopped the handling of a read, how long until the
+/// next PUBLISH may go. Boxed in `Conn`: most connections have no limit.
+struct Throttle {
+    bucket: crate::stats::Bucket,
+    wait: Option<Duration>,
+}
+
 /// The reader side of one attached connection.
 struct Conn<'a> {
     broker: &'a Arc<Broker>,
@@ -703,16 +728,14 @@ struct Conn<'a> {
     version: ProtocolVersion,
     persistent: bool,
     will: Option<Box<skein_codec::Will>>,
-    client_id: ByteString,
-    username: Option<ByteString>,
+    /// The user name it connected with, for the ACL (the client id is the session's).
+    username: Option<Box<str>>,
     /// The client's topic aliases (MQTT 5.0 section 3.3.2.3.4), index alias - 1; grown when first set.
     aliases: Vec<Option<ByteString>>,
     /// The enhanced authentication method the client connected with, and a re-authentication in progress.
     auth_method: Option<Box<(ByteString, Arc<dyn crate::auth::AuthMethod>)>>,
     reauth: Option<Box<dyn crate::auth::AuthExchange>>,
-    /// `max_publish_rate`, and, when it stopped the handling of a read, how long until the next PUBLISH may go.
-    publish_rate: Option<Box<crate::stats::Bucket>>,
-    throttled: Option<Duration>,
+    publish_rate: Option<Box<Throttle>>,
 }
 
 /// What handling one read's packets produced, applied together after one flush.
@@ -814,7 +837,7 @@ impl<'a> Conn<'a> {
                 }
                 // Over its publish rate: the rest of this read waits, and nothing more is read meanwhile (TCP holds
                 // what the client sends on).
-                if let Some(wait) = self.throttled.take() {
+                if let Some(wait) = self.publish_rate.as_mut().and_then(|t| t.wait.take()) {
                     // Boxed, as this is rare: an inline timer would be part of every connection's task.
                     tokio::select! {
                         _ = Box::pin(tokio::time::sleep(wait)) => {}
@@ -937,11 +960,11 @@ impl<'a> Conn<'a> {
     fn handle_all(&mut self, buf: &mut BytesMut, max_packet: usize, batch: &mut Batch) -> Option<Close> {
         loop {
             // A PUBLISH next, and none left in the client's rate: stop here until there is (see `run`).
-            if let Some(bucket) = self.publish_rate.as_mut()
+            if let Some(throttle) = self.publish_rate.as_mut()
                 && buf.first().is_some_and(|b| b >> 4 == 3)
-                && let Err(wait) = bucket.take()
+                && let Err(wait) = throttle.bucket.take()
             {
-                self.throttled = Some(wait);
+                throttle.wait = Some(wait);
                 return None;
             }
             match decode(buf, self.version, max_packet) {
@@ -953,7 +976,7 @@ impl<'a> Conn<'a> {
                 }
                 Ok(None) => return None,
                 Err(e) => {
-                    tracing::debug!(client_id = %self.client_id, error = %e, "malformed packet");
+                    tracing::debug!(client_id = %self.session.client_id, error = %e, "malformed packet");
                     return Some(Close::Violation(e.reason_code()));
                 }
             }
@@ -964,7 +987,7 @@ impl<'a> Conn<'a> {
     fn acked(&self, f: impl FnOnce(&mut crate::session::Session, &mut Vec<crate::session::StoreUpdate>)) {
         let mut updates = Vec::new();
         f(&mut lock(&self.session.state), &mut updates);
-        self.broker.apply_store_updates(&self.client_id, &updates);
+        self.broker.apply_store_updates(&self.session.client_id, &updates);
     }
 
     fn ack(&self, batch: &mut Batch, packet: Packet) {
@@ -1042,7 +1065,7 @@ impl<'a> Conn<'a> {
             }
             // A second CONNECT [MQTT-3.1.0-2], AUTH without an authentication method, or a server-to-client packet.
             other => {
-                tracing::debug!(client_id = %self.client_id, packet = %other.packet_type(), "protocol violation");
+                tracing::debug!(client_id = %self.session.client_id, packet = %other.packet_type(), "protocol violation");
                 return Some(Close::Violation(ReasonCode::ProtocolError));
             }
         }
@@ -1061,7 +1084,7 @@ impl<'a> Conn<'a> {
             return Some(Close::Violation(ReasonCode::ProtocolError));
         }
         let exchange = match (a.reason_code, self.reauth.take()) {
-            (ReasonCode::ReAuthenticate, _) => method.start(&self.client_id),
+            (ReasonCode::ReAuthenticate, _) => method.start(&self.session.client_id),
             (ReasonCode::ContinueAuthentication, Some(e)) => e,
             _ => return Some(Close::Violation(ReasonCode::ProtocolError)),
         };
@@ -1073,7 +1096,7 @@ impl<'a> Conn<'a> {
             }
             AuthStep::Success { data, .. } => self.ack(batch, auth_packet(ReasonCode::Success, &name, data)),
             AuthStep::Failure => {
-                tracing::info!(client_id = %self.client_id, method = %name, "re-authentication failed");
+                tracing::info!(client_id = %self.session.client_id, method = %name, "re-authentication failed");
                 return Some(Close::Violation(ReasonCode::NotAuthorized));
             }
         }
@@ -1118,22 +1141,22 @@ impl<'a> Conn<'a> {
         let mut refusal = None;
         if broker.config.message_size_limit != 0 && p.payload.len() > broker.config.message_size_limit {
             Stats::add(&broker.stats.publish_too_large, 1);
-            tracing::debug!(client_id = %self.client_id, size = p.payload.len(), "publish over message_size_limit dropped");
+            tracing::debug!(client_id = %self.session.client_id, size = p.payload.len(), "publish over message_size_limit dropped");
             refusal = Some(ReasonCode::ImplementationSpecificError);
         } else if v5 && p.properties.payload_format_indicator == Some(1) && std::str::from_utf8(&p.payload).is_err() {
             // MQTT 5.0 section 3.3.2.3.2: a payload that says it is UTF-8 and is not.
             refusal = Some(ReasonCode::PayloadFormatInvalid);
         } else if broker.config.too_long(&p.topic) || broker.config.too_many_levels(&p.topic) {
-            tracing::debug!(client_id = %self.client_id, "publish refused: topic too long or too many levels");
+            tracing::debug!(client_id = %self.session.client_id, "publish refused: topic too long or too many levels");
             refusal = Some(ReasonCode::TopicNameInvalid);
         } else if broker
             .acl()
-            .is_some_and(|a| !a.allows(self.username.as_deref(), &self.client_id, &p.topic, Access::Write))
+            .is_some_and(|a| !a.allows(self.username.as_deref(), &self.session.client_id, &p.topic, Access::Write))
         {
             // Refused by the ACL: MQTT 5.0 clients are told (0x87); 3.x clients get their usual acknowledgement and
             // the message goes nowhere, as with Mosquitto.
             Stats::add(&broker.stats.acl_denied, 1);
-            tracing::debug!(client_id = %self.client_id, topic = %p.topic, "publish refused by the ACL");
+            tracing::debug!(client_id = %self.session.client_id, topic = %p.topic, "publish refused by the ACL");
             refusal = Some(ReasonCode::NotAuthorized);
         }
         let qos = p.qos;
@@ -1165,7 +1188,7 @@ impl<'a> Conn<'a> {
                 }
             }
             None => {
-                let routed = broker.publish(Message::from_publish(p, Some(self.client_id.clone())));
+                let routed = broker.publish(Message::from_publish(p, Some(self.session.client_id.clone())));
                 batch.durable |= routed.durable;
                 if routed.delivered == 0 && routed.remote.is_none() && v5 {
                     reason = ReasonCode::NoMatchingSubscribers;
@@ -1199,16 +1222,20 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     shared: Arc<Shared>,
 ) {
     let mut buf = BytesMut::new();
-    let mut updates = Vec::new();
     loop {
         let written = {
+            // Not kept across the waits below (it would be part of every connection's writer task); it allocates
+            // only for a persistent session's store updates.
+            let mut updates = Vec::new();
             let mut state = lock(&session.state);
-            if state.connection_id != connection_id { 0 } else { state.write_pending(&mut buf, &mut updates) }
+            let written =
+                if state.connection_id != connection_id { 0 } else { state.write_pending(&mut buf, &mut updates) };
+            drop(state);
+            if !updates.is_empty() {
+                broker.apply_store_updates(&session.client_id, &updates);
+            }
+            written
         };
-        if !updates.is_empty() {
-            broker.apply_store_updates(&session.client_id, &updates);
-            updates.clear();
-        }
         if !buf.is_empty() {
             Stats::add(&broker.stats.publish_sent, written as u64);
             Stats::add(&broker.stats.messages_sent, written as u64);
