@@ -53,11 +53,44 @@ impl std::fmt::Debug for SessionHandle {
     }
 }
 
+/// Set once a connection's teardown is over; whoever takes its session over waits for it. A flag and a `Notify`: a
+/// watch channel, which did this before, is about 400 bytes for every connection.
+#[derive(Default)]
+pub struct Finished {
+    set: std::sync::atomic::AtomicBool,
+    notify: Notify,
+}
+
+impl Finished {
+    /// Until the teardown is over (at once if it is).
+    pub async fn wait(&self) {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.set.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// A connection's side of its `Finished`: set when dropped, whichever way the connection ends.
+pub struct Done(Arc<Finished>);
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        self.0.set.store(true, Ordering::Release);
+        self.0.notify.notify_waiters();
+    }
+}
+
 /// The connection attached to a session: how to close it, and how to know it has finished.
 struct Link {
     id: u64,
     kick: Option<oneshot::Sender<ReasonCode>>,
-    done: watch::Receiver<bool>,
+    done: Arc<Finished>,
 }
 
 impl SessionHandle {
@@ -126,7 +159,7 @@ pub struct Attached {
     /// Fires when another connection takes the session over, with the reason to give the client.
     pub kicked: oneshot::Receiver<ReasonCode>,
     /// Set to true when this connection has finished its teardown.
-    pub done: watch::Sender<bool>,
+    pub done: Done,
     /// A later connection of the id on another node, reported during the handshake: that one stays, so this one is
     /// to be taken over at once (`Broker::take_over` with this time), as if the report had come after it attached.
     pub superseded_by: Option<std::time::SystemTime>,
@@ -491,7 +524,8 @@ impl Broker {
         let connection_id = self.next_connection.fetch_add(1, Ordering::Relaxed);
         let waker = Arc::new(Notify::new());
         let (kick_tx, kicked) = oneshot::channel();
-        let (done, done_rx) = watch::channel(false);
+        let finished = Arc::new(Finished::default());
+        let done = Done(finished.clone());
         let session = lock(&self.sessions)
             .entry(client_id.clone())
             .or_insert_with(|| self.new_session(client_id.clone()))
@@ -500,7 +534,7 @@ impl Broker {
             // Both under the link's lock, as `take_over` reads them.
             let mut link = lock(&session.link);
             *lock(&session.attached_at) = Some(connected_at);
-            link.replace(Link { id: connection_id, kick: Some(kick_tx), done: done_rx })
+            link.replace(Link { id: connection_id, kick: Some(kick_tx), done: finished })
         };
         // Another node reported a later connection of this id while this one was in its handshake.
         let superseded_by =
@@ -510,7 +544,7 @@ impl Broker {
                 let _ = kick.send(ReasonCode::SessionTakenOver);
             }
             // The old connection publishes its will and lets go of the session; don't let a stuck one hold us.
-            let _ = tokio::time::timeout(Duration::from_secs(5), prev.done.wait_for(|d| *d)).await;
+            let _ = tokio::time::timeout(Duration::from_secs(5), prev.done.wait()).await;
         }
         let mut limits = self.limits();
         limits.max_packet_size = max_packet_size;
@@ -612,7 +646,7 @@ impl Broker {
             if let Some(kick) = prev.kick.take() {
                 let _ = kick.send(ReasonCode::SessionTakenOver);
             }
-            let _ = tokio::time::timeout(Duration::from_secs(5), prev.done.wait_for(|d| *d)).await;
+            let _ = tokio::time::timeout(Duration::from_secs(5), prev.done.wait()).await;
         }
         if lock(&session.link).is_some() {
             // A connection came back here meanwhile; it wins.

@@ -180,7 +180,8 @@ struct Live<'a> {
     max_packet: usize,
     keep_alive: u16,
     kicked: tokio::sync::oneshot::Receiver<ReasonCode>,
-    done: tokio::sync::watch::Sender<bool>,
+    /// Dropped last, when the teardown is over: tells whoever takes the session over.
+    done: crate::broker::Done,
     shared: Arc<Shared>,
     writer_task: tokio::task::JoinHandle<()>,
     _counted: Counted<'a>,
@@ -377,7 +378,6 @@ where
     // TCP needs no flush; TLS and WebSocket writers hold what was written until flushed.
     if writer.write_all(&out).await.is_err() || writer.flush().await.is_err() {
         broker.disconnect(&attached.session, attached.connection_id);
-        let _ = attached.done.send(true);
         return None;
     }
     tracing::debug!(
@@ -465,7 +465,7 @@ async fn teardown(live: Live<'_>, close: Close) {
             let _ = broker.flush().await;
         }
     }
-    let _ = done.send(true);
+    drop(done);
 }
 
 /// The will, copied out of the read buffer it arrived in (which would otherwise stay allocated while it waits).
