@@ -444,7 +444,7 @@ impl Broker {
 
     fn new_session(&self, client_id: ByteString) -> Arc<SessionHandle> {
         Arc::new(SessionHandle {
-            state: Mutex::new(Session::new(client_id.clone(), self.limits())),
+            state: Mutex::new(Session::new(self.limits())),
             client_id,
             link: Mutex::new(None),
             attached_at: Mutex::new(None),

@@ -165,16 +165,26 @@ pub struct SessionLimits {
     pub topic_alias_maximum: u16,
 }
 
+/// The parts of a session few use: QoS 2 publishes from the client, topic aliases towards it. Boxed, as an empty
+/// map is 48 bytes inline in every session.
+#[derive(Debug, Default)]
+struct Rare {
+    /// QoS 2 identifiers received, PUBREL not yet: a repeated PUBLISH with one of these is not delivered again.
+    incoming_qos2: HashSet<u16>,
+    /// Topic aliases used towards the client on this connection.
+    aliases: HashMap<ByteString, u16>,
+}
+
+/// A client's session. Its client id is the handle's (`SessionHandle::client_id`).
 #[derive(Debug)]
 pub struct Session {
-    pub client_id: ByteString,
     /// The session outlives its connection (Clean Session 0, or a non-zero Session Expiry Interval).
     pub persistent: bool,
     pub subscriptions: HashMap<ByteString, Subscription>,
     queue: VecDeque<Outgoing>,
     inflight: VecDeque<Inflight>,
-    /// QoS 2 identifiers received, PUBREL not yet: a repeated PUBLISH with one of these is not delivered again.
-    incoming_qos2: HashSet<u16>,
+    /// What few sessions use, allocated when first needed.
+    rare: Option<Box<Rare>>,
     next_packet_id: u16,
     /// Inflight messages must go out again, in order, with DUP set [MQTT-4.4.0-1].
     resend: bool,
@@ -191,8 +201,6 @@ pub struct Session {
     pub dropped: u64,
     /// Messages whose Message Expiry Interval passed before they could be sent.
     pub expired: u64,
-    /// Topic aliases used towards the client on this connection.
-    aliases: HashMap<ByteString, u16>,
     /// Session Expiry Interval, seconds after the connection ends; `u32::MAX` never (3.x persistent sessions).
     pub expiry: u32,
     /// The user name of its last connection, for the ACL.
@@ -200,14 +208,13 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(client_id: ByteString, limits: SessionLimits) -> Session {
+    pub fn new(limits: SessionLimits) -> Session {
         Session {
-            client_id,
             persistent: false,
             subscriptions: HashMap::new(),
+            rare: None,
             queue: VecDeque::new(),
             inflight: VecDeque::new(),
-            incoming_qos2: HashSet::new(),
             next_packet_id: 1,
             resend: false,
             control: BytesMut::new(),
@@ -218,7 +225,6 @@ impl Session {
             waker: None,
             dropped: 0,
             expired: 0,
-            aliases: HashMap::new(),
             expiry: u32::MAX,
             username: None,
         }
@@ -243,7 +249,9 @@ impl Session {
         self.subscriptions.clear();
         self.queue.clear();
         self.inflight.clear();
-        self.incoming_qos2.clear();
+        if let Some(rare) = &mut self.rare {
+            rare.incoming_qos2.clear();
+        }
         self.resend = false;
         self.control.clear();
         keys
@@ -270,7 +278,9 @@ impl Session {
         self.control.clear();
         self.resend = !self.inflight.is_empty();
         // Topic aliases belong to a connection [MQTT-3.3.2-7].
-        self.aliases.clear();
+        if let Some(rare) = &mut self.rare {
+            rare.aliases.clear();
+        }
     }
 
     /// Replaces a PUBLISH's topic by an alias when the client allows them (MQTT 5.0 section 3.3.2.3.4): a topic
@@ -280,13 +290,14 @@ impl Session {
         if max == 0 || !self.version.is_v5() {
             return p;
         }
-        if let Some(alias) = self.aliases.get(&p.topic) {
+        let aliases = &mut self.rare.get_or_insert_default().aliases;
+        if let Some(alias) = aliases.get(&p.topic) {
             p.properties.topic_alias = Some(*alias);
             p.topic = ByteString::new();
-        } else if self.aliases.len() < usize::from(max) {
-            let alias = self.aliases.len() as u16 + 1;
+        } else if aliases.len() < usize::from(max) {
+            let alias = aliases.len() as u16 + 1;
             // A copy: the message's topic is a slice of the buffer it was read into, which the map would keep alive.
-            self.aliases.insert(ByteString::from(&*p.topic), alias);
+            aliases.insert(ByteString::from(&*p.topic), alias);
             p.properties.topic_alias = Some(alias);
         }
         p
@@ -494,24 +505,25 @@ impl Session {
     /// A QoS 2 PUBLISH from the client, with `limit` unreleased ones allowed (our Receive Maximum): new and to be
     /// delivered, a repeat of one whose PUBREL has not come yet [MQTT-4.3.3-10], or one too many.
     pub fn on_incoming_qos2(&mut self, packet_id: u16, limit: usize) -> IncomingQos2 {
-        if self.incoming_qos2.contains(&packet_id) {
+        let incoming = &mut self.rare.get_or_insert_default().incoming_qos2;
+        if incoming.contains(&packet_id) {
             IncomingQos2::Repeat
-        } else if self.incoming_qos2.len() >= limit {
+        } else if incoming.len() >= limit {
             IncomingQos2::OverLimit
         } else {
-            self.incoming_qos2.insert(packet_id);
+            incoming.insert(packet_id);
             IncomingQos2::New
         }
     }
 
     /// PUBREL from the client: frees the identifier; false if it was not in use.
     pub fn on_pubrel(&mut self, packet_id: u16) -> bool {
-        self.incoming_qos2.remove(&packet_id)
+        self.rare.as_mut().is_some_and(|r| r.incoming_qos2.remove(&packet_id))
     }
 
     /// QoS 2 identifiers the client has in flight to us.
     pub fn incoming_inflight(&self) -> usize {
-        self.incoming_qos2.len()
+        self.rare.as_ref().map_or(0, |r| r.incoming_qos2.len())
     }
 
     /// Queues an encoded control packet for the current connection.
@@ -556,7 +568,7 @@ mod tests {
     }
 
     fn session(max_inflight: usize, max_queued: usize) -> Session {
-        let mut s = Session::new("c".into(), limits(max_inflight, max_queued));
+        let mut s = Session::new(limits(max_inflight, max_queued));
         s.connected(1, Arc::new(Notify::new()), ProtocolVersion::V311, limits(max_inflight, max_queued));
         s
     }
