@@ -674,21 +674,13 @@ fn answers_wait_in_order_behind_a_publish_another_node_has_not_taken_yet() {
     c.wait_node_routes(0, 2, 1);
     let (mut publ, _) = Raw::connect(c.nodes[0].mqtt, connect_packet(ProtocolVersion::V311, "hasty", true));
 
-    /// Resumes the stopped node however the test ends (a stopped process would not take its SIGKILL's exit).
-    struct Stopped(u32);
-    impl Drop for Stopped {
-        fn drop(&mut self) {
-            let _ = Command::new("kill").args(["-CONT", &self.0.to_string()]).status();
-        }
-    }
     // One message first: node 1's forward stream to node 2 is open before node 2 stops.
     publ.send(&publish("far/0", QoS::AtLeastOnce, 9, b"opens the stream"));
     assert_eq!(publ.recv(), Some(Packet::PubAck(Ack::new(9))));
     assert_eq!(&*expect_publish(&mut far).topic, "far/0");
     let forwarded = |c: &Nodes| c.status(0)["forwarded"].as_u64().unwrap_or(0);
     let before = forwarded(&c);
-    assert!(Command::new("kill").args(["-STOP", &c.nodes[1].pid().to_string()]).status().unwrap().success());
-    let stopped = Stopped(c.nodes[1].pid());
+    let paused = c.nodes[1].pause();
     publ.send(&publish("far/1", QoS::AtLeastOnce, 1, b"to node 2"));
     // Node 1 has read it and sent it on: what comes next is a read of its own.
     let deadline = std::time::Instant::now() + WAIT;
@@ -707,7 +699,7 @@ fn answers_wait_in_order_behind_a_publish_another_node_has_not_taken_yet() {
         other => panic!("an answer came before node 2 took the first publish: {other:?}"),
     }
     publ.stream.set_read_timeout(Some(WAIT)).unwrap();
-    drop(stopped);
+    drop(paused);
     assert_eq!(publ.recv(), Some(Packet::PubAck(Ack::new(1))));
     assert_eq!(publ.recv(), Some(Packet::PingResp));
     assert_eq!(publ.recv(), Some(Packet::PubAck(Ack::new(2))));
@@ -732,15 +724,7 @@ fn a_connection_still_in_its_handshake_when_a_later_one_elsewhere_is_announced_i
     assert_eq!(held.recv(), None);
     c.wait_session_owner("twin", Some(3));
 
-    /// Resumes the stopped node however the test ends.
-    struct Stopped(u32);
-    impl Drop for Stopped {
-        fn drop(&mut self) {
-            let _ = Command::new("kill").args(["-CONT", &self.0.to_string()]).status();
-        }
-    }
-    assert!(Command::new("kill").args(["-STOP", &c.nodes[2].pid().to_string()]).status().unwrap().success());
-    let stopped = Stopped(c.nodes[2].pid());
+    let paused = c.nodes[2].pause();
     // The earlier connection resumes the session through node 1, which claims it (nodes 1 and 2 are a quorum)
     // and then waits for node 3 to hand it over.
     let addr = c.nodes[0].mqtt;
@@ -757,7 +741,7 @@ fn a_connection_still_in_its_handshake_when_a_later_one_elsewhere_is_announced_i
     let (mut later, ack) = Raw::connect(c.nodes[1].mqtt, connect_packet(ProtocolVersion::V5, "twin", true));
     assert_eq!(ack.reason_code, ReasonCode::Success);
     c.nodes[0].wait_log("another node has a connection of this client id; one is in its handshake here");
-    drop(stopped);
+    drop(paused);
     let (code, after) = earlier.join().unwrap();
     assert_eq!(code, ReasonCode::Success);
     assert_eq!(after, vec![Packet::Disconnect(Disconnect::new(ReasonCode::SessionTakenOver))]);

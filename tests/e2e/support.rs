@@ -130,12 +130,28 @@ impl Skein {
         }
     }
 
+    /// SIGSTOP: the process stays, answering nothing, until the returned guard is dropped (SIGCONT).
+    pub fn pause(&self) -> Paused {
+        let pid = self.pid();
+        assert!(Command::new("kill").args(["-STOP", &pid.to_string()]).status().unwrap().success());
+        Paused(pid)
+    }
+
     /// SIGKILL: no chance to flush or say goodbye.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// A paused process (see `Skein::pause`), resumed when dropped, however the test ends.
+pub struct Paused(u32);
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-CONT", &self.0.to_string()]).status();
     }
 }
 

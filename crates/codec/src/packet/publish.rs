@@ -25,8 +25,17 @@ pub struct Publish {
     pub payload: Bytes,
 }
 
-impl Publish {
-    pub(crate) fn decode(mut r: Reader, flags: u8, version: ProtocolVersion) -> Result<Publish, DecodeError> {
+/// What comes before a PUBLISH's properties: its flags, topic and packet identifier.
+struct Head {
+    dup: bool,
+    qos: QoS,
+    retain: bool,
+    topic: ByteString,
+    packet_id: u16,
+}
+
+impl Head {
+    fn decode(r: &mut Reader, flags: u8) -> Result<Head, DecodeError> {
         let dup = flags & 0x08 != 0;
         let qos = QoS::from_u8((flags >> 1) & 0x03).ok_or(DecodeError::InvalidQoS)?;
         let retain = flags & 0x01 != 0;
@@ -34,7 +43,14 @@ impl Publish {
             return Err(DecodeError::DupOnQoS0);
         }
         let topic = r.string()?;
-        let packet_id = if qos == QoS::AtMostOnce { 0 } else { read_packet_id(&mut r, PacketType::Publish)? };
+        let packet_id = if qos == QoS::AtMostOnce { 0 } else { read_packet_id(r, PacketType::Publish)? };
+        Ok(Head { dup, qos, retain, topic, packet_id })
+    }
+}
+
+impl Publish {
+    pub(crate) fn decode(mut r: Reader, flags: u8, version: ProtocolVersion) -> Result<Publish, DecodeError> {
+        let Head { dup, qos, retain, topic, packet_id } = Head::decode(&mut r, flags)?;
         let properties =
             if version.is_v5() { Properties::decode(&mut r, PropertyContext::Publish)? } else { Properties::default() };
         match topic::validate_topic_name(&topic) {
@@ -57,14 +73,7 @@ impl Publish {
         flags: u8,
         version: ProtocolVersion,
     ) -> Result<Option<PublishParts>, DecodeError> {
-        let dup = flags & 0x08 != 0;
-        let qos = QoS::from_u8((flags >> 1) & 0x03).ok_or(DecodeError::InvalidQoS)?;
-        let retain = flags & 0x01 != 0;
-        if dup && qos == QoS::AtMostOnce {
-            return Err(DecodeError::DupOnQoS0);
-        }
-        let topic = r.string()?;
-        let packet_id = if qos == QoS::AtMostOnce { 0 } else { read_packet_id(&mut r, PacketType::Publish)? };
+        let Head { dup, qos, retain, topic, packet_id } = Head::decode(&mut r, flags)?;
         if version.is_v5() && r.varint()? != 0 {
             return Ok(None);
         }
