@@ -1058,23 +1058,14 @@ impl skein_broker::Cluster for ClusterNode {
         if wait && copies.is_empty() && committed.is_none() {
             // A plain publish (no retained change): acknowledged once the nodes it went to have it. A future of its
             // own, a fraction of the size of the general one below, for what nearly every QoS 1/2 message needs.
-            let accepted: Accepted = Box::pin(async move {
-                let mut all = true;
-                for w in waits {
-                    all &= w.await.unwrap_or(false);
-                }
-                all
-            });
+            let accepted: Accepted = Box::pin(all_taken(waits));
             return skein_broker::cluster::Forwarded { accepted: Some(accepted), groups_elsewhere };
         }
         let limit = self.config.node_timeout;
         let topic = message.topic.clone();
         let accepted: Option<Accepted> = wait.then(|| {
             Box::pin(async move {
-                let mut all = true;
-                for w in waits {
-                    all &= w.await.unwrap_or(false);
-                }
+                let mut all = all_taken(waits).await;
                 // A subscriber that comes to another member after the acknowledgement finds the message there as
                 // retained; a member that is down or slow holds the acknowledgement up for a moment only (the log
                 // brings it the change later), and is no failure of this publish.
@@ -1096,6 +1087,15 @@ impl skein_broker::Cluster for ClusterNode {
         });
         skein_broker::cluster::Forwarded { accepted, groups_elsewhere }
     }
+}
+
+/// True once every node a message went to has taken it; false if one could not be reached in time.
+async fn all_taken(waits: Vec<oneshot::Receiver<bool>>) -> bool {
+    let mut all = true;
+    for w in waits {
+        all &= w.await.unwrap_or(false);
+    }
+    all
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

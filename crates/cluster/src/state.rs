@@ -211,17 +211,6 @@ pub struct Plan {
 }
 
 impl RouteIndex {
-    /// The nodes other than `me` that have a plain subscriber matching `topic`, each once.
-    pub fn remote_nodes(&self, topic: &str, me: NodeId) -> Vec<NodeId> {
-        let mut out = Vec::new();
-        self.plain.for_each_match(topic, |n| {
-            if *n != me && !out.contains(n) {
-                out.push(*n);
-            }
-        });
-        out
-    }
-
     /// The whole plan for a message published on `me`: plain routes, and one node per matching shared group,
     /// taken in turn (by `turn`, which outlives index rebuilds) among the nodes that have members of it.
     pub fn plan(&self, topic: &str, me: NodeId, turn: &std::sync::atomic::AtomicUsize) -> Plan {
@@ -270,8 +259,9 @@ mod tests {
         st.apply(&Command::Routes { node: 1, added: vec![], removed: s(&["a/#", "b"]) });
         assert_eq!(st.routes["a/#"], BTreeSet::from([2]));
         assert!(!st.routes.contains_key("b"), "empty entries go");
-        assert_eq!(st.index().remote_nodes("a/x", 1), vec![2]);
-        assert_eq!(st.index().remote_nodes("a/x", 2), Vec::<NodeId>::new(), "never to itself");
+        let turn = std::sync::atomic::AtomicUsize::new(0);
+        assert_eq!(st.index().plan("a/x", 1, &turn).nodes, vec![(2, vec![])]);
+        assert_eq!(st.index().plan("a/x", 2, &turn).nodes, vec![], "never to itself");
     }
 
     #[test]
@@ -305,7 +295,6 @@ mod tests {
         }
         assert_eq!((here, there), (5, 5), "the group alternates between its two nodes");
         assert!(index.plan("u/x", 1, &turn).nodes.is_empty());
-        assert_eq!(index.remote_nodes("t/x", 1), vec![2], "plain routes only");
     }
 
     #[test]
