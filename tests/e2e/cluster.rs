@@ -708,6 +708,94 @@ fn answers_wait_in_order_behind_a_publish_another_node_has_not_taken_yet() {
     assert_eq!((&*p.topic, &p.payload[..]), ("far/1", &b"to node 2"[..]));
 }
 
+/// QoS 1 messages published while the node they are for is down wait for it, and every one reaches it when it
+/// returns. Before, each waited as a batch of its own and only the first 64 batches were sent again: the rest were
+/// acknowledged to the publisher after the node timeout without reaching the subscriber.
+#[test]
+fn messages_forwarded_while_a_node_is_down_all_reach_it_when_it_returns() {
+    use skein_codec::*;
+    let mut c = Nodes::start_with(3, &["--node-timeout", "30"]);
+    let keeper = ["-i", "keeper", "-c", "-q", "1", "-t", "back/#"];
+    let (sub, _) = mosquitto_sub(&c.nodes[1], &[&keeper[..], &["-E"]].concat());
+    sub.wait_output(WAIT);
+    c.wait_node_routes(0, 2, 1);
+    let (mut publ, _) = Raw::connect(c.nodes[0].mqtt, connect_packet(ProtocolVersion::V311, "patient", true));
+    // One message first: node 1's forward stream to node 2 is open before node 2 goes.
+    publ.send(&publish("back/t", QoS::AtLeastOnce, 1000, b"m0"));
+    assert_eq!(publ.recv(), Some(Packet::PubAck(Ack::new(1000))));
+    c.nodes[1].kill9();
+    const N: u16 = 150;
+    for i in 1..=N {
+        publ.send(&Packet::Publish(Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: "back/t".into(),
+            packet_id: i,
+            properties: Properties::default(),
+            payload: Bytes::from(format!("m{i}")),
+        }));
+    }
+    // All of them wait for node 2 (none is acknowledged meanwhile).
+    let deadline = std::time::Instant::now() + WAIT;
+    while c.status(0)["forward_pending"].as_u64() != Some(u64::from(N)) {
+        assert!(std::time::Instant::now() < deadline, "the messages never queued for node 2: {}", c.status(0));
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    c.nodes[1] = c.spawn(1, &c.cluster_addrs.join(","));
+    wait_ready(c.nodes[1].http.unwrap());
+    for i in 1..=N {
+        assert_eq!(publ.recv(), Some(Packet::PubAck(Ack::new(i))));
+    }
+    let status = c.status(0);
+    assert_eq!(
+        (status["forward_failures"].as_u64(), status["forward_pending"].as_u64()),
+        (Some(0), Some(0)),
+        "{status}"
+    );
+    let count = (N + 1).to_string();
+    let (sub, out) = mosquitto_sub_started(&c.nodes[1], &[&keeper[..], &["-v", "-C", &count]].concat());
+    let got = out.wait_messages(usize::from(N + 1));
+    sub.wait_output(WAIT);
+    for i in 0..=N {
+        assert!(got.contains(&format!("back/t m{i}")), "m{i} was acknowledged but not delivered: {got:?}");
+    }
+}
+
+/// A node that stops reading without closing its connections (stopped, or cut off by the network) holds up its
+/// publishers' acknowledgements for the node timeout, no longer: they are then answered and the loss counted, and
+/// once the node is back, messages reach it again. Before, they waited for as long as the connection stayed open.
+#[test]
+fn a_node_that_stops_reading_holds_acknowledgements_up_for_the_node_timeout_only() {
+    use skein_codec::*;
+    let c = Nodes::start_with(3, &["--node-timeout", "1"]);
+    let mut far = raw_subscriber(c.nodes[1].mqtt, ProtocolVersion::V311, "far-sub", &[("stall/#", QoS::AtLeastOnce)]);
+    c.wait_node_routes(0, 2, 1);
+    let (mut publ, _) = Raw::connect(c.nodes[0].mqtt, connect_packet(ProtocolVersion::V311, "stuck", true));
+    publ.send(&publish("stall/0", QoS::AtLeastOnce, 1, b"opens the stream"));
+    assert_eq!(publ.recv(), Some(Packet::PubAck(Ack::new(1))));
+    assert_eq!(&*expect_publish(&mut far).topic, "stall/0");
+    let paused = c.nodes[1].pause();
+    publ.send(&publish("stall/1", QoS::AtLeastOnce, 2, b"never taken"));
+    assert_eq!(publ.recv(), Some(Packet::PubAck(Ack::new(2))));
+    assert!(c.status(0)["forward_failures"].as_u64() >= Some(1), "{}", c.status(0));
+    drop(paused);
+    // Back: its routes return, and so do messages.
+    c.wait_node_routes(0, 2, 1);
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut id = 3;
+    loop {
+        publ.send(&publish("stall/2", QoS::AtLeastOnce, id, b"after"));
+        assert_eq!(publ.recv(), Some(Packet::PubAck(Ack::new(id))));
+        let p = expect_publish(&mut far);
+        if &*p.topic == "stall/2" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "nothing reached node 2 after it came back");
+        id += 1;
+    }
+}
+
 /// Two connections of one client id at nearly the same time, on two nodes: the earlier one is still in its
 /// handshake (resuming a session from a node that is slow to answer) when the later one is announced to its node.
 /// It is then answered and closed at once as taken over (0x8E), its session ended; the later one stays. Before,

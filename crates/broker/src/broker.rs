@@ -174,8 +174,10 @@ pub struct Routed {
     pub delivered: usize,
     /// A durable write was made: flush before acknowledging.
     pub durable: bool,
-    /// Forwarded to other nodes: acknowledge (QoS > 0) only once they accepted it.
+    /// What an acknowledgement (QoS > 0) waits for besides the other nodes' acceptance (see [`Broker::publish_counted`]).
     pub remote: Option<crate::cluster::Accepted>,
+    /// Forwarded to at least one other node.
+    pub elsewhere: bool,
 }
 
 pub struct Broker {
@@ -769,12 +771,19 @@ impl Broker {
     /// Routes `message` to every matching subscription here and on other nodes, and keeps it if retained. Never
     /// blocks on a subscriber.
     pub fn publish(&self, message: Message) -> Routed {
+        self.publish_counted(message, &mut crate::cluster::Acceptance::default())
+    }
+
+    /// [`Broker::publish`], where each other node a QoS 1/2 message goes to owes `acceptance` its acceptance: the
+    /// publisher's acknowledgement waits for it, and for [`Routed::remote`].
+    pub fn publish_counted(&self, message: Message, acceptance: &mut crate::cluster::Acceptance) -> Routed {
         let message = Arc::new(message);
         let mut routed = Routed::default();
         let replicate = self.keep_retained(&message, true, &mut routed);
-        let forwarded = self.cluster.forward(&message, replicate);
+        let forwarded = self.cluster.forward(&message, replicate, acceptance);
         self.route_local(&message, &Groups::Except(&forwarded.groups_elsewhere), &mut routed);
         routed.remote = forwarded.accepted;
+        routed.elsewhere = forwarded.elsewhere;
         routed
     }
 

@@ -5,7 +5,9 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Poll, Waker};
 
 use crate::message::Message;
 use crate::session::SessionExport;
@@ -18,11 +20,84 @@ pub type TakenOver = Pin<Box<dyn Future<Output = Option<SessionExport>> + Send>>
 /// be reached in time (counted and logged by the cluster).
 pub type Accepted = Pin<Box<dyn Future<Output = bool> + Send>>;
 
+/// What the acknowledgements of one read wait for from other nodes: how many of the QoS 1/2 messages it forwarded
+/// are not yet accepted, a count shared with the forward streams. One allocation for a read that forwards any,
+/// however many messages and nodes, and none for one that forwards nothing.
+#[derive(Default)]
+pub struct Acceptance(Option<Arc<Tally>>);
+
+struct Tally {
+    owed: AtomicUsize,
+    failed: AtomicBool,
+    waker: Mutex<Option<Waker>>,
+}
+
+/// One node's acceptance of one message, owed to an [`Acceptance`]: [`Owed::accept`] counts it off, and one
+/// dropped unaccepted counts as a failure (the node could not be reached in time).
+pub struct Owed {
+    tally: Arc<Tally>,
+    accepted: bool,
+}
+
+impl Acceptance {
+    /// One more acceptance to wait for.
+    pub fn owe(&mut self) -> Owed {
+        let tally = self.0.get_or_insert_with(|| {
+            Arc::new(Tally { owed: AtomicUsize::new(0), failed: AtomicBool::new(false), waker: Mutex::new(None) })
+        });
+        tally.owed.fetch_add(1, Ordering::Relaxed);
+        Owed { tally: tally.clone(), accepted: false }
+    }
+
+    /// True if nothing was ever owed: there is nothing to wait for.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_none()
+    }
+
+    /// Resolves once everything owed is settled: true if every acceptance came, false if one failed.
+    pub fn wait(self) -> impl Future<Output = bool> + Send {
+        std::future::poll_fn(move |cx| {
+            let Some(tally) = self.0.as_ref() else { return Poll::Ready(true) };
+            if tally.owed.load(Ordering::Acquire) != 0 {
+                // Stored before looking again: the last settlement either sees this waker or is seen here.
+                *tally.waker.lock().unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
+                if tally.owed.load(Ordering::Acquire) != 0 {
+                    return Poll::Pending;
+                }
+            }
+            Poll::Ready(!tally.failed.load(Ordering::Acquire))
+        })
+    }
+}
+
+impl Owed {
+    /// The node has the message.
+    pub fn accept(mut self) {
+        self.accepted = true;
+    }
+}
+
+impl Drop for Owed {
+    fn drop(&mut self) {
+        if !self.accepted {
+            self.tally.failed.store(true, Ordering::Release);
+        }
+        if self.tally.owed.fetch_sub(1, Ordering::AcqRel) == 1
+            && let Some(w) = self.tally.waker.lock().unwrap_or_else(|e| e.into_inner()).take()
+        {
+            w.wake();
+        }
+    }
+}
+
 /// What forwarding a message did.
 #[derive(Default)]
 pub struct Forwarded {
-    /// What a QoS 1/2 acknowledgement waits for; `None` when nothing needs waiting for.
+    /// What a QoS 1/2 acknowledgement waits for besides the [`Acceptance`] it was given (a retained change's
+    /// commit, say); `None` when there is no such thing.
     pub accepted: Option<Accepted>,
+    /// The message went to at least one other node.
+    pub elsewhere: bool,
     /// Shared groups (`$share/{group}/{filter}`) another node serves for this message: this node must not.
     pub groups_elsewhere: Vec<bytestring::ByteString>,
 }
@@ -32,9 +107,10 @@ pub trait Cluster: Send + Sync + 'static {
     /// Sends `message` to every other node with a subscriber it matches, once per node, and picks one node for
     /// each matching shared group. Called for messages published on this node, never for ones forwarded to it.
     /// With `retain` (only when [`Cluster::replicates_retained`]), the message also changes its topic's retained
-    /// message cluster-wide (an empty payload clears it): the acknowledgement then waits for that too.
-    fn forward(&self, message: &Arc<Message>, retain: bool) -> Forwarded {
-        let _ = (message, retain);
+    /// message cluster-wide (an empty payload clears it): the acknowledgement then waits for that too. For a QoS 1/2
+    /// message, each node it goes to owes `acceptance` its acceptance.
+    fn forward(&self, message: &Arc<Message>, retain: bool, acceptance: &mut Acceptance) -> Forwarded {
+        let _ = (message, retain, acceptance);
         Forwarded::default()
     }
 
@@ -82,3 +158,72 @@ pub trait Cluster: Send + Sync + 'static {
 pub struct SingleNode;
 
 impl Cluster for SingleNode {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Polls `f` once, with a waker that counts its wakes.
+    fn poll_once<F: Future + Unpin>(f: &mut F, wakes: &Arc<Wakes>) -> Poll<F::Output> {
+        let waker = Waker::from(wakes.clone());
+        Pin::new(f).poll(&mut std::task::Context::from_waker(&waker))
+    }
+
+    #[derive(Default)]
+    struct Wakes(AtomicUsize);
+
+    impl std::task::Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn nothing_owed_is_ready_at_once() {
+        let a = Acceptance::default();
+        assert!(a.is_empty());
+        let mut wait = Box::pin(a.wait());
+        assert_eq!(poll_once(&mut wait, &Arc::default()), Poll::Ready(true));
+    }
+
+    #[test]
+    fn ready_only_once_every_acceptance_came_and_woken_by_the_last() {
+        let mut a = Acceptance::default();
+        let owed: Vec<Owed> = (0..3).map(|_| a.owe()).collect();
+        assert!(!a.is_empty());
+        let wakes = Arc::new(Wakes::default());
+        let mut wait = Box::pin(a.wait());
+        assert_eq!(poll_once(&mut wait, &wakes), Poll::Pending);
+        let mut owed = owed.into_iter();
+        owed.next().unwrap().accept();
+        owed.next().unwrap().accept();
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 0, "not woken before the last");
+        assert_eq!(poll_once(&mut wait, &wakes), Poll::Pending);
+        owed.next().unwrap().accept();
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
+        assert_eq!(poll_once(&mut wait, &wakes), Poll::Ready(true));
+    }
+
+    #[test]
+    fn one_dropped_unaccepted_is_a_failure() {
+        let mut a = Acceptance::default();
+        let first = a.owe();
+        let second = a.owe();
+        first.accept();
+        drop(second);
+        let mut wait = Box::pin(a.wait());
+        assert_eq!(poll_once(&mut wait, &Arc::default()), Poll::Ready(false));
+    }
+
+    #[test]
+    fn settled_from_other_threads_while_waiting() {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().unwrap();
+        for _ in 0..200 {
+            let mut a = Acceptance::default();
+            let owed: Vec<Owed> = (0..8).map(|_| a.owe()).collect();
+            let threads: Vec<_> = owed.into_iter().map(|o| std::thread::spawn(move || o.accept())).collect();
+            assert!(rt.block_on(a.wait()));
+            threads.into_iter().for_each(|t| t.join().unwrap());
+        }
+    }
+}

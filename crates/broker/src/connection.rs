@@ -745,13 +745,15 @@ struct Batch {
     retained: Vec<crate::session::Outgoing>,
     durable: bool,
     /// Other nodes' acceptance of forwarded QoS 1/2 messages.
+    accepted: crate::cluster::Acceptance,
+    /// What else forwarding waits for (a retained change's commit).
     remote: Vec<crate::cluster::Accepted>,
 }
 
 impl Batch {
     /// True if committing it waits: for the store, for other nodes, or to deliver retained messages.
     fn waits(&self) -> bool {
-        self.durable || !self.remote.is_empty() || !self.retained.is_empty()
+        self.durable || !self.accepted.is_empty() || !self.remote.is_empty() || !self.retained.is_empty()
     }
 }
 
@@ -924,6 +926,7 @@ impl<'a> Conn<'a> {
             {
                 tracing::error!(error = %e, "data store flush failed");
             }
+            std::mem::take(&mut batch.accepted).wait().await;
             for accepted in std::mem::take(&mut batch.remote) {
                 accepted.await;
             }
@@ -1188,9 +1191,10 @@ impl<'a> Conn<'a> {
                 }
             }
             None => {
-                let routed = broker.publish(Message::from_publish(p, Some(self.session.client_id.clone())));
+                let message = Message::from_publish(p, Some(self.session.client_id.clone()));
+                let routed = broker.publish_counted(message, &mut batch.accepted);
                 batch.durable |= routed.durable;
-                if routed.delivered == 0 && routed.remote.is_none() && v5 {
+                if routed.delivered == 0 && !routed.elsewhere && routed.remote.is_none() && v5 {
                     reason = ReasonCode::NoMatchingSubscribers;
                 }
                 if let Some(remote) = routed.remote

@@ -86,9 +86,11 @@ pub struct ClusterNode {
     releasers: Mutex<HashMap<String, mpsc::UnboundedSender<TakeoverRequest>>>,
     /// Forwarded messages that could not be handed to a node in time.
     pub forward_failures: AtomicU64,
-    /// Messages and batches sent to other nodes (a batch resent after a reconnect counts again).
+    /// Messages and batches sent to other nodes (counted once, however often resent after reconnects).
     forwarded: AtomicU64,
     forward_batches: AtomicU64,
+    /// Messages queued or sent for other nodes that they have not acknowledged yet.
+    forward_pending: AtomicU64,
     /// Takeover requests (a persistent session wanted elsewhere) this node has answered.
     takeovers_answered: AtomicU64,
     /// This node itself, for the tasks it starts from `&self`.
@@ -147,7 +149,8 @@ struct Outbound {
     retain_seq: u64,
     /// For the named groups only (see `Forwarded.groups_only`).
     groups_only: bool,
-    accepted: Option<oneshot::Sender<bool>>,
+    /// Owed to the publisher's read once the node has the message (QoS 1/2).
+    accepted: Option<skein_broker::cluster::Owed>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -216,6 +219,7 @@ impl ClusterNode {
             takeovers_answered: AtomicU64::new(0),
             forwarded: AtomicU64::new(0),
             forward_batches: AtomicU64::new(0),
+            forward_pending: AtomicU64::new(0),
         }))
     }
 
@@ -839,6 +843,7 @@ impl ClusterNode {
             }),
             "forwarded": self.forwarded.load(Ordering::Relaxed),
             "forward_batches": self.forward_batches.load(Ordering::Relaxed),
+            "forward_pending": self.forward_pending.load(Ordering::Relaxed),
             "forward_failures": self.forward_failures.load(Ordering::Relaxed),
             "takeovers_answered": self.takeovers_answered.load(Ordering::Relaxed),
         })
@@ -999,7 +1004,12 @@ impl skein_broker::Cluster for ClusterNode {
         }))
     }
 
-    fn forward(&self, message: &Arc<Message>, retain: bool) -> skein_broker::cluster::Forwarded {
+    fn forward(
+        &self,
+        message: &Arc<Message>,
+        retain: bool,
+        acceptance: &mut skein_broker::cluster::Acceptance,
+    ) -> skein_broker::cluster::Forwarded {
         let mut plan = self.plan(message);
         // QoS 0 is sent on without anyone waiting for it: no acknowledgement depends on it.
         let wait = message.qos != skein_codec::QoS::AtMostOnce;
@@ -1029,73 +1039,52 @@ impl skein_broker::Cluster for ClusterNode {
                 }
             }
         }
+        let mut forwarded =
+            skein_broker::cluster::Forwarded { elsewhere: !plan.nodes.is_empty(), ..Default::default() };
         if plan.nodes.is_empty() && committed.is_none() {
-            return skein_broker::cluster::Forwarded::default();
+            return forwarded;
         }
-        let mut waits = Vec::with_capacity(if wait { plan.nodes.len() } else { 0 });
         // Members that only get a retained change's copy: waited for briefly (see `RETAIN_COPY_WAIT`), and only
         // while their stream is open.
-        let mut copies = Vec::new();
+        let mut copies = skein_broker::cluster::Acceptance::default();
         for (i, (node, groups)) in plan.nodes.into_iter().enumerate() {
-            // A copy goes to a member that may be down: waited for only while its stream is open.
-            let (tx, rx) = if wait && (i < routed || lock(&self.forward_up).contains(&node)) {
-                let (tx, rx) = oneshot::channel();
-                (Some(tx), Some(rx))
+            let accepted = if !wait {
+                None
+            } else if i < routed {
+                Some(acceptance.owe())
+            } else if lock(&self.forward_up).contains(&node) {
+                Some(copies.owe())
             } else {
-                (None, None)
+                None
             };
-            let out = Outbound { message: message.clone(), groups, retain_seq, groups_only: false, accepted: tx };
+            let out = Outbound { message: message.clone(), groups, retain_seq, groups_only: false, accepted };
             if !self.send_to(node, out) {
                 self.forward_failures.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(node, topic = %message.topic, "no way to forward to node");
-            } else if i < routed {
-                waits.extend(rx)
-            } else {
-                copies.extend(rx)
             }
         }
-        let groups_elsewhere = plan.groups_elsewhere.into_iter().map(Into::into).collect();
-        if wait && copies.is_empty() && committed.is_none() {
-            // A plain publish (no retained change): acknowledged once the nodes it went to have it. A future of its
-            // own, a fraction of the size of the general one below, for what nearly every QoS 1/2 message needs.
-            let accepted: Accepted = Box::pin(all_taken(waits));
-            return skein_broker::cluster::Forwarded { accepted: Some(accepted), groups_elsewhere };
+        forwarded.groups_elsewhere = plan.groups_elsewhere.into_iter().map(Into::into).collect();
+        if !wait || (copies.is_empty() && committed.is_none()) {
+            return forwarded;
         }
         let limit = self.config.node_timeout;
         let topic = message.topic.clone();
-        let accepted: Option<Accepted> = wait.then(|| {
-            Box::pin(async move {
-                let mut all = all_taken(waits).await;
-                // A subscriber that comes to another member after the acknowledgement finds the message there as
-                // retained; a member that is down or slow holds the acknowledgement up for a moment only (the log
-                // brings it the change later), and is no failure of this publish.
-                let _ = tokio::time::timeout(RETAIN_COPY_WAIT, async {
-                    for c in copies {
-                        let _ = c.await;
-                    }
-                })
-                .await;
-                // Without quorum the change waits, in order, for one; the publisher's acknowledgement does not.
-                if let Some(c) = committed
-                    && !matches!(tokio::time::timeout(limit, c).await, Ok(Ok(())))
-                {
-                    tracing::warn!(%topic, "retained message not committed in time; it stays queued for the log");
-                    all = false;
-                }
-                all
-            }) as Accepted
-        });
-        skein_broker::cluster::Forwarded { accepted, groups_elsewhere }
+        forwarded.accepted = Some(Box::pin(async move {
+            // A subscriber that comes to another member after the acknowledgement finds the message there as
+            // retained; a member that is down or slow holds the acknowledgement up for a moment only (the log
+            // brings it the change later), and is no failure of this publish.
+            let _ = tokio::time::timeout(RETAIN_COPY_WAIT, copies.wait()).await;
+            // Without quorum the change waits, in order, for one; the publisher's acknowledgement does not.
+            if let Some(c) = committed
+                && !matches!(tokio::time::timeout(limit, c).await, Ok(Ok(())))
+            {
+                tracing::warn!(%topic, "retained message not committed in time; it stays queued for the log");
+                return false;
+            }
+            true
+        }) as Accepted);
+        forwarded
     }
-}
-
-/// True once every node a message went to has taken it; false if one could not be reached in time.
-async fn all_taken(waits: Vec<oneshot::Receiver<bool>>) -> bool {
-    let mut all = true;
-    for w in waits {
-        all &= w.await.unwrap_or(false);
-    }
-    all
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -1144,29 +1133,43 @@ async fn ask_all(addrs: Vec<String>, req: TakeoverRequest) -> Option<skein_broke
     session
 }
 
+/// Messages sent to a node and not yet acknowledged by it, as one batch.
+struct Unacked {
+    batch_id: u64,
+    items: Vec<Outbound>,
+    since: tokio::time::Instant,
+}
+
 /// Keeps one stream to `node` and sends it batches; a batch is acknowledged once delivered there. On a broken
-/// stream it reconnects and sends the unacknowledged batches again.
+/// stream it reconnects and sends the unacknowledged batches again, first and in order (an acknowledgement counts
+/// for every batch up to its own).
 async fn forward_loop(node: Arc<ClusterNode>, target: NodeId, addr: String, mut rx: mpsc::UnboundedReceiver<Outbound>) {
     let mut next_batch = 1u64;
-    // Batches sent and not yet acknowledged, oldest first.
-    let mut unacked: Vec<(u64, ForwardBatch, Vec<oneshot::Sender<bool>>, tokio::time::Instant)> = Vec::new();
+    // Oldest first.
+    let mut unacked: std::collections::VecDeque<Unacked> = std::collections::VecDeque::new();
     let mut backoff = Duration::from_millis(50);
     'connect: loop {
         lock(&node.forward_up).remove(&target);
         let Ok(mut client) = network::dedicated_client(&addr) else { break };
         let (btx, brx) = mpsc::channel::<ForwardBatch>(64);
-        for (_, b, _, _) in &unacked {
-            let _ = btx.try_send(b.clone());
-        }
-        let acks = match client.forward(tokio_stream::wrappers::ReceiverStream::new(brx)).await {
-            Ok(r) => r.into_inner(),
-            Err(e) => {
-                tracing::debug!(target, error = %e, "forward stream not open; retrying");
+        let again: Vec<ForwardBatch> = unacked.iter().map(|u| forward_batch(node.id(), u.batch_id, &u.items)).collect();
+        let batches = tokio_stream::iter(again).chain(tokio_stream::wrappers::ReceiverStream::new(brx));
+        // A node that accepts the connection and then says nothing (stopped, cut off) is given the node timeout.
+        let limit = node.config.node_timeout;
+        let opened = match tokio::time::timeout(limit, client.forward(batches)).await {
+            Ok(Ok(r)) => Ok(r.into_inner()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("no answer in time".to_string()),
+        };
+        let acks = match opened {
+            Ok(acks) => acks,
+            Err(error) => {
+                tracing::debug!(target, %error, "forward stream not open; retrying");
                 // What arrived meanwhile waits with the unacknowledged batches, and times out with them.
-                while let Ok(o) = rx.try_recv() {
-                    let (batch, waiters) = forward_batch(node.id(), next_batch, vec![o]);
+                while let Some(items) = take_batch(&mut rx, None) {
+                    node.forward_pending.fetch_add(items.len() as u64, Ordering::Relaxed);
+                    unacked.push_back(Unacked { batch_id: next_batch, items, since: tokio::time::Instant::now() });
                     next_batch += 1;
-                    unacked.push((batch.batch_id, batch, waiters, tokio::time::Instant::now()));
                 }
                 fail_old(&node, &mut unacked);
                 tokio::time::sleep(backoff).await;
@@ -1177,32 +1180,46 @@ async fn forward_loop(node: Arc<ClusterNode>, target: NodeId, addr: String, mut 
         backoff = Duration::from_millis(50);
         lock(&node.forward_up).insert(target);
         tokio::pin!(acks);
+        // Due when the oldest unacknowledged batch has waited the node timeout: a node that stops reading without
+        // closing the connection (stopped, or cut off) is then given up on as one that closed it. Moved on lazily.
+        let stalled = tokio::time::sleep(limit);
+        tokio::pin!(stalled);
         loop {
             tokio::select! {
+                () = &mut stalled, if !unacked.is_empty() => {
+                    let due = unacked.front().map(|u| u.since + limit);
+                    if let Some(due) = due.filter(|d| *d > tokio::time::Instant::now()) {
+                        stalled.as_mut().reset(due);
+                        continue;
+                    }
+                    tracing::warn!(target, "a node has not acknowledged forwarded messages in time; reconnecting");
+                    fail_old(&node, &mut unacked);
+                    continue 'connect;
+                }
                 item = rx.recv() => {
                     let Some(first) = item else { break 'connect };
-                    let mut items = vec![first];
-                    while items.len() < 256 {
-                        match rx.try_recv() {
-                            Ok(i) => items.push(i),
-                            Err(_) => break,
-                        }
-                    }
-                    let (batch, waiters) = forward_batch(node.id(), next_batch, items);
-                    next_batch += 1;
-                    node.forwarded.fetch_add(batch.messages.len() as u64, Ordering::Relaxed);
+                    let Some(items) = take_batch(&mut rx, Some(first)) else { continue };
+                    let batch = forward_batch(node.id(), next_batch, &items);
+                    node.forwarded.fetch_add(items.len() as u64, Ordering::Relaxed);
                     node.forward_batches.fetch_add(1, Ordering::Relaxed);
-                    unacked.push((batch.batch_id, batch.clone(), waiters, tokio::time::Instant::now()));
-                    if btx.send(batch).await.is_err() {
+                    node.forward_pending.fetch_add(items.len() as u64, Ordering::Relaxed);
+                    unacked.push_back(Unacked { batch_id: next_batch, items, since: tokio::time::Instant::now() });
+                    next_batch += 1;
+                    // A node that has stopped reading (the stream's window and queue are full) is given the node
+                    // timeout, then the stream is opened again.
+                    if !matches!(tokio::time::timeout(limit, btx.send(batch)).await, Ok(Ok(()))) {
+                        tracing::debug!(target, "forward stream not taking batches; reconnecting");
+                        fail_old(&node, &mut unacked);
                         continue 'connect;
                     }
                 }
                 ack = acks.next() => match ack {
                     Some(Ok(ForwardAck { batch_id })) => {
-                        while let Some(pos) = unacked.iter().position(|(id, ..)| *id <= batch_id) {
-                            let (_, _, waiters, _) = unacked.remove(pos);
-                            for w in waiters {
-                                let _ = w.send(true);
+                        while unacked.front().is_some_and(|u| u.batch_id <= batch_id) {
+                            let Some(done) = unacked.pop_front() else { break };
+                            node.forward_pending.fetch_sub(done.items.len() as u64, Ordering::Relaxed);
+                            for accepted in done.items.into_iter().filter_map(|o| o.accepted) {
+                                accepted.accept();
                             }
                         }
                     }
@@ -1217,20 +1234,51 @@ async fn forward_loop(node: Arc<ClusterNode>, target: NodeId, addr: String, mut 
         }
     }
     lock(&node.forward_up).remove(&target);
+    // The node is no member any more: what it had not taken is lost to it (its publishers are answered).
+    let left: u64 = unacked.iter().map(|u| u.items.len() as u64).sum();
+    if left > 0 {
+        node.forward_pending.fetch_sub(left, Ordering::Relaxed);
+        node.forward_failures.fetch_add(left, Ordering::Relaxed);
+        tracing::warn!(target, messages = left, "forwarded messages not taken by a node that left");
+    }
 }
 
-/// One batch of `items`, their packets in one allocation, and who waits for its acknowledgement.
-fn forward_batch(from_node: NodeId, batch_id: u64, items: Vec<Outbound>) -> (ForwardBatch, Vec<oneshot::Sender<bool>>) {
+/// Up to `MAX_BATCH` messages: `first`, then what is queued; `None` when there are none.
+fn take_batch(rx: &mut mpsc::UnboundedReceiver<Outbound>, first: Option<Outbound>) -> Option<Vec<Outbound>> {
+    let first = match first {
+        Some(f) => f,
+        None => rx.try_recv().ok()?,
+    };
+    let mut items = Vec::with_capacity((rx.len() + 1).min(MAX_BATCH));
+    items.push(first);
+    while items.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(i) => items.push(i),
+            Err(_) => break,
+        }
+    }
+    Some(items)
+}
+
+/// Messages in one forwarded batch, at most.
+const MAX_BATCH: usize = 256;
+
+/// One batch of `items`, their packets in one allocation.
+fn forward_batch(from_node: NodeId, batch_id: u64, items: &[Outbound]) -> ForwardBatch {
     let mut messages = Vec::with_capacity(items.len());
-    let mut waiters = Vec::with_capacity(items.len());
     let mut buf = bytes::BytesMut::with_capacity(
         items.iter().map(|o| o.message.payload.len() + o.message.topic.len() + 16).sum(),
     );
     for o in items {
-        messages.push(handover::encode_message_into(&o.message, o.groups, o.retain_seq, o.groups_only, &mut buf));
-        waiters.extend(o.accepted);
+        messages.push(handover::encode_message_into(
+            &o.message,
+            o.groups.clone(),
+            o.retain_seq,
+            o.groups_only,
+            &mut buf,
+        ));
     }
-    (ForwardBatch { batch_id, from_node, messages }, waiters)
+    ForwardBatch { batch_id, from_node, messages }
 }
 
 /// Tells the node at `addr` of connects here whose older connections it must close, as many in one call as have
@@ -1285,23 +1333,16 @@ async fn release_loop(addr: String, give_up: Duration, mut rx: mpsc::UnboundedRe
     }
 }
 
-/// Gives up on batches a node has not taken for `node_timeout`: their publishers are answered, the loss counted.
-fn fail_old(
-    node: &ClusterNode,
-    unacked: &mut Vec<(u64, ForwardBatch, Vec<oneshot::Sender<bool>>, tokio::time::Instant)>,
-) {
+/// Gives up on batches a node has not taken for `node_timeout`: their publishers are answered (each `Owed`
+/// dropped unaccepted counts as a failure), the loss counted.
+fn fail_old(node: &ClusterNode, unacked: &mut std::collections::VecDeque<Unacked>) {
     let now = tokio::time::Instant::now();
-    unacked.retain_mut(|(_, b, waiters, since)| {
-        if now.duration_since(*since) < node.config.node_timeout {
-            return true;
-        }
-        node.forward_failures.fetch_add(b.messages.len() as u64, Ordering::Relaxed);
-        tracing::warn!(messages = b.messages.len(), "forwarded messages not accepted in time");
-        for w in waiters.drain(..) {
-            let _ = w.send(false);
-        }
-        false
-    });
+    while unacked.front().is_some_and(|u| now.duration_since(u.since) >= node.config.node_timeout) {
+        let Some(old) = unacked.pop_front() else { break };
+        node.forward_pending.fetch_sub(old.items.len() as u64, Ordering::Relaxed);
+        node.forward_failures.fetch_add(old.items.len() as u64, Ordering::Relaxed);
+        tracing::warn!(messages = old.items.len(), "forwarded messages not accepted in time");
+    }
 }
 
 struct Service(Arc<ClusterNode>);

@@ -204,8 +204,9 @@ pub struct RouteIndex {
 /// Where one message goes.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Plan {
-    /// Other nodes, each once, with the shared groups it serves for this message.
-    pub nodes: Vec<(NodeId, Vec<String>)>,
+    /// Other nodes, each once, with the shared groups it serves for this message. Inline for a few nodes: a plan
+    /// is made for every message published here.
+    pub nodes: smallvec::SmallVec<[(NodeId, Vec<String>); 4]>,
     /// Shared groups served elsewhere: this node must leave them.
     pub groups_elsewhere: Vec<String>,
 }
@@ -260,8 +261,8 @@ mod tests {
         assert_eq!(st.routes["a/#"], BTreeSet::from([2]));
         assert!(!st.routes.contains_key("b"), "empty entries go");
         let turn = std::sync::atomic::AtomicUsize::new(0);
-        assert_eq!(st.index().plan("a/x", 1, &turn).nodes, vec![(2, vec![])]);
-        assert_eq!(st.index().plan("a/x", 2, &turn).nodes, vec![], "never to itself");
+        assert_eq!(st.index().plan("a/x", 1, &turn).nodes[..], [(2, vec![])]);
+        assert_eq!(st.index().plan("a/x", 2, &turn).nodes[..], [], "never to itself");
     }
 
     #[test]
@@ -287,10 +288,10 @@ mod tests {
             let plan = index.plan("t/x", 1, &turn);
             if plan.groups_elsewhere.is_empty() {
                 here += 1;
-                assert_eq!(plan.nodes, vec![(2, vec![])], "node 2 still gets it for its plain subscriber");
+                assert_eq!(plan.nodes[..], [(2, vec![])], "node 2 still gets it for its plain subscriber");
             } else {
                 there += 1;
-                assert_eq!(plan.nodes, vec![(2, vec!["$share/g/t/+".to_string()])]);
+                assert_eq!(plan.nodes[..], [(2, vec!["$share/g/t/+".to_string()])]);
             }
         }
         assert_eq!((here, there), (5, 5), "the group alternates between its two nodes");
