@@ -8,26 +8,110 @@ use skein_codec::QoS;
 
 use crate::proto::{Forwarded, Queued, TakeoverReply};
 
-pub fn encode_message(m: &Message, shared_groups: Vec<String>, retain_seq: u64, groups_only: bool) -> Forwarded {
-    encode_message_into(m, shared_groups, retain_seq, groups_only, &mut BytesMut::new())
+/// A message of a session handed over (`Queued.message`).
+pub fn encode_message(m: &Message) -> Forwarded {
+    Forwarded {
+        publish: m.encode_v5(&[]),
+        publisher: m.publisher.as_ref().map(|p| p.as_bytes().clone()).unwrap_or_default(),
+    }
 }
 
-/// `encode_message` with the packet written into `buf`, so that a batch of messages shares one allocation.
-pub fn encode_message_into(
-    m: &Message,
-    shared_groups: Vec<String>,
-    retain_seq: u64,
-    groups_only: bool,
-    buf: &mut BytesMut,
-) -> Forwarded {
-    m.encode_v5_into(&[], buf);
-    Forwarded {
-        publish: buf.split().freeze(),
-        publisher: m.publisher.as_ref().map(|p| p.as_bytes().clone()).unwrap_or_default(),
-        shared_groups,
-        retain_seq,
-        groups_only,
+/// One message as `ForwardBatch.packed` carries it.
+#[derive(Debug)]
+pub struct Unpacked {
+    pub message: Message,
+    pub shared_groups: Vec<skein_codec::ByteString>,
+    pub retain_seq: u64,
+    pub groups_only: bool,
+}
+
+const GROUPS_ONLY: u8 = 1;
+const RETAIN_SEQ: u8 = 2;
+const GROUPS: u8 = 4;
+const PUBLISHER: u8 = 8;
+
+/// Appends `m` to `buf` as one record of `ForwardBatch.packed` (the format is in `proto/cluster.proto`).
+pub fn pack_message(m: &Message, shared_groups: &[String], retain_seq: u64, groups_only: bool, buf: &mut BytesMut) {
+    use bytes::BufMut;
+    // Client ids and share names are MQTT strings: they fit a u16 length. One that does not (none can come
+    // through the codec) goes without its publisher or group rather than as a record that cannot be read.
+    let publisher = m.publisher.as_ref().filter(|p| u16::try_from(p.len()).is_ok());
+    let groups: Vec<&String> = shared_groups.iter().filter(|g| u16::try_from(g.len()).is_ok()).collect();
+    let flag = |on: bool, bit: u8| if on { bit } else { 0 };
+    let flags = flag(groups_only, GROUPS_ONLY)
+        | flag(retain_seq != 0, RETAIN_SEQ)
+        | flag(!groups.is_empty(), GROUPS)
+        | flag(publisher.is_some(), PUBLISHER);
+    buf.put_u8(flags);
+    if let Some(p) = publisher {
+        buf.put_u16(p.len() as u16);
+        buf.put_slice(p.as_bytes());
     }
+    if retain_seq != 0 {
+        buf.put_u64(retain_seq);
+    }
+    if !groups.is_empty() {
+        buf.put_u16(groups.len().min(usize::from(u16::MAX)) as u16);
+        for g in groups.iter().take(usize::from(u16::MAX)) {
+            buf.put_u16(g.len() as u16);
+            buf.put_slice(g.as_bytes());
+        }
+    }
+    let at = buf.len();
+    buf.put_u32(0);
+    m.encode_v5_into(&[], buf);
+    let len = (buf.len() - at - 4) as u32;
+    buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+/// The next record of a `ForwardBatch.packed` run, taken off the front of `packed`; `None` at its end. An error
+/// leaves the rest of the run unread: a record that cannot be read gives no way to find the next.
+pub fn unpack_message(packed: &mut bytes::Bytes) -> Option<Result<Unpacked, String>> {
+    if packed.is_empty() {
+        return None;
+    }
+    let record = unpack(packed);
+    if record.is_err() {
+        packed.clear();
+    }
+    Some(record)
+}
+
+fn unpack(packed: &mut bytes::Bytes) -> Result<Unpacked, String> {
+    use bytes::Buf;
+    fn need(b: &bytes::Bytes, n: usize) -> Result<(), String> {
+        if b.len() < n { Err(format!("record cut short: {n} bytes wanted, {} left", b.len())) } else { Ok(()) }
+    }
+    fn string(b: &mut bytes::Bytes) -> Result<skein_codec::ByteString, String> {
+        need(b, 2)?;
+        let len = usize::from(b.get_u16());
+        need(b, len)?;
+        skein_codec::ByteString::try_from(b.split_to(len)).map_err(|_| "a string that is not UTF-8".to_string())
+    }
+    need(packed, 1)?;
+    let flags = packed.get_u8();
+    if flags & !(GROUPS_ONLY | RETAIN_SEQ | GROUPS | PUBLISHER) != 0 {
+        return Err(format!("unknown record flags {flags:#04x}"));
+    }
+    let publisher = if flags & PUBLISHER != 0 { Some(string(packed)?) } else { None };
+    let retain_seq = if flags & RETAIN_SEQ != 0 {
+        need(packed, 8)?;
+        packed.get_u64()
+    } else {
+        0
+    };
+    let mut shared_groups = Vec::new();
+    if flags & GROUPS != 0 {
+        need(packed, 2)?;
+        for _ in 0..packed.get_u16() {
+            shared_groups.push(string(packed)?);
+        }
+    }
+    need(packed, 4)?;
+    let len = packed.get_u32() as usize;
+    need(packed, len)?;
+    let (message, _) = Message::decode_v5(packed.split_to(len), publisher)?;
+    Ok(Unpacked { message, shared_groups, retain_seq, groups_only: flags & GROUPS_ONLY != 0 })
 }
 
 pub fn decode_message(f: &Forwarded) -> Option<Message> {
@@ -53,7 +137,7 @@ pub fn to_reply(export: Option<SessionExport>) -> TakeoverReply {
         .map(|m| {
             let (packet_id, state) = InflightState::code(m.sent);
             Queued {
-                message: Some(encode_message(&m.message, Vec::new(), 0, false)),
+                message: Some(encode_message(&m.message)),
                 qos: m.qos as u32,
                 retain: m.retain,
                 subscription_ids: m.subscription_ids.clone(),
@@ -92,6 +176,83 @@ pub fn from_reply(r: TakeoverReply) -> Option<SessionExport> {
 mod tests {
     use super::*;
     use skein_codec::SubscriptionOptions;
+
+    fn packed(records: &[(Message, Vec<String>, u64, bool)]) -> bytes::Bytes {
+        let mut buf = BytesMut::new();
+        for (m, groups, seq, only) in records {
+            pack_message(m, groups, *seq, *only, &mut buf);
+        }
+        buf.freeze()
+    }
+
+    fn unpack_all(mut b: bytes::Bytes) -> Vec<Result<Unpacked, String>> {
+        std::iter::from_fn(|| unpack_message(&mut b)).collect()
+    }
+
+    #[test]
+    fn packed_messages_come_back_as_they_went() {
+        let mut from_client = Message::system("a/b", "payload", true);
+        from_client.publisher = Some("client-7".into());
+        from_client.qos = QoS::ExactlyOnce;
+        let with_properties = Message::from_publish(
+            skein_codec::Publish {
+                dup: false,
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                topic: "p/q".into(),
+                packet_id: 3,
+                properties: skein_codec::Properties {
+                    message_expiry_interval: Some(30),
+                    user_properties: vec![("k".into(), "v".into())],
+                    ..Default::default()
+                },
+                payload: bytes::Bytes::from_static(b"with properties"),
+            },
+            None,
+        );
+        let records = vec![
+            (Message::system("plain", "", false), vec![], 0, false),
+            (from_client, vec!["$share/g/a/+".to_string(), "$share/h/#".to_string()], 41, false),
+            (with_properties, vec!["$share/g/p/q".to_string()], 0, true),
+        ];
+        let got = unpack_all(packed(&records));
+        assert_eq!(got.len(), 3);
+        for ((m, groups, seq, only), u) in records.iter().zip(got) {
+            let u = u.unwrap();
+            assert_eq!(
+                (&*u.message.topic, &u.message.payload[..], u.message.qos, u.message.retain),
+                (&*m.topic, &m.payload[..], m.qos, m.retain)
+            );
+            assert_eq!(u.message.publisher, m.publisher);
+            assert_eq!(u.message.properties, m.properties);
+            assert_eq!(u.shared_groups.iter().map(|g| g.to_string()).collect::<Vec<_>>(), *groups);
+            assert_eq!((u.retain_seq, u.groups_only), (*seq, *only));
+        }
+    }
+
+    #[test]
+    fn a_cut_or_damaged_run_is_an_error_never_a_panic() {
+        let mut m = Message::system("t/u", "some payload", false);
+        m.publisher = Some("pub".into());
+        let first = (m.clone(), vec!["$share/g/t/#".to_string()], 9, false);
+        let boundary = packed(std::slice::from_ref(&first)).len();
+        let whole = packed(&[first, (m, vec![], 0, false)]);
+        assert_eq!(unpack_all(whole.clone()).len(), 2);
+        for cut in (1..whole.len()).filter(|c| *c != boundary) {
+            let got = unpack_all(whole.slice(..cut));
+            assert!(got.last().is_some_and(|r| r.is_err()), "cut at {cut}: {got:?}");
+            assert!(got.iter().rev().skip(1).all(|r| r.is_ok()), "only the last record fails: {got:?}");
+        }
+        // Every byte changed to every value: read or refused, and the reading always ends.
+        for at in 0..whole.len() {
+            for v in [0x00, 0x01, 0x0f, 0x7f, 0x80, 0xff] {
+                let mut damaged = whole.to_vec();
+                damaged[at] = v;
+                let _ = unpack_all(bytes::Bytes::from(damaged));
+            }
+        }
+        assert!(unpack_all(bytes::Bytes::from_static(&[0x10])).pop().unwrap().is_err(), "unknown flags");
+    }
 
     #[test]
     fn a_session_survives_the_trip() {

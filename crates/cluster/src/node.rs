@@ -1263,22 +1263,15 @@ fn take_batch(rx: &mut mpsc::UnboundedReceiver<Outbound>, first: Option<Outbound
 /// Messages in one forwarded batch, at most.
 const MAX_BATCH: usize = 256;
 
-/// One batch of `items`, their packets in one allocation.
+/// One batch of `items`, packed (see `ForwardBatch.packed`): one allocation, one copy of each message.
 fn forward_batch(from_node: NodeId, batch_id: u64, items: &[Outbound]) -> ForwardBatch {
-    let mut messages = Vec::with_capacity(items.len());
     let mut buf = bytes::BytesMut::with_capacity(
-        items.iter().map(|o| o.message.payload.len() + o.message.topic.len() + 16).sum(),
+        items.iter().map(|o| o.message.payload.len() + o.message.topic.len() + 40).sum(),
     );
     for o in items {
-        messages.push(handover::encode_message_into(
-            &o.message,
-            o.groups.clone(),
-            o.retain_seq,
-            o.groups_only,
-            &mut buf,
-        ));
+        handover::pack_message(&o.message, &o.groups, o.retain_seq, o.groups_only, &mut buf);
     }
-    ForwardBatch { batch_id, from_node, messages }
+    ForwardBatch { batch_id, from_node, packed: buf.freeze() }
 }
 
 /// Tells the node at `addr` of connects here whose older connections it must close, as many in one call as have
@@ -1455,19 +1448,25 @@ impl ClusterService for Service {
         tokio::spawn(async move {
             while let Some(Ok(batch)) = batches.next().await {
                 let mut durable = false;
-                for f in batch.messages {
-                    if let Some(m) = handover::decode_message(&f) {
-                        if f.retain_seq != 0 {
-                            // Held at once, unless the log already brought this change (or a later one); a copy
-                            // of its own, not a slice of the batch's buffer.
-                            let held = if m.payload.is_empty() { None } else { Some(m.compact()) };
-                            node.sm.unless_applied(batch.from_node, f.retain_seq, || {
-                                broker.retained_changed(&m.topic, held)
-                            });
+                let mut deliver = |u: handover::Unpacked| {
+                    let m = u.message;
+                    if u.retain_seq != 0 {
+                        // Held at once, unless the log already brought this change (or a later one); a copy of its
+                        // own, not a slice of the batch's buffer.
+                        let held = if m.payload.is_empty() { None } else { Some(m.compact()) };
+                        node.sm
+                            .unless_applied(batch.from_node, u.retain_seq, || broker.retained_changed(&m.topic, held));
+                    }
+                    durable |= broker.publish_forwarded(m, &u.shared_groups, u.groups_only).durable;
+                };
+                let mut packed = batch.packed;
+                while let Some(record) = handover::unpack_message(&mut packed) {
+                    match record {
+                        Ok(u) => deliver(u),
+                        Err(error) => {
+                            node.forward_failures.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(from = batch.from_node, %error, "a forwarded batch has a record that cannot be read; its rest is dropped");
                         }
-                        let groups: Vec<skein_codec::ByteString> =
-                            f.shared_groups.iter().map(|g| g.as_str().into()).collect();
-                        durable |= broker.publish_forwarded(m, &groups, f.groups_only).durable;
                     }
                 }
                 if durable {
