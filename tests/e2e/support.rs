@@ -361,14 +361,24 @@ impl Log2 {
     }
 
     pub fn wait_for(&self, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + WAIT;
+        match self.wait_for_within(pred, WAIT) {
+            Some(l) => l,
+            None => panic!("expected output line not seen; got {:?}", *self.lines.lock().unwrap()),
+        }
+    }
+
+    /// The first line `pred` accepts, once there is one; `None` if none comes within `limit`.
+    pub fn wait_for_within(&self, pred: impl Fn(&str) -> bool, limit: Duration) -> Option<String> {
+        let deadline = Instant::now() + limit;
         let mut lines = self.lines.lock().unwrap();
         loop {
             if let Some(l) = lines.iter().find(|l| pred(l)) {
-                return l.clone();
+                return Some(l.clone());
             }
             let now = Instant::now();
-            assert!(now < deadline, "expected output line not seen; got {:?}", *lines);
+            if now >= deadline {
+                return None;
+            }
             lines = self.changed.wait_timeout(lines, deadline - now).unwrap().0;
         }
     }

@@ -82,6 +82,8 @@ pub struct ClusterNode {
     forwarders: Mutex<HashMap<NodeId, mpsc::UnboundedSender<Outbound>>>,
     /// Nodes whose forward stream is open now: a retained change's copy is waited for only there.
     forward_up: Mutex<BTreeSet<NodeId>>,
+    /// Per sending node: its forward stream task's epoch and the last batch taken from it (see `first_delivery`).
+    forward_seen: Mutex<HashMap<NodeId, (u64, u64)>>,
     /// Per peer: clean-session connects to tell it of, sent in batches (see `release_loop`).
     releasers: Mutex<HashMap<String, mpsc::UnboundedSender<TakeoverRequest>>>,
     /// Forwarded messages that could not be handed to a node in time.
@@ -214,6 +216,7 @@ impl ClusterNode {
             },
             forwarders: Mutex::new(HashMap::new()),
             forward_up: Mutex::new(BTreeSet::new()),
+            forward_seen: Mutex::new(HashMap::new()),
             releasers: Mutex::new(HashMap::new()),
             forward_failures: AtomicU64::new(0),
             takeovers_answered: AtomicU64::new(0),
@@ -1145,6 +1148,7 @@ struct Unacked {
 /// for every batch up to its own).
 async fn forward_loop(node: Arc<ClusterNode>, target: NodeId, addr: String, mut rx: mpsc::UnboundedReceiver<Outbound>) {
     let mut next_batch = 1u64;
+    let epoch = new_epoch();
     // Oldest first.
     let mut unacked: std::collections::VecDeque<Unacked> = std::collections::VecDeque::new();
     let mut backoff = Duration::from_millis(50);
@@ -1152,7 +1156,8 @@ async fn forward_loop(node: Arc<ClusterNode>, target: NodeId, addr: String, mut 
         lock(&node.forward_up).remove(&target);
         let Ok(mut client) = network::dedicated_client(&addr) else { break };
         let (btx, brx) = mpsc::channel::<ForwardBatch>(64);
-        let again: Vec<ForwardBatch> = unacked.iter().map(|u| forward_batch(node.id(), u.batch_id, &u.items)).collect();
+        let again: Vec<ForwardBatch> =
+            unacked.iter().map(|u| forward_batch(node.id(), epoch, u.batch_id, &u.items)).collect();
         let batches = tokio_stream::iter(again).chain(tokio_stream::wrappers::ReceiverStream::new(brx));
         // A node that accepts the connection and then says nothing (stopped, cut off) is given the node timeout.
         let limit = node.config.node_timeout;
@@ -1199,7 +1204,7 @@ async fn forward_loop(node: Arc<ClusterNode>, target: NodeId, addr: String, mut 
                 item = rx.recv() => {
                     let Some(first) = item else { break 'connect };
                     let Some(items) = take_batch(&mut rx, Some(first)) else { continue };
-                    let batch = forward_batch(node.id(), next_batch, &items);
+                    let batch = forward_batch(node.id(), epoch, next_batch, &items);
                     node.forwarded.fetch_add(items.len() as u64, Ordering::Relaxed);
                     node.forward_batches.fetch_add(1, Ordering::Relaxed);
                     node.forward_pending.fetch_add(items.len() as u64, Ordering::Relaxed);
@@ -1264,14 +1269,37 @@ fn take_batch(rx: &mut mpsc::UnboundedReceiver<Outbound>, first: Option<Outbound
 const MAX_BATCH: usize = 256;
 
 /// One batch of `items`, packed (see `ForwardBatch.packed`): one allocation, one copy of each message.
-fn forward_batch(from_node: NodeId, batch_id: u64, items: &[Outbound]) -> ForwardBatch {
+fn forward_batch(from_node: NodeId, epoch: u64, batch_id: u64, items: &[Outbound]) -> ForwardBatch {
     let mut buf = bytes::BytesMut::with_capacity(
         items.iter().map(|o| o.message.payload.len() + o.message.topic.len() + 40).sum(),
     );
     for o in items {
         handover::pack_message(&o.message, &o.groups, o.retain_seq, o.groups_only, &mut buf);
     }
-    ForwardBatch { batch_id, from_node, packed: buf.freeze() }
+    ForwardBatch { batch_id, from_node, packed: buf.freeze(), epoch }
+}
+
+/// A number for a forward stream task, unlike any earlier one of this node's (and, in practice, of any run of it).
+fn new_epoch() -> u64 {
+    static STARTED: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    now.wrapping_add(STARTED.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Whether a batch from `from` is new here, and so to be delivered: a batch sent again after a reconnect may have
+/// been taken already, its acknowledgement lost with the old stream. A sender's batches count up within its epoch;
+/// a new epoch (its task restarted) starts afresh.
+fn first_delivery(seen: &Mutex<HashMap<NodeId, (u64, u64)>>, from: NodeId, epoch: u64, batch_id: u64) -> bool {
+    let mut seen = lock(seen);
+    let last = seen.entry(from).or_insert((epoch, 0));
+    if last.0 != epoch {
+        *last = (epoch, 0);
+    }
+    if batch_id <= last.1 {
+        return false;
+    }
+    last.1 = batch_id;
+    true
 }
 
 /// Tells the node at `addr` of connects here whose older connections it must close, as many in one call as have
@@ -1447,6 +1475,19 @@ impl ClusterService for Service {
         let node = self.0.clone();
         tokio::spawn(async move {
             while let Some(Ok(batch)) = batches.next().await {
+                if !first_delivery(&node.forward_seen, batch.from_node, batch.epoch, batch.batch_id) {
+                    tracing::debug!(
+                        from = batch.from_node,
+                        batch = batch.batch_id,
+                        "a batch taken already; acknowledged again"
+                    );
+                    // Taken on the old stream, whose task may not have made it durable yet.
+                    let _ = broker.flush().await;
+                    if tx.send(Ok(ForwardAck { batch_id: batch.batch_id })).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
                 let mut durable = false;
                 let mut deliver = |u: handover::Unpacked| {
                     let m = u.message;
@@ -1478,5 +1519,35 @@ impl ClusterService for Service {
             }
         });
         Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_is_taken_once_per_sender_epoch_however_often_it_comes() {
+        let seen = Mutex::new(HashMap::new());
+        assert!(first_delivery(&seen, 1, 7, 1));
+        assert!(first_delivery(&seen, 1, 7, 2));
+        // Sent again after a reconnect: 2 was taken, 3 was not.
+        assert!(!first_delivery(&seen, 1, 7, 2));
+        assert!(first_delivery(&seen, 1, 7, 3));
+        assert!(!first_delivery(&seen, 1, 7, 1));
+        // Another sender counts on its own.
+        assert!(first_delivery(&seen, 2, 7, 1));
+        // The sender's task restarted: a new epoch, counting from 1 again.
+        assert!(first_delivery(&seen, 1, 8, 1));
+        assert!(!first_delivery(&seen, 1, 8, 1));
+        // A batch given up by its sender leaves a gap; what follows is still taken.
+        assert!(first_delivery(&seen, 1, 8, 3));
+    }
+
+    #[test]
+    fn epochs_differ() {
+        let a = new_epoch();
+        let b = new_epoch();
+        assert_ne!(a, b);
     }
 }
