@@ -1170,11 +1170,36 @@ async fn forward_loop(node: Arc<ClusterNode>, target: NodeId, addr: String, mut 
             Ok(acks) => acks,
             Err(error) => {
                 tracing::debug!(target, %error, "forward stream not open; retrying");
-                // What arrived meanwhile waits with the unacknowledged batches, and times out with them.
-                while let Some(items) = take_batch(&mut rx, None) {
+                // What arrived meanwhile waits with the unacknowledged batches, and times out with them; QoS 0
+                // messages, among those and these, are dropped, counted: nobody waits for them, and at full rate
+                // they would pile up in memory for the whole node timeout.
+                let qos0 = |o: &Outbound| o.message.qos == skein_codec::QoS::AtMostOnce;
+                let mut dropped = 0u64;
+                for u in &mut unacked {
+                    let before = u.items.len();
+                    u.items.retain(|o| !qos0(o));
+                    dropped += (before - u.items.len()) as u64;
+                }
+                unacked.retain(|u| !u.items.is_empty());
+                node.forward_pending.fetch_sub(dropped, Ordering::Relaxed);
+                while let Some(mut items) = take_batch(&mut rx, None) {
+                    let before = items.len();
+                    items.retain(|o| !qos0(o));
+                    dropped += (before - items.len()) as u64;
+                    if items.is_empty() {
+                        continue;
+                    }
                     node.forward_pending.fetch_add(items.len() as u64, Ordering::Relaxed);
                     unacked.push_back(Unacked { batch_id: next_batch, items, since: tokio::time::Instant::now() });
                     next_batch += 1;
+                }
+                if dropped > 0 {
+                    node.forward_failures.fetch_add(dropped, Ordering::Relaxed);
+                    tracing::warn!(
+                        target,
+                        messages = dropped,
+                        "QoS 0 messages for a node that cannot be reached dropped"
+                    );
                 }
                 fail_old(&node, &mut unacked);
                 tokio::time::sleep(backoff).await;
