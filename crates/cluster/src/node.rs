@@ -1141,6 +1141,9 @@ struct Unacked {
     batch_id: u64,
     items: Vec<Outbound>,
     since: tokio::time::Instant,
+    /// Its messages are in allocations of their own (`Message::compact`), not slices of their publishers' read
+    /// buffers: done once the batch may wait long, for a node that cannot be reached.
+    compact: bool,
 }
 
 /// Keeps one stream to `node` and sends it batches; a batch is acknowledged once delivered there. On a broken
@@ -1175,10 +1178,12 @@ async fn forward_loop(node: Arc<ClusterNode>, target: NodeId, addr: String, mut 
                 // they would pile up in memory for the whole node timeout.
                 let qos0 = |o: &Outbound| o.message.qos == skein_codec::QoS::AtMostOnce;
                 let mut dropped = 0u64;
-                for u in &mut unacked {
+                for u in unacked.iter_mut().filter(|u| !u.compact) {
                     let before = u.items.len();
                     u.items.retain(|o| !qos0(o));
                     dropped += (before - u.items.len()) as u64;
+                    compact(&mut u.items);
+                    u.compact = true;
                 }
                 unacked.retain(|u| !u.items.is_empty());
                 node.forward_pending.fetch_sub(dropped, Ordering::Relaxed);
@@ -1190,7 +1195,9 @@ async fn forward_loop(node: Arc<ClusterNode>, target: NodeId, addr: String, mut 
                         continue;
                     }
                     node.forward_pending.fetch_add(items.len() as u64, Ordering::Relaxed);
-                    unacked.push_back(Unacked { batch_id: next_batch, items, since: tokio::time::Instant::now() });
+                    compact(&mut items);
+                    let since = tokio::time::Instant::now();
+                    unacked.push_back(Unacked { batch_id: next_batch, items, since, compact: true });
                     next_batch += 1;
                 }
                 if dropped > 0 {
@@ -1233,7 +1240,8 @@ async fn forward_loop(node: Arc<ClusterNode>, target: NodeId, addr: String, mut 
                     node.forwarded.fetch_add(items.len() as u64, Ordering::Relaxed);
                     node.forward_batches.fetch_add(1, Ordering::Relaxed);
                     node.forward_pending.fetch_add(items.len() as u64, Ordering::Relaxed);
-                    unacked.push_back(Unacked { batch_id: next_batch, items, since: tokio::time::Instant::now() });
+                    let since = tokio::time::Instant::now();
+                    unacked.push_back(Unacked { batch_id: next_batch, items, since, compact: false });
                     next_batch += 1;
                     // A node that has stopped reading (the stream's window and queue are full) is given the node
                     // timeout, then the stream is opened again.
@@ -1270,6 +1278,13 @@ async fn forward_loop(node: Arc<ClusterNode>, target: NodeId, addr: String, mut 
         node.forward_pending.fetch_sub(left, Ordering::Relaxed);
         node.forward_failures.fetch_add(left, Ordering::Relaxed);
         tracing::warn!(target, messages = left, "forwarded messages not taken by a node that left");
+    }
+}
+
+/// Gives each message its own allocation (see `Unacked::compact`).
+fn compact(items: &mut [Outbound]) {
+    for o in items {
+        o.message = Arc::new(o.message.compact());
     }
 }
 
