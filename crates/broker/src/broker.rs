@@ -858,13 +858,13 @@ impl Broker {
     }
 
     fn route_local(&self, message: &Arc<Message>, groups: &Groups<'_>, routed: &mut Routed) {
-        let mut targets = Vec::new();
+        let mut targets = crate::router::Targets::new();
         read(&self.router).route(&message.topic, groups, &mut targets);
-        let acl = self.acl();
-        let message = message.clone();
         if targets.is_empty() {
             return;
         }
+        let acl = self.acl();
+        let message = message.clone();
         // A session matched by several subscriptions gets the message once, at the highest QoS, with every
         // Subscription Identifier [MQTT-3.3.4-2] [MQTT-3.3.4-3].
         targets.sort_unstable_by_key(|t| Arc::as_ptr(&t.subscriber.session) as usize);

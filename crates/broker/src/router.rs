@@ -40,6 +40,10 @@ pub struct Target {
     pub shared: Option<ByteString>,
 }
 
+/// The subscriptions one message matches: inline for a few, as most messages have (routing runs for every
+/// message, and an allocation each was a good part of its cost).
+pub type Targets = smallvec::SmallVec<[Target; 4]>;
+
 #[derive(Debug, Default)]
 pub struct Router {
     trie: FilterTrie<Route>,
@@ -121,7 +125,7 @@ impl Router {
 
     /// Every subscription matching `topic`: all direct subscribers, and one member of each shared group that
     /// `groups` lets this node serve.
-    pub fn route(&self, topic: &str, groups: &Groups<'_>, out: &mut Vec<Target>) {
+    pub fn route(&self, topic: &str, groups: &Groups<'_>, out: &mut Targets) {
         self.trie.for_each_match(topic, |route| match route {
             Route::Direct(s) => {
                 if groups.plain() {
