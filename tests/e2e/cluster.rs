@@ -284,15 +284,7 @@ fn kill_9_of_a_node_loses_no_acknowledged_message_and_clients_reconnect_through_
         if i == 20 {
             c.nodes[2].kill9();
         }
-        publ.send(&Packet::Publish(Publish {
-            dup: false,
-            qos: QoS::AtLeastOnce,
-            retain: false,
-            topic: "k/t".into(),
-            packet_id: i,
-            properties: Properties::default(),
-            payload: Bytes::from(format!("m{i}")),
-        }));
+        publ.send(&publish_owned("k/t", QoS::AtLeastOnce, i, format!("m{i}")));
         match publ.recv() {
             Some(Packet::PubAck(a)) if a.packet_id == i => acked.push(i),
             other => panic!("expected PUBACK {i}, got {other:?}"),
@@ -726,15 +718,7 @@ fn messages_forwarded_while_a_node_is_down_all_reach_it_when_it_returns() {
     c.nodes[1].kill9();
     // QoS 0 messages meanwhile are dropped, counted: nobody waits for them, and they would pile up.
     for i in 0..50 {
-        publ.send(&Packet::Publish(Publish {
-            dup: false,
-            qos: QoS::AtMostOnce,
-            retain: false,
-            topic: "back/t".into(),
-            packet_id: 0,
-            properties: Properties::default(),
-            payload: Bytes::from(format!("q0 {i}")),
-        }));
+        publ.send(&publish_owned("back/t", QoS::AtMostOnce, 0, format!("q0 {i}")));
     }
     let deadline = std::time::Instant::now() + WAIT;
     while c.status(0)["forward_failures"].as_u64() != Some(50) {
@@ -743,15 +727,7 @@ fn messages_forwarded_while_a_node_is_down_all_reach_it_when_it_returns() {
     }
     const N: u16 = 150;
     for i in 1..=N {
-        publ.send(&Packet::Publish(Publish {
-            dup: false,
-            qos: QoS::AtLeastOnce,
-            retain: false,
-            topic: "back/t".into(),
-            packet_id: i,
-            properties: Properties::default(),
-            payload: Bytes::from(format!("m{i}")),
-        }));
+        publ.send(&publish_owned("back/t", QoS::AtLeastOnce, i, format!("m{i}")));
     }
     // All of them wait for node 2 (none is acknowledged meanwhile).
     let deadline = std::time::Instant::now() + WAIT;

@@ -627,6 +627,11 @@ pub fn sub_packet(id: u16, filters: &[(&str, QoS)]) -> Packet {
 
 /// A PUBLISH of a static payload, not retained.
 pub fn publish(topic: &str, qos: QoS, id: u16, payload: &'static [u8]) -> Packet {
+    publish_owned(topic, qos, id, Bytes::from_static(payload))
+}
+
+/// A PUBLISH of any payload (one made per message, say), not retained.
+pub fn publish_owned(topic: &str, qos: QoS, id: u16, payload: impl Into<Bytes>) -> Packet {
     Packet::Publish(Publish {
         dup: false,
         qos,
@@ -634,7 +639,7 @@ pub fn publish(topic: &str, qos: QoS, id: u16, payload: &'static [u8]) -> Packet
         topic: topic.into(),
         packet_id: id,
         properties: Properties::default(),
-        payload: Bytes::from_static(payload),
+        payload: payload.into(),
     })
 }
 

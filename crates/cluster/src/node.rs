@@ -1176,26 +1176,20 @@ async fn forward_loop(node: Arc<ClusterNode>, target: NodeId, addr: String, mut 
                 // What arrived meanwhile waits with the unacknowledged batches, and times out with them; QoS 0
                 // messages, among those and these, are dropped, counted: nobody waits for them, and at full rate
                 // they would pile up in memory for the whole node timeout.
-                let qos0 = |o: &Outbound| o.message.qos == skein_codec::QoS::AtMostOnce;
                 let mut dropped = 0u64;
                 for u in unacked.iter_mut().filter(|u| !u.compact) {
-                    let before = u.items.len();
-                    u.items.retain(|o| !qos0(o));
-                    dropped += (before - u.items.len()) as u64;
-                    compact(&mut u.items);
+                    let gone = keep_waiting(&mut u.items);
+                    node.forward_pending.fetch_sub(gone, Ordering::Relaxed);
+                    dropped += gone;
                     u.compact = true;
                 }
                 unacked.retain(|u| !u.items.is_empty());
-                node.forward_pending.fetch_sub(dropped, Ordering::Relaxed);
                 while let Some(mut items) = take_batch(&mut rx, None) {
-                    let before = items.len();
-                    items.retain(|o| !qos0(o));
-                    dropped += (before - items.len()) as u64;
+                    dropped += keep_waiting(&mut items);
                     if items.is_empty() {
                         continue;
                     }
                     node.forward_pending.fetch_add(items.len() as u64, Ordering::Relaxed);
-                    compact(&mut items);
                     let since = tokio::time::Instant::now();
                     unacked.push_back(Unacked { batch_id: next_batch, items, since, compact: true });
                     next_batch += 1;
@@ -1281,11 +1275,15 @@ async fn forward_loop(node: Arc<ClusterNode>, target: NodeId, addr: String, mut 
     }
 }
 
-/// Gives each message its own allocation (see `Unacked::compact`).
-fn compact(items: &mut [Outbound]) {
-    for o in items {
+/// Readies messages to wait for a node that cannot be reached: drops the QoS 0 ones (returning how many) and gives
+/// each other its own allocation (see `Unacked::compact`).
+fn keep_waiting(items: &mut Vec<Outbound>) -> u64 {
+    let before = items.len();
+    items.retain(|o| o.message.qos != skein_codec::QoS::AtMostOnce);
+    for o in items.iter_mut() {
         o.message = Arc::new(o.message.compact());
     }
+    (before - items.len()) as u64
 }
 
 /// Up to `MAX_BATCH` messages: `first`, then what is queued; `None` when there are none.
