@@ -164,7 +164,7 @@ pub struct Attached {
     /// to be taken over at once (`Broker::take_over` with this time), as if the report had come after it attached.
     pub superseded_by: Option<std::time::SystemTime>,
     /// Wakes this connection's writer.
-    pub waker: Arc<Notify>,
+    pub waker: Arc<crate::session::Signal>,
 }
 
 /// Result of routing one publish.
@@ -524,7 +524,7 @@ impl Broker {
             connected_at,
         } = request;
         let connection_id = self.next_connection.fetch_add(1, Ordering::Relaxed);
-        let waker = Arc::new(Notify::new());
+        let waker = Arc::new(crate::session::Signal::default());
         let (kick_tx, kicked) = oneshot::channel();
         let finished = Arc::new(Finished::default());
         let done = Done(finished.clone());
@@ -950,7 +950,7 @@ impl Broker {
                 let waker = state.waker.clone();
                 drop(state);
                 if let Some(w) = waker {
-                    w.notify_one();
+                    w.notify();
                 }
                 (true, durable)
             }

@@ -1,17 +1,18 @@
-//! The connection driver: one task reads and handles packets, one writes. Both are thin around the session state
-//! machine and the broker; what they add is I/O, time (CONNECT timeout, keep alive) and the order of durable
-//! writes and acknowledgements.
+//! The connection driver: one task per connection reads and handles packets and writes what the session has for
+//! the client. It is thin around the session state machine and the broker; what it adds is I/O, time (CONNECT
+//! timeout, keep alive) and the order of durable writes and acknowledgements.
 //!
-//! The reader never waits on the writer except when the acknowledgements it has queued pass a bound (a client that
-//! does not read), and the writer never holds a lock while it writes.
+//! Reading and writing wait side by side, never one on the other: a write the client does not take yet stops
+//! reading only when the acknowledgements queued behind it pass a bound (a client that does not read), and no lock
+//! is held while writing.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::session::IncomingQos2;
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use bytestring::ByteString;
 use skein_codec::topic::Filter;
 use skein_codec::{
@@ -19,7 +20,6 @@ use skein_codec::{
     ReasonCode, SubAck, UnsubAck, decode,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::Notify;
 
 use skein_auth::Access;
 
@@ -27,7 +27,7 @@ use crate::broker::{Attached, Broker, ConnectRequest, lock};
 use crate::message::Message;
 use crate::stats::Stats;
 
-/// Acknowledgements queued beyond this stop the reader until the writer catches up.
+/// Acknowledgements queued behind a write the client has not taken beyond this stop reading until it does.
 const CONTROL_LIMIT: usize = 256 * 1024;
 /// Room made for each read of a busy connection.
 const READ_CHUNK: usize = 16 * 1024;
@@ -61,7 +61,7 @@ impl Source for tokio::io::ReadHalf<tokio::io::DuplexStream> {
     }
 }
 
-/// How long a closing connection's writer gets to send what is left.
+/// How long a closing connection gets to send what is left.
 const WRITER_GRACE: Duration = Duration::from_secs(3);
 /// How long a refused login waits for its CONNACK.
 const FAILED_LOGIN_DELAY: Duration = Duration::from_secs(1);
@@ -120,13 +120,38 @@ fn kicked_close(kick: Result<ReasonCode, tokio::sync::oneshot::error::RecvError>
     }
 }
 
-/// Per-connection signals between reader and writer.
-struct Shared {
-    waker: Arc<Notify>,
-    closing: AtomicBool,
-    /// The last packet to send before closing (a 5.0 DISCONNECT).
-    farewell: std::sync::Mutex<Option<Bytes>>,
-    drained: Notify,
+/// The sending side of a connection, driven by the task that also reads it: what the session has for the client is
+/// moved into `buf` (only once the last of it is written, so that what waits behind a slow client stays in the
+/// session, where it is bounded) and written without holding up reading.
+struct Out<W> {
+    writer: W,
+    buf: BytesMut,
+    /// Written since the last flush: TLS and WebSocket writers hold bytes until flushed.
+    unflushed: bool,
+}
+
+impl<W: AsyncWrite + Unpin> Out<W> {
+    /// True while bytes are on their way out.
+    fn busy(&self) -> bool {
+        !self.buf.is_empty() || self.unflushed
+    }
+
+    /// Writes and flushes the buffer; ready once all of it is out, or with the write's error.
+    fn poll_send(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        while !self.buf.is_empty() {
+            let n = std::task::ready!(std::pin::Pin::new(&mut self.writer).poll_write(cx, &self.buf))?;
+            if n == 0 {
+                return std::task::Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+            }
+            self.buf.advance(n);
+            self.unflushed = true;
+        }
+        if self.unflushed {
+            std::task::ready!(std::pin::Pin::new(&mut self.writer).poll_flush(cx))?;
+            self.unflushed = false;
+        }
+        std::task::Poll::Ready(Ok(()))
+    }
 }
 
 /// Serves one client connection to the end. `identity` is a user name the transport has already proven (a TLS
@@ -167,14 +192,25 @@ where
     };
     let close = live
         .conn
-        .run(&mut reader, &mut live.rbuf, live.max_packet, live.keep_alive, &mut live.kicked, &live.shared)
+        .run(
+            &mut reader,
+            &mut live.out,
+            &live.waker,
+            &mut live.rbuf,
+            live.max_packet,
+            live.keep_alive,
+            &mut live.kicked,
+        )
         .await;
     Box::pin(teardown(live, close)).await;
 }
 
 /// A connected client between its CONNACK and its teardown.
-struct Live<'a> {
+struct Live<'a, W> {
     conn: Conn<'a>,
+    out: Out<W>,
+    /// Woken when the session has something new for this connection.
+    waker: Arc<crate::session::Signal>,
     /// Bytes read after the CONNECT.
     rbuf: BytesMut,
     max_packet: usize,
@@ -182,14 +218,12 @@ struct Live<'a> {
     kicked: tokio::sync::oneshot::Receiver<ReasonCode>,
     /// Dropped last, when the teardown is over: tells whoever takes the session over.
     done: crate::broker::Done,
-    shared: Arc<Shared>,
-    writer_task: tokio::task::JoinHandle<()>,
     _counted: Counted<'a>,
 }
 
 /// CONNECT to CONNACK: reads and checks the CONNECT, authenticates, opens or takes over the session, answers, and
-/// starts the writer. `None` when the connection ends here (refused, timed out, or gone).
-async fn handshake<'a, R, W>(broker: &'a Arc<Broker>, reader: &mut R, opening: Box<Opening<W>>) -> Option<Live<'a>>
+/// `None` when the connection ends here (refused, timed out, or gone).
+async fn handshake<'a, R, W>(broker: &'a Arc<Broker>, reader: &mut R, opening: Box<Opening<W>>) -> Option<Live<'a, W>>
 where
     R: Source,
     W: AsyncWrite + Unpin + Send + 'static,
@@ -385,22 +419,10 @@ where
         present = attached.session_present, "connected"
     );
 
-    let shared = Arc::new(Shared {
-        waker: attached.waker.clone(),
-        closing: AtomicBool::new(false),
-        farewell: std::sync::Mutex::new(None),
-        drained: Notify::new(),
-    });
-    let writer_task = tokio::spawn(write_loop(
-        broker.clone(),
-        attached.session.clone(),
-        attached.connection_id,
-        writer,
-        shared.clone(),
-    ));
-    shared.waker.notify_one();
-
-    let Attached { session, connection_id, kicked, done, .. } = attached;
+    // A resumed session may have messages waiting: the first turn of the packet loop sends them.
+    attached.waker.notify();
+    let Attached { session, connection_id, kicked, done, waker, .. } = attached;
+    let out = Out { writer, buf: BytesMut::new(), unflushed: false };
     let conn = Conn {
         broker,
         session,
@@ -409,43 +431,41 @@ where
         persistent: accepted.persistent,
         will: connect.will.as_ref().map(owned_will),
         username: connect.username.as_deref().map(Box::from),
-        aliases: Vec::new(),
+        aliases: Box::default(),
         publish_rate: (broker.config.max_publish_rate > 0.0).then(|| {
             Box::new(Throttle { bucket: crate::stats::Bucket::new(broker.config.max_publish_rate), wait: None })
         }),
-        auth_method: auth_method.map(Box::new),
-        reauth: None,
+        auth_method: auth_method.map(|(name, method)| Box::new(Enhanced { name, method, exchange: None })),
     };
-    Some(Live {
-        conn,
-        rbuf,
-        max_packet,
-        keep_alive: accepted.keep_alive,
-        kicked,
-        done,
-        shared,
-        writer_task,
-        _counted: counted,
-    })
+    Some(Live { conn, out, waker, rbuf, max_packet, keep_alive: accepted.keep_alive, kicked, done, _counted: counted })
 }
 
 /// Closes a connection: the writer's last words, the session let go, the will.
-async fn teardown(live: Live<'_>, close: Close) {
-    let Live { conn, shared, writer_task, done, _counted, .. } = live;
+async fn teardown<W: AsyncWrite + Unpin>(live: Live<'_, W>, close: Close) {
+    let Live { conn, mut out, done, _counted, .. } = live;
     let broker = conn.broker;
     let (session, connection_id, version) = (&conn.session, conn.connection_id, conn.version);
-    // Tell the writer what is left to say, give it a moment, then let go of the session.
-    if let (true, Some(reason)) = (version.is_v5(), close.reason()) {
+    // What is left to say (the session's last packets for this connection, then a 5.0 DISCONNECT), given a moment,
+    // then the session is let go of.
+    let farewell = close.reason().filter(|_| version.is_v5()).map(|reason| {
         let mut buf = BytesMut::new();
         let _ = Packet::Disconnect(Disconnect::new(reason)).encode(version, &mut buf);
-        *lock(&shared.farewell) = Some(buf.freeze());
-    }
-    shared.closing.store(true, Ordering::Release);
-    shared.waker.notify_one();
-    let mut writer_task = writer_task;
-    if tokio::time::timeout(WRITER_GRACE, &mut writer_task).await.is_err() {
-        writer_task.abort();
-    }
+        buf
+    });
+    let last_words = async {
+        loop {
+            std::future::poll_fn(|cx| out.poll_send(cx)).await?;
+            if !conn.fill(&mut out) {
+                break;
+            }
+        }
+        if let Some(bytes) = farewell {
+            out.writer.write_all(&bytes).await?;
+            out.writer.flush().await?;
+        }
+        out.writer.shutdown().await
+    };
+    let _ = tokio::time::timeout(WRITER_GRACE, last_words).await;
     broker.disconnect(session, connection_id);
     tracing::debug!(client_id = %conn.session.client_id, connection = connection_id, reason = ?close, "disconnected");
     if close.sends_will()
@@ -720,7 +740,15 @@ struct Throttle {
     wait: Option<Duration>,
 }
 
-/// The reader side of one attached connection.
+/// The enhanced authentication a client connected with (MQTT 5.0 section 4.12), and a re-authentication of it in
+/// progress.
+struct Enhanced {
+    name: ByteString,
+    method: Arc<dyn crate::auth::AuthMethod>,
+    exchange: Option<Box<dyn crate::auth::AuthExchange>>,
+}
+
+/// One attached connection's packet handling.
 struct Conn<'a> {
     broker: &'a Arc<Broker>,
     session: Arc<crate::broker::SessionHandle>,
@@ -731,10 +759,9 @@ struct Conn<'a> {
     /// The user name it connected with, for the ACL (the client id is the session's).
     username: Option<Box<str>>,
     /// The client's topic aliases (MQTT 5.0 section 3.3.2.3.4), index alias - 1; grown when first set.
-    aliases: Vec<Option<ByteString>>,
+    aliases: Box<[Option<ByteString>]>,
     /// The enhanced authentication method the client connected with, and a re-authentication in progress.
-    auth_method: Option<Box<(ByteString, Arc<dyn crate::auth::AuthMethod>)>>,
-    reauth: Option<Box<dyn crate::auth::AuthExchange>>,
+    auth_method: Option<Box<Enhanced>>,
     publish_rate: Option<Box<Throttle>>,
 }
 
@@ -785,19 +812,22 @@ fn waiting(commits: &Commits<'_>) -> bool {
 }
 
 impl<'a> Conn<'a> {
-    /// Reads and handles packets to the end of the connection. A read whose acknowledgements must wait (for the
-    /// store, or for the nodes a message went to) does not hold up the next read: its commit joins `commits`, which
-    /// end in order, so that acknowledgements still leave in the order their packets came [MQTT-4.6.0-2]; while any
-    /// waits, every later read's acknowledgements queue behind it. What was read before the end is acknowledged
-    /// before this returns (as a client that is still there expects).
-    async fn run<R: Source>(
+    /// Reads and handles packets to the end of the connection, and writes what the session has for the client as it
+    /// comes. A read whose acknowledgements must wait (for the store, or for the nodes a message went to) does not
+    /// hold up the next read: its commit joins `commits`, which end in order, so that acknowledgements still leave in
+    /// the order their packets came [MQTT-4.6.0-2]; while any waits, every later read's acknowledgements queue behind
+    /// it. What was read before the end is acknowledged before this returns (as a client that is still there
+    /// expects); the teardown writes it.
+    #[allow(clippy::too_many_arguments)]
+    async fn run<R: Source, W: AsyncWrite + Unpin>(
         &mut self,
         reader: &mut R,
+        out: &mut Out<W>,
+        waker: &crate::session::Signal,
         pending: &mut BytesMut,
         max_packet: usize,
         keep_alive: u16,
         kicked: &mut tokio::sync::oneshot::Receiver<ReasonCode>,
-        shared: &Shared,
     ) -> Close {
         // [MQTT-3.1.2-24]: one and a half times the keep alive. One timer for the connection's life, moved on only
         // when it fires early (bytes came since it was set), not for every read.
@@ -806,7 +836,7 @@ impl<'a> Conn<'a> {
         let timer = tokio::time::sleep(period.unwrap_or_default());
         tokio::pin!(timer);
         let mut commits: Commits<'a> = None;
-        // A finished commit delivered retained messages that must be stored before the writer sends them.
+        // A finished commit delivered retained messages that must be stored before they are sent.
         let mut flush_first = false;
         // A shutdown that began before this connection's session was attached sent it no kick.
         if self.broker.is_shutting_down() {
@@ -814,7 +844,7 @@ impl<'a> Conn<'a> {
         }
         let close = 'conn: loop {
             if std::mem::take(&mut flush_first) {
-                Box::pin(self.flush_then_wake(shared)).await;
+                Box::pin(self.flush_then_wake(waker)).await;
             }
             if !pending.is_empty() {
                 // In a block: a batch in scope across the waits below would sit in every connection's task.
@@ -824,8 +854,9 @@ impl<'a> Conn<'a> {
                     if batch.waits() || (waiting(&commits) && !batch.acks.is_empty()) {
                         commits.get_or_insert_default().push_back(self.commit(batch));
                     } else {
-                        self.queue_acks(&batch.acks);
-                        shared.waker.notify_one();
+                        // Also when there are no acknowledgements: an acknowledgement from the client may have
+                        // opened the window for queued messages.
+                        self.queue_acks(&batch.acks, Some(&mut *out));
                     }
                     outcome
                 };
@@ -834,39 +865,65 @@ impl<'a> Conn<'a> {
                 }
                 if commits.as_ref().is_some_and(|q| q.len() >= MAX_COMMITS) {
                     let batch = next_commit(&mut commits).await;
-                    flush_first = self.finish(batch, shared);
+                    flush_first = self.finish(batch, out);
                     continue;
                 }
                 // Over its publish rate: the rest of this read waits, and nothing more is read meanwhile (TCP holds
-                // what the client sends on).
+                // what the client sends on); what is sent to the client goes on.
                 if let Some(wait) = self.publish_rate.as_mut().and_then(|t| t.wait.take()) {
                     // Boxed, as this is rare: an inline timer would be part of every connection's task.
-                    tokio::select! {
-                        _ = Box::pin(tokio::time::sleep(wait)) => {}
-                        k = &mut *kicked => break kicked_close(k),
+                    let mut sleep = Box::pin(tokio::time::sleep(wait));
+                    loop {
+                        tokio::select! {
+                            _ = &mut sleep => break,
+                            k = &mut *kicked => break 'conn kicked_close(k),
+                            r = std::future::poll_fn(|cx| self.poll_out(out, waker, cx)) => {
+                                if r.is_err() {
+                                    break 'conn Close::Closed;
+                                }
+                            }
+                        }
                     }
                     continue;
                 }
             }
-            // Backpressure: a client that does not read its acknowledgements stops being read.
-            while lock(&self.session.state).control.len() > CONTROL_LIMIT {
+            // Backpressure: a client that does not read its acknowledgements stops being read, until they are
+            // written down to the bound (they leave the session only through `poll_out`, in this task).
+            if lock(&self.session.state).control.len() > CONTROL_LIMIT {
+                let drained = std::future::poll_fn(|cx| {
+                    if let std::task::Poll::Ready(r) = self.poll_out(out, waker, cx) {
+                        return std::task::Poll::Ready(r);
+                    }
+                    match lock(&self.session.state).control.len() > CONTROL_LIMIT {
+                        true => std::task::Poll::Pending,
+                        false => std::task::Poll::Ready(Ok(())),
+                    }
+                });
                 tokio::select! {
-                    _ = shared.drained.notified() => {}
+                    r = drained => if r.is_err() {
+                        break 'conn Close::Closed;
+                    },
                     k = &mut *kicked => break 'conn kicked_close(k),
                 }
             }
             if pending.is_empty() {
-                // Idle: give the buffer back and wait for bytes without one.
+                // Idle: give the buffers back and wait for bytes without one.
                 if pending.capacity() > 0 {
                     *pending = BytesMut::new();
+                }
+                if !out.busy() && out.buf.capacity() > 0 {
+                    out.buf = BytesMut::new();
                 }
                 tokio::select! {
                     biased;
                     k = &mut *kicked => break kicked_close(k),
                     batch = next_commit(&mut commits), if waiting(&commits) => {
-                        flush_first = self.finish(batch, shared);
+                        flush_first = self.finish(batch, out);
                         continue;
                     }
+                    r = std::future::poll_fn(|cx| self.poll_out(out, waker, cx)) => if r.is_err() {
+                        break Close::Closed;
+                    },
                     r = std::future::poll_fn(|cx| reader.poll_ready(cx)) => if r.is_err() {
                         break Close::Closed;
                     },
@@ -883,7 +940,10 @@ impl<'a> Conn<'a> {
             tokio::select! {
                 biased;
                 k = &mut *kicked => break kicked_close(k),
-                batch = next_commit(&mut commits), if waiting(&commits) => flush_first = self.finish(batch, shared),
+                batch = next_commit(&mut commits), if waiting(&commits) => flush_first = self.finish(batch, out),
+                r = std::future::poll_fn(|cx| self.poll_out(out, waker, cx)) => if r.is_err() {
+                    break Close::Closed;
+                },
                 r = reader.read_buf(pending) => match r {
                     Ok(0) | Err(_) => break Close::Closed,
                     Ok(n) => {
@@ -902,12 +962,12 @@ impl<'a> Conn<'a> {
         if flush_first || waiting(&commits) {
             Box::pin(async {
                 if flush_first {
-                    self.flush_then_wake(shared).await;
+                    let _ = self.broker.flush().await;
                 }
                 while waiting(&commits) {
                     let batch = next_commit(&mut commits).await;
-                    if self.finish(batch, shared) {
-                        self.flush_then_wake(shared).await;
+                    if self.finish(batch, &mut *out) {
+                        let _ = self.broker.flush().await;
                     }
                 }
             })
@@ -916,8 +976,58 @@ impl<'a> Conn<'a> {
         close
     }
 
-    /// Waits until the batch's writes are durable and the other nodes have what it forwarded; `finish` then hands
-    /// its acknowledgements to the writer: no PUBACK goes out before what it acknowledges is stored.
+    /// The sending side, polled beside every other wait of the packet loop: writes what is buffered, then moves in
+    /// what the session has for this connection, and when there is nothing, waits for the session to wake it.
+    /// Pending while it can go no further; ready only with a write's error.
+    fn poll_out<W: AsyncWrite + Unpin>(
+        &self,
+        out: &mut Out<W>,
+        waker: &crate::session::Signal,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        loop {
+            if out.busy() {
+                std::task::ready!(out.poll_send(cx))?;
+            } else {
+                std::task::ready!(waker.poll(cx));
+            }
+            self.fill(out);
+        }
+    }
+
+    /// Moves what the session has for this connection into the send buffer, if the buffer has been written; true if
+    /// it put anything there.
+    fn fill<W>(&self, out: &mut Out<W>) -> bool {
+        if !out.buf.is_empty() {
+            return false;
+        }
+        let state = lock(&self.session.state);
+        if state.connection_id != self.connection_id {
+            return false;
+        }
+        self.take_pending(state, out)
+    }
+
+    /// `fill` with the session's state already locked (and this connection's).
+    fn take_pending<W>(&self, mut state: std::sync::MutexGuard<'_, crate::session::Session>, out: &mut Out<W>) -> bool {
+        // Allocates only for a persistent session's store updates.
+        let mut updates = Vec::new();
+        let written = state.write_pending(&mut out.buf, &mut updates);
+        drop(state);
+        if !updates.is_empty() {
+            self.broker.apply_store_updates(&self.session.client_id, &updates);
+        }
+        if out.buf.is_empty() {
+            return false;
+        }
+        Stats::add(&self.broker.stats.publish_sent, written as u64);
+        Stats::add(&self.broker.stats.messages_sent, written as u64);
+        Stats::add(&self.broker.stats.bytes_sent, out.buf.len() as u64);
+        true
+    }
+
+    /// Waits until the batch's writes are durable and the other nodes have what it forwarded; `finish` then queues
+    /// its acknowledgements: no PUBACK goes out before what it acknowledges is stored.
     fn commit(&self, mut batch: Batch) -> Commit<'a> {
         let broker = self.broker;
         Box::pin(async move {
@@ -934,29 +1044,40 @@ impl<'a> Conn<'a> {
         })
     }
 
-    /// A committed batch: its acknowledgements to the writer, then its retained messages. True if those must be
-    /// made durable before the writer is woken (`flush_then_wake`); otherwise it is woken here.
-    fn finish(&self, batch: Batch, shared: &Shared) -> bool {
-        self.queue_acks(&batch.acks);
-        if !batch.retained.is_empty() && self.broker.deliver(&self.session, batch.retained) {
-            return true;
+    /// A committed batch: its acknowledgements queued (and sent on), then its retained messages delivered. True if
+    /// those must be made durable before they are sent (`flush_then_wake`).
+    fn finish<W>(&self, batch: Batch, out: &mut Out<W>) -> bool {
+        if !batch.retained.is_empty() {
+            self.queue_acks(&batch.acks, None::<&mut Out<W>>);
+            if self.broker.deliver(&self.session, batch.retained) {
+                return true;
+            }
+            self.fill(out);
+            return false;
         }
-        shared.waker.notify_one();
+        self.queue_acks(&batch.acks, Some(out));
         false
     }
 
     /// Called boxed: the rare wait would otherwise be part of every connection's task.
-    async fn flush_then_wake(&self, shared: &Shared) {
+    async fn flush_then_wake(&self, waker: &crate::session::Signal) {
         let _ = self.broker.flush().await;
-        shared.waker.notify_one();
+        waker.notify();
     }
 
-    fn queue_acks(&self, acks: &[u8]) {
-        if !acks.is_empty() {
-            let mut state = lock(&self.session.state);
-            if state.connection_id == self.connection_id {
-                state.control.extend_from_slice(acks);
-            }
+    /// Queues acknowledgements for the client, and with `out`, moves them (and whatever else the session has) into
+    /// the send buffer if it has been written, under the same lock.
+    fn queue_acks<W>(&self, acks: &[u8], out: Option<&mut Out<W>>) {
+        if acks.is_empty() && out.is_none() {
+            return;
+        }
+        let mut state = lock(&self.session.state);
+        if state.connection_id != self.connection_id {
+            return;
+        }
+        state.control.extend_from_slice(acks);
+        if let Some(out) = out.filter(|o| o.buf.is_empty()) {
+            self.take_pending(state, out);
         }
     }
 
@@ -1079,22 +1200,23 @@ impl<'a> Conn<'a> {
     /// the connection was authenticated by; success is AUTH 0x00, failure DISCONNECT 0x87.
     fn reauthenticate(&mut self, a: skein_codec::Auth, batch: &mut Batch) -> Option<Close> {
         use crate::auth::AuthStep;
-        let Some((name, method)) = self.auth_method.as_deref().cloned() else {
+        let Some(auth) = self.auth_method.as_deref_mut() else {
             // [MQTT-4.12.0-6]: no AUTH from a client that did not connect with a method.
             return Some(Close::Violation(ReasonCode::ProtocolError));
         };
+        let name = auth.name.clone();
         if a.properties.authentication_method.as_ref() != Some(&name) {
             return Some(Close::Violation(ReasonCode::ProtocolError));
         }
-        let exchange = match (a.reason_code, self.reauth.take()) {
-            (ReasonCode::ReAuthenticate, _) => method.start(&self.session.client_id),
+        let exchange = match (a.reason_code, auth.exchange.take()) {
+            (ReasonCode::ReAuthenticate, _) => auth.method.start(&self.session.client_id),
             (ReasonCode::ContinueAuthentication, Some(e)) => e,
             _ => return Some(Close::Violation(ReasonCode::ProtocolError)),
         };
         let mut exchange = exchange;
         match exchange.step(a.properties.authentication_data.as_deref()) {
             AuthStep::Continue(data) => {
-                self.reauth = Some(exchange);
+                auth.exchange = Some(exchange);
                 self.ack(batch, auth_packet(ReasonCode::ContinueAuthentication, &name, data));
             }
             AuthStep::Success { data, .. } => self.ack(batch, auth_packet(ReasonCode::Success, &name, data)),
@@ -1124,7 +1246,9 @@ impl<'a> Conn<'a> {
                 }
             } else {
                 if self.aliases.len() < slot {
-                    self.aliases.resize(slot, None);
+                    let mut grown = std::mem::take(&mut self.aliases).into_vec();
+                    grown.resize(slot, None);
+                    self.aliases = grown.into_boxed_slice();
                 }
                 // A copy: a slice would keep this read's buffer alive as long as the alias.
                 self.aliases[slot - 1] = Some(ByteString::from(&*p.topic));
@@ -1215,54 +1339,4 @@ impl<'a> Conn<'a> {
         }
         None
     }
-}
-
-/// Drains the session into the socket: many messages into one buffer, one write.
-async fn write_loop<W: AsyncWrite + Unpin>(
-    broker: Arc<Broker>,
-    session: Arc<crate::broker::SessionHandle>,
-    connection_id: u64,
-    mut writer: W,
-    shared: Arc<Shared>,
-) {
-    let mut buf = BytesMut::new();
-    loop {
-        let written = {
-            // Not kept across the waits below (it would be part of every connection's writer task); it allocates
-            // only for a persistent session's store updates.
-            let mut updates = Vec::new();
-            let mut state = lock(&session.state);
-            let written =
-                if state.connection_id != connection_id { 0 } else { state.write_pending(&mut buf, &mut updates) };
-            drop(state);
-            if !updates.is_empty() {
-                broker.apply_store_updates(&session.client_id, &updates);
-            }
-            written
-        };
-        if !buf.is_empty() {
-            Stats::add(&broker.stats.publish_sent, written as u64);
-            Stats::add(&broker.stats.messages_sent, written as u64);
-            Stats::add(&broker.stats.bytes_sent, buf.len() as u64);
-            if writer.write_all(&buf).await.is_err() || writer.flush().await.is_err() {
-                break;
-            }
-            buf.clear();
-            shared.drained.notify_one();
-            continue;
-        }
-        if shared.closing.load(Ordering::Acquire) {
-            let farewell = lock(&shared.farewell).take();
-            if let Some(bytes) = farewell {
-                let _ = writer.write_all(&bytes).await;
-                let _ = writer.flush().await;
-            }
-            break;
-        }
-        if buf.capacity() > 0 {
-            buf = BytesMut::new();
-        }
-        shared.waker.notified().await;
-    }
-    let _ = writer.shutdown().await;
 }

@@ -15,7 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::Broker;
 
 /// Longer than anything the driver waits for by itself once the client's side has ended (the failed-login delay,
-/// the writer's grace period), so hitting it means the driver hangs.
+/// the grace a closing connection has to send what is left), so hitting it means the driver hangs.
 const BOUND: Duration = Duration::from_secs(20);
 
 /// Serves `data` as one client's whole byte stream, then its end of stream; returns what the server sent back.

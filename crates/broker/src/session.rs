@@ -4,13 +4,41 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 
 use bytes::BytesMut;
 use bytestring::ByteString;
+use futures_util::task::AtomicWaker;
 use skein_codec::{Ack, Packet, ProtocolVersion, QoS, ReasonCode, SubscriptionOptions};
-use tokio::sync::Notify;
 
 use crate::message::Message;
+
+/// Wakes the connection attached to a session when the session has something new for it: a flag and the
+/// connection task's waker. Lighter than a `Notify` (no waiter list, no lock, no future for the connection to keep).
+#[derive(Debug, Default)]
+pub struct Signal {
+    set: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl Signal {
+    pub fn notify(&self) {
+        if !self.set.swap(true, Ordering::AcqRel) {
+            self.waker.wake();
+        }
+    }
+
+    /// Ready once per notification (several before a poll count as one).
+    pub fn poll(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.set.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        // A notification between the first look and the registration found no waker to wake.
+        if self.set.swap(false, Ordering::AcqRel) { Poll::Ready(()) } else { Poll::Pending }
+    }
+}
 
 /// A subscription as the session holds it, keyed by its filter string (which may be a `$share/` filter).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -196,7 +224,7 @@ pub struct Session {
     /// The connection attached now: only it may take from the queue or add control packets.
     pub connection_id: u64,
     /// Wakes the attached connection's writer.
-    pub waker: Option<Arc<Notify>>,
+    pub waker: Option<Arc<Signal>>,
     /// Messages dropped for this session, by any reason.
     pub dropped: u64,
     /// Messages whose Message Expiry Interval passed before they could be sent.
@@ -266,7 +294,7 @@ impl Session {
     pub fn connected(
         &mut self,
         connection_id: u64,
-        waker: Arc<Notify>,
+        waker: Arc<Signal>,
         version: ProtocolVersion,
         limits: SessionLimits,
     ) {
@@ -569,7 +597,7 @@ mod tests {
 
     fn session(max_inflight: usize, max_queued: usize) -> Session {
         let mut s = Session::new(limits(max_inflight, max_queued));
-        s.connected(1, Arc::new(Notify::new()), ProtocolVersion::V311, limits(max_inflight, max_queued));
+        s.connected(1, Arc::new(Signal::default()), ProtocolVersion::V311, limits(max_inflight, max_queued));
         s
     }
 
@@ -675,7 +703,7 @@ mod tests {
         buf.clear();
         s.on_pubrec(3, ReasonCode::Success, &mut vec![]);
         s.disconnected();
-        s.connected(2, Arc::new(Notify::new()), ProtocolVersion::V311, limits(10, 0));
+        s.connected(2, Arc::new(Signal::default()), ProtocolVersion::V311, limits(10, 0));
         s.write_pending(&mut buf, &mut vec![]);
         let p = packets(&mut buf);
         assert_eq!(p.len(), 3);

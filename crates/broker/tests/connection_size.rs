@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use skein_broker::{Broker, BrokerConfig, SingleNode};
 
-/// Measured: 616 bytes (rustc 1.95, debug and release, TCP halves); 776 while the handshake's arguments (writer, peer,
+/// Measured: 648 bytes (rustc 1.95, debug and release, TCP halves), since the same task also writes (the writer
+/// half, the send buffer and the wake signal are here now; a second task per connection took 384 bytes, and the
+/// signals between the two 104); 616 before that; 776 while the handshake's arguments (writer, peer,
 /// identity) were `serve`'s own and so part of its future for good, and `Conn` kept a copy of the client id and an
 /// inline throttle; 1,920 before the handshake and teardown were boxed phases, the keep-alive one timer for the
 /// connection's life and readiness polled without a future, and about 3.2 KB before the handshake's reads were kept

@@ -10,8 +10,23 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Serves `broker` on an ephemeral loopback port, for the rest of the test's runtime.
+#[allow(dead_code)] // Some binaries serve with small buffers only.
 pub async fn serve(broker: Arc<Broker>) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(skein_broker::listener::serve_tcp(broker, listener, Default::default()));
+    addr
+}
+
+/// `serve` with socket buffers of about `size` bytes each way on every connection it accepts (they inherit the
+/// listener's), so that a client that does not read blocks the broker's writes after a few kilobytes.
+#[allow(dead_code)]
+pub async fn serve_with_buffers(broker: Arc<Broker>, size: u32) -> SocketAddr {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(size).unwrap();
+    socket.set_send_buffer_size(size).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(1024).unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(skein_broker::listener::serve_tcp(broker, listener, Default::default()));
     addr
@@ -26,6 +41,15 @@ pub struct Client {
 impl Client {
     pub async fn open(addr: SocketAddr) -> Client {
         Client { stream: TcpStream::connect(addr).await.unwrap(), buf: BytesMut::new() }
+    }
+
+    /// `open` with socket buffers of about `size` bytes each way.
+    #[allow(dead_code)]
+    pub async fn open_with_buffers(addr: SocketAddr, size: u32) -> Client {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(size).unwrap();
+        socket.set_send_buffer_size(size).unwrap();
+        Client { stream: socket.connect(addr).await.unwrap(), buf: BytesMut::new() }
     }
 
     /// Opens a connection and connects as `id`, with a session that outlives it when `persistent` (expiry 300 s).
