@@ -15,6 +15,13 @@ use tokio::net::TcpListener;
 
 use crate::config::{Config, LogFormat, ServeArgs};
 
+/// mimalloc, not the system allocator: with glibc's, a persistent-session QoS 1 load spent about a third of the
+/// broker's CPU in malloc and free and in waking threads blocked on its arena locks (sled allocates and frees a
+/// lot, on threads of its own). Measured side by side on 2 cores: persistent QoS 1 twice the throughput at 1.7x
+/// the messages per CPU-second, p2p QoS 1 +20-30%, QoS 0 +10%; an idle connection takes about 10% more memory.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "skein", version, about = "A clustered MQTT broker")]
 struct Cli {
