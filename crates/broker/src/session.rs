@@ -225,10 +225,11 @@ pub struct Session {
     pub connection_id: u64,
     /// Wakes the attached connection's writer.
     pub waker: Option<Arc<Signal>>,
-    /// Messages dropped for this session, by any reason.
-    pub dropped: u64,
-    /// Messages whose Message Expiry Interval passed before they could be sent.
-    pub expired: u64,
+    /// Messages dropped for this session, by any reason (saturating: 32 bits keep the session in a smaller
+    /// allocation size).
+    pub dropped: u32,
+    /// Messages whose Message Expiry Interval passed before they could be sent (saturating).
+    pub expired: u32,
     /// Session Expiry Interval, seconds after the connection ends; `u32::MAX` never (3.x persistent sessions).
     pub expiry: u32,
     /// The user name of its last connection, for the ACL.
@@ -348,11 +349,11 @@ impl Session {
     /// Queues a message for delivery.
     pub fn enqueue(&mut self, out: Outgoing) -> Result<(), Dropped> {
         if !self.online && out.qos == QoS::AtMostOnce && !self.limits.queue_qos0_offline {
-            self.dropped += 1;
+            self.dropped = self.dropped.saturating_add(1);
             return Err(Dropped::Offline);
         }
         if self.limits.max_queued != 0 && self.queue.len() >= self.limits.max_queued {
-            self.dropped += 1;
+            self.dropped = self.dropped.saturating_add(1);
             return Err(Dropped::QueueFull);
         }
         self.queue.push_back(out);
@@ -427,7 +428,7 @@ impl Session {
             let Some(out) = self.queue.pop_front() else { break };
             if out.message.has_expiry() && out.message.is_expired(std::time::Instant::now()) {
                 // [MQTT-3.3.2-5]: not yet on its way to this subscriber, so it is deleted.
-                self.expired += 1;
+                self.expired = self.expired.saturating_add(1);
                 if let Some(key) = out.stored {
                     updates.push(StoreUpdate::Done { key });
                 }
@@ -460,7 +461,7 @@ impl Session {
             };
             if !written_now {
                 // [MQTT-3.1.2-25]: discarded as if delivered.
-                self.dropped += 1;
+                self.dropped = self.dropped.saturating_add(1);
                 if let Some(key) = out.stored {
                     updates.push(StoreUpdate::Done { key });
                 }

@@ -30,3 +30,17 @@ async fn the_connection_future_stays_small() {
     assert!(size <= BOUND, "connection::serve's future grew to {size} bytes (bound {BOUND}): see this file's comment");
     drop((serve, client));
 }
+
+/// Every connection's session (`SessionHandle`, in an `Arc` with 16 bytes of counts) is one allocation of 384 bytes,
+/// an allocator size class; 8 bytes more put it in the next one, 448.
+const SESSION_BOUND: usize = 368;
+
+#[test]
+fn the_session_stays_in_its_allocation_size() {
+    let size = std::mem::size_of::<skein_broker::broker::SessionHandle>();
+    println!("SessionHandle: {size} bytes");
+    assert!(
+        size <= SESSION_BOUND,
+        "SessionHandle grew to {size} bytes (bound {SESSION_BOUND}): see this test's comment"
+    );
+}
