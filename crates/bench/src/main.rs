@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use clap::{Args, Parser, Subcommand};
 use skein_codec::{Ack, MAX_PACKET_SIZE, Packet, ProtocolVersion, QoS, decode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -175,6 +175,9 @@ struct Latency {
 struct Live {
     /// Deliveries of each publisher's messages, over all subscribers: the closed loop's feedback.
     per_publisher: Vec<AtomicU64>,
+    /// Wakes a publisher waiting for its deliveries to catch up with its window (a timer would cap a small window's
+    /// rate at a window per timer tick).
+    caught_up: Vec<tokio::sync::Notify>,
     published: AtomicU64,
     delivered: AtomicU64,
     connected: AtomicU64,
@@ -229,8 +232,11 @@ async fn run(cli: Cli) -> Result<(), String> {
         Scenario::Fanout(_) => 1,
         Scenario::Conn(_) => 0,
     };
-    let live =
-        Arc::new(Live { per_publisher: (0..publishers).map(|_| AtomicU64::new(0)).collect(), ..Live::default() });
+    let live = Arc::new(Live {
+        per_publisher: (0..publishers).map(|_| AtomicU64::new(0)).collect(),
+        caught_up: (0..publishers).map(|_| tokio::sync::Notify::new()).collect(),
+        ..Live::default()
+    });
     let mut report = match cli.scenario.clone() {
         Scenario::Conn(args) => conn(&target, &args, &cli.broker_pid, &live).await?,
         s => load(&target, &sub_target, s, &cli.broker_pid, cli.warmup, &live).await?,
@@ -460,6 +466,16 @@ async fn publisher(mut c: Client, cfg: PubConfig, epoch: Instant, live: Arc<Live
         }
         let delivery_room = (cfg.window as u64).saturating_sub(seq.saturating_sub(delivered.max(skipped)));
         let n = if stopping { 0 } else { due.min(acked_room).min(delivery_room) };
+        // Nothing may go until deliveries catch up: woken by the subscribers (bounded, for the stall rule above).
+        let window_bound = !stopping && delivery_room == 0;
+        let caught_up = async {
+            match live.caught_up.get(cfg.id as usize) {
+                Some(n) if window_bound => {
+                    let _ = tokio::time::timeout(Duration::from_millis(50), n.notified()).await;
+                }
+                _ => std::future::pending().await,
+            }
+        };
         for _ in 0..n {
             let id = next_id;
             if cfg.qos != QoS::AtMostOnce {
@@ -485,9 +501,10 @@ async fn publisher(mut c: Client, cfg: PubConfig, epoch: Instant, live: Arc<Live
         let must_wait = cfg.qos != QoS::AtMostOnce && (outstanding >= in_flight || stopping);
         let idle = n == 0 && !must_wait;
         if cfg.qos == QoS::AtMostOnce {
-            if idle {
-                // Waiting for deliveries to catch up (or for the rate's next slot): 1 ms is short next to a
-                // window's worth of messages, and leaves the CPU to the broker.
+            if idle && window_bound {
+                caught_up.await;
+            } else if idle {
+                // Waiting for the rate's next slot.
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
             continue;
@@ -505,7 +522,10 @@ async fn publisher(mut c: Client, cfg: PubConfig, epoch: Instant, live: Arc<Live
             tokio::select! {
                 biased;
                 r = c.stream.read_buf(&mut c.rbuf) => r,
-                _ = tokio::time::sleep(Duration::from_millis(u64::from(idle))) => Ok(usize::MAX),
+                () = caught_up => Ok(usize::MAX),
+                _ = tokio::time::sleep(Duration::from_millis(if window_bound { 50 } else { u64::from(idle) })) => {
+                    Ok(usize::MAX)
+                }
             }
         };
         match read {
@@ -535,6 +555,9 @@ async fn publisher(mut c: Client, cfg: PubConfig, epoch: Instant, live: Arc<Live
 async fn subscriber(mut c: Client, epoch: Instant, live: Arc<Live>, mut stop: watch::Receiver<bool>) -> Tracker {
     let mut tracker = Tracker::default();
     let mut wbuf = BytesMut::with_capacity(16 * 1024);
+    // Deliveries per publisher in this read, added to the shared counts once per read (not per message).
+    let mut counted = vec![0u64; live.per_publisher.len()];
+    let mut touched: Vec<usize> = Vec::new();
     loop {
         tokio::select! {
             biased;
@@ -550,25 +573,31 @@ async fn subscriber(mut c: Client, epoch: Instant, live: Arc<Live>, mut stop: wa
         let now = epoch.elapsed().as_nanos() as u64;
         let mut n = 0;
         loop {
-            match decode(&mut c.rbuf, c.version, MAX_PACKET_SIZE) {
-                Ok(Some(Packet::Publish(p))) => {
-                    if let Some((publisher, seq, sent)) = track::read_header(&p.payload) {
-                        tracker.record(publisher, seq, now.saturating_sub(sent));
-                        if let Some(d) = live.per_publisher.get(publisher as usize) {
-                            d.fetch_add(1, Ordering::Relaxed);
+            // PUBLISH, nearly all of what comes, is read in place; anything else goes through the codec.
+            if let Some(v) = wire::view_publish(&c.rbuf, c.version) {
+                if let Some((publisher, seq, sent)) = track::read_header(&c.rbuf[v.payload.0..v.payload.1]) {
+                    tracker.record(publisher, seq, now.saturating_sub(sent));
+                    if let Some(k) = counted.get_mut(publisher as usize) {
+                        if *k == 0 {
+                            touched.push(publisher as usize);
                         }
-                        n += 1;
+                        *k += 1;
                     }
-                    match p.qos {
-                        QoS::AtMostOnce => {}
-                        QoS::AtLeastOnce => {
-                            let _ = Packet::PubAck(Ack::new(p.packet_id)).encode(c.version, &mut wbuf);
-                        }
-                        QoS::ExactlyOnce => {
-                            let _ = Packet::PubRec(Ack::new(p.packet_id)).encode(c.version, &mut wbuf);
-                        }
+                    n += 1;
+                }
+                match v.qos {
+                    QoS::AtMostOnce => {}
+                    QoS::AtLeastOnce => {
+                        let _ = Packet::PubAck(Ack::new(v.packet_id)).encode(c.version, &mut wbuf);
+                    }
+                    QoS::ExactlyOnce => {
+                        let _ = Packet::PubRec(Ack::new(v.packet_id)).encode(c.version, &mut wbuf);
                     }
                 }
+                c.rbuf.advance(v.len);
+                continue;
+            }
+            match decode(&mut c.rbuf, c.version, MAX_PACKET_SIZE) {
                 Ok(Some(Packet::PubRel(a))) => {
                     let _ = Packet::PubComp(Ack::new(a.packet_id)).encode(c.version, &mut wbuf);
                 }
@@ -579,6 +608,10 @@ async fn subscriber(mut c: Client, epoch: Instant, live: Arc<Live>, mut stop: wa
                     return tracker;
                 }
             }
+        }
+        for p in touched.drain(..) {
+            live.per_publisher[p].fetch_add(std::mem::take(&mut counted[p]), Ordering::Relaxed);
+            live.caught_up[p].notify_one();
         }
         live.delivered.fetch_add(n, Ordering::Relaxed);
         if !wbuf.is_empty() {

@@ -213,6 +213,76 @@ pub fn put_publish(
     track::write_header(&mut buf[start..], header.0, header.1, header.2);
 }
 
+/// A PUBLISH at the front of `buf`, read in place: what the subscriber loop needs of it, without building a
+/// `Packet` (whose properties alone are hundreds of bytes to set up per message).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishView {
+    /// The whole packet's length in `buf`.
+    pub len: usize,
+    pub qos: QoS,
+    pub packet_id: u16,
+    /// Where the payload lies in `buf`.
+    pub payload: (usize, usize),
+}
+
+/// `Some` if `buf` starts with a whole, well-formed PUBLISH; `None` for anything else (another packet, a part of
+/// one, or a malformed one), which the codec then reads.
+pub fn view_publish(buf: &[u8], version: ProtocolVersion) -> Option<PublishView> {
+    let first = *buf.first()?;
+    if first >> 4 != 3 {
+        return None;
+    }
+    let qos = match (first >> 1) & 3 {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        2 => QoS::ExactlyOnce,
+        _ => return None,
+    };
+    let (mut remaining, mut at, mut shift) = (0usize, 1usize, 0u32);
+    loop {
+        let b = *buf.get(at)?;
+        at += 1;
+        remaining |= usize::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            break;
+        }
+        shift += 7;
+        if shift > 21 {
+            return None;
+        }
+    }
+    let len = at + remaining;
+    let packet = buf.get(at..len)?;
+    let topic_len = usize::from(u16::from_be_bytes(packet.get(..2)?.try_into().ok()?));
+    let mut p = 2 + topic_len;
+    let mut packet_id = 0;
+    if qos != QoS::AtMostOnce {
+        packet_id = u16::from_be_bytes(packet.get(p..p + 2)?.try_into().ok()?);
+        p += 2;
+    }
+    if version.is_v5() {
+        // The properties' length, a variable byte integer, then the properties, skipped.
+        let (mut props, mut shift) = (0usize, 0u32);
+        loop {
+            let b = *packet.get(p)?;
+            p += 1;
+            props |= usize::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                break;
+            }
+            shift += 7;
+            if shift > 21 {
+                return None;
+            }
+        }
+        p += props;
+    }
+    if p > packet.len() {
+        return None;
+    }
+    Some(PublishView { len, qos, packet_id, payload: (at + p, len) })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,7 +303,39 @@ mod tests {
                 if qos != QoS::AtMostOnce {
                     assert_eq!(p.packet_id, 9);
                 }
+                // The in-place view reads the same packet the same way.
+                let mut again = BytesMut::new();
+                put_publish(&mut again, version, b"bench/t", qos, 9, len, (3, 4, 5));
+                let v = view_publish(&again, version).expect("a PUBLISH");
+                assert_eq!((v.len, v.qos, v.packet_id), (again.len(), qos, p.packet_id));
+                assert_eq!(&again[v.payload.0..v.payload.1], &p.payload[..]);
+                assert_eq!(view_publish(&again[..again.len() - 1], version), None, "a part of a packet");
             }
         }
+    }
+
+    #[test]
+    fn the_view_skips_properties_and_leaves_other_packets_to_the_codec() {
+        let publish = Packet::Publish(skein_codec::Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: "a/b".into(),
+            packet_id: 77,
+            properties: skein_codec::Properties {
+                message_expiry_interval: Some(60),
+                user_properties: vec![("k".into(), "v".into())],
+                ..Default::default()
+            },
+            payload: bytes::Bytes::from_static(b"the payload"),
+        });
+        let mut buf = BytesMut::new();
+        publish.encode(ProtocolVersion::V5, &mut buf).unwrap();
+        let v = view_publish(&buf, ProtocolVersion::V5).expect("a PUBLISH");
+        assert_eq!((v.len, v.qos, v.packet_id), (buf.len(), QoS::AtLeastOnce, 77));
+        assert_eq!(&buf[v.payload.0..v.payload.1], b"the payload");
+        let mut ack = BytesMut::new();
+        Packet::PubRel(skein_codec::Ack::new(3)).encode(ProtocolVersion::V5, &mut ack).unwrap();
+        assert_eq!(view_publish(&ack, ProtocolVersion::V5), None);
     }
 }
