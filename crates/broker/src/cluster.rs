@@ -114,6 +114,13 @@ pub trait Cluster: Send + Sync + 'static {
         Forwarded::default()
     }
 
+    /// The messages `forward` takes from here to `end_batch` (one read's, handled on this thread with no await
+    /// between) may be sent to other nodes together at its end, in their order.
+    fn begin_batch(&self) {}
+
+    /// Sends what `forward` kept since `begin_batch`.
+    fn end_batch(&self) {}
+
     /// A client is connecting here: close its connection on any other node (MQTT 5.0 clients hear 0x8E) and, when
     /// `want_session`, bring its persistent session over. `persistent`: the session it gets here outlives the
     /// connection (the cluster then records that this node holds it). `None` when there is nothing to wait for.

@@ -850,7 +850,10 @@ impl<'a> Conn<'a> {
                 // In a block: a batch in scope across the waits below would sit in every connection's task.
                 let outcome = {
                     let mut batch = Batch::default();
+                    let cluster = self.broker.cluster();
+                    cluster.begin_batch();
                     let outcome = self.handle_all(pending, max_packet, &mut batch);
+                    cluster.end_batch();
                     if batch.waits() || (waiting(&commits) && !batch.acks.is_empty()) {
                         commits.get_or_insert_default().push_back(self.commit(batch));
                     } else {

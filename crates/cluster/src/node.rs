@@ -79,7 +79,7 @@ pub struct ClusterNode {
     index: RwLock<(u64, Arc<RouteIndex>)>,
     /// Tells this node's thread-local route index handles from another node's in the same process (tests).
     instance: u64,
-    forwarders: Mutex<HashMap<NodeId, mpsc::UnboundedSender<Outbound>>>,
+    forwarders: Mutex<HashMap<NodeId, mpsc::UnboundedSender<Vec<Outbound>>>>,
     /// Nodes whose forward stream is open now: a retained change's copy is waited for only there.
     forward_up: Mutex<BTreeSet<NodeId>>,
     /// Per sending node: its forward stream task's epoch and the last batch taken from it (see `first_delivery`).
@@ -777,21 +777,70 @@ impl ClusterNode {
     /// atomic writes to one shared cache line for every message.
     fn send_to(&self, node: NodeId, out: Outbound) -> bool {
         let mut f = self.forwarders.lock().unwrap_or_else(|e| e.into_inner());
-        let out = match f.get(&node) {
-            Some(tx) => match tx.send(out) {
+        self.send_locked(&mut f, node, vec![out])
+    }
+
+    /// `send_to` for several messages, with the forwarders already locked.
+    fn send_locked(
+        &self,
+        f: &mut HashMap<NodeId, mpsc::UnboundedSender<Vec<Outbound>>>,
+        node: NodeId,
+        items: Vec<Outbound>,
+    ) -> bool {
+        let items = match f.get(&node) {
+            Some(tx) => match tx.send(items) {
                 Ok(()) => return true,
                 // The stream's task has ended (its node left); a new one starts if the node is a member again.
-                Err(mpsc::error::SendError(out)) => out,
+                Err(mpsc::error::SendError(items)) => items,
             },
-            None => out,
+            None => items,
         };
         let Some(addr) = self.member_addr(node) else { return false };
         let Some(me) = self.this.upgrade() else { return false };
         let (tx, rx) = mpsc::unbounded_channel();
-        let sent = tx.send(out).is_ok();
+        let sent = tx.send(items).is_ok();
         f.insert(node, tx);
         tokio::spawn(forward_loop(me, node, addr, rx));
         sent
+    }
+
+    /// `send_to` for a message of a read being handled (see `Cluster::begin_batch`): kept with the read's others
+    /// and sent with them at its end.
+    fn queue_to(&self, node: NodeId, out: Outbound) {
+        let me = self as *const ClusterNode as usize;
+        let out = BATCH.with(|b| match &mut *b.borrow_mut() {
+            Some(batch) if batch.owner == me => {
+                batch.items.push((node, out));
+                None
+            }
+            _ => Some(out),
+        });
+        if let Some(out) = out
+            && !self.send_to(node, out)
+        {
+            self.forward_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(node, "no way to forward to node");
+        }
+    }
+
+    /// Sends what `queue_to` kept: one lock, and one queue operation per node, in the order they were queued.
+    fn send_batch(&self, mut items: Vec<(NodeId, Outbound)>) {
+        if items.is_empty() {
+            return;
+        }
+        let mut f = self.forwarders.lock().unwrap_or_else(|e| e.into_inner());
+        while !items.is_empty() {
+            // Nearly always one node (publishers here, subscribers on one other); a read's messages keep their order
+            // for each node.
+            let node = items[0].0;
+            let (mine, rest): (Vec<_>, Vec<_>) = items.into_iter().partition(|(n, _)| *n == node);
+            items = rest;
+            let count = mine.len() as u64;
+            if !self.send_locked(&mut f, node, mine.into_iter().map(|(_, o)| o).collect()) {
+                self.forward_failures.fetch_add(count, Ordering::Relaxed);
+                tracing::warn!(node, messages = count, "no way to forward to node");
+            }
+        }
     }
 
     fn releaser(&self, addr: &str) -> mpsc::UnboundedSender<TakeoverRequest> {
@@ -897,6 +946,21 @@ impl ClusterNode {
 }
 
 impl skein_broker::Cluster for ClusterNode {
+    fn begin_batch(&self) {
+        let me = self as *const ClusterNode as usize;
+        let left = BATCH.with(|b| b.borrow_mut().replace(ReadBatch { owner: me, items: Vec::new() }));
+        // A batch never ended (a read handled by a panic): what it kept goes now.
+        if let Some(left) = left {
+            self.send_batch(left.items);
+        }
+    }
+
+    fn end_batch(&self) {
+        if let Some(batch) = BATCH.with(|b| b.borrow_mut().take()) {
+            self.send_batch(batch.items);
+        }
+    }
+
     fn replicates_retained(&self) -> bool {
         true
     }
@@ -1061,10 +1125,7 @@ impl skein_broker::Cluster for ClusterNode {
                 None
             };
             let out = Outbound { message: message.clone(), groups, retain_seq, groups_only: false, accepted };
-            if !self.send_to(node, out) {
-                self.forward_failures.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(node, topic = %message.topic, "no way to forward to node");
-            }
+            self.queue_to(node, out);
         }
         forwarded.groups_elsewhere = plan.groups_elsewhere.into_iter().map(Into::into).collect();
         if !wait || (copies.is_empty() && committed.is_none()) {
@@ -1149,7 +1210,12 @@ struct Unacked {
 /// Keeps one stream to `node` and sends it batches; a batch is acknowledged once delivered there. On a broken
 /// stream it reconnects and sends the unacknowledged batches again, first and in order (an acknowledgement counts
 /// for every batch up to its own).
-async fn forward_loop(node: Arc<ClusterNode>, target: NodeId, addr: String, mut rx: mpsc::UnboundedReceiver<Outbound>) {
+async fn forward_loop(
+    node: Arc<ClusterNode>,
+    target: NodeId,
+    addr: String,
+    mut rx: mpsc::UnboundedReceiver<Vec<Outbound>>,
+) {
     let mut next_batch = 1u64;
     let epoch = new_epoch();
     // Oldest first.
@@ -1286,25 +1352,36 @@ fn keep_waiting(items: &mut Vec<Outbound>) -> u64 {
     (before - items.len()) as u64
 }
 
-/// Up to `MAX_BATCH` messages: `first`, then what is queued; `None` when there are none.
-fn take_batch(rx: &mut mpsc::UnboundedReceiver<Outbound>, first: Option<Outbound>) -> Option<Vec<Outbound>> {
-    let first = match first {
+/// `first`, then what is queued, until the batch has `MAX_BATCH` messages or more (each queued item is one read's,
+/// so a batch stays under `MAX_BATCH` plus one read's); `None` when there are none.
+fn take_batch(rx: &mut mpsc::UnboundedReceiver<Vec<Outbound>>, first: Option<Vec<Outbound>>) -> Option<Vec<Outbound>> {
+    let mut items = match first {
         Some(f) => f,
         None => rx.try_recv().ok()?,
     };
-    let mut items = Vec::with_capacity((rx.len() + 1).min(MAX_BATCH));
-    items.push(first);
     while items.len() < MAX_BATCH {
         match rx.try_recv() {
-            Ok(i) => items.push(i),
+            Ok(more) => items.extend(more),
             Err(_) => break,
         }
     }
     Some(items)
 }
 
-/// Messages in one forwarded batch, at most.
+/// Messages in one forwarded batch, about (see `take_batch`).
 const MAX_BATCH: usize = 256;
+
+/// The messages for other nodes of the read a connection is handling on this thread (`Cluster::begin_batch` to
+/// `end_batch`, with no await between), kept to be sent together: one lock and one queue operation per node and
+/// read, not per message. `owner` is the node whose read it is.
+struct ReadBatch {
+    owner: usize,
+    items: Vec<(NodeId, Outbound)>,
+}
+
+thread_local! {
+    static BATCH: std::cell::RefCell<Option<ReadBatch>> = const { std::cell::RefCell::new(None) };
+}
 
 /// One batch of `items`, packed (see `ForwardBatch.packed`): one allocation, one copy of each message.
 fn forward_batch(from_node: NodeId, epoch: u64, batch_id: u64, items: &[Outbound]) -> ForwardBatch {
@@ -1563,6 +1640,45 @@ impl ClusterService for Service {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn outbound(seq: u64) -> Outbound {
+        let publish = skein_codec::Publish {
+            dup: false,
+            qos: skein_codec::QoS::AtMostOnce,
+            retain: false,
+            topic: "t".into(),
+            packet_id: 0,
+            properties: Default::default(),
+            payload: bytes::Bytes::copy_from_slice(&seq.to_be_bytes()),
+        };
+        let message = Arc::new(Message::from_publish(publish, None));
+        Outbound { message, groups: Vec::new(), retain_seq: seq, groups_only: false, accepted: None }
+    }
+
+    #[test]
+    fn a_forward_batch_takes_whole_reads_in_order_up_to_the_bound() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut seq = 0;
+        // Reads of 100 messages each: a batch takes whole reads until it has MAX_BATCH or more.
+        for _ in 0..4 {
+            tx.send(
+                (0..100)
+                    .map(|_| {
+                        seq += 1;
+                        outbound(seq)
+                    })
+                    .collect::<Vec<_>>(),
+            )
+            .unwrap();
+        }
+        let first = take_batch(&mut rx, None).unwrap();
+        assert_eq!(first.len(), 300, "three reads reach MAX_BATCH ({MAX_BATCH})");
+        let second = take_batch(&mut rx, None).unwrap();
+        assert_eq!(second.len(), 100);
+        let order: Vec<u64> = first.iter().chain(&second).map(|o| o.retain_seq).collect();
+        assert_eq!(order, (1..=400).collect::<Vec<_>>(), "in the order queued");
+        assert!(take_batch(&mut rx, None).is_none());
+    }
 
     #[test]
     fn a_batch_is_taken_once_per_sender_epoch_however_often_it_comes() {
