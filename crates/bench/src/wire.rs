@@ -238,19 +238,7 @@ pub fn view_publish(buf: &[u8], version: ProtocolVersion) -> Option<PublishView>
         2 => QoS::ExactlyOnce,
         _ => return None,
     };
-    let (mut remaining, mut at, mut shift) = (0usize, 1usize, 0u32);
-    loop {
-        let b = *buf.get(at)?;
-        at += 1;
-        remaining |= usize::from(b & 0x7f) << shift;
-        if b & 0x80 == 0 {
-            break;
-        }
-        shift += 7;
-        if shift > 21 {
-            return None;
-        }
-    }
+    let (remaining, at) = varint(buf, 1)?;
     let len = at + remaining;
     let packet = buf.get(at..len)?;
     let topic_len = usize::from(u16::from_be_bytes(packet.get(..2)?.try_into().ok()?));
@@ -261,26 +249,28 @@ pub fn view_publish(buf: &[u8], version: ProtocolVersion) -> Option<PublishView>
         p += 2;
     }
     if version.is_v5() {
-        // The properties' length, a variable byte integer, then the properties, skipped.
-        let (mut props, mut shift) = (0usize, 0u32);
-        loop {
-            let b = *packet.get(p)?;
-            p += 1;
-            props |= usize::from(b & 0x7f) << shift;
-            if b & 0x80 == 0 {
-                break;
-            }
-            shift += 7;
-            if shift > 21 {
-                return None;
-            }
-        }
-        p += props;
+        // The properties' length, then the properties, skipped.
+        let (props, after) = varint(packet, p)?;
+        p = after + props;
     }
     if p > packet.len() {
         return None;
     }
     Some(PublishView { len, qos, packet_id, payload: (at + p, len) })
+}
+
+/// The variable byte integer at `at` in `buf` (at most 4 bytes), and where what follows it starts.
+fn varint(buf: &[u8], mut at: usize) -> Option<(usize, usize)> {
+    let mut value = 0usize;
+    for shift in [0, 7, 14, 21] {
+        let b = *buf.get(at)?;
+        at += 1;
+        value |= usize::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            return Some((value, at));
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -312,6 +302,12 @@ mod tests {
                 assert_eq!(view_publish(&again[..again.len() - 1], version), None, "a part of a packet");
             }
         }
+    }
+
+    #[test]
+    fn a_remaining_length_of_more_than_four_bytes_is_left_to_the_codec() {
+        assert_eq!(varint(&[0x80, 0x80, 0x80, 0x01], 0), Some((1 << 21, 4)));
+        assert_eq!(view_publish(&[0x30, 0x80, 0x80, 0x80, 0x80, 0x01], ProtocolVersion::V311), None);
     }
 
     #[test]
