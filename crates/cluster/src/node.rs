@@ -810,7 +810,10 @@ impl ClusterNode {
         let me = self as *const ClusterNode as usize;
         let out = BATCH.with(|b| match &mut *b.borrow_mut() {
             Some(batch) if batch.owner == me => {
-                batch.items.push((node, out));
+                match batch.nodes.iter_mut().find(|(n, _)| *n == node) {
+                    Some((_, items)) => items.push(out),
+                    None => batch.nodes.push((node, vec![out])),
+                }
                 None
             }
             _ => Some(out),
@@ -823,20 +826,16 @@ impl ClusterNode {
         }
     }
 
-    /// Sends what `queue_to` kept: one lock, and one queue operation per node, in the order they were queued.
-    fn send_batch(&self, mut items: Vec<(NodeId, Outbound)>) {
-        if items.is_empty() {
+    /// Sends what `queue_to` kept, each node's messages in the order they were queued: one lock, and one queue
+    /// operation per node.
+    fn send_batch(&self, nodes: Vec<(NodeId, Vec<Outbound>)>) {
+        if nodes.is_empty() {
             return;
         }
         let mut f = self.forwarders.lock().unwrap_or_else(|e| e.into_inner());
-        while !items.is_empty() {
-            // Nearly always one node (publishers here, subscribers on one other); a read's messages keep their order
-            // for each node.
-            let node = items[0].0;
-            let (mine, rest): (Vec<_>, Vec<_>) = items.into_iter().partition(|(n, _)| *n == node);
-            items = rest;
-            let count = mine.len() as u64;
-            if !self.send_locked(&mut f, node, mine.into_iter().map(|(_, o)| o).collect()) {
+        for (node, items) in nodes {
+            let count = items.len() as u64;
+            if !self.send_locked(&mut f, node, items) {
                 self.forward_failures.fetch_add(count, Ordering::Relaxed);
                 tracing::warn!(node, messages = count, "no way to forward to node");
             }
@@ -948,16 +947,17 @@ impl ClusterNode {
 impl skein_broker::Cluster for ClusterNode {
     fn begin_batch(&self) {
         let me = self as *const ClusterNode as usize;
-        let left = BATCH.with(|b| b.borrow_mut().replace(ReadBatch { owner: me, items: Vec::new() }));
-        // A batch never ended (a read handled by a panic): what it kept goes now.
-        if let Some(left) = left {
-            self.send_batch(left.items);
+        let left = BATCH.with(|b| b.borrow_mut().replace(ReadBatch { owner: me, nodes: Vec::new() }));
+        // A batch never ended (a read handled by a panic): what it kept goes now, if it is this node's.
+        if let Some(left) = left.filter(|l| l.owner == me) {
+            self.send_batch(left.nodes);
         }
     }
 
     fn end_batch(&self) {
-        if let Some(batch) = BATCH.with(|b| b.borrow_mut().take()) {
-            self.send_batch(batch.items);
+        let me = self as *const ClusterNode as usize;
+        if let Some(batch) = BATCH.with(|b| b.borrow_mut().take_if(|b| b.owner == me)) {
+            self.send_batch(batch.nodes);
         }
     }
 
@@ -1373,10 +1373,11 @@ const MAX_BATCH: usize = 256;
 
 /// The messages for other nodes of the read a connection is handling on this thread (`Cluster::begin_batch` to
 /// `end_batch`, with no await between), kept to be sent together: one lock and one queue operation per node and
-/// read, not per message. `owner` is the node whose read it is.
+/// read, not per message. `owner` is the node whose read it is; `nodes` holds each target's messages in order
+/// (nearly always one target: the node with the subscribers).
 struct ReadBatch {
     owner: usize,
-    items: Vec<(NodeId, Outbound)>,
+    nodes: Vec<(NodeId, Vec<Outbound>)>,
 }
 
 thread_local! {
