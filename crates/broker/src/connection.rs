@@ -221,7 +221,7 @@ struct Live<'a, W> {
     _counted: Counted<'a>,
 }
 
-/// CONNECT to CONNACK: reads and checks the CONNECT, authenticates, opens or takes over the session, answers, and
+/// CONNECT to CONNACK: reads and checks the CONNECT, authenticates, opens or takes over the session, and answers.
 /// `None` when the connection ends here (refused, timed out, or gone).
 async fn handshake<'a, R, W>(broker: &'a Arc<Broker>, reader: &mut R, opening: Box<Opening<W>>) -> Option<Live<'a, W>>
 where

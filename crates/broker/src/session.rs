@@ -584,6 +584,33 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Counts its wakes.
+    struct Wakes(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_signal_is_ready_once_per_notification_and_wakes_a_waiting_task() {
+        let wakes = Arc::new(Wakes(std::sync::atomic::AtomicUsize::new(0)));
+        let waker = std::task::Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        let signal = Signal::default();
+        assert!(signal.poll(&mut cx).is_pending(), "nothing notified yet");
+        signal.notify();
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "the registered task is woken");
+        signal.notify();
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "a second notification before the poll wakes no one again");
+        assert!(signal.poll(&mut cx).is_ready());
+        assert!(signal.poll(&mut cx).is_pending(), "both notifications were one");
+        // Notified while nobody waits: the next poll is ready at once.
+        signal.notify();
+        assert!(signal.poll(&mut cx).is_ready());
+    }
     use skein_codec::{MAX_PACKET_SIZE, Publish, decode};
 
     fn limits(max_inflight: usize, max_queued: usize) -> SessionLimits {

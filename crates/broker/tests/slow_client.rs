@@ -17,6 +17,16 @@ use support::Client;
 
 const BUFFER: u32 = 8 * 1024;
 
+/// A broker whose connections have small socket buffers, and a client `id` connected to it with small ones too.
+async fn small_buffers(id: &str) -> (Arc<Broker>, std::net::SocketAddr, Client) {
+    let broker = Broker::open(BrokerConfig::default(), None, Arc::new(SingleNode)).unwrap();
+    let addr = support::serve_with_buffers(broker.clone(), BUFFER).await;
+    let mut c = Client::open_with_buffers(addr, BUFFER).await;
+    c.send_connect(id, true, 0, Properties::default()).await;
+    assert!(matches!(c.recv().await, Some(Packet::ConnAck(a)) if a.reason_code == ReasonCode::Success));
+    (broker, addr, c)
+}
+
 fn encode(p: Packet, out: &mut BytesMut) {
     p.encode(ProtocolVersion::V5, out).unwrap();
 }
@@ -68,11 +78,7 @@ fn publish(topic: String, payload: Bytes) -> Packet {
 async fn a_client_that_reads_nothing_is_read_up_to_a_bound_and_then_gets_every_answer_in_order() {
     const REQUESTS: u16 = 60_000;
     const PINGS: usize = 4;
-    let broker = Broker::open(BrokerConfig::default(), None, Arc::new(SingleNode)).unwrap();
-    let addr = support::serve_with_buffers(broker.clone(), BUFFER).await;
-    let mut c = Client::open_with_buffers(addr, BUFFER).await;
-    c.send_connect("slow", true, 0, Properties::default()).await;
-    assert!(matches!(c.recv().await, Some(Packet::ConnAck(a)) if a.reason_code == ReasonCode::Success));
+    let (broker, _, c) = small_buffers("slow").await;
 
     let mut requests = BytesMut::new();
     for id in 1..=REQUESTS {
@@ -133,11 +139,7 @@ async fn a_client_that_reads_nothing_is_read_up_to_a_bound_and_then_gets_every_a
 async fn a_client_whose_deliveries_are_stuck_is_still_read() {
     // Fewer than the watcher's queue holds (max_queued_messages, 1000), as they all come at once.
     const MESSAGES: usize = 500;
-    let broker = Broker::open(BrokerConfig::default(), None, Arc::new(SingleNode)).unwrap();
-    let addr = support::serve_with_buffers(broker.clone(), BUFFER).await;
-    let mut stuck = Client::open_with_buffers(addr, BUFFER).await;
-    stuck.send_connect("stuck", true, 0, Properties::default()).await;
-    assert!(matches!(stuck.recv().await, Some(Packet::ConnAck(a)) if a.reason_code == ReasonCode::Success));
+    let (broker, addr, mut stuck) = small_buffers("stuck").await;
     subscribe(&mut stuck, "flood").await;
     let mut watcher = Client::connect(addr, "watcher", false).await;
     subscribe(&mut watcher, "alive/#").await;
