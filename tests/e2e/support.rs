@@ -134,7 +134,15 @@ impl Skein {
     pub fn pause(&self) -> Paused {
         let pid = self.pid();
         assert!(Command::new("kill").args(["-STOP", &pid.to_string()]).status().unwrap().success());
-        Paused(pid)
+        let paused = Paused(pid);
+        // The signal is delivered asynchronously: until every thread shows as stopped, the node may still take
+        // what is sent to it.
+        let deadline = Instant::now() + WAIT;
+        while !all_threads_stopped(pid) {
+            assert!(Instant::now() < deadline, "skein {pid} did not stop within {WAIT:?} of SIGSTOP");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        paused
     }
 
     /// SIGKILL: no chance to flush or say goodbye.
@@ -144,6 +152,18 @@ impl Skein {
             let _ = child.wait();
         }
     }
+}
+
+/// True when every thread of `pid` is in the stopped state ('T' in `/proc/PID/task/TID/stat`, the field after the
+/// parenthesised command name).
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return false };
+    tasks.flatten().all(|t| {
+        std::fs::read_to_string(t.path().join("stat"))
+            .ok()
+            .and_then(|stat| stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('T')))
+            .unwrap_or(false)
+    })
 }
 
 /// A paused process (see `Skein::pause`), resumed when dropped, however the test ends.
