@@ -1,6 +1,6 @@
-//! The HTTP endpoint for probes and status: `GET /healthz` (the process answers), `GET /readyz` (the MQTT
-//! listeners are up, the node is not shutting down, and, when clustered, it has joined and knows a leader) and
-//! `GET /cluster` (the cluster as this node sees it, JSON), `GET /cluster/clients/{id}` (which node holds that
+//! The HTTP endpoint for probes, metrics and status: `GET /healthz` (the process answers), `GET /readyz` (the MQTT
+//! listeners are up, the node is not shutting down, and, when clustered, it has joined and knows a leader),
+//! `GET /metrics` (Prometheus' text format, see `metrics.rs`), `GET /cluster` (the cluster as this node sees it, JSON), `GET /cluster/clients/{id}` (which node holds that
 //! client's persistent session, JSON; the id percent-encoded) and `POST /cluster/leave` (leave the cluster, then
 //! shut down). Deliberately tiny: one request per connection.
 
@@ -44,13 +44,14 @@ async fn answer(mut stream: TcpStream, broker: &Broker, node: Option<&ClusterNod
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let (status, kind, body): (&str, &str, String) = match (method, path) {
         ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".into()),
-        ("GET", "/readyz") if broker.is_shutting_down() => {
-            ("503 Service Unavailable", "text/plain", "shutting down\n".into())
-        }
-        ("GET", "/readyz") if node.is_some_and(|n| !n.ready()) => {
-            ("503 Service Unavailable", "text/plain", "not joined to a cluster with a leader yet\n".into())
-        }
-        ("GET", "/readyz") => ("200 OK", "text/plain", "ready\n".into()),
+        ("GET", "/readyz") => match unready(broker, node) {
+            Some(why) => ("503 Service Unavailable", "text/plain", format!("{why}\n")),
+            None => ("200 OK", "text/plain", "ready\n".into()),
+        },
+        ("GET", "/metrics") => match crate::metrics::render(broker, node, unready(broker, node).is_none()) {
+            Ok(text) => ("200 OK", crate::metrics::CONTENT_TYPE, text),
+            Err(e) => ("500 Internal Server Error", "text/plain", format!("metrics could not be gathered: {e}\n")),
+        },
         ("GET", "/cluster") => match node {
             Some(n) => ("200 OK", "application/json", format!("{}\n", n.status())),
             None => ("404 Not Found", "text/plain", "not clustered: start with --cluster ADDR\n".into()),
@@ -92,6 +93,17 @@ async fn answer(mut stream: TcpStream, broker: &Broker, node: Option<&ClusterNod
     );
     stream.write_all(response.as_bytes()).await?;
     stream.shutdown().await
+}
+
+/// Why `/readyz` says not ready, or `None` when ready.
+fn unready(broker: &Broker, node: Option<&ClusterNode>) -> Option<&'static str> {
+    if broker.is_shutting_down() {
+        Some("shutting down")
+    } else if node.is_some_and(|n| !n.ready()) {
+        Some("not joined to a cluster with a leader yet")
+    } else {
+        None
+    }
 }
 
 /// Decodes `%XX` escapes; `None` for a bad escape or bytes that are not UTF-8.

@@ -2,6 +2,7 @@
 
 mod config;
 mod http;
+mod metrics;
 mod mosquitto_conf;
 
 use std::process::ExitCode;

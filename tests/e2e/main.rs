@@ -3,6 +3,7 @@
 
 mod abuse;
 mod cluster;
+mod metrics;
 mod mosquitto;
 mod mqttjs;
 mod operations;

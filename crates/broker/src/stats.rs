@@ -1,4 +1,4 @@
-//! Counters of one node, read by `$SYS/` and (later) the metrics endpoint. Relaxed atomics: each is a count on
+//! Counters of one node, read by `$SYS/` and the binary's `/metrics`. Relaxed atomics: each is a count on
 //! its own, no two need to agree at an instant.
 
 use std::sync::atomic::{AtomicU64, Ordering};

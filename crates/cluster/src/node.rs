@@ -65,6 +65,27 @@ enum RouteChange {
     Removed(String),
 }
 
+/// The cluster's figures as one node sees them, for `/metrics`; `status()` has the same and more, as JSON.
+#[derive(Debug, Clone, Default)]
+pub struct Figures {
+    pub node_id: NodeId,
+    /// Voters and learners.
+    pub members: usize,
+    pub voters: usize,
+    pub leader: Option<NodeId>,
+    pub term: u64,
+    pub applied_index: u64,
+    /// Topic filters in the replicated route table.
+    pub routes: usize,
+    /// Persistent sessions in the client registry.
+    pub registered_sessions: usize,
+    pub forwarded: u64,
+    pub forward_batches: u64,
+    pub forward_failures: u64,
+    pub forward_pending: u64,
+    pub takeovers_answered: u64,
+}
+
 pub struct ClusterNode {
     pub config: ClusterConfig,
     pub raft: Raft,
@@ -898,6 +919,42 @@ impl ClusterNode {
             "forward_failures": self.forward_failures.load(Ordering::Relaxed),
             "takeovers_answered": self.takeovers_answered.load(Ordering::Relaxed),
         })
+    }
+
+    /// What `/metrics` exports of the cluster, as this node sees it.
+    pub fn figures(&self) -> Figures {
+        let (node_id, leader, term, applied_index, members, voters) = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            let membership = m.membership_config.membership();
+            (
+                m.id,
+                m.current_leader,
+                m.current_term,
+                m.last_applied.map_or(0, |l| l.index),
+                membership.nodes().count(),
+                membership.voter_ids().count(),
+            )
+        };
+        let (routes, registered_sessions) = {
+            let a = self.sm.inner.read().unwrap_or_else(|e| e.into_inner());
+            (a.state.routes.len(), a.state.clients.len())
+        };
+        Figures {
+            node_id,
+            members,
+            voters,
+            leader,
+            term,
+            applied_index,
+            routes,
+            registered_sessions,
+            forwarded: self.forwarded.load(Ordering::Relaxed),
+            forward_batches: self.forward_batches.load(Ordering::Relaxed),
+            forward_failures: self.forward_failures.load(Ordering::Relaxed),
+            forward_pending: self.forward_pending.load(Ordering::Relaxed),
+            takeovers_answered: self.takeovers_answered.load(Ordering::Relaxed),
+        }
     }
 
     /// Joined, with a known leader, and (once, after starting) caught up: everything it had before a restart is
