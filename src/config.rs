@@ -86,8 +86,8 @@ pub struct Config {
     pub node_id: Option<u64>,
     /// Listen address of the node-to-node gRPC service; clustering is off without it.
     pub cluster: Option<SocketAddr>,
-    /// The address peers reach this node's cluster service at [default: `cluster`, with the host's name if it
-    /// listens on 0.0.0.0].
+    /// The address peers reach this node's cluster service at [default: `cluster`; required when that is
+    /// 0.0.0.0 or [::]]. Seeds recognise themselves in the join list by it, so it must be written as the list does.
     pub cluster_advertise: Option<String>,
     /// Seed nodes' cluster addresses: nodes started with the same list form one cluster.
     pub join: Vec<String>,
@@ -270,7 +270,8 @@ pub struct ServeArgs {
     /// Listen address for the node-to-node gRPC service; turns clustering on [default: off].
     #[arg(long, env = "SKEIN_CLUSTER", value_name = "ADDR")]
     pub cluster: Option<SocketAddr>,
-    /// Address peers reach this node's cluster service at [default: --cluster].
+    /// Address peers reach this node's cluster service at, as the join list names it [default: --cluster; needed
+    /// when that is 0.0.0.0].
     #[arg(long, env = "SKEIN_CLUSTER_ADVERTISE", value_name = "HOST:PORT")]
     pub cluster_advertise: Option<String>,
     /// Seed nodes' cluster addresses, comma separated; the same list on every seed forms one cluster.
@@ -496,6 +497,14 @@ impl Config {
         }
         if self.cluster.is_none() && !self.join.is_empty() {
             return Err("join is set but cluster is not: give `--cluster ADDR` to listen for peers".into());
+        }
+        if let Some(listen) = self.cluster.filter(|a| a.ip().is_unspecified())
+            && self.cluster_advertise.is_none()
+        {
+            return Err(format!(
+                "cluster = {listen} is no address peers can reach: give cluster_advertise (--cluster-advertise \
+                 HOST:PORT), the address the other nodes use for this one, as the join list names it"
+            ));
         }
         let tls = [&self.cluster_tls_cert, &self.cluster_tls_key, &self.cluster_tls_ca];
         if tls.iter().any(|t| t.is_some()) && !tls.iter().all(|t| t.is_some()) {

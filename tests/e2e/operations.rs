@@ -23,6 +23,25 @@ fn a_bad_flag_stops_start_up_and_names_it() {
 }
 
 #[test]
+fn a_cluster_listening_on_every_address_must_say_where_peers_reach_it() {
+    let out = serve(&["--cluster", "0.0.0.0:7946", "--join", "10.0.0.1:7946"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("0.0.0.0:7946") && err.contains("--cluster-advertise"), "{err}");
+}
+
+#[test]
+fn a_seed_list_naming_this_node_otherwise_than_it_advertises_itself_is_reported() {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    // The list names this node as `localhost`; it advertises `127.0.0.1`: it can never count itself as that seed.
+    let join = format!("localhost:{port},127.0.0.1:{}", free_port());
+    let node = Skein::start(&["--node-id", "1", "--cluster", &listen, "--join", &join]);
+    let line = node.wait_log("answers with this node's id");
+    assert!(line.contains(&format!("seed=localhost:{port}")) && line.contains("--cluster-advertise"), "{line}");
+}
+
+#[test]
 fn a_bad_config_key_names_the_line_and_the_fix() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("skein.toml");

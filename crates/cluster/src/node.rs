@@ -116,6 +116,8 @@ pub struct ClusterNode {
     forward_pending: AtomicU64,
     /// Takeover requests (a persistent session wanted elsewhere) this node has answered.
     takeovers_answered: AtomicU64,
+    /// Said once: a seed answered with this node's id from an address this node does not advertise.
+    warned_self_seed: std::sync::atomic::AtomicBool,
     /// This node itself, for the tasks it starts from `&self`.
     this: std::sync::Weak<ClusterNode>,
     /// Route changes reported and not yet proposed.
@@ -241,6 +243,7 @@ impl ClusterNode {
             releasers: Mutex::new(HashMap::new()),
             forward_failures: AtomicU64::new(0),
             takeovers_answered: AtomicU64::new(0),
+            warned_self_seed: Default::default(),
             forwarded: AtomicU64::new(0),
             forward_batches: AtomicU64::new(0),
             forward_pending: AtomicU64::new(0),
@@ -514,6 +517,16 @@ impl ClusterNode {
             match c.hello(HelloRequest {}).await {
                 Ok(r) => {
                     let r = r.into_inner();
+                    if r.node_id == me && !self.warned_self_seed.swap(true, Ordering::Relaxed) {
+                        // Our own address under another spelling (or another node with our id): this node then
+                        // never counts itself as that seed, and the seeds never all answer.
+                        tracing::warn!(
+                            seed = %addr, node_id = me, advertise = %self.config.advertise,
+                            "a seed in the join list answers with this node's id, but this node advertises another \
+                             address: the cluster cannot form until --cluster-advertise is written exactly as the join \
+                             list names this node (or, if it is another node, the two ids differ)"
+                        );
+                    }
                     known.insert(r.node_id, r.cluster_addr.clone());
                     if r.initialized {
                         initialized.push(addr.clone());
