@@ -343,6 +343,13 @@ impl Broker {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         loop {
             tick.tick().await;
+            // Store writes no acknowledgement waits for (a subscriber's acknowledgements, expired sessions) reach
+            // the disk within a tick, as sled's own background flush did when writes went to it at once.
+            if let Some(store) = self.store.as_ref().filter(|s| s.has_pending())
+                && let Err(e) = store.flush().await
+            {
+                tracing::error!(error = %e, "data store flush failed");
+            }
             let due: Vec<Due> = {
                 let mut timers = lock(&self.timers);
                 let later = timers.split_off(&(Instant::now(), u64::MAX));
@@ -388,10 +395,8 @@ impl Broker {
         drop(state);
         drop(link);
         self.forget(&session, removed);
-        if let Some(store) = &self.store
-            && let Err(e) = store.remove_session(client_id)
-        {
-            tracing::error!(client_id, error = %e, "expired session not removed from the store");
+        if let Some(store) = &self.store {
+            store.remove_session(&session.client_id);
         }
         true
     }
@@ -584,8 +589,8 @@ impl Broker {
                     if persistent
                         && let Some(store) = &self.store
                         && let Ok(key) = store.next_key()
-                        && store.put_queued(&client_id, key, &out, m.sent).is_ok()
                     {
+                        store.put_queued(&client_id, key, &out, m.sent);
                         out.stored = Some(key);
                     }
                     state.restore(out, m.sent);
@@ -601,13 +606,13 @@ impl Broker {
         self.settle_will(&client_id, !session_present).await;
         if let Some(store) = &self.store {
             for key in removed {
-                store.remove_queued(&client_id, key)?;
+                store.remove_queued(&client_id, key);
             }
             if persistent {
                 let record = Self::stored_session(&client_id, &lock(&session.state));
-                store.put_session(&record)?;
+                store.put_session(&record);
             } else {
-                store.remove_session(&client_id)?;
+                store.remove_session(&client_id);
             }
         }
         Ok(Attached { session, session_present, connection_id, kicked, done, waker, superseded_by })
@@ -663,7 +668,7 @@ impl Broker {
         };
         self.forget(&session, removed);
         if let Some(store) = &self.store {
-            let _ = store.remove_session(client_id);
+            store.remove_session(&session.client_id);
         }
         // The client connected elsewhere: to this session (its will is cancelled) or to a new one (it is sent).
         self.settle_will(client_id, export.is_none()).await;
@@ -683,7 +688,7 @@ impl Broker {
         }
         if let Some(store) = &self.store {
             for key in removed {
-                let _ = store.remove_queued(&session.client_id, key);
+                store.remove_queued(&session.client_id, key);
             }
         }
         self.redeliver();
@@ -754,10 +759,8 @@ impl Broker {
                     Timer::SessionExpiry
                 });
                 // The record keeps when the clock started, for a restart.
-                if let Some(store) = &self.store
-                    && let Err(e) = store.put_session(&Self::stored_session(&session.client_id, &state))
-                {
-                    tracing::error!(client_id = %session.client_id, error = %e, "session expiry not stored");
+                if let Some(store) = &self.store {
+                    store.put_session(&Self::stored_session(&session.client_id, &state));
                 }
             }
             return;
@@ -824,10 +827,8 @@ impl Broker {
         }
         write(&self.retained).set(kept());
         if let Some(store) = self.store.as_ref().filter(|_| !node_own) {
-            match store.put_retained(message) {
-                Ok(()) => routed.durable |= message.qos != QoS::AtMostOnce,
-                Err(e) => tracing::error!(topic = %message.topic, error = %e, "retained message not stored"),
-            }
+            store.put_retained(message);
+            routed.durable |= message.qos != QoS::AtMostOnce;
         }
         false
     }
@@ -934,10 +935,9 @@ impl Broker {
             && out.qos != QoS::AtMostOnce
             && let Some(store) = &self.store
         {
-            let stored =
-                store.next_key().and_then(|key| store.put_queued(&session.client_id, key, &out, None).map(|_| key));
-            match stored {
+            match store.next_key() {
                 Ok(key) => {
+                    store.put_queued(&session.client_id, key, &out, None);
                     out.stored = Some(key);
                     durable = true;
                 }
@@ -959,7 +959,7 @@ impl Broker {
                 Stats::add(&self.stats.publish_dropped, 1);
                 tracing::debug!(client_id = %session.client_id, ?reason, "message dropped for subscriber");
                 if let (Some(store), Some(key)) = (&self.store, stored) {
-                    let _ = store.remove_queued(&session.client_id, key);
+                    store.remove_queued(&session.client_id, key);
                 }
                 (false, false)
             }
@@ -1071,13 +1071,8 @@ impl Broker {
         }
         let record = Self::stored_session(&session.client_id, &state);
         drop(state);
-        match store.put_session(&record) {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::error!(client_id = %session.client_id, error = %e, "subscriptions not stored");
-                false
-            }
-        }
+        store.put_session(&record);
+        true
     }
 
     /// Queues retained messages (from a subscribe) for `session`.
@@ -1090,15 +1085,12 @@ impl Broker {
     }
 
     /// Applies durable-copy changes a session reported.
-    pub fn apply_store_updates(&self, client_id: &str, updates: &[StoreUpdate]) {
+    pub fn apply_store_updates(&self, client_id: &ByteString, updates: &[StoreUpdate]) {
         let Some(store) = &self.store else { return };
         for u in updates {
-            let r = match *u {
+            match *u {
                 StoreUpdate::Sent { key, packet_id, state } => store.mark_sent(client_id, key, packet_id, state),
                 StoreUpdate::Done { key } => store.remove_queued(client_id, key),
-            };
-            if let Err(e) = r {
-                tracing::error!(%client_id, error = %e, "queued message state not stored");
             }
         }
     }
