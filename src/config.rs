@@ -97,6 +97,9 @@ pub struct Config {
     pub node_timeout: f64,
     /// Log entries between Raft snapshots (the log before a snapshot is compacted away).
     pub raft_snapshot_logs: u64,
+    /// Seconds a stopping cluster node keeps answering for the persistent sessions of the clients it closed, so
+    /// that they resume them on another node (0: not at all).
+    pub drain_timeout: f64,
     /// PEM files for mutual TLS between peers: this node's certificate and key, and the cluster CA.
     pub cluster_tls_cert: Option<PathBuf>,
     pub cluster_tls_key: Option<PathBuf>,
@@ -148,6 +151,7 @@ impl Default for Config {
             voters: 3,
             node_timeout: 10.0,
             raft_snapshot_logs: 5000,
+            drain_timeout: 15.0,
             cluster_tls_cert: None,
             cluster_tls_key: None,
             cluster_tls_ca: None,
@@ -286,6 +290,10 @@ pub struct ServeArgs {
     /// Raft log entries between snapshots; the log before one is compacted [default: 5000].
     #[arg(long, env = "SKEIN_RAFT_SNAPSHOT_LOGS", value_name = "N")]
     pub raft_snapshot_logs: Option<u64>,
+    /// Seconds a stopping cluster node waits for the clients it closed to resume their persistent sessions on
+    /// other nodes, which take them from it meanwhile [default: 15].
+    #[arg(long, env = "SKEIN_DRAIN_TIMEOUT", value_name = "SECONDS")]
+    pub drain_timeout: Option<f64>,
     /// This node's certificate (PEM) for mutual TLS between peers; with --cluster-tls-key and --cluster-tls-ca.
     #[arg(long, env = "SKEIN_CLUSTER_TLS_CERT", value_name = "PEM")]
     pub cluster_tls_cert: Option<PathBuf>,
@@ -389,6 +397,9 @@ impl ServeArgs {
         }
         if let Some(n) = self.raft_snapshot_logs {
             c.raft_snapshot_logs = n;
+        }
+        if let Some(t) = self.drain_timeout {
+            c.drain_timeout = t;
         }
         for (dst, src) in [
             (&mut c.cluster_tls_cert, &self.cluster_tls_cert),
@@ -509,6 +520,9 @@ impl Config {
         let tls = [&self.cluster_tls_cert, &self.cluster_tls_key, &self.cluster_tls_ca];
         if tls.iter().any(|t| t.is_some()) && !tls.iter().all(|t| t.is_some()) {
             return Err("cluster TLS needs all three of cluster_tls_cert, cluster_tls_key and cluster_tls_ca".into());
+        }
+        if !(self.drain_timeout.is_finite() && (0.0..1e6).contains(&self.drain_timeout)) {
+            return Err(format!("drain_timeout = {}: use a number of seconds, 0 or more", self.drain_timeout));
         }
         if !(self.node_timeout.is_finite() && self.node_timeout > 0.0) {
             return Err(format!("node_timeout = {}: use a number of seconds above 0", self.node_timeout));

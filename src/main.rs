@@ -322,6 +322,9 @@ async fn serve(config: Config) -> Result<(), String> {
         }
     }
     tracing::info!("shutting down: closing connections");
+    // In a cluster, the clients closed here reconnect through another node, which asks this one for their
+    // persistent sessions: those are waited for (see `drain`), or their queued messages would stay behind.
+    let moving = if node.is_some() { broker.connected_persistent_sessions() } else { Vec::new() };
     broker.begin_shutdown();
     for l in listeners {
         let _ = l.await;
@@ -329,12 +332,42 @@ async fn serve(config: Config) -> Result<(), String> {
     if !broker.wait_closed(Duration::from_secs(10)).await {
         tracing::warn!(open = broker.open_connections(), "connections still open after 10 s; stopping anyway");
     }
+    drain(&broker, moving, Duration::from_secs_f64(config.drain_timeout)).await;
     broker.flush().await.map_err(|e| format!("final flush of the data store failed: {e}"))?;
     if let Some(n) = &node {
         let _ = n.raft.shutdown().await;
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Keeps the node answering its peers (not its MQTT listeners, closed by now) until the persistent sessions in
+/// `moving` have been taken over by the nodes their clients reconnected to, or `limit` has passed. A client that
+/// reconnects only after that starts afresh, as when a node goes down.
+async fn drain(broker: &Broker, moving: Vec<skein_codec::ByteString>, limit: Duration) {
+    if moving.is_empty() || limit.is_zero() {
+        return;
+    }
+    tracing::info!(
+        sessions = moving.len(),
+        "waiting up to {limit:?} for the persistent sessions of the clients closed here to move with them"
+    );
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let left = moving.iter().filter(|id| broker.holds_session(id)).count();
+        if left == 0 {
+            tracing::info!("every persistent session moved to the node its client reconnected to");
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                left,
+                "persistent sessions not resumed elsewhere in time; they stay here until this node returns"
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]

@@ -3,6 +3,8 @@
 
 use std::process::Command;
 
+use skein_codec::{Ack, Packet, ProtocolVersion, QoS};
+
 use crate::support::*;
 
 fn port_of(s: &Skein) -> String {
@@ -459,6 +461,31 @@ fn a_persistent_session_resumes_on_another_node_with_its_queued_messages() {
     publish_to(&port_of(&c.nodes[0]), &["-i", "nomad", "-t", "nomad/z", "-m", "clean"]);
     c.wait_session_owner("nomad", None);
     assert_eq!(c.status(2)["sessions"], 0);
+}
+
+/// A node stopped with SIGTERM (a rolling restart) keeps answering its peers while the clients it closed resume
+/// their persistent sessions elsewhere: the session, and what was queued in it meanwhile, moves with its client.
+#[test]
+fn a_stopping_node_hands_the_persistent_sessions_of_its_clients_to_where_they_reconnect() {
+    let mut c = Nodes::start(3);
+    let (mut sub, _) = Raw::connect(c.nodes[0].mqtt, connect_packet(ProtocolVersion::V311, "roamer", false));
+    sub.send(&sub_packet(1, &[("roam/#", QoS::AtLeastOnce)]));
+    assert!(matches!(sub.recv(), Some(Packet::SubAck(_))));
+    c.wait_routes(1, 1);
+    c.wait_session_owner("roamer", Some(1));
+    c.nodes[0].terminate();
+    assert_eq!(sub.recv(), None, "the stopping node closes its clients");
+    // A message for it while it is away waits in its session on the stopping node.
+    mosquitto_pub(&c.nodes[1], &["-t", "roam/x", "-q", "1", "-m", "while moving"]);
+    // It comes back through node 3 and finds its session there, with that message.
+    let (mut sub, ack) = Raw::connect(c.nodes[2].mqtt, connect_packet(ProtocolVersion::V311, "roamer", false));
+    assert!(ack.session_present, "the session moved from the stopping node");
+    let p = expect_publish(&mut sub);
+    assert_eq!((&*p.topic, &p.payload[..]), ("roam/x", &b"while moving"[..]));
+    sub.send(&Packet::PubAck(Ack::new(p.packet_id)));
+    // The stopping node ends once its session has gone, without waiting out drain_timeout.
+    c.nodes[0].wait_log("every persistent session moved");
+    assert_eq!(c.nodes[0].stop(), Some(0));
 }
 
 /// A node down for longer than the node timeout loses its sessions to the cluster; a session of it the client has

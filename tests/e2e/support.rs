@@ -130,6 +130,13 @@ impl Skein {
         }
     }
 
+    /// SIGTERM, without waiting for the process to end (`stop` waits).
+    pub fn terminate(&self) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        }
+    }
+
     /// SIGSTOP: the process stays, answering nothing, until the returned guard is dropped (SIGCONT).
     pub fn pause(&self) -> Paused {
         let pid = self.pid();

@@ -1118,6 +1118,21 @@ impl Broker {
         sessions.iter().filter(|s| lock(&s.state).persistent).map(|s| s.client_id.clone()).collect()
     }
 
+    /// The client ids of the persistent sessions whose clients are connected now.
+    pub fn connected_persistent_sessions(&self) -> Vec<ByteString> {
+        let sessions: Vec<_> = lock(&self.sessions).values().cloned().collect();
+        sessions
+            .iter()
+            .filter(|s| lock(&s.link).is_some() && lock(&s.state).persistent)
+            .map(|s| s.client_id.clone())
+            .collect()
+    }
+
+    /// Whether a session of `client_id` is held here (it has not ended or moved to another node).
+    pub fn holds_session(&self, client_id: &str) -> bool {
+        lock(&self.sessions).contains_key(client_id)
+    }
+
     pub fn local_filters(&self) -> Vec<String> {
         read(&self.router).filters().map(|f| f.to_string()).collect()
     }
