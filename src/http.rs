@@ -1,8 +1,8 @@
 //! The HTTP endpoint for probes, metrics and status: `GET /healthz` (the process answers), `GET /readyz` (the MQTT
 //! listeners are up, the node is not shutting down, and, when clustered, it has joined and knows a leader),
 //! `GET /metrics` (Prometheus' text format, see `metrics.rs`), `GET /cluster` (the cluster as this node sees it, JSON), `GET /cluster/clients/{id}` (which node holds that
-//! client's persistent session, JSON; the id percent-encoded) and `POST /cluster/leave` (leave the cluster, then
-//! shut down). Deliberately tiny: one request per connection.
+//! client's persistent session, JSON; the id percent-encoded), `POST /cluster/leave` (leave the cluster, then
+//! shut down) and `POST /cluster/remove/{id}` (remove another member, one gone for good). Deliberately tiny: one request per connection.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -84,8 +84,21 @@ async fn answer(mut stream: TcpStream, broker: &Broker, node: Option<&ClusterNod
             },
             None => ("404 Not Found", "text/plain", "not clustered\n".into()),
         },
+        ("POST", p) if p.starts_with("/cluster/remove/") => match node {
+            Some(n) => match p["/cluster/remove/".len()..].parse::<u64>() {
+                Ok(id) => match n.remove(id).await {
+                    Ok(()) => {
+                        tracing::info!(node_id = id, "removed from the cluster");
+                        ("200 OK", "text/plain", format!("node {id} removed from the cluster\n"))
+                    }
+                    Err(e) => ("409 Conflict", "text/plain", format!("could not remove node {id}: {e}\n")),
+                },
+                Err(_) => ("400 Bad Request", "text/plain", "write the node id as a number\n".into()),
+            },
+            None => ("404 Not Found", "text/plain", "not clustered\n".into()),
+        },
         ("GET", _) => ("404 Not Found", "text/plain", "not found\n".into()),
-        _ => ("405 Method Not Allowed", "text/plain", "GET, or POST /cluster/leave\n".into()),
+        _ => ("405 Method Not Allowed", "text/plain", "GET, or POST /cluster/leave or /cluster/remove/ID\n".into()),
     };
     let response = format!(
         "HTTP/1.1 {status}\r\ncontent-type: {kind}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",

@@ -61,6 +61,12 @@ enum ClusterAction {
     },
     /// Remove the node from the cluster (its routes and its place), then shut it down.
     Leave,
+    /// Remove another member that cannot leave by itself (gone for good): its place, routes and sessions. A voter's
+    /// place passes to a learner, so the quorum survives further failures.
+    Remove {
+        /// The member's node id.
+        id: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -108,13 +114,14 @@ fn main() -> ExitCode {
     }
 }
 
-/// `skein cluster status|leave`: one HTTP request to the node.
+/// `skein cluster status|client|leave|remove`: one HTTP request to the node.
 fn cluster_command(http: &str, action: ClusterAction) -> Result<(), String> {
     use std::io::{Read, Write};
     let (method, path) = match &action {
         ClusterAction::Status { .. } => ("GET", "/cluster".to_string()),
         ClusterAction::Client { id } => ("GET", format!("/cluster/clients/{}", percent_encode(id))),
         ClusterAction::Leave => ("POST", "/cluster/leave".to_string()),
+        ClusterAction::Remove { id } => ("POST", format!("/cluster/remove/{id}")),
     };
     let mut s = std::net::TcpStream::connect(http).map_err(|e| {
         format!("cannot reach the node's HTTP at {http}: {e} (start it with --http, or pass --http ADDR)")
@@ -128,7 +135,10 @@ fn cluster_command(http: &str, action: ClusterAction) -> Result<(), String> {
         return Err(body.trim().to_string());
     }
     match action {
-        ClusterAction::Status { json: true } | ClusterAction::Client { .. } | ClusterAction::Leave => print!("{body}"),
+        ClusterAction::Status { json: true }
+        | ClusterAction::Client { .. }
+        | ClusterAction::Leave
+        | ClusterAction::Remove { .. } => print!("{body}"),
         ClusterAction::Status { json: false } => {
             let v: serde_json::Value = serde_json::from_str(body).map_err(|e| e.to_string())?;
             println!(

@@ -206,6 +206,48 @@ fn a_fourth_node_joins_through_any_member_as_a_learner() {
     c.wait_node_routes(0, 4, 0);
 }
 
+/// A voter gone for good is removed from another node (`skein cluster remove`): a learner takes its vote, so the
+/// cluster keeps a quorum when one more voter fails. Without the removal, two of three voters would be gone.
+#[test]
+fn a_dead_voter_removed_from_another_node_leaves_its_vote_to_a_learner() {
+    let mut c = Nodes::start(3);
+    c.cluster_addrs.push(format!("127.0.0.1:{}", free_port()));
+    c.dirs.push(tempfile::tempdir().unwrap());
+    let fourth = c.spawn(3, &c.cluster_addrs[0].clone());
+    wait_ready(fourth.http.unwrap());
+    c.nodes.push(fourth);
+    c.nodes[1].kill9();
+    let remove = |id: &str| {
+        Command::new(skein_bin())
+            .args(["cluster", "--http", &c.nodes[0].http.unwrap().to_string(), "remove", id])
+            .output()
+            .unwrap()
+    };
+    let out = remove("2");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let voters = |status: &serde_json::Value| -> Vec<u64> {
+        let members = status["members"].as_array().cloned().unwrap_or_default();
+        members.iter().filter(|m| m["role"] != "learner").filter_map(|m| m["id"].as_u64()).collect()
+    };
+    let status = c.status(0);
+    assert_eq!(status["members"].as_array().map(|m| m.len()), Some(3), "{status}");
+    let mut v = voters(&status);
+    v.sort();
+    assert_eq!(v, vec![1, 3, 4], "the learner took node 2's vote: {status}");
+    // Removing it again, or the node itself, says why not.
+    let again = remove("2");
+    assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("not a member"));
+    let itself = remove("1");
+    assert!(!itself.status.success() && String::from_utf8_lossy(&itself.stderr).contains("use leave"));
+    // One more voter fails: nodes 1 and 4 are still a majority of the three voters, so route changes go on.
+    c.nodes[2].kill9();
+    let (sub, out) = mosquitto_sub(&c.nodes[3], &["-t", "quorum/#", "-v", "-C", "1"]);
+    c.wait_node_routes(0, 4, 1);
+    publish_to(&port_of(&c.nodes[0]), &["-t", "quorum/x", "-q", "1", "-m", "still one broker"]);
+    out.wait_for(|l| l == "quorum/x still one broker");
+    sub.wait_output(WAIT);
+}
+
 #[test]
 fn the_cluster_re_forms_after_all_nodes_restart() {
     let mut c = Nodes::start(3);

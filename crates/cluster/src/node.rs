@@ -632,6 +632,23 @@ impl ClusterNode {
         if reply.ok { Ok(()) } else { Err(reply.error) }
     }
 
+    /// Removes another member that cannot leave by itself (it is gone for good): its place in the membership (a
+    /// voter's passes to a learner, if there is one), its routes and its sessions in the registry. A voter removed
+    /// this way no longer counts towards the quorum, so the others keep one when more nodes fail.
+    pub async fn remove(&self, id: NodeId) -> Result<(), String> {
+        if id == self.id() {
+            return Err("this is the node itself: use leave".into());
+        }
+        if self.raft.metrics().borrow().membership_config.membership().get_node(&id).is_none() {
+            return Err(format!("node {id} is not a member"));
+        }
+        let req = JoinRequest { node_id: id, cluster_addr: String::new(), mqtt_addr: String::new() };
+        let addr = self.leader_addr().ok_or("no leader: the cluster has no quorum")?;
+        let mut c = network::client(&addr).map_err(|e| e.to_string())?;
+        let reply = c.leave(req).await.map_err(|e| e.to_string())?.into_inner();
+        if reply.ok { Ok(()) } else { Err(reply.error) }
+    }
+
     fn is_leader(&self) -> bool {
         self.raft.metrics().borrow().current_leader == Some(self.id())
     }
