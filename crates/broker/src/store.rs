@@ -127,6 +127,8 @@ struct Trees {
     sessions: sled::Tree,
     queue: sled::Tree,
     pending: Mutex<Pending>,
+    /// Held while writes are applied, so that two batches (a flush's, a load's) never apply interleaved.
+    applying: Mutex<()>,
 }
 
 /// Writes made but not yet applied to sled, in the order they were made.
@@ -199,6 +201,7 @@ impl Trees {
     /// Applies the pending writes to sled, in order (not yet durable: sled's flush does that). Every write is
     /// tried; the first error is returned.
     fn apply(&self) -> Result<(), StoreError> {
+        let _order = self.applying.lock().unwrap_or_else(|e| e.into_inner());
         let ops = {
             let mut pending = self.pending();
             pending.inserts.clear();
@@ -285,6 +288,7 @@ impl Store {
             sessions: db.open_tree("sessions")?,
             queue: db.open_tree("queue")?,
             pending: Mutex::default(),
+            applying: Mutex::default(),
         });
         // The flusher holds the trees weakly: the store's last handle, not a flush task, closes them.
         let weak = Arc::downgrade(&trees);
