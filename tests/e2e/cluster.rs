@@ -172,12 +172,8 @@ fn a_restarted_node_is_ready_only_once_it_has_the_log_it_missed() {
 #[test]
 fn a_fourth_node_joins_through_any_member_as_a_learner() {
     let mut c = Nodes::start(3);
-    c.cluster_addrs.push(format!("127.0.0.1:{}", free_port()));
-    c.dirs.push(tempfile::tempdir().unwrap());
     // It names one member only, not the seed list.
-    let fourth = c.spawn(3, &c.cluster_addrs[1].clone());
-    wait_ready(fourth.http.unwrap());
-    c.nodes.push(fourth);
+    c.add_node(1);
     let status = c.status(0);
     let members = status["members"].as_array().unwrap();
     assert_eq!(members.len(), 4, "{status}");
@@ -211,11 +207,7 @@ fn a_fourth_node_joins_through_any_member_as_a_learner() {
 #[test]
 fn a_dead_voter_removed_from_another_node_leaves_its_vote_to_a_learner() {
     let mut c = Nodes::start(3);
-    c.cluster_addrs.push(format!("127.0.0.1:{}", free_port()));
-    c.dirs.push(tempfile::tempdir().unwrap());
-    let fourth = c.spawn(3, &c.cluster_addrs[0].clone());
-    wait_ready(fourth.http.unwrap());
-    c.nodes.push(fourth);
+    c.add_node(0);
     c.nodes[1].kill9();
     let remove = |id: &str| {
         Command::new(skein_bin())

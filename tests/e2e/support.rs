@@ -503,6 +503,15 @@ impl Nodes {
         nodes
     }
 
+    /// Starts one more node (the next id) that joins through member `via` alone, and waits until it is ready.
+    pub fn add_node(&mut self, via: usize) {
+        self.cluster_addrs.push(format!("127.0.0.1:{}", free_port()));
+        self.dirs.push(tempfile::tempdir().unwrap());
+        let node = self.spawn(self.nodes.len(), &self.cluster_addrs[via].clone());
+        wait_ready(node.http.unwrap());
+        self.nodes.push(node);
+    }
+
     /// Starts node `i` (id i+1) on its data dir with `join`.
     pub fn spawn(&self, i: usize, join: &str) -> Skein {
         let id = (i + 1).to_string();
