@@ -5,7 +5,7 @@
 //! one walk over the sessions (for the queued count, as `$SYS/broker/messages/stored` does).
 //!
 //! The names are a contract with the dashboards and alert rules in `deploy/` and the Helm chart
-//! (`tests/e2e/metrics.rs` checks that every name they use is exported).
+//! (`scripts/check-deploy` checks that every name they use is exported, against a live scrape).
 
 use prometheus::core::GenericCounter;
 use prometheus::{Encoder, Opts, Registry, TextEncoder};
