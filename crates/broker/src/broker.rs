@@ -1111,21 +1111,20 @@ impl Broker {
         read(&self.router).len()
     }
 
-    /// The filters this node has at least one subscriber on: its full route set, for announcing to a cluster.
     /// The client ids of the persistent sessions held here, connected or not.
     pub fn persistent_sessions(&self) -> Vec<ByteString> {
-        let sessions: Vec<_> = lock(&self.sessions).values().cloned().collect();
-        sessions.iter().filter(|s| lock(&s.state).persistent).map(|s| s.client_id.clone()).collect()
+        self.persistent_sessions_where(|_| true)
     }
 
     /// The client ids of the persistent sessions whose clients are connected now.
     pub fn connected_persistent_sessions(&self) -> Vec<ByteString> {
+        self.persistent_sessions_where(|s| lock(&s.link).is_some())
+    }
+
+    fn persistent_sessions_where(&self, keep: impl Fn(&SessionHandle) -> bool) -> Vec<ByteString> {
         let sessions: Vec<_> = lock(&self.sessions).values().cloned().collect();
-        sessions
-            .iter()
-            .filter(|s| lock(&s.link).is_some() && lock(&s.state).persistent)
-            .map(|s| s.client_id.clone())
-            .collect()
+        // The link is locked before the state, as everywhere else.
+        sessions.iter().filter(|s| keep(s) && lock(&s.state).persistent).map(|s| s.client_id.clone()).collect()
     }
 
     /// Whether a session of `client_id` is held here (it has not ended or moved to another node).
@@ -1133,6 +1132,7 @@ impl Broker {
         lock(&self.sessions).contains_key(client_id)
     }
 
+    /// The filters this node has at least one subscriber on: its full route set, for announcing to a cluster.
     pub fn local_filters(&self) -> Vec<String> {
         read(&self.router).filters().map(|f| f.to_string()).collect()
     }

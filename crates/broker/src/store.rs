@@ -141,10 +141,11 @@ struct Pending {
 }
 
 enum Op {
+    /// The message is kept as it was queued and encoded only when applied (a cancelled one never is).
     Queued {
         client_id: ByteString,
         key: u64,
-        out: QueuedCopy,
+        out: crate::session::Outgoing,
         sent: Option<(u16, InflightState)>,
     },
     Sent {
@@ -159,7 +160,7 @@ enum Op {
     },
     Session {
         client_id: ByteString,
-        record: Vec<u8>,
+        record: Bytes,
     },
     NoSession(ByteString),
     Retained {
@@ -168,14 +169,6 @@ enum Op {
     },
     /// A queued message removed before its insert was applied: nothing to write.
     Cancelled,
-}
-
-/// What a queued message's record holds, encoded only when applied (a cancelled one never is).
-struct QueuedCopy {
-    message: Arc<Message>,
-    qos: QoS,
-    retain: bool,
-    subscription_ids: Vec<u32>,
 }
 
 impl Pending {
@@ -246,7 +239,7 @@ impl Trees {
                 self.queue.remove(queue_key(&client_id, key))?;
             }
             Op::Session { client_id, record } => {
-                self.sessions.insert(client_id.as_bytes(), record)?;
+                self.sessions.insert(client_id.as_bytes(), &record[..])?;
             }
             Op::NoSession(client_id) => {
                 self.sessions.remove(client_id.as_bytes())?;
@@ -343,7 +336,7 @@ impl Store {
         for (filter, sub) in &session.subscriptions {
             sub.encode_v5(filter, &mut buf);
         }
-        self.trees.pending().push(Op::Session { client_id: session.client_id.clone(), record: buf.to_vec() });
+        self.trees.pending().push(Op::Session { client_id: session.client_id.clone(), record: buf.freeze() });
     }
 
     /// Forgets a session and everything queued for it.
@@ -386,13 +379,7 @@ impl Store {
         out: &crate::session::Outgoing,
         sent: Option<(u16, InflightState)>,
     ) {
-        let copy = QueuedCopy {
-            message: out.message.clone(),
-            qos: out.qos,
-            retain: out.retain,
-            subscription_ids: out.subscription_ids.clone(),
-        };
-        self.trees.pending().push(Op::Queued { client_id: client_id.clone(), key, out: copy, sent });
+        self.trees.pending().push(Op::Queued { client_id: client_id.clone(), key, out: out.clone(), sent });
     }
 
     /// Changes the sent state of a stored queued message, keeping the message.
@@ -400,7 +387,7 @@ impl Store {
         let mut pending = self.trees.pending();
         match pending.insert_of(key) {
             Some(Op::Queued { sent, .. }) => *sent = Some((packet_id, state)),
-            _ => pending.ops.push(Op::Sent { client_id: client_id.clone(), key, packet_id, state }),
+            _ => pending.push(Op::Sent { client_id: client_id.clone(), key, packet_id, state }),
         }
     }
 
@@ -412,7 +399,7 @@ impl Store {
                     *op = Op::Cancelled;
                 }
             }
-            None => pending.ops.push(Op::Unqueued { client_id: client_id.clone(), key }),
+            None => pending.push(Op::Unqueued { client_id: client_id.clone(), key }),
         }
     }
 }
