@@ -7,7 +7,6 @@
 //! The names are a contract with the dashboards and alert rules in `deploy/` and the Helm chart
 //! (`scripts/check-deploy` checks that every name they use is exported, against a live scrape).
 
-use prometheus::core::GenericCounter;
 use prometheus::{Encoder, Opts, Registry, TextEncoder};
 use skein_broker::Broker;
 use skein_broker::stats::Stats;
@@ -15,41 +14,41 @@ use skein_cluster::node::ClusterNode;
 
 /// The text a scrape gets. `ready` is what `/readyz` would answer.
 pub fn render(broker: &Broker, node: Option<&ClusterNode>, ready: bool) -> Result<String, prometheus::Error> {
-    use Value::{Counter, Gauge, Seconds, SecondsTotal};
+    use Value::{Counter, Gauge};
     let s = &broker.stats;
-    let n = |c: &std::sync::atomic::AtomicU64| Counter(Stats::get(c));
+    let n = |c: &std::sync::atomic::AtomicU64| Counter(Stats::get(c) as f64);
     let mut rows: Vec<(&str, &str, Value)> = vec![
         (
             "skein_ready",
             "1 when /readyz answers 200: listening, not shutting down, joined with a leader when clustered.",
-            Gauge(ready as i64),
+            Gauge(f64::from(u8::from(ready))),
         ),
-        ("skein_clients_connected", "Clients connected now.", Gauge(Stats::get(&s.clients_connected) as i64)),
+        ("skein_clients_connected", "Clients connected now.", Gauge(Stats::get(&s.clients_connected) as f64)),
         (
             "skein_clients_maximum",
             "Most clients connected at once since the node started.",
-            Gauge(Stats::get(&s.clients_maximum) as i64),
+            Gauge(Stats::get(&s.clients_maximum) as f64),
         ),
         (
             "skein_clients_limit",
             "max_connections: clients accepted at once over all listeners (0: no limit).",
-            Gauge(broker.config.max_connections as i64),
+            Gauge(broker.config.max_connections as f64),
         ),
         (
             "skein_sessions",
             "Sessions held here: connected clients and offline persistent sessions.",
-            Gauge(broker.session_count() as i64),
+            Gauge(broker.session_count() as f64),
         ),
         (
             "skein_subscriptions",
             "Subscriptions held here, over all sessions.",
-            Gauge(broker.subscription_count() as i64),
+            Gauge(broker.subscription_count() as f64),
         ),
-        ("skein_retained_messages", "Retained messages.", Gauge(broker.retained_count() as i64)),
+        ("skein_retained_messages", "Retained messages.", Gauge(broker.retained_count() as f64)),
         (
             "skein_messages_queued",
             "QoS 1/2 messages queued for or in flight to the sessions held here.",
-            Gauge(broker.queued_count() as i64),
+            Gauge(broker.queued_count() as f64),
         ),
         ("skein_connections_total", "Clients accepted (CONNACK success).", n(&s.connections_total)),
         ("skein_connections_refused_total", "CONNECTs refused, for any reason.", n(&s.connections_refused)),
@@ -75,37 +74,37 @@ pub fn render(broker: &Broker, node: Option<&ClusterNode>, ready: bool) -> Resul
     if let Some(node) = node {
         let c = node.figures();
         rows.extend([
-            ("skein_cluster_node_id", "This node's id in the cluster.", Gauge(c.node_id as i64)),
-            ("skein_cluster_members", "Members of the cluster, voters and learners.", Gauge(c.members as i64)),
-            ("skein_cluster_voters", "Voting members of the cluster.", Gauge(c.voters as i64)),
-            ("skein_cluster_has_leader", "1 when this node knows a leader.", Gauge(c.leader.is_some() as i64)),
-            ("skein_cluster_is_leader", "1 on the leader.", Gauge((c.leader == Some(c.node_id)) as i64)),
-            ("skein_cluster_term", "The Raft term this node is in.", Gauge(c.term as i64)),
-            ("skein_cluster_applied_index", "The last Raft log index this node has applied.", Gauge(c.applied_index as i64)),
-            ("skein_cluster_routes", "Topic filters in the replicated route table.", Gauge(c.routes as i64)),
-            ("skein_cluster_registered_sessions", "Persistent sessions in the cluster's client registry.", Gauge(c.registered_sessions as i64)),
-            ("skein_cluster_forwarded_total", "Messages forwarded to other nodes.", Counter(c.forwarded)),
-            ("skein_cluster_forward_batches_total", "Batches of forwarded messages sent.", Counter(c.forward_batches)),
-            ("skein_cluster_forward_failures_total", "Forwarded messages given up: the node could not be reached within node_timeout, or QoS 0 for a node that could not be reached.", Counter(c.forward_failures)),
-            ("skein_cluster_forward_pending", "Forwarded messages other nodes have not acknowledged yet.", Gauge(c.forward_pending as i64)),
-            ("skein_cluster_takeovers_answered_total", "Session take-overs this node answered for other nodes.", Counter(c.takeovers_answered)),
+            ("skein_cluster_node_id", "This node's id in the cluster.", Gauge(c.node_id as f64)),
+            ("skein_cluster_members", "Members of the cluster, voters and learners.", Gauge(c.members as f64)),
+            ("skein_cluster_voters", "Voting members of the cluster.", Gauge(c.voters as f64)),
+            ("skein_cluster_has_leader", "1 when this node knows a leader.", Gauge(f64::from(u8::from(c.leader.is_some())))),
+            ("skein_cluster_is_leader", "1 on the leader.", Gauge(f64::from(u8::from(c.leader == Some(c.node_id))))),
+            ("skein_cluster_term", "The Raft term this node is in.", Gauge(c.term as f64)),
+            ("skein_cluster_applied_index", "The last Raft log index this node has applied.", Gauge(c.applied_index as f64)),
+            ("skein_cluster_routes", "Topic filters in the replicated route table.", Gauge(c.routes as f64)),
+            ("skein_cluster_registered_sessions", "Persistent sessions in the cluster's client registry.", Gauge(c.registered_sessions as f64)),
+            ("skein_cluster_forwarded_total", "Messages forwarded to other nodes.", Counter(c.forwarded as f64)),
+            ("skein_cluster_forward_batches_total", "Batches of forwarded messages sent.", Counter(c.forward_batches as f64)),
+            ("skein_cluster_forward_failures_total", "Forwarded messages given up: the node could not be reached within node_timeout, or QoS 0 for a node that could not be reached.", Counter(c.forward_failures as f64)),
+            ("skein_cluster_forward_pending", "Forwarded messages other nodes have not acknowledged yet.", Gauge(c.forward_pending as f64)),
+            ("skein_cluster_takeovers_answered_total", "Session take-overs this node answered for other nodes.", Counter(c.takeovers_answered as f64)),
         ]);
     }
     if let Some(p) = Process::read() {
         rows.extend([
-            ("process_cpu_seconds_total", "User and system CPU time spent, in seconds.", SecondsTotal(p.cpu_seconds)),
-            ("process_resident_memory_bytes", "Resident memory size in bytes.", Gauge(p.resident_bytes as i64)),
-            ("process_virtual_memory_bytes", "Virtual memory size in bytes.", Gauge(p.virtual_bytes as i64)),
-            ("process_open_fds", "Open file descriptors.", Gauge(p.open_fds as i64)),
+            ("process_cpu_seconds_total", "User and system CPU time spent, in seconds.", Counter(p.cpu_seconds)),
+            ("process_resident_memory_bytes", "Resident memory size in bytes.", Gauge(p.resident_bytes as f64)),
+            ("process_virtual_memory_bytes", "Virtual memory size in bytes.", Gauge(p.virtual_bytes as f64)),
+            ("process_open_fds", "Open file descriptors.", Gauge(p.open_fds as f64)),
             (
                 "process_start_time_seconds",
                 "Start time of the process since the Unix epoch, in seconds.",
-                Seconds(p.start_time_seconds),
+                Gauge(p.start_time_seconds),
             ),
-            ("process_threads", "Threads of the process.", Gauge(p.threads as i64)),
+            ("process_threads", "Threads of the process.", Gauge(p.threads as f64)),
         ]);
         if let Some(max) = p.max_fds {
-            rows.push(("process_max_fds", "The limit on open file descriptors.", Gauge(max as i64)));
+            rows.push(("process_max_fds", "The limit on open file descriptors.", Gauge(max as f64)));
         }
     }
 
@@ -119,21 +118,11 @@ pub fn render(broker: &Broker, node: Option<&ClusterNode>, ready: bool) -> Resul
     for (name, help, value) in rows {
         match value {
             Gauge(v) => {
-                let g = prometheus::IntGauge::new(name, help)?;
-                g.set(v);
-                registry.register(Box::new(g))?;
-            }
-            Seconds(v) => {
                 let g = prometheus::Gauge::new(name, help)?;
                 g.set(v);
                 registry.register(Box::new(g))?;
             }
             Counter(v) => {
-                let c = GenericCounter::<prometheus::core::AtomicU64>::new(name, help)?;
-                c.inc_by(v);
-                registry.register(Box::new(c))?;
-            }
-            SecondsTotal(v) => {
                 let c = prometheus::Counter::new(name, help)?;
                 c.inc_by(v);
                 registry.register(Box::new(c))?;
@@ -148,12 +137,10 @@ pub fn render(broker: &Broker, node: Option<&ClusterNode>, ready: bool) -> Resul
 /// The content type of the text format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// A metric's type and value.
+/// A metric's type and value. Prometheus keeps every sample as a float; counts stay exact up to 2^53.
 enum Value {
-    Gauge(i64),
-    Seconds(f64),
-    Counter(u64),
-    SecondsTotal(f64),
+    Gauge(f64),
+    Counter(f64),
 }
 
 /// This process as `/proc/self` shows it (Linux).
