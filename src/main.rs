@@ -331,6 +331,11 @@ async fn serve(config: Config) -> Result<(), String> {
             }
         }
     }
+    // First, while its clients are still here: the clients closed next reconnect through the others, which then
+    // need a leader to register their sessions (see `hand_off_leadership`).
+    if let Some(n) = &node {
+        n.hand_off_leadership(LEADERSHIP_HANDOFF).await;
+    }
     tracing::info!("shutting down: closing connections");
     // In a cluster, the clients closed here reconnect through another node, which asks this one for their
     // persistent sessions: those are waited for (see `drain`), or their queued messages would stay behind.
@@ -350,6 +355,10 @@ async fn serve(config: Config) -> Result<(), String> {
     tracing::info!("stopped");
     Ok(())
 }
+
+/// How long a stopping leader tries to hand its leadership on: past the election timeout (2 s), the longest it may
+/// have to wait before it can give its vote to a successor (see `hand_off_leadership`).
+const LEADERSHIP_HANDOFF: Duration = Duration::from_secs(4);
 
 /// Keeps the node answering its peers (not its MQTT listeners, closed by now) until the persistent sessions in
 /// `moving` have been taken over by the nodes their clients reconnected to, or `limit` has passed. A client that

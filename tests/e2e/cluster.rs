@@ -522,6 +522,45 @@ fn a_stopping_node_hands_the_persistent_sessions_of_its_clients_to_where_they_re
     assert_eq!(c.nodes[0].stop(), Some(0));
 }
 
+/// A leader stopped with SIGTERM hands its leadership to another voter before it closes its clients, so that the
+/// nodes they reconnect through have a leader to register their sessions with; the others do not wait for it to be
+/// gone and then out an election timeout.
+#[test]
+fn a_stopping_leader_hands_its_leadership_on_before_it_closes_its_clients() {
+    // A long drain: the stopping node stays up until its client's session has moved, which the test decides.
+    let mut c = Nodes::start_with(3, &["--drain-timeout", "120"]);
+    let leader = c.status(0)["leader"].as_u64().expect("a leader");
+    let l = leader as usize - 1;
+    let (mut sub, _) = Raw::connect(c.nodes[l].mqtt, connect_packet(ProtocolVersion::V311, "anchor", false));
+    sub.send(&sub_packet(1, &[("anchor/#", QoS::AtLeastOnce)]));
+    assert!(matches!(sub.recv(), Some(Packet::SubAck(_))));
+    c.wait_session_owner("anchor", Some(leader));
+    c.nodes[l].terminate();
+    assert_eq!(sub.recv(), None, "the stopping node closes its clients");
+    c.nodes[l].wait_log("closing connections");
+    let log = c.nodes[l].log();
+    let handed = log.find("leadership handed on").unwrap_or_else(|| panic!("no hand-off before closing:\n{log}"));
+    assert!(handed < log.find("closing connections").expect("closing logged"), "{log}");
+    // The others name the new leader while the old one is still draining.
+    let others: Vec<usize> = (0..3).filter(|i| *i != l).collect();
+    let deadline = std::time::Instant::now() + WAIT;
+    let successor = loop {
+        let seen: Vec<_> = others.iter().map(|i| c.status(*i)["leader"].as_u64()).collect();
+        if let Some(s) = seen[0].filter(|s| *s != leader && seen.iter().all(|x| *x == Some(*s))) {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "no new leader among the others: {seen:?}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(c.nodes[l].running(), "the new leader came only after the old one was gone");
+    c.nodes[successor as usize - 1].wait_log("standing for election: the leader is stopping");
+    // A session registration needs the leader: the client resumes through another node, and the old one ends.
+    let (_sub, ack) = Raw::connect(c.nodes[others[0]].mqtt, connect_packet(ProtocolVersion::V311, "anchor", false));
+    assert!(ack.session_present, "the session moved from the stopping node");
+    c.nodes[l].wait_log("every persistent session moved");
+    assert_eq!(c.nodes[l].stop(), Some(0));
+}
+
 /// A node down for longer than the node timeout loses its sessions to the cluster; a session of it the client has
 /// meanwhile started afresh elsewhere must not live on there when it comes back from its store (its subscription
 /// would keep drawing copies of messages nobody reads).

@@ -130,6 +130,11 @@ impl Skein {
         }
     }
 
+    /// True until the process has exited.
+    pub fn running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
     /// SIGTERM, without waiting for the process to end (`stop` waits).
     pub fn terminate(&self) {
         if let Some(child) = &self.child {

@@ -21,8 +21,8 @@ use crate::handover;
 use crate::network::{self, Factory, to_message};
 use crate::proto::cluster_server::{Cluster as ClusterService, ClusterServer};
 use crate::proto::{
-    ForwardAck, ForwardBatch, HelloReply, HelloRequest, JoinReply, JoinRequest, RaftMessage, ReleaseReply,
-    ReleaseRequest, TakeoverReply, TakeoverRequest,
+    ElectReply, ElectRequest, ForwardAck, ForwardBatch, HelloReply, HelloRequest, JoinReply, JoinRequest, RaftMessage,
+    ReleaseReply, ReleaseRequest, TakeoverReply, TakeoverRequest,
 };
 use crate::state::{Claim, Claimed, Command, Member, NodeId, RouteIndex};
 use crate::store::{self, Raft, RetainedChange, StateMachine};
@@ -647,6 +647,75 @@ impl ClusterNode {
         let mut c = network::client(&addr).map_err(|e| e.to_string())?;
         let reply = c.leave(req).await.map_err(|e| e.to_string())?.into_inner();
         if reply.ok { Ok(()) } else { Err(reply.error) }
+    }
+
+    /// A stopping leader hands its leadership to the voter that holds all of its log: that voter stands for election
+    /// (`Elect`) and this node votes for it. Otherwise the others would elect a leader only an election timeout
+    /// (1-2 s) after this node is gone, with no route changes or session registrations meanwhile, just when the
+    /// clients closed here reconnect through them. Returns the new leader; `None` when this node is not the leader,
+    /// or no voter took over within `limit` (the others then elect one once this node is gone, as after a crash).
+    pub async fn hand_off_leadership(&self, limit: Duration) -> Option<NodeId> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let me = self.id();
+        if self.raft.metrics().borrow().current_leader != Some(me) {
+            return None;
+        }
+        // A leader that stepped down would otherwise stand again, and could win against the successor it asked.
+        self.raft.runtime_config().elect(false);
+        // Raft's leader lease: a node gives no vote within an election timeout of the vote it last took part in (for
+        // a leader, its own election), so that one node cannot unseat a leader the others still follow.
+        let lease = Duration::from_millis(self.raft.config().election_timeout_max) + Duration::from_millis(10);
+        let mut asked = None;
+        while tokio::time::Instant::now() < deadline {
+            let m = self.raft.metrics().borrow().clone();
+            match m.current_leader {
+                Some(leader) if leader == me => {}
+                Some(leader) => {
+                    tracing::info!(leader, "leadership handed on");
+                    return Some(leader);
+                }
+                None if asked.is_none() => return None,
+                // Between terms: the voter asked is being elected.
+                None => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            }
+            if let Ok(Some(voted)) = self.raft.with_raft_state(|st| st.vote_last_modified()).await
+                && voted + lease > tokio::time::Instant::now()
+            {
+                tokio::time::sleep_until((voted + lease).min(deadline)).await;
+                continue;
+            }
+            let membership = m.membership_config.membership().clone();
+            let matched = |id: &NodeId| m.replication.as_ref()?.get(id).cloned().flatten().map(|l| l.index);
+            // A voter behind this node's log would be refused its vote: wait for one to catch up. The one asked
+            // before is asked again (its campaign may have lost to a write), else the lowest id.
+            let Some(successor) = membership
+                .voter_ids()
+                .filter(|id| *id != me && matched(id).is_some() && matched(id) >= m.last_log_index)
+                .max_by_key(|id| (Some(*id) == asked, std::cmp::Reverse(*id)))
+            else {
+                if membership.voter_ids().all(|id| id == me) {
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            };
+            let addr = membership.get_node(&successor).map(|n| n.addr.clone())?;
+            let ask = async {
+                let mut c = network::client(&addr).ok()?;
+                c.elect(crate::proto::ElectRequest { from_node: me }).await.ok()
+            };
+            if tokio::time::timeout(Duration::from_millis(500), ask).await.ok().flatten().is_none() {
+                tracing::debug!(successor, "could not ask a voter to take the leadership over");
+            }
+            asked = Some(successor);
+            let wait = self.raft.wait(Some(Duration::from_millis(500)));
+            let _ = wait.metrics(|m| m.current_leader != Some(me), "leadership handed on").await;
+        }
+        tracing::info!("leadership not handed on in time; the others elect a leader once this node is gone");
+        None
     }
 
     fn is_leader(&self) -> bool {
@@ -1649,6 +1718,13 @@ impl ClusterService for Service {
             tracing::info!(client_id = %req.client_id, "session handed over to another node");
         }
         Ok(Response::new(handover::to_reply(export)))
+    }
+
+    async fn elect(&self, request: Request<ElectRequest>) -> Result<Response<ElectReply>, Status> {
+        let from = request.into_inner().from_node;
+        tracing::info!(from, "standing for election: the leader is stopping");
+        self.0.raft.trigger().elect().await.map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(Response::new(ElectReply {}))
     }
 
     async fn release(&self, request: Request<ReleaseRequest>) -> Result<Response<ReleaseReply>, Status> {
