@@ -2,8 +2,11 @@
 //! listeners are up, the node is not shutting down, and, when clustered, it has joined and knows a leader),
 //! `GET /metrics` (Prometheus' text format, see `metrics.rs`), `GET /cluster` (the cluster as this node sees it, JSON), `GET /cluster/clients/{id}` (which node holds that
 //! client's persistent session, JSON; the id percent-encoded), `POST /cluster/leave` (leave the cluster, then
-//! shut down) and `POST /cluster/remove/{id}` (remove another member, one gone for good). Deliberately tiny: one request per connection.
+//! shut down) and `POST /cluster/remove/{id}` (remove another member, one gone for good), both taken only from the
+//! node's own machine (loopback): the port is open to whatever scrapes `/metrics`, which must not be able to take a
+//! cluster apart. Deliberately tiny: one request per connection.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,16 +22,22 @@ pub async fn serve(listener: TcpListener, broker: Arc<Broker>, node: Option<Arc<
             a = listener.accept() => a,
             _ = shutdown.wait_for(|s| *s) => return,
         };
-        if let Ok((stream, _)) = accepted {
+        if let Ok((stream, peer)) = accepted {
             let (broker, node) = (broker.clone(), node.clone());
             tokio::spawn(async move {
-                let _ = tokio::time::timeout(Duration::from_secs(5), answer(stream, &broker, node.as_deref())).await;
+                let answered = answer(stream, peer, &broker, node.as_deref());
+                let _ = tokio::time::timeout(Duration::from_secs(5), answered).await;
             });
         }
     }
 }
 
-async fn answer(mut stream: TcpStream, broker: &Broker, node: Option<&ClusterNode>) -> std::io::Result<()> {
+async fn answer(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    broker: &Broker,
+    node: Option<&ClusterNode>,
+) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 8192 {
@@ -73,6 +82,13 @@ async fn answer(mut stream: TcpStream, broker: &Broker, node: Option<&ClusterNod
             },
             None => ("404 Not Found", "text/plain", "not clustered\n".into()),
         },
+        ("POST", _) if !changes_allowed_from(peer) => (
+            "403 Forbidden",
+            "text/plain",
+            "cluster changes are taken only from this node's own machine: run `skein cluster leave` or `skein \
+             cluster remove ID` there (in Kubernetes: kubectl exec POD -- skein cluster ...)\n"
+                .into(),
+        ),
         ("POST", "/cluster/leave") => match node {
             Some(n) => match n.leave().await {
                 Ok(()) => {
@@ -106,6 +122,11 @@ async fn answer(mut stream: TcpStream, broker: &Broker, node: Option<&ClusterNod
     );
     stream.write_all(response.as_bytes()).await?;
     stream.shutdown().await
+}
+
+/// Whether a request to change the cluster (leave, remove) may come from `peer`: only over loopback.
+fn changes_allowed_from(peer: SocketAddr) -> bool {
+    peer.ip().to_canonical().is_loopback()
 }
 
 /// Why `/readyz` says not ready, or `None` when ready.
@@ -143,5 +164,15 @@ mod tests {
         assert_eq!(super::percent_decode("%2"), None);
         assert_eq!(super::percent_decode("%zz"), None);
         assert_eq!(super::percent_decode("%FF"), None, "not UTF-8");
+    }
+
+    #[test]
+    fn cluster_changes_only_over_loopback() {
+        for ok in ["127.0.0.1:5000", "127.1.2.3:5000", "[::1]:5000", "[::ffff:127.0.0.1]:5000"] {
+            assert!(super::changes_allowed_from(ok.parse().unwrap()), "{ok}");
+        }
+        for refused in ["10.0.0.7:5000", "192.168.1.2:5000", "[fd00::1]:5000", "[::ffff:10.0.0.7]:5000"] {
+            assert!(!super::changes_allowed_from(refused.parse().unwrap()), "{refused}");
+        }
     }
 }
