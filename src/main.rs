@@ -212,15 +212,15 @@ async fn serve(config: Config) -> Result<(), String> {
         let l = listen(*addr).map_err(|e| format!("cannot listen for MQTT on {addr}: {e}"))?;
         listeners_bound.push((*addr, l));
     }
-    let mqtt_local =
-        listeners_bound.first().and_then(|(_, l)| l.local_addr().ok()).map(|a| a.to_string()).unwrap_or_default();
+    let mqtt_local = listeners_bound.first().and_then(|(_, l)| l.local_addr().ok());
     let node = match config.cluster {
         Some(listen) => {
+            let advertise = config.cluster_advertise.clone().unwrap_or_else(|| listen.to_string());
             let cluster_config = ClusterConfig {
                 node_id: config.node_id(),
                 listen,
-                advertise: config.cluster_advertise.clone().unwrap_or_else(|| listen.to_string()),
-                mqtt_advertise: mqtt_local.clone(),
+                mqtt_advertise: mqtt_local.map(|a| mqtt_advertise(a, &advertise)).unwrap_or_default(),
+                advertise,
                 join: config.join.clone(),
                 voters: config.voters,
                 snapshot_logs: config.raft_snapshot_logs,
@@ -356,6 +356,18 @@ async fn serve(config: Config) -> Result<(), String> {
     Ok(())
 }
 
+/// The MQTT address other nodes and `cluster status` show for this node: the listener's, with the host it
+/// advertises to its peers when it listens on every address (0.0.0.0 says nothing about where clients reach it).
+fn mqtt_advertise(mqtt: std::net::SocketAddr, cluster_advertise: &str) -> String {
+    if !mqtt.ip().is_unspecified() {
+        return mqtt.to_string();
+    }
+    match cluster_advertise.rsplit_once(':') {
+        Some((host, _)) => format!("{host}:{}", mqtt.port()),
+        None => mqtt.to_string(),
+    }
+}
+
 /// How long a stopping leader tries to hand its leadership on: past the election timeout (2 s), the longest it may
 /// have to wait before it can give its vote to a successor (see `hand_off_leadership`).
 const LEADERSHIP_HANDOFF: Duration = Duration::from_secs(4);
@@ -466,4 +478,18 @@ fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(4096)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_node_listening_on_every_address_shows_the_host_it_advertises_to_its_peers() {
+        let show = |mqtt: &str, peers: &str| super::mqtt_advertise(mqtt.parse().unwrap(), peers);
+        assert_eq!(
+            show("0.0.0.0:1883", "mq-skein-2.mq-skein-headless.mq.svc:7946"),
+            "mq-skein-2.mq-skein-headless.mq.svc:1883"
+        );
+        assert_eq!(show("[::]:1883", "[fd00::7]:7946"), "[fd00::7]:1883");
+        assert_eq!(show("10.0.0.3:1883", "mq-skein-2:7946"), "10.0.0.3:1883", "a listener on one address shows it");
+    }
 }
