@@ -200,6 +200,20 @@ fn a_fourth_node_joins_through_any_member_as_a_learner() {
     let status = c.status(0);
     assert_eq!(status["members"].as_array().map(|m| m.len()), Some(3), "{status}");
     c.wait_node_routes(0, 4, 0);
+
+    // Started again from the same data dir, it is not a member by its own Raft log's end: it asks to be added
+    // again, and is once more part of the one broker.
+    let back = c.spawn(3, &c.cluster_addrs[1].clone());
+    wait_ready(back.http.unwrap());
+    c.nodes.push(back);
+    c.nodes[3].wait_log("asking the cluster to add this node again");
+    let status = c.status(0);
+    assert_eq!(status["members"].as_array().map(|m| m.len()), Some(4), "{status}");
+    let (sub, out) = mosquitto_sub(&c.nodes[3], &["-t", "j/#", "-v", "-C", "1"]);
+    c.wait_node_routes(0, 4, 1);
+    publish_to(&port_of(&c.nodes[0]), &["-t", "j/y", "-q", "1", "-m", "welcome back"]);
+    out.wait_for(|l| l == "j/y welcome back");
+    sub.wait_output(WAIT);
 }
 
 /// A voter gone for good is removed from another node (`skein cluster remove`): a learner takes its vote, so the
@@ -237,6 +251,19 @@ fn a_dead_voter_removed_from_another_node_leaves_its_vote_to_a_learner() {
     c.wait_node_routes(0, 4, 1);
     publish_to(&port_of(&c.nodes[0]), &["-t", "quorum/x", "-q", "1", "-m", "still one broker"]);
     out.wait_for(|l| l == "quorum/x still one broker");
+    sub.wait_output(WAIT);
+    // Node 2 was not gone for good after all: started from its data dir, whose log still makes it a voter, it asks
+    // to be added again and comes back as a learner (the three votes are taken).
+    c.nodes[1] = c.spawn(1, &c.cluster_addrs.join(","));
+    wait_ready(c.nodes[1].http.unwrap());
+    c.nodes[1].wait_log("asking the cluster to add this node again");
+    let status = c.status(0);
+    let role = status["members"].as_array().and_then(|m| m.iter().find(|m| m["id"] == 2)).map(|m| m["role"].clone());
+    assert_eq!(role, Some(serde_json::json!("learner")), "{status}");
+    let (sub, out) = mosquitto_sub(&c.nodes[1], &["-t", "back/#", "-v", "-C", "1"]);
+    c.wait_node_routes(0, 2, 1);
+    publish_to(&port_of(&c.nodes[0]), &["-t", "back/x", "-q", "1", "-m", "returned"]);
+    out.wait_for(|l| l == "back/x returned");
     sub.wait_output(WAIT);
 }
 

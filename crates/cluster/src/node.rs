@@ -150,6 +150,9 @@ enum ClientChange {
 
 /// How long a persistent connect waits for its claim to reach the log before it asks every peer instead.
 const CLAIM_WAIT: Duration = Duration::from_secs(2);
+/// How long a node whose Raft state says it is a member waits to hear from a leader before it asks to be added again
+/// (see `form`): past an election timeout and a heartbeat, with room to spare.
+const REJOIN_AFTER: Duration = Duration::from_secs(5);
 /// A connect this recent is still settling (its claim waits up to `CLAIM_WAIT`, its ask up to a second): the
 /// registry and the broker may disagree about it meanwhile. Should one take longer, an entry dropped too early is
 /// registered again on the next round.
@@ -358,9 +361,30 @@ impl ClusterNode {
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(Duration::from_secs(2));
         }
-        // Wait for a leader, then say who we are and what we route.
-        let mut metrics = self.raft.metrics();
-        let _ = metrics.wait_for(|m| m.current_leader.is_some()).await;
+        // Wait until this node is a member that has caught up with the leader, then say who we are and what we
+        // route. A node that left the cluster (or was removed) and starts again from its data never gets there: it is
+        // no longer a member, whatever the end of its own log says, and no leader sends it anything. After a while it
+        // asks to be added again, as a new node would; for a member that only waits out an election or a lost quorum,
+        // the request changes nothing (the leader finds it a member already, or there is no leader to ask).
+        let mut since = tokio::time::Instant::now();
+        let mut asked = false;
+        while !self.ready() {
+            if since.elapsed() >= REJOIN_AFTER {
+                if !asked {
+                    tracing::info!(
+                        node_id = self.id(),
+                        "not served by a leader: asking the cluster to add this node again, in case it left or was \
+                         removed"
+                    );
+                    asked = true;
+                }
+                if let Err(e) = self.try_form().await {
+                    tracing::debug!(error = %e, "not added again yet");
+                }
+                since = tokio::time::Instant::now();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let member =
             Member { cluster_addr: self.config.advertise.clone(), mqtt_addr: self.config.mqtt_advertise.clone() };
         self.propose(Command::Member { node: self.id(), member }).await;
