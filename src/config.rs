@@ -431,13 +431,12 @@ fn load_file(path: &Path) -> Result<Config, String> {
 
 impl Config {
     /// The PEM contents for peer TLS, read now so that a bad path stops start-up with its name.
-    pub fn peer_tls(&self) -> Result<Option<skein_cluster::node::PeerTls>, String> {
-        let (Some(cert), Some(key), Some(ca)) = (&self.cluster_tls_cert, &self.cluster_tls_key, &self.cluster_tls_ca)
-        else {
-            return Ok(None);
-        };
-        let read = |p: &PathBuf| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
-        Ok(Some(skein_cluster::node::PeerTls { cert: read(cert)?, key: read(key)?, ca: read(ca)? }))
+    pub fn peer_tls(&self) -> Option<skein_cluster::peer_tls::PeerTls> {
+        Some(skein_cluster::peer_tls::PeerTls {
+            cert: self.cluster_tls_cert.clone()?,
+            key: self.cluster_tls_key.clone()?,
+            ca: self.cluster_tls_ca.clone()?,
+        })
     }
 
     /// No listener given: Mosquitto 2.0's local only mode.

@@ -225,7 +225,7 @@ async fn serve(config: Config) -> Result<(), String> {
                 voters: config.voters,
                 snapshot_logs: config.raft_snapshot_logs,
                 node_timeout: Duration::from_secs_f64(config.node_timeout),
-                tls: config.peer_tls()?,
+                tls: config.peer_tls(),
                 data_dir: config.data_dir.clone(),
             };
             std::fs::create_dir_all(&config.data_dir)

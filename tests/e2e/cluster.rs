@@ -698,7 +698,7 @@ fn losing_quorum_stops_route_changes_never_local_delivery() {
 }
 
 #[test]
-fn peers_with_mutual_tls_form_a_cluster_and_strangers_cannot_join() {
+fn peers_with_mutual_tls_form_a_cluster_and_strangers_cannot_join_until_their_certificates_are_replaced() {
     let pki = TestPki::new("skein test cluster CA");
     let flags = pki.flags();
     let extra: Vec<&str> = flags.iter().map(String::as_str).collect();
@@ -734,6 +734,22 @@ fn peers_with_mutual_tls_form_a_cluster_and_strangers_cannot_join() {
     assert_eq!(http_get(stranger.http.unwrap(), "/readyz").map(|r| r.0), Some(503));
     let members = c.status(0)["members"].as_array().map(|m| m.len());
     assert_eq!(members, Some(3), "the stranger is not a member");
+    // Its files are replaced in place by the cluster CA's (as a renewal would replace them): it reads them again
+    // while running, as a client and as a server, and joins.
+    for f in ["ca.pem", "node.pem", "node.key"] {
+        let new = stranger_pki.dir.path().join(format!("{f}.new"));
+        std::fs::copy(pki.path(f), &new).unwrap();
+        std::fs::rename(&new, stranger_pki.path(f)).unwrap();
+    }
+    stranger.wait_log("cluster TLS certificates reloaded");
+    wait_ready(stranger.http.unwrap());
+    let members = c.status(0)["members"].as_array().map(|m| m.len());
+    assert_eq!(members, Some(4), "the node with renewed certificates is a member");
+    let (sub, out) = mosquitto_sub(&stranger, &["-t", "renewed/#", "-q", "1", "-v", "-C", "1"]);
+    c.wait_node_routes(0, 9, 1);
+    publish_to(&port_of(&c.nodes[0]), &["-t", "renewed/x", "-q", "1", "-m", "welcome"]);
+    out.wait_for(|l| l == "renewed/x welcome");
+    sub.wait_output(WAIT);
     for n in &mut c.nodes {
         assert_eq!(n.stop(), Some(0));
     }

@@ -8,6 +8,7 @@
 pub mod handover;
 pub mod network;
 pub mod node;
+pub mod peer_tls;
 pub mod state;
 pub mod store;
 

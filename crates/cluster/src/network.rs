@@ -19,14 +19,6 @@ use crate::proto::cluster_client::ClusterClient;
 use crate::state::NodeId;
 use crate::store::TypeConfig;
 
-/// Mutual TLS between peers, when configured: every client presents this node's certificate and checks the
-/// peer's against the cluster CA. Set once, at start.
-static TLS: std::sync::OnceLock<tonic::transport::ClientTlsConfig> = std::sync::OnceLock::new();
-
-pub fn use_tls(config: tonic::transport::ClientTlsConfig) {
-    let _ = TLS.set(config);
-}
-
 /// A client of a peer's gRPC service; connects on first use and reconnects as tonic does. One channel per peer,
 /// shared: every call (a takeover per client connect, proposals) is a stream on the same HTTP/2 connection rather
 /// than a new TCP (and TLS) connection.
@@ -47,15 +39,16 @@ pub fn dedicated_client(addr: &str) -> Result<ClusterClient<Channel>, tonic::tra
     Ok(ClusterClient::new(channel(addr)?))
 }
 
+/// A channel to `addr`; with peer TLS, each connection it makes is a TLS one with the files in force then (HTTP/2
+/// inside, so the URI's scheme stays `http`).
 fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
-    let scheme = if TLS.get().is_some() { "https" } else { "http" };
-    let mut endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}"))?
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(std::time::Duration::from_secs(2))
         .tcp_nodelay(true);
-    if let Some(tls) = TLS.get() {
-        endpoint = endpoint.tls_config(tls.clone())?;
-    }
-    Ok(endpoint.connect_lazy())
+    Ok(match crate::peer_tls::active() {
+        Some(tls) => endpoint.connect_with_connector_lazy(crate::peer_tls::Connector(tls.clone())),
+        None => endpoint.connect_lazy(),
+    })
 }
 
 pub struct Factory;

@@ -48,17 +48,11 @@ pub struct ClusterConfig {
     pub snapshot_logs: u64,
     pub data_dir: PathBuf,
     /// Mutual TLS between peers: only nodes with a certificate from the cluster CA can talk to this one.
-    pub tls: Option<PeerTls>,
+    pub tls: Option<crate::peer_tls::PeerTls>,
 }
 
 /// PEM contents of this node's certificate and key, and of the cluster CA.
 #[derive(Debug, Clone)]
-pub struct PeerTls {
-    pub cert: Vec<u8>,
-    pub key: Vec<u8>,
-    pub ca: Vec<u8>,
-}
-
 /// A route change the broker reported, waiting to be proposed.
 enum RouteChange {
     Added(String),
@@ -205,6 +199,10 @@ impl ClusterNode {
             ..Config::default()
         };
         let raft_config = Arc::new(raft_config.validate().map_err(|e| StartError::Raft(e.to_string()))?);
+        // Before Raft starts: its first messages already go through the peer channels.
+        if let Some(files) = &config.tls {
+            crate::peer_tls::enable(files.clone()).map_err(StartError::Tls)?;
+        }
         let (log, sm) = store::open(&config.data_dir)?;
         let raft = Raft::new(config.node_id, raft_config, Factory, log, sm.clone())
             .await
@@ -303,23 +301,47 @@ impl ClusterNode {
                 let _ = s.set_nodelay(true);
             })
         });
-        let mut server = tonic::transport::Server::builder();
-        if let Some(tls) = &self.config.tls {
-            use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
-            let identity = Identity::from_pem(&tls.cert, &tls.key);
-            let ca = Certificate::from_pem(&tls.ca);
-            // The server asks every peer for a certificate the cluster CA signed; clients show ours.
-            server = server
-                .tls_config(ServerTlsConfig::new().identity(identity.clone()).client_ca_root(ca.clone()))
-                .map_err(|e| StartError::Tls(e.to_string()))?;
-            network::use_tls(ClientTlsConfig::new().identity(identity).ca_certificate(ca));
-            tracing::info!("cluster traffic uses mutual TLS");
-        }
-        tokio::spawn(async move {
-            if let Err(e) = server.add_service(service).serve_with_incoming(incoming).await {
-                tracing::error!(error = %e, "cluster service stopped");
+        let server = tonic::transport::Server::builder().add_service(service);
+        match &self.config.tls {
+            None => {
+                tokio::spawn(async move {
+                    if let Err(e) = server.serve_with_incoming(incoming).await {
+                        tracing::error!(error = %e, "cluster service stopped");
+                    }
+                });
             }
-        });
+            Some(files) => {
+                // The server asks every peer for a certificate the cluster CA signed; clients show ours.
+                let tls = crate::peer_tls::enable(files.clone()).map_err(StartError::Tls)?;
+                tokio::spawn(tls.clone().watch(Duration::from_secs(2)));
+                tracing::info!("cluster traffic uses mutual TLS");
+                // Each handshake in a task of its own, so that a slow or silent peer holds up no other.
+                let (tx, rx) = mpsc::channel::<std::io::Result<crate::peer_tls::PeerStream>>(64);
+                tokio::spawn(async move {
+                    tokio::pin!(incoming);
+                    while let Some(tcp) = incoming.next().await {
+                        let Ok(tcp) = tcp else { continue };
+                        let (tls, tx) = (tls.clone(), tx.clone());
+                        tokio::spawn(async move {
+                            let peer = tcp.peer_addr().ok();
+                            match tokio::time::timeout(Duration::from_secs(10), tls.accept(tcp)).await {
+                                Ok(Ok(stream)) => {
+                                    let _ = tx.send(Ok(stream)).await;
+                                }
+                                Ok(Err(error)) => tracing::debug!(?peer, %error, "peer TLS handshake failed"),
+                                Err(_) => tracing::debug!(?peer, "peer TLS handshake timed out"),
+                            }
+                        });
+                    }
+                });
+                tokio::spawn(async move {
+                    let accepted = tokio_stream::wrappers::ReceiverStream::new(rx);
+                    if let Err(e) = server.serve_with_incoming(accepted).await {
+                        tracing::error!(error = %e, "cluster service stopped");
+                    }
+                });
+            }
+        }
         let me = self.clone();
         tokio::spawn(async move { me.form().await });
         let me = self.clone();
