@@ -21,17 +21,42 @@ pub struct TlsFiles {
     pub client_ca: Option<PathBuf>,
 }
 
+/// A PEM certificate chain, or what is wrong with the file.
+pub fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("{}: {e}; give a PEM certificate chain", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no certificate in it; give a PEM certificate chain", path.display()));
+    }
+    Ok(certs)
+}
+
+/// A PEM private key, or what is wrong with the file.
+pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+    PrivateKeyDer::from_pem_file(path)
+        .map_err(|e| format!("{}: {e}; give the PEM private key of the certificate", path.display()))
+}
+
+/// The CA certificates in a PEM file, or what is wrong with it.
+pub fn read_roots(path: &Path) -> Result<RootCertStore, String> {
+    let mut roots = RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(path).map_err(|e| format!("{}: {e}", path.display()))? {
+        roots
+            .add(c.map_err(|e| format!("{}: {e}", path.display()))?)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("{}: no certificate in it; give the PEM certificate of the CA", path.display()));
+    }
+    Ok(roots)
+}
+
 impl TlsFiles {
     /// A server configuration from the files, or what is wrong with them.
     pub fn load(&self) -> Result<Arc<ServerConfig>, String> {
-        let certs = CertificateDer::pem_file_iter(&self.cert)
-            .and_then(|i| i.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| format!("{}: {e}; give a PEM certificate chain", self.cert.display()))?;
-        if certs.is_empty() {
-            return Err(format!("{}: no certificate in it; give a PEM certificate chain", self.cert.display()));
-        }
-        let key = PrivateKeyDer::from_pem_file(&self.key)
-            .map_err(|e| format!("{}: {e}; give the PEM private key of the certificate", self.key.display()))?;
+        let certs = read_chain(&self.cert)?;
+        let key = read_key(&self.key)?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -39,12 +64,7 @@ impl TlsFiles {
         let builder = match &self.client_ca {
             None => builder.with_no_client_auth(),
             Some(ca) => {
-                let mut roots = RootCertStore::empty();
-                for c in CertificateDer::pem_file_iter(ca).map_err(|e| format!("{}: {e}", ca.display()))? {
-                    let c = c.map_err(|e| format!("{}: {e}", ca.display()))?;
-                    roots.add(c).map_err(|e| format!("{}: {e}", ca.display()))?;
-                }
-                let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(read_roots(ca)?), provider)
                     .build()
                     .map_err(|e| format!("{}: {e}; give the PEM certificate of the client CA", ca.display()))?;
                 builder.with_client_cert_verifier(verifier)
@@ -56,9 +76,43 @@ impl TlsFiles {
         Ok(Arc::new(config))
     }
 
-    fn stamps(&self) -> Vec<Option<SystemTime>> {
-        let stamp = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-        [Some(&self.cert), Some(&self.key), self.client_ca.as_ref()].into_iter().flatten().map(|p| stamp(p)).collect()
+    fn paths(&self) -> Vec<PathBuf> {
+        [Some(&self.cert), Some(&self.key), self.client_ca.as_ref()].into_iter().flatten().cloned().collect()
+    }
+}
+
+/// Every `every`, when one of `paths` has changed since `reload` last succeeded, calls it again: `what` (certificate
+/// files) is then in force for new connections. A file caught half-written fails to load and is read again at the
+/// next check; the failure is logged once per change.
+pub async fn reload_on_change(
+    paths: Vec<PathBuf>,
+    every: Duration,
+    what: &'static str,
+    mut reload: impl FnMut() -> Result<(), String>,
+) {
+    let stamps = || -> Vec<Option<SystemTime>> {
+        paths.iter().map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok()).collect()
+    };
+    let mut seen = stamps();
+    let mut failed = None;
+    loop {
+        tokio::time::sleep(every).await;
+        let now = stamps();
+        if now == seen {
+            continue;
+        }
+        match reload() {
+            Ok(()) => {
+                seen = now;
+                failed = None;
+                tracing::info!(cert = %paths[0].display(), "{what} reloaded");
+            }
+            Err(e) if failed.as_ref() != Some(&now) => {
+                failed = Some(now);
+                tracing::warn!("{what} changed but do not load (keeping the old ones): {e}");
+            }
+            Err(_) => {}
+        }
     }
 }
 
@@ -79,25 +133,13 @@ impl Reloading {
         self.current.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Checks the files every `every`; when one changed and all of them load, new connections use them. A file
-    /// caught half-written fails to load and is tried again at the next change.
+    /// Reads the files again when they change (see `reload_on_change`).
     pub async fn watch(self: Arc<Self>, every: Duration) {
-        let mut seen = self.files.stamps();
-        loop {
-            tokio::time::sleep(every).await;
-            let now = self.files.stamps();
-            if now == seen {
-                continue;
-            }
-            match self.files.load() {
-                Ok(config) => {
-                    *self.current.write().unwrap_or_else(|e| e.into_inner()) = config;
-                    seen = now;
-                    tracing::info!(cert = %self.files.cert.display(), "TLS certificates reloaded");
-                }
-                Err(e) => tracing::warn!("TLS certificates changed but do not load (keeping the old ones): {e}"),
-            }
-        }
+        reload_on_change(self.files.paths(), every, "TLS certificates", || {
+            *self.current.write().unwrap_or_else(|e| e.into_inner()) = self.files.load()?;
+            Ok(())
+        })
+        .await
     }
 }
 

@@ -9,12 +9,12 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock, RwLock};
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::ServerName;
 use rustls::server::WebPkiClientVerifier;
-use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls::{ClientConfig, ServerConfig};
+use skein_broker::tls;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -37,27 +37,9 @@ struct Configs {
 impl PeerTls {
     /// Reads the files and builds both configurations, or says what is wrong with which file.
     fn load(&self) -> Result<Configs, String> {
-        let certs = CertificateDer::pem_file_iter(&self.cert)
-            .and_then(|i| i.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| format!("{}: {e}; give a PEM certificate chain", self.cert.display()))?;
-        if certs.is_empty() {
-            return Err(format!("{}: no certificate in it; give a PEM certificate chain", self.cert.display()));
-        }
-        let key = PrivateKeyDer::from_pem_file(&self.key)
-            .map_err(|e| format!("{}: {e}; give the PEM private key of the certificate", self.key.display()))?;
-        let mut roots = RootCertStore::empty();
-        for c in CertificateDer::pem_file_iter(&self.ca).map_err(|e| format!("{}: {e}", self.ca.display()))? {
-            roots
-                .add(c.map_err(|e| format!("{}: {e}", self.ca.display()))?)
-                .map_err(|e| format!("{}: {e}", self.ca.display()))?;
-        }
-        if roots.is_empty() {
-            return Err(format!(
-                "{}: no certificate in it; give the PEM certificate of the cluster CA",
-                self.ca.display()
-            ));
-        }
-        let roots = Arc::new(roots);
+        let certs = tls::read_chain(&self.cert)?;
+        let key = tls::read_key(&self.key)?;
+        let roots = Arc::new(tls::read_roots(&self.ca)?);
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let versions: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13, &rustls::version::TLS12];
         let both = |e: rustls::Error| format!("{} and {}: {e}", self.cert.display(), self.key.display());
@@ -80,10 +62,6 @@ impl PeerTls {
         server.alpn_protocols = vec![b"h2".to_vec()];
         client.alpn_protocols = vec![b"h2".to_vec()];
         Ok(Configs { server: Arc::new(server), client: Arc::new(client) })
-    }
-
-    fn stamps(&self) -> Vec<Option<SystemTime>> {
-        [&self.cert, &self.key, &self.ca].iter().map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok()).collect()
     }
 }
 
@@ -116,31 +94,14 @@ impl Active {
         self.current.read().unwrap_or_else(|e| e.into_inner()).client.clone()
     }
 
-    /// Checks the files every `every`; when one changed and all of them load, new connections use them. A file
-    /// caught half-written fails to load and is read again at the next check.
+    /// Reads the files again when they change (see `reload_on_change`).
     pub async fn watch(self: Arc<Self>, every: Duration) {
-        let mut seen = self.files.stamps();
-        let mut failed = false;
-        loop {
-            tokio::time::sleep(every).await;
-            let now = self.files.stamps();
-            if now == seen {
-                continue;
-            }
-            match self.files.load() {
-                Ok(configs) => {
-                    *self.current.write().unwrap_or_else(|e| e.into_inner()) = configs;
-                    seen = now;
-                    failed = false;
-                    tracing::info!(cert = %self.files.cert.display(), "cluster TLS certificates reloaded");
-                }
-                Err(e) if !failed => {
-                    failed = true;
-                    tracing::warn!("cluster TLS files changed but do not load (keeping the old ones): {e}");
-                }
-                Err(_) => {}
-            }
-        }
+        let paths = vec![self.files.cert.clone(), self.files.key.clone(), self.files.ca.clone()];
+        tls::reload_on_change(paths, every, "cluster TLS certificates", || {
+            *self.current.write().unwrap_or_else(|e| e.into_inner()) = self.files.load()?;
+            Ok(())
+        })
+        .await
     }
 
     /// The server side of an accepted connection's handshake.
