@@ -588,6 +588,52 @@ fn a_stopping_leader_hands_its_leadership_on_before_it_closes_its_clients() {
     assert_eq!(c.nodes[l].stop(), Some(0));
 }
 
+/// A node sends a batch again when the connection its acknowledgement should have come on is gone; if the node that
+/// took the batch restarted meanwhile, it must still take it once. Here the test is the sending node: it forwards a
+/// QoS 1 message for a persistent session that is away, the receiving node is killed after acknowledging it, and
+/// the same batch comes again once it is back.
+#[test]
+fn a_forwarded_batch_sent_again_after_the_receiving_node_restarted_is_delivered_once() {
+    use skein_cluster::proto::ForwardBatch;
+    let mut c = Nodes::start(1);
+    let keeper = ["-i", "keeper", "-c", "-q", "1", "-t", "dup/#"];
+    let (sub, _) = mosquitto_sub(&c.nodes[0], &[&keeper[..], &["-E"]].concat());
+    sub.wait_output(WAIT);
+    let mut packed = bytes::BytesMut::new();
+    let publish = skein_codec::Publish {
+        dup: false,
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        topic: "dup/x".into(),
+        packet_id: 1,
+        properties: Default::default(),
+        payload: bytes::Bytes::from_static(b"once"),
+    };
+    let message = skein_broker::message::Message::from_publish(publish, None);
+    skein_cluster::handover::pack_message(&message, &[], 0, false, &mut packed);
+    let batch = ForwardBatch { batch_id: 1, from_node: 7, packed: packed.freeze(), epoch: 42 };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let forward = |addr: &str| {
+        rt.block_on(async {
+            let mut client = skein_cluster::network::dedicated_client(addr).unwrap();
+            let acks = client.forward(tokio_stream::iter(vec![batch.clone()])).await.expect("forward stream");
+            let ack = tokio::time::timeout(WAIT, acks.into_inner().message()).await.expect("an acknowledgement");
+            ack.expect("no stream error").expect("one acknowledgement").batch_id
+        })
+    };
+    assert_eq!(forward(&c.cluster_addrs[0]), 1);
+    // Acknowledged, so stored: killed now, the node keeps the message.
+    c.nodes[0].kill9();
+    c.nodes[0] = c.spawn(0, &c.cluster_addrs.join(","));
+    wait_ready(c.nodes[0].http.unwrap());
+    assert_eq!(forward(&c.cluster_addrs[0]), 1, "acknowledged again");
+    // A message published after both: whatever was queued before it comes first.
+    mosquitto_pub(&c.nodes[0], &["-t", "dup/end", "-q", "1", "-m", "end"]);
+    let (sub, out) = mosquitto_sub_started(&c.nodes[0], &[&keeper[..], &["-v", "-C", "2"]].concat());
+    sub.wait_output(WAIT);
+    assert_eq!(out.wait_messages(2), ["dup/x once", "dup/end end"]);
+}
+
 /// A node down for longer than the node timeout loses its sessions to the cluster; a session of it the client has
 /// meanwhile started afresh elsewhere must not live on there when it comes back from its store (its subscription
 /// would keep drawing copies of messages nobody reads).

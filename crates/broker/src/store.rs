@@ -126,6 +126,8 @@ struct Trees {
     retained: sled::Tree,
     sessions: sled::Tree,
     queue: sled::Tree,
+    /// Small records other parts keep with the broker's writes (see `Store::put_mark`).
+    marks: sled::Tree,
     pending: Mutex<Pending>,
     /// Held while writes are applied, so that two batches (a flush's, a load's) never apply interleaved.
     applying: Mutex<()>,
@@ -166,6 +168,10 @@ enum Op {
     Retained {
         topic: ByteString,
         record: Option<Bytes>,
+    },
+    Mark {
+        key: Bytes,
+        value: Bytes,
     },
     /// A queued message removed before its insert was applied: nothing to write.
     Cancelled,
@@ -254,6 +260,9 @@ impl Trees {
             Op::Retained { topic, record: None } => {
                 self.retained.remove(topic.as_bytes())?;
             }
+            Op::Mark { key, value } => {
+                self.marks.insert(&key[..], &value[..])?;
+            }
             Op::Cancelled => {}
         }
         Ok(())
@@ -268,6 +277,9 @@ impl Drop for Trees {
     }
 }
 
+/// A mark's key and value (see `Store::put_mark`).
+pub type Mark = (Vec<u8>, Vec<u8>);
+
 const FORMAT: u8 = 1;
 /// Session records with expiry: FORMAT_EXPIRY, expiry (u32), disconnected at (u64, 0 = connected), user name
 /// (u16 length + UTF-8, 0xFFFF = none), subscriptions.
@@ -280,6 +292,7 @@ impl Store {
             retained: db.open_tree("retained")?,
             sessions: db.open_tree("sessions")?,
             queue: db.open_tree("queue")?,
+            marks: db.open_tree("marks")?,
             pending: Mutex::default(),
             applying: Mutex::default(),
         });
@@ -302,6 +315,25 @@ impl Store {
     /// A fresh key for a queued message, increasing across restarts.
     pub fn next_key(&self) -> Result<u64, StoreError> {
         Ok(self.db.generate_id()?)
+    }
+
+    /// Keeps `value` under `key`, written in order with the writes made before it: a flush that makes this mark
+    /// durable has made them durable too, so a mark can say how far something has been stored (the cluster's record
+    /// of the forwarded batches it has taken).
+    pub fn put_mark(&self, key: &[u8], value: &[u8]) {
+        let (key, value) = (Bytes::copy_from_slice(key), Bytes::copy_from_slice(value));
+        self.trees.pending().push(Op::Mark { key, value });
+    }
+
+    /// The marks whose keys start with `prefix`, as (key, value).
+    pub fn load_marks(&self, prefix: &[u8]) -> Result<Vec<Mark>, StoreError> {
+        self.trees.apply()?;
+        let mut out = Vec::new();
+        for item in self.trees.marks.scan_prefix(prefix) {
+            let (key, value) = item?;
+            out.push((key.to_vec(), value.to_vec()));
+        }
+        Ok(out)
     }
 
     pub fn put_retained(&self, message: &Message) {
@@ -580,6 +612,23 @@ mod tests {
         assert_eq!(on_disk(&store).len(), 1, "the removal waits for a flush too");
         store.flush().await.unwrap();
         assert!(on_disk(&store).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_mark_is_written_with_the_writes_before_it_and_read_back_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.put_session(&session("c1"));
+        store.put_queued(&id("c1"), 1, &outgoing("m"), None);
+        store.put_mark(b"forwarded/7", b"one");
+        store.put_mark(b"forwarded/7", b"two");
+        store.put_mark(b"other", b"x");
+        assert!(store.trees.marks.is_empty(), "marks wait for a flush as every write does");
+        store.flush().await.unwrap();
+        drop(store);
+        let store = reopen(dir.path());
+        assert_eq!(store.load_marks(b"forwarded/").unwrap(), vec![(b"forwarded/7".to_vec(), b"two".to_vec())]);
+        assert_eq!(store.load_sessions().unwrap()[0].1.len(), 1, "the message written before the mark");
     }
 
     #[tokio::test]

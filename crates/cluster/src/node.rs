@@ -277,6 +277,7 @@ impl ClusterNode {
                 }
             }
         }));
+        *lock(&self.forward_seen) = taken_marks(&broker);
         let _ = self.broker.set(broker);
         let weak = self.this.clone();
         self.sm.watch_claims(Arc::new(move |node, claimed| {
@@ -1604,6 +1605,37 @@ fn new_epoch() -> u64 {
     now.wrapping_add(STARTED.fetch_add(1, Ordering::Relaxed))
 }
 
+/// Key prefix of the marks (`Store::put_mark`) that record the last batch taken from each node.
+const TAKEN_MARK: &[u8] = b"forwarded/";
+
+/// Records the last batch taken from `from`, with the deliveries into persistent sessions it made (the same flush
+/// makes both durable): a batch sent again after this node restarted, its acknowledgement lost with the old
+/// connection, is then taken once (see `first_delivery`), as it is while the node runs. Only for batches that wrote
+/// to the store: what went only to sessions that end with the process cannot be delivered twice by a restart.
+fn mark_taken(broker: &Broker, from: NodeId, epoch: u64, batch_id: u64) {
+    if let Some(store) = broker.store() {
+        let key = [TAKEN_MARK, &from.to_be_bytes()].concat();
+        store.put_mark(&key, &[epoch.to_be_bytes(), batch_id.to_be_bytes()].concat());
+    }
+}
+
+/// The last batches taken from each node before a restart (see `mark_taken`).
+fn taken_marks(broker: &Broker) -> HashMap<NodeId, (u64, u64)> {
+    let Some(store) = broker.store() else { return HashMap::new() };
+    let marks = store.load_marks(TAKEN_MARK).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "the record of forwarded batches taken cannot be read");
+        Vec::new()
+    });
+    let number = |b: &[u8]| Some(u64::from_be_bytes(b.try_into().ok()?));
+    marks
+        .iter()
+        .filter_map(|(key, value)| {
+            let from = number(key.strip_prefix(TAKEN_MARK)?)?;
+            Some((from, (number(value.get(..8)?)?, number(value.get(8..)?)?)))
+        })
+        .collect()
+}
+
 /// Whether a batch from `from` is new here, and so to be delivered: a batch sent again after a reconnect may have
 /// been taken already, its acknowledgement lost with the old stream. A sender's batches count up within its epoch;
 /// a new epoch (its task restarted) starts afresh.
@@ -1836,6 +1868,7 @@ impl ClusterService for Service {
                     }
                 }
                 if durable {
+                    mark_taken(&broker, batch.from_node, batch.epoch, batch.batch_id);
                     let _ = broker.flush().await;
                 }
                 if tx.send(Ok(ForwardAck { batch_id: batch.batch_id })).await.is_err() {
