@@ -368,6 +368,63 @@ fn kill_9_of_a_node_loses_no_acknowledged_message_and_clients_reconnect_through_
     }
 }
 
+/// A rolling update, as Kubernetes does it: each node in turn is stopped with SIGTERM and started again from its data,
+/// while paho clients behind HAProxy publish and receive QoS 1 messages, reconnecting on their own. Every message
+/// the publisher had acknowledged reaches the persistent subscriber, whose session follows it from node to node.
+///
+/// Fails today, so it does not run in CI (`cargo nextest run --run-ignored only -E 'test(rolling)'`): one or two
+/// messages a run are lost while the subscriber's session moves. The publisher's node still routes them to the node
+/// the session left (the new owner's route has not reached it yet); that node, having handed the session over (or
+/// having stopped, and taking the batch again after its restart), has no subscriber for them.
+#[test]
+#[ignore = "known loss window while a persistent session moves between nodes"]
+fn a_rolling_restart_behind_haproxy_loses_no_acknowledged_message() {
+    use std::io::{BufRead, Write};
+    let mut c = Nodes::start_on_fixed_ports(3);
+    let backends: Vec<_> = c.nodes.iter().map(|n| n.mqtt).collect();
+    let (_lb, lb, _dir) = haproxy(&backends);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/paho_rolling.py");
+    let mut cmd = Command::new(crate::paho::python());
+    cmd.arg(script).arg(lb.port().to_string());
+    let mut clients = Proc::spawn(cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()));
+    let mut input = clients.0.as_mut().and_then(|p| p.stdin.take()).expect("stdin");
+    let out = std::sync::Arc::new(Log2::default());
+    let sink = out.clone();
+    let stdout = clients.stdout();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            sink.push(line);
+        }
+    });
+    out.wait_for(|l| l == "subscribed");
+    let acked_so_far =
+        || out.messages().iter().filter_map(|l| l.strip_prefix("acked ")?.parse::<u64>().ok()).max().unwrap_or(0);
+    for i in 0..3 {
+        // Traffic flows through the cluster as it is now, then node i goes and comes back.
+        let before = acked_so_far();
+        out.wait_for(|l| {
+            l.strip_prefix("acked ").and_then(|n| n.parse::<u64>().ok()).is_some_and(|n| n >= before + 25)
+        });
+        assert_eq!(c.nodes[i].stop(), Some(0), "node {} stops cleanly", i + 1);
+        c.nodes[i] = c.spawn(i, &c.cluster_addrs.join(","));
+        wait_ready(c.nodes[i].http.unwrap());
+    }
+    let before = acked_so_far();
+    out.wait_for(|l| l.strip_prefix("acked ").and_then(|n| n.parse::<u64>().ok()).is_some_and(|n| n >= before + 25));
+    writeln!(input, "stop").unwrap();
+    let report = out.wait_for_within(|l| l.starts_with('{'), WAIT * 4).expect("the clients' report");
+    let v: serde_json::Value = serde_json::from_str(&report).unwrap();
+    let numbers = |key: &str| -> Vec<u64> { v[key].as_array().unwrap().iter().filter_map(|n| n.as_u64()).collect() };
+    let (acked, received) = (numbers("acked"), numbers("received"));
+    let published = v["published"].as_u64().unwrap();
+    assert_eq!(acked.len() as u64, published, "every message was acknowledged in the end: {v}");
+    let missing: Vec<_> = acked.iter().filter(|n| !received.contains(n)).collect();
+    assert!(missing.is_empty(), "acknowledged but never received: {missing:?} of {published}");
+    let sessions: Vec<bool> = v["sessions"].as_array().unwrap().iter().map(|s| s.as_bool().unwrap()).collect();
+    assert!(sessions.len() > 1, "the subscriber's node went away at least once: {sessions:?}");
+    assert!(sessions[1..].iter().all(|s| *s), "every reconnect found the session: {sessions:?}");
+}
+
 #[test]
 fn the_same_client_id_through_two_nodes_closes_the_older_connection() {
     use skein_codec::*;

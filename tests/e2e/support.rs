@@ -51,7 +51,10 @@ impl Skein {
     /// Starts a broker on `data_dir` (kept by the caller, so a restart finds the same state).
     pub fn start_in(data_dir: &Path, args: &[&str]) -> Skein {
         let mut cmd = Command::new(skein_bin());
-        cmd.arg("serve").arg("--mqtt").arg("127.0.0.1:0").arg("--data-dir").arg(data_dir);
+        cmd.arg("serve").arg("--data-dir").arg(data_dir);
+        if !args.contains(&"--mqtt") {
+            cmd.args(["--mqtt", "127.0.0.1:0"]);
+        }
         // A listener given makes anonymous clients refused by default (as with Mosquitto 2.0); most tests want them.
         if !args.iter().any(|a| ["--allow-anonymous", "--password-file", "--config"].contains(a)) {
             cmd.args(["--allow-anonymous", "true"]);
@@ -484,6 +487,8 @@ pub struct Nodes {
     pub cluster_addrs: Vec<String>,
     pub dirs: Vec<tempfile::TempDir>,
     extra: Vec<String>,
+    /// Each node's MQTT port when it keeps one across restarts (`start_on_fixed_ports`), as a pod keeps its port.
+    mqtt_ports: Vec<u16>,
 }
 
 impl Nodes {
@@ -494,10 +499,20 @@ impl Nodes {
 
     /// The same, with extra flags for every node.
     pub fn start_with(n: usize, extra: &[&str]) -> Nodes {
+        Nodes::start_ports(n, extra, Vec::new())
+    }
+
+    /// `start`, with MQTT ports that each node keeps when `spawn` starts it again (a load balancer in front needs
+    /// them to stay).
+    pub fn start_on_fixed_ports(n: usize) -> Nodes {
+        Nodes::start_ports(n, &[], (0..n).map(|_| free_port()).collect())
+    }
+
+    fn start_ports(n: usize, extra: &[&str], mqtt_ports: Vec<u16>) -> Nodes {
         let cluster_addrs: Vec<String> = (0..n).map(|_| format!("127.0.0.1:{}", free_port())).collect();
         let dirs: Vec<tempfile::TempDir> = (0..n).map(|_| tempfile::tempdir().unwrap()).collect();
-        let mut nodes =
-            Nodes { nodes: Vec::new(), cluster_addrs, dirs, extra: extra.iter().map(|s| s.to_string()).collect() };
+        let extra = extra.iter().map(|s| s.to_string()).collect();
+        let mut nodes = Nodes { nodes: Vec::new(), cluster_addrs, dirs, extra, mqtt_ports };
         for i in 0..n {
             let s = nodes.spawn(i, &nodes.cluster_addrs.join(","));
             nodes.nodes.push(s);
@@ -520,8 +535,12 @@ impl Nodes {
     /// Starts node `i` (id i+1) on its data dir with `join`.
     pub fn spawn(&self, i: usize, join: &str) -> Skein {
         let id = (i + 1).to_string();
+        let mqtt = self.mqtt_ports.get(i).map(|p| format!("127.0.0.1:{p}"));
         let mut args =
             vec!["--node-id", &id, "--cluster", &self.cluster_addrs[i], "--join", join, "--http", "127.0.0.1:0"];
+        if let Some(mqtt) = &mqtt {
+            args.extend(["--mqtt", mqtt]);
+        }
         args.extend(self.extra.iter().map(String::as_str));
         Skein::start_in(self.dirs[i].path(), &args)
     }
