@@ -347,7 +347,7 @@ async fn serve(config: Config) -> Result<(), String> {
     if !broker.wait_closed(Duration::from_secs(10)).await {
         tracing::warn!(open = broker.open_connections(), "connections still open after 10 s; stopping anyway");
     }
-    drain(&broker, moving, Duration::from_secs_f64(config.drain_timeout)).await;
+    drain(&broker, node.as_deref(), moving, Duration::from_secs_f64(config.drain_timeout)).await;
     broker.flush().await.map_err(|e| format!("final flush of the data store failed: {e}"))?;
     if let Some(n) = &node {
         let _ = n.raft.shutdown().await;
@@ -375,10 +375,12 @@ const LEADERSHIP_HANDOFF: Duration = Duration::from_secs(4);
 /// Keeps the node answering its peers (not its MQTT listeners, closed by now) until the persistent sessions in
 /// `moving` have been taken over by the nodes their clients reconnected to, or `limit` has passed. A client that
 /// reconnects only after that starts afresh, as when a node goes down.
-async fn drain(broker: &Broker, moving: Vec<skein_codec::ByteString>, limit: Duration) {
+async fn drain(broker: &Broker, node: Option<&ClusterNode>, moving: Vec<skein_codec::ByteString>, limit: Duration) {
     if moving.is_empty() || limit.is_zero() {
         return;
     }
+    // A session that moved relays what still comes for it here until the routes to its new node are in place.
+    let relaying = || node.map_or(0, |n| n.relaying());
     tracing::info!(
         sessions = moving.len(),
         "waiting up to {limit:?} for the persistent sessions of the clients closed here to move with them"
@@ -386,7 +388,7 @@ async fn drain(broker: &Broker, moving: Vec<skein_codec::ByteString>, limit: Dur
     let deadline = tokio::time::Instant::now() + limit;
     loop {
         let left = moving.iter().filter(|id| broker.holds_session(id)).count();
-        if left == 0 {
+        if left == 0 && relaying() == 0 {
             tracing::info!("every persistent session moved to the node its client reconnected to");
             return;
         }

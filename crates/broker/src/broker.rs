@@ -53,6 +53,10 @@ impl std::fmt::Debug for SessionHandle {
     }
 }
 
+/// A session that moved to another node and still relays there what its subscriptions here match (see
+/// [`Broker::take_over_relaying`]); give it to [`Broker::end_relay`].
+pub struct Relaying(Arc<SessionHandle>);
+
 /// Set once a connection's teardown is over; whoever takes its session over waits for it. A flag and a `Notify`: a
 /// watch channel, which did this before, cost about 300 bytes more for every connection.
 #[derive(Default)]
@@ -615,6 +619,7 @@ impl Broker {
                 store.remove_session(&client_id);
             }
         }
+        self.cluster.session_attached(&client_id);
         Ok(Attached { session, session_present, connection_id, kicked, done, waker, superseded_by })
     }
 
@@ -634,6 +639,34 @@ impl Broker {
         want_session: bool,
         newer_than: std::time::SystemTime,
     ) -> Option<SessionExport> {
+        self.take_over_relaying(client_id, want_session, newer_than, None).await.0
+    }
+
+    /// `take_over`, for a session moving to node `relay_to`: its subscriptions stay here, and what they match goes
+    /// to that node ([`Cluster::relay`]), until the returned handle is given to [`Broker::end_relay`] (once that
+    /// node's routes have reached every node). Without it, a message published on a third node that still routed
+    /// it here would find no subscriber, and one published there after this node's route went and before the new
+    /// one came would go nowhere.
+    pub async fn take_over_relaying(
+        &self,
+        client_id: &str,
+        want_session: bool,
+        newer_than: std::time::SystemTime,
+        relay_to: Option<u64>,
+    ) -> (Option<SessionExport>, Option<Relaying>) {
+        let Some((export, relaying)) = self.take_over_inner(client_id, want_session, newer_than, relay_to).await else {
+            return (None, None);
+        };
+        (export, relaying)
+    }
+
+    async fn take_over_inner(
+        &self,
+        client_id: &str,
+        want_session: bool,
+        newer_than: std::time::SystemTime,
+        relay_to: Option<u64>,
+    ) -> Option<(Option<SessionExport>, Option<Relaying>)> {
         // A handshake of the id under way here attaches after this call: it learns of the connection elsewhere.
         if let Some(c) = lock(&self.connecting).get_mut(client_id) {
             tracing::info!(%client_id, "another node has a connection of this client id; one is in its handshake here");
@@ -659,12 +692,22 @@ impl Broker {
             // A connection came back here meanwhile; it wins.
             return None;
         }
-        let (export, removed) = {
+        let (export, removed, relaying) = {
             let mut state = lock(&session.state);
             let export = (state.persistent && want_session).then(|| state.export());
             state.disconnected();
             state.persistent = false;
-            (export, self.clear_session(&session, &mut state))
+            match relay_to.filter(|_| export.is_some() && !state.subscriptions.is_empty()) {
+                Some(node) => {
+                    // Its messages went with the export; its subscriptions stay, relaying.
+                    let subscriptions = std::mem::take(&mut state.subscriptions);
+                    let removed = state.clear();
+                    state.subscriptions = subscriptions;
+                    state.set_relay_to(node);
+                    (export, removed, Some(Relaying(session.clone())))
+                }
+                None => (export, self.clear_session(&session, &mut state), None),
+            }
         };
         self.forget(&session, removed);
         if let Some(store) = &self.store {
@@ -672,7 +715,31 @@ impl Broker {
         }
         // The client connected elsewhere: to this session (its will is cancelled) or to a new one (it is sent).
         self.settle_will(client_id, export.is_none()).await;
-        export
+        Some((export, relaying))
+    }
+
+    /// Ends the relaying of a session that moved (see [`Broker::take_over_relaying`]): its subscriptions go from
+    /// this node, and with the last of a filter, this node's route.
+    pub fn end_relay(&self, relaying: Relaying) {
+        let session = relaying.0;
+        let removed = {
+            let mut state = lock(&session.state);
+            self.clear_session(&session, &mut state)
+        };
+        self.redeliver();
+        if let Some(store) = &self.store {
+            for key in removed {
+                store.remove_queued(&session.client_id, key);
+            }
+        }
+    }
+
+    /// A message another node relayed for the session of `client_id` (see [`Cluster::relay`]): queued for it if
+    /// it is here. False if it is not.
+    pub fn deliver_relayed(&self, client_id: &str, out: Outgoing) -> bool {
+        let Some(session) = lock(&self.sessions).get(client_id).cloned() else { return false };
+        let (queued, _durable) = self.enqueue(&session, out, &mut None);
+        queued
     }
 
     /// Drops an ended session from the registry (unless a connection attached to it meanwhile) and its stored
@@ -927,6 +994,11 @@ impl Broker {
         kept: &mut Option<Arc<Message>>,
     ) -> (bool, bool) {
         let mut state = lock(&session.state);
+        if let Some(node) = state.relay_to() {
+            drop(state);
+            self.cluster.relay(node, &session.client_id, &out);
+            return (true, false);
+        }
         if state.waker.is_none() {
             out.message = kept.get_or_insert_with(|| Arc::new(out.message.compact())).clone();
         }

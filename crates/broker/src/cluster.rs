@@ -135,6 +135,18 @@ pub trait Cluster: Send + Sync + 'static {
         None
     }
 
+    /// A message for the session of `client_id`, which moved to `node` while this node still has its subscriptions
+    /// (see [`crate::Broker::take_over_relaying`]): sends it there, for that session alone.
+    fn relay(&self, node: u64, client_id: &bytestring::ByteString, out: &crate::session::Outgoing) {
+        let _ = (node, client_id, out);
+    }
+
+    /// A connection of `client_id` attached here, with the session it took over if any: what other nodes relayed for
+    /// that session meanwhile can be delivered now ([`crate::Broker::deliver_relayed`]).
+    fn session_attached(&self, client_id: &str) {
+        let _ = client_id;
+    }
+
     /// Whether retained messages (other than `$` topics) are the cluster's: kept in its replicated log rather than
     /// in this node's store. The broker then forwards each one published here with `retain`, and the cluster tells
     /// the broker what to hold ([`crate::Broker::retained_changed`], [`crate::Broker::replace_retained`]).

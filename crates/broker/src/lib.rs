@@ -23,7 +23,7 @@ pub mod sys;
 pub mod tls;
 pub mod websocket;
 
-pub use broker::Broker;
+pub use broker::{Broker, Relaying};
 pub use cluster::{Cluster, SingleNode};
 pub use config::BrokerConfig;
 pub use store::StoreError;

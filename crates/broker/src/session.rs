@@ -201,6 +201,9 @@ struct Rare {
     incoming_qos2: HashSet<u16>,
     /// Topic aliases used towards the client on this connection.
     aliases: HashMap<ByteString, u16>,
+    /// The node the session moved to, while this node still routes its messages there (see
+    /// `Broker::take_over_relaying`).
+    relay_to: Option<u64>,
 }
 
 /// A client's session. Its client id is the handle's (`SessionHandle::client_id`).
@@ -284,6 +287,17 @@ impl Session {
         self.resend = false;
         self.control.clear();
         keys
+    }
+
+    /// The node this session moved to, while what still comes for it here goes there.
+    pub fn relay_to(&self) -> Option<u64> {
+        self.rare.as_ref().and_then(|r| r.relay_to)
+    }
+
+    /// The session moved to `node`: it keeps its subscriptions here, and what they match goes there, until
+    /// `Broker::end_relay`.
+    pub fn set_relay_to(&mut self, node: u64) {
+        self.rare.get_or_insert_default().relay_to = Some(node);
     }
 
     fn stored_keys(&self) -> Vec<u64> {

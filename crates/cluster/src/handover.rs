@@ -23,15 +23,39 @@ pub struct Unpacked {
     pub shared_groups: Vec<skein_codec::ByteString>,
     pub retain_seq: u64,
     pub groups_only: bool,
+    /// For one session only, relayed by the node it moved from (see `Broker::take_over_relaying`).
+    pub target: Option<Target>,
+}
+
+/// The session a relayed message is for, and how that session's subscriptions on the relaying node took it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub client_id: skein_codec::ByteString,
+    pub qos: skein_codec::QoS,
+    pub retain: bool,
+    pub subscription_ids: Vec<u32>,
 }
 
 const GROUPS_ONLY: u8 = 1;
 const RETAIN_SEQ: u8 = 2;
 const GROUPS: u8 = 4;
 const PUBLISHER: u8 = 8;
+const TARGET: u8 = 16;
 
 /// Appends `m` to `buf` as one record of `ForwardBatch.packed` (the format is in `proto/cluster.proto`).
 pub fn pack_message(m: &Message, shared_groups: &[String], retain_seq: u64, groups_only: bool, buf: &mut BytesMut) {
+    pack_record(m, shared_groups, retain_seq, groups_only, None, buf)
+}
+
+/// `pack_message`, for one session only when `target` is given.
+pub fn pack_record(
+    m: &Message,
+    shared_groups: &[String],
+    retain_seq: u64,
+    groups_only: bool,
+    target: Option<&Target>,
+    buf: &mut BytesMut,
+) {
     use bytes::BufMut;
     // Client ids and share names are MQTT strings: they fit a u16 length. One that does not (none can come
     // through the codec) goes without its publisher or group rather than as a record that cannot be read.
@@ -41,8 +65,20 @@ pub fn pack_message(m: &Message, shared_groups: &[String], retain_seq: u64, grou
     let flags = flag(groups_only, GROUPS_ONLY)
         | flag(retain_seq != 0, RETAIN_SEQ)
         | flag(!groups.is_empty(), GROUPS)
-        | flag(publisher.is_some(), PUBLISHER);
+        | flag(publisher.is_some(), PUBLISHER)
+        | flag(target.is_some(), TARGET);
     buf.put_u8(flags);
+    if let Some(t) = target {
+        buf.put_u16(t.client_id.len().min(usize::from(u16::MAX)) as u16);
+        buf.put_slice(&t.client_id.as_bytes()[..t.client_id.len().min(usize::from(u16::MAX))]);
+        buf.put_u8(t.qos as u8);
+        buf.put_u8(u8::from(t.retain));
+        let ids = &t.subscription_ids[..t.subscription_ids.len().min(usize::from(u16::MAX))];
+        buf.put_u16(ids.len() as u16);
+        for id in ids {
+            buf.put_u32(*id);
+        }
+    }
     if let Some(p) = publisher {
         buf.put_u16(p.len() as u16);
         buf.put_slice(p.as_bytes());
@@ -90,9 +126,21 @@ fn unpack(packed: &mut bytes::Bytes) -> Result<Unpacked, String> {
     }
     need(packed, 1)?;
     let flags = packed.get_u8();
-    if flags & !(GROUPS_ONLY | RETAIN_SEQ | GROUPS | PUBLISHER) != 0 {
+    if flags & !(GROUPS_ONLY | RETAIN_SEQ | GROUPS | PUBLISHER | TARGET) != 0 {
         return Err(format!("unknown record flags {flags:#04x}"));
     }
+    let target = if flags & TARGET != 0 {
+        let client_id = string(packed)?;
+        need(packed, 4)?;
+        let qos = skein_codec::QoS::from_u8(packed.get_u8()).ok_or("a relayed message's QoS is not 0, 1 or 2")?;
+        let retain = packed.get_u8() != 0;
+        let count = usize::from(packed.get_u16());
+        need(packed, count * 4)?;
+        let subscription_ids = (0..count).map(|_| packed.get_u32()).collect();
+        Some(Target { client_id, qos, retain, subscription_ids })
+    } else {
+        None
+    };
     let publisher = if flags & PUBLISHER != 0 { Some(string(packed)?) } else { None };
     let retain_seq = if flags & RETAIN_SEQ != 0 {
         need(packed, 8)?;
@@ -111,7 +159,7 @@ fn unpack(packed: &mut bytes::Bytes) -> Result<Unpacked, String> {
     let len = packed.get_u32() as usize;
     need(packed, len)?;
     let (message, _) = Message::decode_v5(packed.split_to(len), publisher)?;
-    Ok(Unpacked { message, shared_groups, retain_seq, groups_only: flags & GROUPS_ONLY != 0 })
+    Ok(Unpacked { message, shared_groups, retain_seq, groups_only: flags & GROUPS_ONLY != 0, target })
 }
 
 pub fn decode_message(f: &Forwarded) -> Option<Message> {
@@ -187,6 +235,33 @@ mod tests {
 
     fn unpack_all(mut b: bytes::Bytes) -> Vec<Result<Unpacked, String>> {
         std::iter::from_fn(|| unpack_message(&mut b)).collect()
+    }
+
+    #[test]
+    fn a_relayed_record_names_its_session_and_how_it_is_delivered() {
+        let mut m = Message::system("moved/t", "for one session", false);
+        m.qos = QoS::ExactlyOnce;
+        let target = Target {
+            client_id: "mover".into(),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            subscription_ids: vec![7, 300_000],
+        };
+        let mut buf = BytesMut::new();
+        pack_record(&m, &[], 0, false, Some(&target), &mut buf);
+        pack_message(&m, &[], 0, false, &mut buf);
+        let records = unpack_all(buf.freeze());
+        let [Ok(relayed), Ok(plain)] = &records[..] else { panic!("two records: {records:?}") };
+        assert_eq!(relayed.target.as_ref(), Some(&target));
+        assert_eq!((&*relayed.message.topic, &relayed.message.payload[..]), ("moved/t", &b"for one session"[..]));
+        assert_eq!(plain.target, None);
+        // Cut anywhere inside the target, the record says so rather than reading past it.
+        let mut one = BytesMut::new();
+        pack_record(&m, &[], 0, false, Some(&target), &mut one);
+        for cut in 1..12 {
+            let records = unpack_all(one.clone().freeze().slice(..cut));
+            assert!(matches!(&records[..], [Err(_)]), "cut at {cut}: {records:?}");
+        }
     }
 
     #[test]

@@ -99,6 +99,11 @@ pub struct ClusterNode {
     forward_up: Mutex<BTreeSet<NodeId>>,
     /// Per sending node: its forward stream task's epoch and the last batch taken from it (see `first_delivery`).
     forward_seen: Mutex<HashMap<NodeId, (u64, u64)>>,
+    /// Sessions that moved from here and whose subscriptions still relay to their new node (see `Relay`).
+    relays: Mutex<Vec<Relay>>,
+    /// Sessions being taken over here: what the node they leave relays for them before they are attached waits here
+    /// (client id → when the take-over began, the messages).
+    relay_inbox: Mutex<HashMap<String, (tokio::time::Instant, Vec<handover::Unpacked>)>>,
     /// Per peer: clean-session connects to tell it of, sent in batches (see `release_loop`).
     releasers: Mutex<HashMap<String, mpsc::UnboundedSender<TakeoverRequest>>>,
     /// Forwarded messages that could not be handed to a node in time.
@@ -173,7 +178,35 @@ struct Outbound {
     groups_only: bool,
     /// Owed to the publisher's read once the node has the message (QoS 1/2).
     accepted: Option<skein_broker::cluster::Owed>,
+    /// For one session only (a relayed message).
+    target: Option<Box<handover::Target>>,
+    /// The route table it was planned with, as of this log index (`StateMachine::routes_index`).
+    planned_at: u64,
 }
+
+/// A session that moved from here to `to`: its subscriptions stay here, relaying what they match, until every
+/// plain filter of it shows `to` in the route table as this node has applied it, and `RELAY_SETTLE` more (the other
+/// nodes apply the same log a moment apart), or until `node_timeout`.
+struct Relay {
+    client_id: String,
+    to: NodeId,
+    filters: Vec<String>,
+    since: tokio::time::Instant,
+    /// When the routes were first seen in place, and the log index (`routes_index`) they were in place by.
+    settled: Option<(tokio::time::Instant, u64)>,
+    handle: skein_broker::Relaying,
+}
+
+thread_local! {
+    /// While a forwarded batch is delivered on this thread: the log index of the route table its sender planned it
+    /// with (`ForwardBatch.routes_index`).
+    static PLANNED_AT: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+}
+
+/// How long a relay goes on after the new node's routes are in place here.
+const RELAY_SETTLE: Duration = Duration::from_millis(500);
+/// How long relayed messages wait here for the session they are for to be attached.
+const RELAY_INBOX_LIMIT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -241,6 +274,8 @@ impl ClusterNode {
             forwarders: Mutex::new(HashMap::new()),
             forward_up: Mutex::new(BTreeSet::new()),
             forward_seen: Mutex::new(HashMap::new()),
+            relays: Mutex::new(Vec::new()),
+            relay_inbox: Mutex::new(HashMap::new()),
             releasers: Mutex::new(HashMap::new()),
             forward_failures: AtomicU64::new(0),
             takeovers_answered: AtomicU64::new(0),
@@ -351,6 +386,8 @@ impl ClusterNode {
         tokio::spawn(async move { me.watch_members().await });
         let me = self.clone();
         tokio::spawn(async move { me.reconcile_routes().await });
+        let me = self.clone();
+        tokio::spawn(async move { me.watch_relays().await });
         let me = self.clone();
         let rx = self.routes_rx.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(rx) = rx {
@@ -763,6 +800,103 @@ impl ClusterNode {
         }
         tracing::info!("leadership not handed on in time; the others elect a leader once this node is gone");
         None
+    }
+
+    /// A message another node relayed for one session (see `Broker::take_over_relaying`): held while that session is
+    /// being taken over here, else queued for it; dropped, counted, if it is not here.
+    fn deliver_relayed(&self, broker: &Broker, u: handover::Unpacked) {
+        let mut inbox = lock(&self.relay_inbox);
+        match u.target.as_ref().and_then(|t| inbox.get_mut(&*t.client_id)) {
+            Some((_, held)) => held.push(u),
+            // Under the inbox's lock: held messages are delivered under it too (`session_attached`), in order.
+            None => self.deliver_relayed_now(broker, u),
+        }
+    }
+
+    fn deliver_relayed_now(&self, broker: &Broker, u: handover::Unpacked) {
+        let Some(target) = u.target else { return };
+        let out = skein_broker::session::Outgoing {
+            message: Arc::new(u.message),
+            qos: target.qos,
+            retain: target.retain,
+            subscription_ids: target.subscription_ids,
+            stored: None,
+            group: None,
+        };
+        if !broker.deliver_relayed(&target.client_id, out) {
+            self.forward_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(client_id = %target.client_id, "a message relayed for a session that is not here; dropped");
+        }
+    }
+
+    /// Notes when the new node's routes for every plain filter of `r` are in this node's route table.
+    fn settle(&self, r: &mut Relay) {
+        if r.settled.is_some() {
+            return;
+        }
+        // Read before the table: the routes were in place by this index, or by a later one read as this.
+        let index = self.sm.routes_index.load(Ordering::Acquire);
+        let applied = self.sm.inner.read().unwrap_or_else(|e| e.into_inner());
+        if r.filters.iter().all(|f| applied.state.routes.get(f).is_some_and(|n| n.contains(&r.to))) {
+            r.settled = Some((tokio::time::Instant::now(), index));
+        }
+    }
+
+    /// Whether a message for the moved session of `client_id` goes on to `node`: yes until the routes to it are in
+    /// place here; after that, only what a node forwarded here by a plan of the table from before them (that plan
+    /// did not send it to `node` too). What is published here is planned with this node's table: with the routes
+    /// in place, it went to `node` directly.
+    fn relays_now(&self, node: NodeId, client_id: &str) -> bool {
+        let planned_at = PLANNED_AT.with(|p| p.get());
+        let mut relays = lock(&self.relays);
+        let Some(r) = relays.iter_mut().find(|r| r.to == node && r.client_id == client_id) else { return true };
+        self.settle(r);
+        match (r.settled, planned_at) {
+            (None, _) => true,
+            (Some((_, routed_at)), Some(planned_at)) => planned_at < routed_at,
+            (Some(_), None) => false,
+        }
+    }
+
+    /// Sessions that moved from here and still relay (a stopping node waits for them, see `main.rs`'s `drain`).
+    pub fn relaying(&self) -> usize {
+        lock(&self.relays).len()
+    }
+
+    fn is_member(&self, id: NodeId) -> bool {
+        self.raft.metrics().borrow().membership_config.membership().get_node(&id).is_some()
+    }
+
+    /// Every 100 ms: ends the relays whose new node's routes are in place (see `Relay`), and lets go of relayed
+    /// messages held for a take-over that never attached.
+    async fn watch_relays(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tick.tick().await;
+            let now = tokio::time::Instant::now();
+            lock(&self.relay_inbox).retain(|_, (since, _)| now.duration_since(*since) < RELAY_INBOX_LIMIT);
+            let ended: Vec<Relay> = {
+                let mut relays = lock(&self.relays);
+                if relays.is_empty() {
+                    continue;
+                }
+                for r in relays.iter_mut() {
+                    self.settle(r);
+                }
+                let limit = self.config.node_timeout;
+                let (ended, kept) = std::mem::take(&mut *relays).into_iter().partition(|r| {
+                    r.settled.is_some_and(|(at, _)| now.duration_since(at) >= RELAY_SETTLE)
+                        || now.duration_since(r.since) >= limit
+                });
+                *relays = kept;
+                ended
+            };
+            let Some(broker) = self.broker.get() else { continue };
+            for r in ended {
+                tracing::debug!(client_id = %r.client_id, to = r.to, "the moved session's routes are in place; relay ended");
+                broker.end_relay(r.handle);
+            }
+        }
     }
 
     fn is_leader(&self) -> bool {
@@ -1179,7 +1313,15 @@ impl skein_broker::Cluster for ClusterNode {
         }
         let node = nodes[self.shared_turn.fetch_add(1, Ordering::Relaxed) % nodes.len()];
         let groups = vec![group.to_string()];
-        let out = Outbound { message: message.clone(), groups, retain_seq: 0, groups_only: true, accepted: None };
+        let out = Outbound {
+            message: message.clone(),
+            groups,
+            retain_seq: 0,
+            groups_only: true,
+            accepted: None,
+            target: None,
+            planned_at: self.sm.routes_index.load(Ordering::Acquire),
+        };
         self.send_to(node, out)
     }
 
@@ -1194,6 +1336,41 @@ impl skein_broker::Cluster for ClusterNode {
         self.pending_routes.fetch_add(1, Ordering::AcqRel);
         if self.routes.send(RouteChange::Removed(filter.to_string())).is_err() {
             self.pending_routes.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    fn relay(&self, node: u64, client_id: &skein_codec::ByteString, out: &skein_broker::session::Outgoing) {
+        if !self.relays_now(node, client_id) {
+            return;
+        }
+        let target = handover::Target {
+            client_id: client_id.clone(),
+            qos: out.qos,
+            retain: out.retain,
+            subscription_ids: out.subscription_ids.clone(),
+        };
+        let relayed = Outbound {
+            message: out.message.clone(),
+            groups: Vec::new(),
+            retain_seq: 0,
+            groups_only: false,
+            accepted: None,
+            target: Some(Box::new(target)),
+            planned_at: self.sm.routes_index.load(Ordering::Acquire),
+        };
+        self.forwarded.fetch_add(1, Ordering::Relaxed);
+        if !self.send_to(node, relayed) {
+            self.forward_failures.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn session_attached(&self, client_id: &str) {
+        let mut inbox = lock(&self.relay_inbox);
+        let Some((_, held)) = inbox.remove(client_id) else { return };
+        let Some(broker) = self.broker.get() else { return };
+        // Under the inbox's lock, so that a relayed message arriving now waits for these, which came before it.
+        for u in held {
+            self.deliver_relayed_now(broker, u);
         }
     }
 
@@ -1234,7 +1411,7 @@ impl skein_broker::Cluster for ClusterNode {
             // A new session has nothing to bring over: the other nodes close their connections of the id, told in
             // batches, and nobody waits for it.
             for (_, addr) in &peers {
-                let _ = self.releaser(addr).send(request(client_id, false, since));
+                let _ = self.releaser(addr).send(request(client_id, false, since, me));
             }
             return None;
         }
@@ -1243,7 +1420,7 @@ impl skein_broker::Cluster for ClusterNode {
             // every peer is asked.
             return Some(Box::pin(ask_all(
                 peers.into_iter().map(|(_, a)| a).collect(),
-                request(client_id, true, since),
+                request(client_id, true, since, me),
             )));
         };
         let me_node = self.this.upgrade()?;
@@ -1256,17 +1433,22 @@ impl skein_broker::Cluster for ClusterNode {
                     // No quorum in time: the claim stays queued for the log, and the peers are asked as they are.
                     lock(&me_node.claim_waiters).remove(&(client_id.clone(), since));
                     tracing::debug!(%client_id, "claim not applied in time; asking every peer for the session");
-                    return ask_all(peers.into_iter().map(|(_, a)| a).collect(), request(&client_id, true, since))
+                    return ask_all(peers.into_iter().map(|(_, a)| a).collect(), request(&client_id, true, since, me))
                         .await;
                 }
             };
             let owner = claimed.previous.filter(|p| claimed.won && p.node != me).map(|p| p.node);
             let owner_addr = owner.and_then(|o| peers.iter().find(|(id, _)| *id == o).map(|(_, a)| a.clone()));
             for (_, addr) in peers.iter().filter(|(_, a)| Some(a) != owner_addr.as_ref()) {
-                let _ = me_node.releaser(addr).send(request(&client_id, false, since));
+                let _ = me_node.releaser(addr).send(request(&client_id, false, since, me));
             }
             match owner_addr {
-                Some(addr) => ask(addr, request(&client_id, true, since)).await,
+                Some(addr) => {
+                    // What the owner relays for the session before it is attached here waits for it.
+                    let now = tokio::time::Instant::now();
+                    lock(&me_node.relay_inbox).entry(client_id.clone()).or_insert_with(|| (now, Vec::new()));
+                    ask(addr, request(&client_id, true, since, me)).await
+                }
                 // Nobody else held it (or a later connect of the id claimed it first: this one is the older and
                 // starts afresh; `reconcile_clients` ends it if it is still here).
                 None => None,
@@ -1280,6 +1462,8 @@ impl skein_broker::Cluster for ClusterNode {
         retain: bool,
         acceptance: &mut skein_broker::cluster::Acceptance,
     ) -> skein_broker::cluster::Forwarded {
+        // Read before planning: the plan is of this table or a later one (see `StateMachine::routes_index`).
+        let planned_at = self.sm.routes_index.load(Ordering::Acquire);
         let mut plan = self.plan(message);
         // QoS 0 is sent on without anyone waiting for it: no acknowledgement depends on it.
         let wait = message.qos != skein_codec::QoS::AtMostOnce;
@@ -1327,7 +1511,15 @@ impl skein_broker::Cluster for ClusterNode {
             } else {
                 None
             };
-            let out = Outbound { message: message.clone(), groups, retain_seq, groups_only: false, accepted };
+            let out = Outbound {
+                message: message.clone(),
+                groups,
+                retain_seq,
+                groups_only: false,
+                accepted,
+                target: None,
+                planned_at,
+            };
             self.queue_to(node, out);
         }
         forwarded.groups_elsewhere = plan.groups_elsewhere.into_iter().map(Into::into).collect();
@@ -1358,8 +1550,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn request(client_id: &str, want_session: bool, connected_at_ns: u64) -> TakeoverRequest {
-    TakeoverRequest { client_id: client_id.to_string(), want_session, connected_at_ns }
+fn request(client_id: &str, want_session: bool, connected_at_ns: u64, from_node: NodeId) -> TakeoverRequest {
+    TakeoverRequest { client_id: client_id.to_string(), want_session, connected_at_ns, from_node }
 }
 
 /// How long a QoS 1/2 retained publish waits for members without a subscriber of it to hold their copy.
@@ -1593,9 +1785,11 @@ fn forward_batch(from_node: NodeId, epoch: u64, batch_id: u64, items: &[Outbound
         items.iter().map(|o| o.message.payload.len() + o.message.topic.len() + 40).sum(),
     );
     for o in items {
-        handover::pack_message(&o.message, &o.groups, o.retain_seq, o.groups_only, &mut buf);
+        handover::pack_record(&o.message, &o.groups, o.retain_seq, o.groups_only, o.target.as_deref(), &mut buf);
     }
-    ForwardBatch { batch_id, from_node, packed: buf.freeze(), epoch }
+    // The oldest plan's: a receiver relaying for a moved session relays what a plan this old did not send on.
+    let routes_index = items.iter().map(|o| o.planned_at).min().unwrap_or(0);
+    ForwardBatch { batch_id, from_node, packed: buf.freeze(), epoch, routes_index }
 }
 
 /// A number for a forward stream task, unlike any earlier one of this node's (and, in practice, of any run of it).
@@ -1791,7 +1985,19 @@ impl ClusterService for Service {
         self.0.takeovers_answered.fetch_add(1, Ordering::Relaxed);
         let Some(broker) = self.0.broker.get() else { return Ok(Response::new(TakeoverReply::default())) };
         let newer_than = std::time::UNIX_EPOCH + Duration::from_nanos(req.connected_at_ns);
-        let export = broker.take_over(&req.client_id, req.want_session, newer_than).await;
+        let node = &self.0;
+        // A request from a node that says who it is (and is not this one) gets what comes for the session meanwhile.
+        let relay_to =
+            (req.want_session && req.from_node != node.id() && node.is_member(req.from_node)).then_some(req.from_node);
+        let (export, relaying) =
+            broker.take_over_relaying(&req.client_id, req.want_session, newer_than, relay_to).await;
+        if let (Some(export), Some(handle), Some(to)) = (&export, relaying, relay_to) {
+            let filters =
+                export.subscriptions.iter().map(|(f, _)| f.to_string()).filter(|f| !f.starts_with("$share/")).collect();
+            let since = tokio::time::Instant::now();
+            let relay = Relay { client_id: req.client_id.clone(), to, filters, since, settled: None, handle };
+            lock(&node.relays).push(relay);
+        }
         if export.is_some() {
             tracing::info!(client_id = %req.client_id, "session handed over to another node");
         }
@@ -1847,6 +2053,10 @@ impl ClusterService for Service {
                 }
                 let mut durable = false;
                 let mut deliver = |u: handover::Unpacked| {
+                    if u.target.is_some() {
+                        node.deliver_relayed(&broker, u);
+                        return;
+                    }
                     let m = u.message;
                     if u.retain_seq != 0 {
                         // Held at once, unless the log already brought this change (or a later one); a copy of its
@@ -1858,6 +2068,7 @@ impl ClusterService for Service {
                     durable |= broker.publish_forwarded(m, &u.shared_groups, u.groups_only).durable;
                 };
                 let mut packed = batch.packed;
+                PLANNED_AT.with(|p| p.set(Some(batch.routes_index)));
                 while let Some(record) = handover::unpack_message(&mut packed) {
                     match record {
                         Ok(u) => deliver(u),
@@ -1867,6 +2078,7 @@ impl ClusterService for Service {
                         }
                     }
                 }
+                PLANNED_AT.with(|p| p.set(None));
                 if durable {
                     mark_taken(&broker, batch.from_node, batch.epoch, batch.batch_id);
                     let _ = broker.flush().await;
@@ -1895,7 +2107,15 @@ mod tests {
             payload: bytes::Bytes::copy_from_slice(&seq.to_be_bytes()),
         };
         let message = Arc::new(Message::from_publish(publish, None));
-        Outbound { message, groups: Vec::new(), retain_seq: seq, groups_only: false, accepted: None }
+        Outbound {
+            message,
+            groups: Vec::new(),
+            retain_seq: seq,
+            groups_only: false,
+            accepted: None,
+            target: None,
+            planned_at: 0,
+        }
     }
 
     #[test]

@@ -50,9 +50,11 @@ pub fn open(dir: &Path) -> Result<(LogStore, StateMachine), OpenError> {
         applier.last_applied = s.meta.last_log_id;
         applier.last_membership = s.meta.last_membership;
     }
+    let applier_index = applier.last_applied.map_or(0, |l| l.index);
     let sm = StateMachine {
         inner: Arc::new(RwLock::new(applier)),
         routes_version: Arc::new(AtomicU64::new(1)),
+        routes_index: Arc::new(AtomicU64::new(applier_index)),
         sink: Arc::default(),
         claims: Arc::default(),
         snapshots,
@@ -238,6 +240,9 @@ pub struct StateMachine {
     /// retained change, or a snapshot), once the change is in `inner`: the forwarding path's index is rebuilt only
     /// when it moves.
     pub routes_version: Arc<AtomicU64>,
+    /// The log index of the last applied entry that may have changed the route table: a node's forwarding plans are
+    /// of the table as of this index (see `ForwardBatch.routes_index`).
+    pub routes_index: Arc<AtomicU64>,
     sink: Arc<RwLock<Option<RetainedSink>>>,
     claims: Arc<RwLock<Option<ClaimSink>>>,
     snapshots: sled::Tree,
@@ -317,13 +322,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let mut a = self.write();
         let mut out = Vec::new();
-        let mut routes_touched = false;
+        let mut routes_touched = None;
         for e in entries {
             a.last_applied = Some(e.log_id);
             out.push(match e.payload {
                 EntryPayload::Blank => Applied::default(),
                 EntryPayload::Normal(cmd) => {
-                    routes_touched |= !matches!(cmd, Command::Clients { .. } | Command::Retain { .. });
+                    if !matches!(cmd, Command::Clients { .. } | Command::Retain { .. }) {
+                        routes_touched = Some(e.log_id.index);
+                    }
                     // Routes belong to members: a late announcement from a node that has left changes nothing.
                     let from_non_member = match &cmd {
                         Command::Routes { node, .. }
@@ -358,8 +365,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             });
         }
         drop(a);
-        if routes_touched {
+        if let Some(index) = routes_touched {
             self.routes_version.fetch_add(1, Ordering::Release);
+            // After the version: whoever reads this index first and then plans, plans with this table or a later one.
+            self.routes_index.store(index, Ordering::Release);
         }
         Ok(out)
     }
@@ -388,6 +397,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             self.tell(RetainedChange::All(&a.state.retained));
         }
         self.routes_version.fetch_add(1, Ordering::Release);
+        self.routes_index.store(meta.last_log_id.map_or(0, |l| l.index), Ordering::Release);
         let stored = serde_json::to_vec(&StoredSnapshot { meta: meta.clone(), data })
             .map_err(io(StorageIOError::write_state_machine))?;
         self.snapshots.insert("current", stored).map_err(io(StorageIOError::write_state_machine))?;
