@@ -421,6 +421,80 @@ fn a_rolling_restart_behind_haproxy_loses_no_acknowledged_message() {
     assert!(sessions[1..].iter().all(|s| *s), "every reconnect found the session: {sessions:?}");
 }
 
+/// A persistent QoS 2 session moves from node 1 to node 2 while node 3 publishes without a pause: every message
+/// arrives exactly once, in order. Node 1 relays what node 3 still sends it by the old routes, and nothing that
+/// node 3 has already sent to node 2 directly.
+#[test]
+fn a_session_moving_between_nodes_while_a_third_publishes_gets_each_qos_2_message_once() {
+    use skein_codec::*;
+    let c = Nodes::start(3);
+    let (mut sub, _) = Raw::connect(c.nodes[0].mqtt, connect_packet(ProtocolVersion::V311, "mover", false));
+    sub.send(&sub_packet(1, &[("mv/#", QoS::ExactlyOnce)]));
+    assert!(matches!(sub.recv(), Some(Packet::SubAck(_))));
+    c.wait_session_owner("mover", Some(1));
+    c.wait_node_routes(2, 1, 1);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let publisher_addr = c.nodes[2].mqtt;
+    let stopping = stop.clone();
+    // QoS 2, one at a time, each flow complete before the next: numbers 1, 2, ... then "end".
+    let publisher = std::thread::spawn(move || {
+        let (mut p, _) = Raw::connect(publisher_addr, connect_packet(ProtocolVersion::V311, "steady", true));
+        let flow = |p: &mut Raw, id: u16, payload: String| {
+            p.send(&publish_owned("mv/t", QoS::ExactlyOnce, id, payload));
+            assert!(matches!(p.recv(), Some(Packet::PubRec(a)) if a.packet_id == id));
+            p.send(&Packet::PubRel(Ack::new(id)));
+            assert!(matches!(p.recv(), Some(Packet::PubComp(a)) if a.packet_id == id));
+        };
+        let mut n = 0u32;
+        while !stopping.load(std::sync::atomic::Ordering::Relaxed) {
+            n += 1;
+            flow(&mut p, (n % 60_000 + 1) as u16, n.to_string());
+        }
+        flow(&mut p, 60_001, "end".to_string());
+        n
+    });
+    // The receiving side of QoS 2 as a client keeps it across connections: a message counts when its PUBLISH first
+    // comes; one sent again before its PUBREL (its PUBREC was not taken) is the same message.
+    let mut unreleased = std::collections::HashSet::new();
+    let mut receive = |raw: &mut Raw, got: &mut Vec<String>, until: &dyn Fn(&[String]) -> bool| {
+        while !until(got) {
+            match raw.recv() {
+                Some(Packet::Publish(p)) => {
+                    assert_eq!(p.qos, QoS::ExactlyOnce);
+                    if unreleased.insert(p.packet_id) {
+                        got.push(String::from_utf8(p.payload.to_vec()).unwrap());
+                    }
+                    raw.send(&Packet::PubRec(Ack::new(p.packet_id)));
+                }
+                Some(Packet::PubRel(a)) => {
+                    unreleased.remove(&a.packet_id);
+                    raw.send(&Packet::PubComp(Ack::new(a.packet_id)));
+                }
+                other => panic!("expected PUBLISH or PUBREL, got {other:?}"),
+            }
+        }
+    };
+    let mut got = Vec::new();
+    receive(&mut sub, &mut got, &|g: &[String]| g.len() >= 100);
+    sub.send(&Packet::Disconnect(Disconnect::default()));
+    drop(sub);
+    // Through node 2: the session moves there while the messages keep coming.
+    let (mut sub, ack) = Raw::connect(c.nodes[1].mqtt, connect_packet(ProtocolVersion::V311, "mover", false));
+    assert!(ack.session_present, "the session moved");
+    let moved_at = got.len();
+    receive(&mut sub, &mut got, &|g: &[String]| g.len() >= moved_at + 300);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let published = publisher.join().unwrap();
+    receive(&mut sub, &mut got, &|g: &[String]| g.last().is_some_and(|l| l == "end"));
+    let numbers: Vec<u32> = got[..got.len() - 1].iter().map(|s| s.parse().unwrap()).collect();
+    let expected: Vec<u32> = (1..=published).collect();
+    if numbers != expected {
+        let twice: Vec<_> = numbers.windows(2).filter(|w| w[0] == w[1]).map(|w| w[0]).collect();
+        let missing: Vec<_> = expected.iter().filter(|n| !numbers.contains(n)).collect();
+        panic!("{published} published; repeated {twice:?}, missing {missing:?}, order {numbers:?}");
+    }
+}
+
 #[test]
 fn the_same_client_id_through_two_nodes_closes_the_older_connection() {
     use skein_codec::*;
