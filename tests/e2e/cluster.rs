@@ -377,7 +377,8 @@ fn kill_9_of_a_node_loses_no_acknowledged_message_and_clients_reconnect_through_
 fn a_rolling_restart_behind_haproxy_loses_no_acknowledged_message() {
     use std::io::{BufRead, Write};
     let mut c = Nodes::start_on_fixed_ports(3);
-    let backends: Vec<_> = c.nodes.iter().map(|n| n.mqtt).collect();
+    let backends: Vec<std::net::SocketAddr> =
+        c.mqtt_ports.iter().map(|p| std::net::SocketAddr::from(([127, 0, 0, 1], *p))).collect();
     let (_lb, lb, _dir) = haproxy(&backends);
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/paho_rolling.py");
     let mut cmd = Command::new(crate::paho::python());

@@ -51,10 +51,7 @@ impl Skein {
     /// Starts a broker on `data_dir` (kept by the caller, so a restart finds the same state).
     pub fn start_in(data_dir: &Path, args: &[&str]) -> Skein {
         let mut cmd = Command::new(skein_bin());
-        cmd.arg("serve").arg("--data-dir").arg(data_dir);
-        if !args.contains(&"--mqtt") {
-            cmd.args(["--mqtt", "127.0.0.1:0"]);
-        }
+        cmd.arg("serve").arg("--mqtt").arg("127.0.0.1:0").arg("--data-dir").arg(data_dir);
         // A listener given makes anonymous clients refused by default (as with Mosquitto 2.0); most tests want them.
         if !args.iter().any(|a| ["--allow-anonymous", "--password-file", "--config"].contains(a)) {
             cmd.args(["--allow-anonymous", "true"]);
@@ -487,8 +484,9 @@ pub struct Nodes {
     pub cluster_addrs: Vec<String>,
     pub dirs: Vec<tempfile::TempDir>,
     extra: Vec<String>,
-    /// Each node's MQTT port when it keeps one across restarts (`start_on_fixed_ports`), as a pod keeps its port.
-    mqtt_ports: Vec<u16>,
+    /// A second MQTT port of each node that it keeps across restarts (`start_on_fixed_ports`), as a pod keeps its
+    /// port: for a load balancer in front.
+    pub mqtt_ports: Vec<u16>,
 }
 
 impl Nodes {
@@ -502,8 +500,8 @@ impl Nodes {
         Nodes::start_ports(n, extra, Vec::new())
     }
 
-    /// `start`, with MQTT ports that each node keeps when `spawn` starts it again (a load balancer in front needs
-    /// them to stay).
+    /// `start`, each node also listening on an MQTT port (`mqtt_ports`) that it keeps when `spawn` starts it again
+    /// (a load balancer in front needs them to stay).
     pub fn start_on_fixed_ports(n: usize) -> Nodes {
         Nodes::start_ports(n, &[], (0..n).map(|_| free_port()).collect())
     }
