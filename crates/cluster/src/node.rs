@@ -858,6 +858,13 @@ impl ClusterNode {
         }
     }
 
+    /// A session is about to be asked for: what its old node relays for it before it is attached here waits for it
+    /// (see `session_attached`).
+    fn await_relays(&self, client_id: &str) {
+        let now = tokio::time::Instant::now();
+        lock(&self.relay_inbox).entry(client_id.to_string()).or_insert_with(|| (now, Vec::new()));
+    }
+
     /// Sessions that moved from here and still relay (a stopping node waits for them, see `main.rs`'s `drain`).
     pub fn relaying(&self) -> usize {
         lock(&self.relays).len()
@@ -1418,6 +1425,7 @@ impl skein_broker::Cluster for ClusterNode {
         let Some(claim) = claim else {
             // Wants an old session but keeps none itself (MQTT 5.0, no expiry): it is not in the registry, so
             // every peer is asked.
+            self.await_relays(client_id);
             return Some(Box::pin(ask_all(
                 peers.into_iter().map(|(_, a)| a).collect(),
                 request(client_id, true, since, me),
@@ -1433,6 +1441,7 @@ impl skein_broker::Cluster for ClusterNode {
                     // No quorum in time: the claim stays queued for the log, and the peers are asked as they are.
                     lock(&me_node.claim_waiters).remove(&(client_id.clone(), since));
                     tracing::debug!(%client_id, "claim not applied in time; asking every peer for the session");
+                    me_node.await_relays(&client_id);
                     return ask_all(peers.into_iter().map(|(_, a)| a).collect(), request(&client_id, true, since, me))
                         .await;
                 }
@@ -1444,9 +1453,7 @@ impl skein_broker::Cluster for ClusterNode {
             }
             match owner_addr {
                 Some(addr) => {
-                    // What the owner relays for the session before it is attached here waits for it.
-                    let now = tokio::time::Instant::now();
-                    lock(&me_node.relay_inbox).entry(client_id.clone()).or_insert_with(|| (now, Vec::new()));
+                    me_node.await_relays(&client_id);
                     ask(addr, request(&client_id, true, since, me)).await
                 }
                 // Nobody else held it (or a later connect of the id claimed it first: this one is the older and
