@@ -88,6 +88,8 @@ pub fn render(broker: &Broker, node: Option<&ClusterNode>, ready: bool) -> Resul
             ("skein_cluster_forward_failures_total", "Forwarded messages given up: the node could not be reached within node_timeout, or QoS 0 for a node that could not be reached.", Counter(c.forward_failures as f64)),
             ("skein_cluster_forward_pending", "Forwarded messages other nodes have not acknowledged yet.", Gauge(c.forward_pending as f64)),
             ("skein_cluster_takeovers_answered_total", "Session take-overs this node answered for other nodes.", Counter(c.takeovers_answered as f64)),
+            ("skein_cluster_relaying_sessions", "Sessions that moved from this node and still relay to their new node while the routes change.", Gauge(c.relaying as f64)),
+            ("skein_cluster_relayed_total", "Messages relayed to the node a session moved to (also counted in skein_cluster_forwarded_total).", Counter(c.relayed as f64)),
         ]);
     }
     if let Some(p) = Process::read() {

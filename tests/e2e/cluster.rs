@@ -494,6 +494,10 @@ fn a_session_moving_between_nodes_while_a_third_publishes_gets_each_qos_2_messag
         let missing: Vec<_> = expected.iter().filter(|n| !numbers.contains(n)).collect();
         panic!("{published} published; repeated {twice:?}, missing {missing:?}, order {numbers:?}");
     }
+    // The relay ends once the routes have changed: node 1's subscription and route go, and it relays no more.
+    c.wait_node_routes(2, 1, 0);
+    let metrics = http_get(c.nodes[0].http.unwrap(), "/metrics").expect("metrics").1;
+    assert!(metrics.lines().any(|l| l == "skein_cluster_relaying_sessions 0"), "{metrics}");
 }
 
 #[test]

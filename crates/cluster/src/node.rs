@@ -78,6 +78,10 @@ pub struct Figures {
     pub forward_failures: u64,
     pub forward_pending: u64,
     pub takeovers_answered: u64,
+    /// Sessions that moved from here and still relay to their new node.
+    pub relaying: usize,
+    /// Messages relayed to the node a session moved to (also counted in `forwarded`).
+    pub relayed: u64,
 }
 
 pub struct ClusterNode {
@@ -115,6 +119,7 @@ pub struct ClusterNode {
     forward_pending: AtomicU64,
     /// Takeover requests (a persistent session wanted elsewhere) this node has answered.
     takeovers_answered: AtomicU64,
+    relayed: AtomicU64,
     /// Said once: a seed answered with this node's id from an address this node does not advertise.
     warned_self_seed: std::sync::atomic::AtomicBool,
     /// This node itself, for the tasks it starts from `&self`.
@@ -279,6 +284,7 @@ impl ClusterNode {
             releasers: Mutex::new(HashMap::new()),
             forward_failures: AtomicU64::new(0),
             takeovers_answered: AtomicU64::new(0),
+            relayed: AtomicU64::new(0),
             warned_self_seed: Default::default(),
             forwarded: AtomicU64::new(0),
             forward_batches: AtomicU64::new(0),
@@ -1241,6 +1247,8 @@ impl ClusterNode {
             forward_failures: self.forward_failures.load(Ordering::Relaxed),
             forward_pending: self.forward_pending.load(Ordering::Relaxed),
             takeovers_answered: self.takeovers_answered.load(Ordering::Relaxed),
+            relaying: self.relaying(),
+            relayed: self.relayed.load(Ordering::Relaxed),
         }
     }
 
@@ -1366,6 +1374,7 @@ impl skein_broker::Cluster for ClusterNode {
             planned_at: self.sm.routes_index.load(Ordering::Acquire),
         };
         self.forwarded.fetch_add(1, Ordering::Relaxed);
+        self.relayed.fetch_add(1, Ordering::Relaxed);
         if !self.send_to(node, relayed) {
             self.forward_failures.fetch_add(1, Ordering::Relaxed);
         }
