@@ -654,31 +654,18 @@ impl Broker {
         newer_than: std::time::SystemTime,
         relay_to: Option<u64>,
     ) -> (Option<SessionExport>, Option<Relaying>) {
-        let Some((export, relaying)) = self.take_over_inner(client_id, want_session, newer_than, relay_to).await else {
-            return (None, None);
-        };
-        (export, relaying)
-    }
-
-    async fn take_over_inner(
-        &self,
-        client_id: &str,
-        want_session: bool,
-        newer_than: std::time::SystemTime,
-        relay_to: Option<u64>,
-    ) -> Option<(Option<SessionExport>, Option<Relaying>)> {
         // A handshake of the id under way here attaches after this call: it learns of the connection elsewhere.
         if let Some(c) = lock(&self.connecting).get_mut(client_id) {
             tracing::info!(%client_id, "another node has a connection of this client id; one is in its handshake here");
             c.newer_elsewhere = Some(c.newer_elsewhere.map_or(newer_than, |t| t.max(newer_than)));
         }
-        let session = lock(&self.sessions).get(client_id).cloned()?;
+        let Some(session) = lock(&self.sessions).get(client_id).cloned() else { return (None, None) };
         let previous = {
             let mut link = lock(&session.link);
             if lock(&session.attached_at).is_some_and(|at| at > newer_than) {
                 // A connection here came after the one asking (attached now or since gone): the request is late,
                 // and ends nothing.
-                return None;
+                return (None, None);
             }
             link.take()
         };
@@ -690,7 +677,7 @@ impl Broker {
         }
         if lock(&session.link).is_some() {
             // A connection came back here meanwhile; it wins.
-            return None;
+            return (None, None);
         }
         let (export, removed, relaying) = {
             let mut state = lock(&session.state);
@@ -715,7 +702,7 @@ impl Broker {
         }
         // The client connected elsewhere: to this session (its will is cancelled) or to a new one (it is sent).
         self.settle_will(client_id, export.is_none()).await;
-        Some((export, relaying))
+        (export, relaying)
     }
 
     /// Ends the relaying of a session that moved (see [`Broker::take_over_relaying`]): its subscriptions go from
