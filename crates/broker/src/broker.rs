@@ -722,11 +722,10 @@ impl Broker {
     }
 
     /// A message another node relayed for the session of `client_id` (see [`Cluster::relay`]): queued for it if
-    /// it is here. False if it is not.
-    pub fn deliver_relayed(&self, client_id: &str, out: Outgoing) -> bool {
-        let Some(session) = lock(&self.sessions).get(client_id).cloned() else { return false };
-        let (queued, _durable) = self.enqueue(&session, out, &mut None);
-        queued
+    /// it is here. Returns (queued, a durable write made: flush before acknowledging it).
+    pub fn deliver_relayed(&self, client_id: &str, out: Outgoing) -> (bool, bool) {
+        let Some(session) = lock(&self.sessions).get(client_id).cloned() else { return (false, false) };
+        self.enqueue(&session, out, &mut None)
     }
 
     /// Drops an ended session from the registry (unless a connection attached to it meanwhile) and its stored

@@ -810,17 +810,21 @@ impl ClusterNode {
 
     /// A message another node relayed for one session (see `Broker::take_over_relaying`): held while that session is
     /// being taken over here, else queued for it; dropped, counted, if it is not here.
-    fn deliver_relayed(&self, broker: &Broker, u: handover::Unpacked) {
+    /// True when it made a durable write (to flush before the batch is acknowledged).
+    fn deliver_relayed(&self, broker: &Broker, u: handover::Unpacked) -> bool {
         let mut inbox = lock(&self.relay_inbox);
         match u.target.as_ref().and_then(|t| inbox.get_mut(&*t.client_id)) {
-            Some((_, held)) => held.push(u),
+            Some((_, held)) => {
+                held.push(u);
+                false
+            }
             // Under the inbox's lock: held messages are delivered under it too (`session_attached`), in order.
             None => self.deliver_relayed_now(broker, u),
         }
     }
 
-    fn deliver_relayed_now(&self, broker: &Broker, u: handover::Unpacked) {
-        let Some(target) = u.target else { return };
+    fn deliver_relayed_now(&self, broker: &Broker, u: handover::Unpacked) -> bool {
+        let Some(target) = u.target else { return false };
         let out = skein_broker::session::Outgoing {
             message: Arc::new(u.message),
             qos: target.qos,
@@ -829,10 +833,12 @@ impl ClusterNode {
             stored: None,
             group: None,
         };
-        if !broker.deliver_relayed(&target.client_id, out) {
+        let (queued, durable) = broker.deliver_relayed(&target.client_id, out);
+        if !queued {
             self.forward_failures.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(client_id = %target.client_id, "a message relayed for a session that is not here; dropped");
         }
+        durable
     }
 
     /// Notes when the new node's routes for every plain filter of `r` are in this node's route table.
@@ -2070,7 +2076,7 @@ impl ClusterService for Service {
                 let mut durable = false;
                 let mut deliver = |u: handover::Unpacked| {
                     if u.target.is_some() {
-                        node.deliver_relayed(&broker, u);
+                        durable |= node.deliver_relayed(&broker, u);
                         return;
                     }
                     let m = u.message;
