@@ -644,7 +644,7 @@ impl Broker {
 
     /// `take_over`, for a session moving to node `relay_to`: its subscriptions stay here, and what they match goes
     /// to that node ([`Cluster::relay`]), until the returned handle is given to [`Broker::end_relay`] (once that
-    /// node's routes have reached every node). Without it, a message published on a third node that still routed
+    /// node's routes are in place). Without it, a message published on a third node that still routed
     /// it here would find no subscriber, and one published there after this node's route went and before the new
     /// one came would go nowhere.
     pub async fn take_over_relaying(
@@ -685,14 +685,7 @@ impl Broker {
             state.disconnected();
             state.persistent = false;
             match relay_to.filter(|_| export.is_some() && !state.subscriptions.is_empty()) {
-                Some(node) => {
-                    // Its messages went with the export; its subscriptions stay, relaying.
-                    let subscriptions = std::mem::take(&mut state.subscriptions);
-                    let removed = state.clear();
-                    state.subscriptions = subscriptions;
-                    state.set_relay_to(node);
-                    (export, removed, Some(Relaying(session.clone())))
-                }
+                Some(node) => (export, state.relay_to_node(node), Some(Relaying(session.clone()))),
                 None => (export, self.clear_session(&session, &mut state), None),
             }
         };

@@ -294,10 +294,15 @@ impl Session {
         self.rare.as_ref().and_then(|r| r.relay_to)
     }
 
-    /// The session moved to `node`: it keeps its subscriptions here, and what they match goes there, until
+    /// The session moved to `node`, its messages with it (they were exported): everything but its subscriptions is
+    /// cleared (the stored keys of what it held are returned), and what those match goes to `node` until
     /// `Broker::end_relay`.
-    pub fn set_relay_to(&mut self, node: u64) {
+    pub fn relay_to_node(&mut self, node: u64) -> Vec<u64> {
+        let subscriptions = std::mem::take(&mut self.subscriptions);
+        let keys = self.clear();
+        self.subscriptions = subscriptions;
         self.rare.get_or_insert_default().relay_to = Some(node);
+        keys
     }
 
     fn stored_keys(&self) -> Vec<u64> {

@@ -729,7 +729,7 @@ impl ClusterNode {
         if id == self.id() {
             return Err("this is the node itself: use leave".into());
         }
-        if self.raft.metrics().borrow().membership_config.membership().get_node(&id).is_none() {
+        if !self.is_member(id) {
             return Err(format!("node {id} is not a member"));
         }
         let req = JoinRequest { node_id: id, cluster_addr: String::new(), mqtt_addr: String::new() };

@@ -113,9 +113,11 @@ impl Active {
     /// Connects to `host:port` and makes the client side of the handshake, checking that the peer's certificate
     /// names `host`.
     async fn connect(&self, host: &str, port: u16) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
-        let name = ServerName::try_from(host.trim_start_matches('[').trim_end_matches(']').to_string())
+        // An IPv6 address comes in brackets, as a URI writes it.
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        let name = ServerName::try_from(bare.to_string())
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{host}: {e}")))?;
-        let tcp = TcpStream::connect((host.trim_start_matches('[').trim_end_matches(']'), port)).await?;
+        let tcp = TcpStream::connect((bare, port)).await?;
         let _ = tcp.set_nodelay(true);
         tokio_rustls::TlsConnector::from(self.client()).connect(name, tcp).await
     }
