@@ -17,6 +17,17 @@ fn publish_to(port: &str, args: &[&str]) {
     assert!(out.status.success(), "mosquitto_pub {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// A subscriber on `to` (node id `to_id`) gets, once node `from` has its route, the QoS 1 message `topic payload`
+/// published on node `from`: the cluster delivers between them.
+fn delivers_across(c: &Nodes, from: usize, to: &Skein, to_id: u64, topic: &str, payload: &str) {
+    let filter = format!("{}/#", topic.split('/').next().unwrap());
+    let (sub, out) = mosquitto_sub(to, &["-t", &filter, "-q", "1", "-v", "-C", "1"]);
+    c.wait_node_routes(from, to_id, 1);
+    publish_to(&port_of(&c.nodes[from]), &["-t", topic, "-q", "1", "-m", payload]);
+    out.wait_for(|l| l == format!("{topic} {payload}"));
+    sub.wait_output(WAIT);
+}
+
 #[test]
 fn three_nodes_form_one_cluster_and_deliver_across_nodes() {
     let c = Nodes::start(3);
@@ -180,11 +191,7 @@ fn a_fourth_node_joins_through_any_member_as_a_learner() {
     let role = members.iter().find(|m| m["id"] == 4).map(|m| m["role"].clone());
     assert_eq!(role, Some(serde_json::json!("learner")), "three voters, the fourth learns: {status}");
     // And it is part of the one broker.
-    let (sub, out) = mosquitto_sub(&c.nodes[3], &["-t", "j/#", "-v", "-C", "1"]);
-    c.wait_routes(0, 1);
-    publish_to(&port_of(&c.nodes[0]), &["-t", "j/x", "-q", "1", "-m", "to the newcomer"]);
-    out.wait_for(|l| l == "j/x to the newcomer");
-    sub.wait_output(WAIT);
+    delivers_across(&c, 0, &c.nodes[3], 4, "j/x", "to the newcomer");
 
     // `skein cluster status` shows it; `skein cluster leave` takes it out and stops it.
     let fourth_http = c.nodes[3].http.unwrap().to_string();
@@ -209,11 +216,7 @@ fn a_fourth_node_joins_through_any_member_as_a_learner() {
     c.nodes[3].wait_log("asking the cluster to add this node again");
     let status = c.status(0);
     assert_eq!(status["members"].as_array().map(|m| m.len()), Some(4), "{status}");
-    let (sub, out) = mosquitto_sub(&c.nodes[3], &["-t", "j/#", "-v", "-C", "1"]);
-    c.wait_node_routes(0, 4, 1);
-    publish_to(&port_of(&c.nodes[0]), &["-t", "j/y", "-q", "1", "-m", "welcome back"]);
-    out.wait_for(|l| l == "j/y welcome back");
-    sub.wait_output(WAIT);
+    delivers_across(&c, 0, &c.nodes[3], 4, "j/y", "welcome back");
 }
 
 /// A voter gone for good is removed from another node (`skein cluster remove`): a learner takes its vote, so the
@@ -247,11 +250,7 @@ fn a_dead_voter_removed_from_another_node_leaves_its_vote_to_a_learner() {
     assert!(!itself.status.success() && String::from_utf8_lossy(&itself.stderr).contains("use leave"));
     // One more voter fails: nodes 1 and 4 are still a majority of the three voters, so route changes go on.
     c.nodes[2].kill9();
-    let (sub, out) = mosquitto_sub(&c.nodes[3], &["-t", "quorum/#", "-v", "-C", "1"]);
-    c.wait_node_routes(0, 4, 1);
-    publish_to(&port_of(&c.nodes[0]), &["-t", "quorum/x", "-q", "1", "-m", "still one broker"]);
-    out.wait_for(|l| l == "quorum/x still one broker");
-    sub.wait_output(WAIT);
+    delivers_across(&c, 0, &c.nodes[3], 4, "quorum/x", "still one broker");
     // Node 2 was not gone for good after all: started from its data dir, whose log still makes it a voter, it asks
     // to be added again and comes back as a learner (the three votes are taken).
     c.nodes[1] = c.spawn(1, &c.cluster_addrs.join(","));
@@ -260,11 +259,7 @@ fn a_dead_voter_removed_from_another_node_leaves_its_vote_to_a_learner() {
     let status = c.status(0);
     let role = status["members"].as_array().and_then(|m| m.iter().find(|m| m["id"] == 2)).map(|m| m["role"].clone());
     assert_eq!(role, Some(serde_json::json!("learner")), "{status}");
-    let (sub, out) = mosquitto_sub(&c.nodes[1], &["-t", "back/#", "-v", "-C", "1"]);
-    c.wait_node_routes(0, 2, 1);
-    publish_to(&port_of(&c.nodes[0]), &["-t", "back/x", "-q", "1", "-m", "returned"]);
-    out.wait_for(|l| l == "back/x returned");
-    sub.wait_output(WAIT);
+    delivers_across(&c, 0, &c.nodes[1], 2, "back/x", "returned");
 }
 
 #[test]
@@ -881,11 +876,7 @@ fn peers_with_mutual_tls_form_a_cluster_and_strangers_cannot_join_until_their_ce
     let flags = pki.flags();
     let extra: Vec<&str> = flags.iter().map(String::as_str).collect();
     let mut c = Nodes::start_with(3, &extra);
-    let (sub, out) = mosquitto_sub(&c.nodes[1], &["-t", "tls/#", "-q", "1", "-v", "-C", "1"]);
-    c.wait_routes(0, 1);
-    publish_to(&port_of(&c.nodes[0]), &["-t", "tls/x", "-q", "1", "-m", "over mutual TLS"]);
-    out.wait_for(|l| l == "tls/x over mutual TLS");
-    sub.wait_output(WAIT);
+    delivers_across(&c, 0, &c.nodes[1], 2, "tls/x", "over mutual TLS");
     // A node whose certificate another CA signed is refused by every member: its join attempts fail on the
     // handshake, and the members never list it.
     let stranger_pki = TestPki::new("some other CA");
@@ -923,11 +914,7 @@ fn peers_with_mutual_tls_form_a_cluster_and_strangers_cannot_join_until_their_ce
     wait_ready(stranger.http.unwrap());
     let members = c.status(0)["members"].as_array().map(|m| m.len());
     assert_eq!(members, Some(4), "the node with renewed certificates is a member");
-    let (sub, out) = mosquitto_sub(&stranger, &["-t", "renewed/#", "-q", "1", "-v", "-C", "1"]);
-    c.wait_node_routes(0, 9, 1);
-    publish_to(&port_of(&c.nodes[0]), &["-t", "renewed/x", "-q", "1", "-m", "welcome"]);
-    out.wait_for(|l| l == "renewed/x welcome");
-    sub.wait_output(WAIT);
+    delivers_across(&c, 0, &stranger, 9, "renewed/x", "welcome");
     for n in &mut c.nodes {
         assert_eq!(n.stop(), Some(0));
     }
