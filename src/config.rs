@@ -72,6 +72,8 @@ pub struct Config {
     pub max_qos: u8,
     /// Seconds a new connection has to complete its TLS handshake and send CONNECT.
     pub connect_timeout: f64,
+    /// Seconds a plain TCP connection is idle before it parks without a task of its own; 0: never.
+    pub idle_park_after: f64,
     /// Levels a topic name or filter may have; 0: no limit.
     pub max_topic_levels: usize,
     /// Bytes a topic name or filter may have; 0: the protocol's 65,535.
@@ -139,6 +141,7 @@ impl Default for Config {
             max_topic_alias: broker.max_topic_alias,
             max_qos: broker.max_qos as u8,
             connect_timeout: broker.connect_timeout.as_secs_f64(),
+            idle_park_after: broker.idle_park_after.map_or(0.0, |d| d.as_secs_f64()),
             max_topic_levels: broker.max_topic_levels,
             max_topic_length: broker.max_topic_length,
             max_subscriptions: broker.max_subscriptions,
@@ -253,6 +256,11 @@ pub struct ServeArgs {
     /// Seconds a new connection has to complete its TLS handshake and send CONNECT [default: 10].
     #[arg(long, env = "SKEIN_CONNECT_TIMEOUT", value_name = "SECONDS")]
     pub connect_timeout: Option<f64>,
+    /// Seconds a plain TCP connection may have nothing to read or send before it parks: its task and its socket's
+    /// registration are given back (about 1 KB), and it is woken by its socket, its session or its keep alive;
+    /// 0: never [default: 2].
+    #[arg(long, env = "SKEIN_IDLE_PARK_AFTER", value_name = "SECONDS")]
+    pub idle_park_after: Option<f64>,
     /// Levels a topic name or filter may have; 0: no limit [default: 128].
     #[arg(long, env = "SKEIN_MAX_TOPIC_LEVELS", value_name = "N")]
     pub max_topic_levels: Option<usize>,
@@ -359,6 +367,7 @@ impl ServeArgs {
             max_topic_alias,
             max_qos,
             connect_timeout,
+            idle_park_after,
             max_topic_levels,
             max_topic_length,
             max_subscriptions,
@@ -535,6 +544,12 @@ impl Config {
         if !(self.connect_timeout.is_finite() && self.connect_timeout > 0.0 && self.connect_timeout < 1e6) {
             return Err(format!("connect_timeout = {}: use a number of seconds above 0", self.connect_timeout));
         }
+        if !(self.idle_park_after.is_finite() && self.idle_park_after >= 0.0 && self.idle_park_after < 1e6) {
+            return Err(format!(
+                "idle_park_after = {}: use a number of seconds, 0 to keep every connection in a task",
+                self.idle_park_after
+            ));
+        }
         for (key, v) in [("max_connection_rate", self.max_connection_rate), ("max_publish_rate", self.max_publish_rate)]
         {
             if !(v.is_finite() && v >= 0.0) {
@@ -578,6 +593,7 @@ impl Config {
                 _ => skein_codec::QoS::ExactlyOnce,
             },
             connect_timeout: Duration::from_secs_f64(self.connect_timeout),
+            idle_park_after: (self.idle_park_after > 0.0).then(|| Duration::from_secs_f64(self.idle_park_after)),
             max_topic_levels: self.max_topic_levels,
             max_topic_length: self.max_topic_length,
             max_subscriptions: self.max_subscriptions,

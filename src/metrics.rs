@@ -25,6 +25,11 @@ pub fn render(broker: &Broker, node: Option<&ClusterNode>, ready: bool) -> Resul
         ),
         ("skein_clients_connected", "Clients connected now.", Gauge(Stats::get(&s.clients_connected) as f64)),
         (
+            "skein_connections_parked",
+            "Idle client connections parked without a task of their own (idle_park_after).",
+            Gauge(broker.parked_connections() as f64),
+        ),
+        (
             "skein_clients_maximum",
             "Most clients connected at once since the node started.",
             Gauge(Stats::get(&s.clients_maximum) as f64),

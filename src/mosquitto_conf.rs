@@ -103,6 +103,7 @@ impl Parser {
             "max_topic_alias" => c.max_topic_alias = parse(key, value)?,
             "max_qos" => c.max_qos = parse(key, value)?,
             "connect_timeout" => c.connect_timeout = parse(key, value)?,
+            "idle_park_after" => c.idle_park_after = parse(key, value)?,
             "max_topic_levels" => c.max_topic_levels = parse(key, value)?,
             "max_topic_length" => c.max_topic_length = parse(key, value)?,
             "max_subscriptions" => c.max_subscriptions = parse(key, value)?,

@@ -214,6 +214,8 @@ pub struct Broker {
     auth_methods: RwLock<HashMap<String, Arc<dyn crate::auth::AuthMethod>>>,
     /// An ACL is in force: without one, publishes and deliveries skip the lock above (shared by every thread).
     acl_active: std::sync::atomic::AtomicBool,
+    /// Idle connections parked without a task; started by the first (`None` if that failed).
+    parking: std::sync::OnceLock<Option<crate::parking::Parking>>,
 }
 
 /// A deadline: what happens then, unless a connection attached to the session after `connection_id`.
@@ -232,6 +234,12 @@ enum Timer {
 
 /// Counts one open connection for as long as it lives.
 pub struct ConnectionGuard(Arc<Broker>);
+
+impl ConnectionGuard {
+    pub fn broker(&self) -> &Arc<Broker> {
+        &self.0
+    }
+}
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
@@ -267,6 +275,7 @@ impl Broker {
             wills: Mutex::new(HashMap::new()),
             auth: RwLock::new(Arc::new(Auth::default())),
             acl_active: std::sync::atomic::AtomicBool::new(false),
+            parking: std::sync::OnceLock::new(),
             orphans: Mutex::new(Vec::new()),
             connection_rate,
             auth_methods: RwLock::new(HashMap::new()),
@@ -504,6 +513,24 @@ impl Broker {
     pub fn connection_opened(self: &Arc<Self>) -> ConnectionGuard {
         self.connections.send_modify(|n| *n += 1);
         ConnectionGuard(self.clone())
+    }
+
+    /// Where idle connections park; started on first use, from within the runtime that resumes them.
+    pub(crate) fn parking(&self) -> Option<&crate::parking::Parking> {
+        self.parking
+            .get_or_init(|| match crate::parking::Parking::start(tokio::runtime::Handle::current()) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    tracing::warn!(error = %e, "idle connections cannot be parked: each keeps its task");
+                    None
+                }
+            })
+            .as_ref()
+    }
+
+    /// Connections parked now: idle, without a task (see `BrokerConfig::idle_park_after`).
+    pub fn parked_connections(&self) -> u64 {
+        self.parking.get().and_then(Option::as_ref).map_or(0, |p| p.parked())
     }
 
     pub fn open_connections(&self) -> usize {

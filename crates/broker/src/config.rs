@@ -29,6 +29,9 @@ pub struct BrokerConfig {
     pub max_keepalive: u16,
     /// Time a new connection has to send CONNECT.
     pub connect_timeout: Duration,
+    /// A plain TCP connection with nothing read or sent for this long gives up its task and waits on a poll of its
+    /// own until the client or its session has something (`parking`); `None` keeps every connection in a task.
+    pub idle_park_after: Option<Duration>,
     /// Interval of the `$SYS/` updates; zero turns them off (Mosquitto `sys_interval`).
     pub sys_interval: Duration,
     /// Queue QoS 0 messages for offline persistent sessions too (Mosquitto `queue_qos0_messages`).
@@ -89,6 +92,7 @@ impl Default for BrokerConfig {
             max_connections: 0,
             max_keepalive: 65_535,
             connect_timeout: Duration::from_secs(10),
+            idle_park_after: Some(Duration::from_secs(2)),
             sys_interval: Duration::from_secs(10),
             queue_qos0_messages: false,
             retain_available: true,

@@ -38,13 +38,45 @@ const HANDSHAKE_READ: usize = 1024;
 /// A connection's byte source. `poll_ready` tells when a read would not block, without holding a buffer (or a
 /// future: it uses the socket's own waker slot), so that an idle connection costs neither; a source that cannot tell
 /// says ready at once and is read with a buffer as usual.
+///
+/// A plain TCP source parks its connection while idle (see `parking`): `into_tcp` gives back the socket it and its
+/// writer half share.
 pub trait Source: AsyncRead + Unpin + Send + 'static {
     fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>>;
+
+    /// True where `into_tcp` gives the socket back.
+    const PARKS: bool = false;
+
+    /// The socket this source and `writer` are the halves of, or both back.
+    fn into_tcp<W: 'static>(self, writer: W) -> Result<tokio::net::TcpStream, (Self, W)>
+    where
+        Self: Sized,
+    {
+        Err((self, writer))
+    }
 }
 
 impl Source for tokio::net::tcp::OwnedReadHalf {
     fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
         self.as_ref().poll_read_ready(cx)
+    }
+
+    const PARKS: bool = true;
+
+    fn into_tcp<W: 'static>(self, writer: W) -> Result<tokio::net::TcpStream, (Self, W)> {
+        use std::any::Any;
+        use tokio::net::tcp::OwnedWriteHalf;
+        let mut slot = Some(writer);
+        let Some(w) = (&mut slot as &mut dyn Any).downcast_mut::<Option<OwnedWriteHalf>>().and_then(Option::take)
+        else {
+            return Err((self, slot.take().expect("the writer is still there")));
+        };
+        self.reunite(w).map_err(|e| {
+            // Halves of two sockets: not ours to join.
+            let mut back = Some(e.1);
+            let w = (&mut back as &mut dyn Any).downcast_mut::<Option<W>>().and_then(Option::take);
+            (e.0, w.expect("the writer is an OwnedWriteHalf"))
+        })
     }
 }
 
@@ -81,13 +113,15 @@ enum Close {
     Violation(ReasonCode),
     /// The client closed the network connection, or it failed.
     Closed,
+    /// Not closed: idle long enough to park (`parking`). Never reaches the teardown.
+    Idle,
 }
 
 impl Close {
     /// The DISCONNECT reason an MQTT 5.0 client is told, if any.
     fn reason(self) -> Option<ReasonCode> {
         match self {
-            Close::Disconnect { .. } | Close::Closed => None,
+            Close::Disconnect { .. } | Close::Closed | Close::Idle => None,
             Close::TakenOver => Some(ReasonCode::SessionTakenOver),
             Close::Shutdown => Some(ReasonCode::ServerShuttingDown),
             Close::KeepAlive => Some(ReasonCode::KeepAliveTimeout),
@@ -105,7 +139,7 @@ impl Close {
     fn sends_will(self) -> bool {
         match self {
             Close::Disconnect { send_will } => send_will,
-            Close::Shutdown => false,
+            Close::Shutdown | Close::Idle => false,
             _ => true,
         }
     }
@@ -128,6 +162,15 @@ struct Out<W> {
     buf: BytesMut,
     /// Written since the last flush: TLS and WebSocket writers hold bytes until flushed.
     unflushed: bool,
+    /// Times the session's packets were moved in: the packet loop's timer tells from it that the connection was
+    /// not idle.
+    sent: u32,
+}
+
+impl<W> Out<W> {
+    fn new(writer: W) -> Out<W> {
+        Out { writer, buf: BytesMut::new(), unflushed: false, sent: 0 }
+    }
 }
 
 impl<W: AsyncWrite + Unpin> Out<W> {
@@ -168,71 +211,194 @@ where
     R: Source,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    serve_opened(broker, reader, Box::new(Opening { writer, peer, identity }))
+    let guard = broker.connection_opened();
+    drive(Start::Open(Box::new(Opening { broker, writer, peer, identity, guard, held: None })), reader)
+}
+
+/// `serve` for a listener's plain TCP connection, counted in `held` (the listener's limit) until it ends, parked or
+/// not.
+pub(crate) fn serve_held<R, W>(
+    broker: Arc<Broker>,
+    reader: R,
+    writer: W,
+    peer: SocketAddr,
+    held: crate::listener::Held,
+) -> impl std::future::Future<Output = ()>
+where
+    R: Source,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let guard = broker.connection_opened();
+    drive(Start::Open(Box::new(Opening { broker, writer, peer, identity: None, guard, held: Some(held) })), reader)
 }
 
 /// What only the handshake needs. Boxed: an async function's arguments are part of its future for its whole life.
 struct Opening<W> {
+    broker: Arc<Broker>,
     writer: W,
     peer: SocketAddr,
     identity: Option<String>,
+    guard: crate::broker::ConnectionGuard,
+    held: Option<crate::listener::Held>,
 }
 
-async fn serve_opened<R, W>(broker: Arc<Broker>, mut reader: R, opening: Box<Opening<W>>)
+/// How a connection's task begins: with the handshake, or resumed from parking.
+enum Start<W> {
+    Open(Box<Opening<W>>),
+    Resumed(Box<Client>, W),
+}
+
+/// A connection's task: the handshake, then the packet loop to the connection's end, or until it is idle long
+/// enough to park (it goes on in a new task when woken: `resume`).
+///
+/// Only `live` and the packet loop are inline in the task. Every other phase is boxed: a future is as large as its
+/// largest state, and the handshake's and teardown's states (packets, properties, the session take-over) would
+/// otherwise sit in every connection's task for its whole life. For the same reason a `Live` is never an argument
+/// here or of a function this awaits: arguments keep their place for the whole body, beside the local they move to.
+async fn drive<R, W>(start: Start<W>, mut reader: R)
 where
     R: Source,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let _guard = broker.connection_opened();
-    // Each phase is boxed: a future is as large as its largest state, and the handshake's and teardown's states
-    // (packets, properties, the session take-over) would otherwise sit in every connection's task for its whole
-    // life. What stays inline is `Live` and the packet loop.
-    let Some(mut live) = Box::pin(handshake(&broker, &mut reader, opening)).await else {
-        return;
+    let mut live = match start {
+        Start::Open(opening) => match Box::pin(handshake(&mut reader, opening)).await {
+            Some(live) => live,
+            None => return,
+        },
+        Start::Resumed(client, writer) => Live { client: *client, out: Out::new(writer), rbuf: BytesMut::new() },
     };
-    let close = live
-        .conn
-        .run(
-            &mut reader,
-            &mut live.out,
-            &live.waker,
-            &mut live.rbuf,
-            live.max_packet,
-            live.keep_alive,
-            &mut live.kicked,
-        )
-        .await;
-    Box::pin(teardown(live, close)).await;
+    loop {
+        let Live { client, out, rbuf } = &mut live;
+        let close = client.run(&mut reader, out, rbuf, R::PARKS).await;
+        if close != Close::Idle {
+            return Box::pin(teardown(live, close)).await;
+        }
+        match park(live, reader) {
+            Parking::Parked => return,
+            Parking::Busy(l, r) => (live, reader) = (l, r),
+            Parking::Kicked(l, close) => return Box::pin(teardown(l, close)).await,
+        }
+    }
+}
+
+/// How an attempt to park ended.
+enum Parking<R, W> {
+    Parked,
+    /// Something came for it meanwhile, or it cannot park: it goes on as it was.
+    Busy(Live<W>, R),
+    /// Its session kicked it meanwhile.
+    Kicked(Live<W>, Close),
+}
+
+/// Parks an idle connection: leaves a waker with its session (signal and kick) that resumes it, and hands its socket
+/// and the rest of it to the parking thread.
+fn park<R: Source, W: 'static>(live: Live<W>, reader: R) -> Parking<R, W> {
+    let broker = live.client.conn.broker.clone();
+    let Some(parking) = broker.parking() else { return Parking::Busy(live, reader) };
+    let wake = parking.wake();
+    let waker = std::task::Waker::from(wake.clone());
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut live = live;
+    if let std::task::Poll::Ready(k) = std::pin::Pin::new(&mut live.client.kicked).poll(&mut cx) {
+        return Parking::Kicked(live, kicked_close(k));
+    }
+    if live.client.waker.register(&waker) {
+        return Parking::Busy(live, reader);
+    }
+    let Live { client, out, rbuf } = live;
+    let Out { writer, .. } = out;
+    let stream = match reader.into_tcp(writer).map(tokio::net::TcpStream::into_std) {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            // Deregistered but not converted: the socket is gone with it, and so is the client.
+            tracing::warn!(error = %e, "idle connection could not be parked");
+            let out = Out::new(ParkFailed);
+            let live = Live { client, out, rbuf };
+            tokio::spawn(async move { teardown(live, Close::Closed).await });
+            return Parking::Parked;
+        }
+        Err((reader, writer)) => {
+            return Parking::Busy(Live { client, out: Out::new(writer), rbuf }, reader);
+        }
+    };
+    let due = keep_alive_period(client.keep_alive).map(|p| client.last_read.into_std() + p);
+    parking.park(crate::parking::Parked { stream, due, wake, client: Box::new(client) });
+    Parking::Parked
+}
+
+/// A parked connection, woken: back to a task of its own, registered with the runtime again.
+pub(crate) async fn resume(client: Box<Client>, stream: std::net::TcpStream) {
+    match tokio::net::TcpStream::from_std(stream) {
+        Ok(stream) => {
+            let (reader, writer) = stream.into_split();
+            drive(Start::Resumed(client, writer), reader).await;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "parked connection could not be resumed");
+            let live = Live { client: *client, out: Out::new(ParkFailed), rbuf: BytesMut::new() };
+            Box::pin(teardown(live, Close::Closed)).await;
+        }
+    }
+}
+
+/// The writer of a connection whose socket was lost between parking and running: every write fails.
+struct ParkFailed;
+
+impl AsyncWrite for ParkFailed {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        _: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::task::Poll::Ready(Err(std::io::ErrorKind::NotConnected.into()))
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Err(std::io::ErrorKind::NotConnected.into()))
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
 }
 
 /// A connected client between its CONNACK and its teardown.
-struct Live<'a, W> {
-    conn: Conn<'a>,
+struct Live<W> {
+    client: Client,
     out: Out<W>,
-    /// Woken when the session has something new for this connection.
-    waker: Arc<crate::session::Signal>,
     /// Bytes read after the CONNECT.
     rbuf: BytesMut,
-    max_packet: usize,
+}
+
+/// A connected client but for its socket: what a parked connection keeps.
+pub(crate) struct Client {
+    conn: Conn,
+    /// Woken when the session has something new for this connection.
+    waker: Arc<crate::session::Signal>,
     keep_alive: u16,
     kicked: tokio::sync::oneshot::Receiver<ReasonCode>,
+    /// The last time bytes came from the client, for its keep alive.
+    last_read: tokio::time::Instant,
     /// Dropped last, when the teardown is over: tells whoever takes the session over.
     done: crate::broker::Done,
-    _counted: Counted<'a>,
+    _counted: Counted,
+    _held: Option<crate::listener::Held>,
 }
 
 /// CONNECT to CONNACK: reads and checks the CONNECT, authenticates, opens or takes over the session, and answers.
 /// `None` when the connection ends here (refused, timed out, or gone).
-async fn handshake<'a, R, W>(broker: &'a Arc<Broker>, reader: &mut R, opening: Box<Opening<W>>) -> Option<Live<'a, W>>
+async fn handshake<R, W>(reader: &mut R, opening: Box<Opening<W>>) -> Option<Live<W>>
 where
     R: Source,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let Opening { mut writer, peer, identity } = *opening;
-    let max_packet = match broker.config.max_packet_size {
-        0 => MAX_PACKET_SIZE,
-        n => n,
-    };
+    let Opening { broker, mut writer, peer, identity, guard, held } = *opening;
+    let broker = &broker;
+    let max_packet = max_packet(&broker.config);
     let mut rbuf = BytesMut::new();
     let first =
         tokio::time::timeout(broker.config.connect_timeout, read_first(broker, reader, &mut rbuf, max_packet)).await;
@@ -316,7 +482,7 @@ where
         }
     };
     // Counted in until the connection's teardown ends, whichever way it ends.
-    let counted = Counted(&broker.stats);
+    let counted = Counted(guard);
     let connected_at = std::time::SystemTime::now();
     let connecting = broker.begin_connect(&accepted.client_id);
     let receive_maximum = connect.properties.receive_maximum;
@@ -422,9 +588,9 @@ where
     // A resumed session may have messages waiting: the first turn of the packet loop sends them.
     attached.waker.notify();
     let Attached { session, connection_id, kicked, done, waker, .. } = attached;
-    let out = Out { writer, buf: BytesMut::new(), unflushed: false };
+    let out = Out::new(writer);
     let conn = Conn {
-        broker,
+        broker: broker.clone(),
         session,
         connection_id,
         version,
@@ -437,13 +603,24 @@ where
         }),
         auth_method: auth_method.map(|(name, method)| Box::new(Enhanced { name, method, exchange: None })),
     };
-    Some(Live { conn, out, waker, rbuf, max_packet, keep_alive: accepted.keep_alive, kicked, done, _counted: counted })
+    let client = Client {
+        conn,
+        waker,
+        keep_alive: accepted.keep_alive,
+        kicked,
+        last_read: tokio::time::Instant::now(),
+        done,
+        _counted: counted,
+        _held: held,
+    };
+    Some(Live { client, out, rbuf })
 }
 
 /// Closes a connection: the writer's last words, the session let go, the will.
-async fn teardown<W: AsyncWrite + Unpin>(live: Live<'_, W>, close: Close) {
-    let Live { conn, mut out, done, _counted, .. } = live;
-    let broker = conn.broker;
+async fn teardown<W: AsyncWrite + Unpin>(live: Live<W>, close: Close) {
+    let Live { client, mut out, .. } = live;
+    let Client { conn, done, _counted, _held, .. } = client;
+    let broker = &conn.broker;
     let (session, connection_id, version) = (&conn.session, conn.connection_id, conn.version);
     // What is left to say (the session's last packets for this connection, then a 5.0 DISCONNECT), given a moment,
     // then the session is let go of.
@@ -502,11 +679,12 @@ fn owned_will(w: &skein_codec::Will) -> Box<skein_codec::Will> {
 }
 
 /// A client counted in `clients_connected`, counted out when dropped.
-struct Counted<'a>(&'a Stats);
+/// Holds the connection's `ConnectionGuard` too (one `Arc` of the broker for both).
+struct Counted(crate::broker::ConnectionGuard);
 
-impl Drop for Counted<'_> {
+impl Drop for Counted {
     fn drop(&mut self) {
-        self.0.client_disconnected();
+        self.0.broker().stats.client_disconnected();
     }
 }
 
@@ -749,8 +927,8 @@ struct Enhanced {
 }
 
 /// One attached connection's packet handling.
-struct Conn<'a> {
-    broker: &'a Arc<Broker>,
+struct Conn {
+    broker: Arc<Broker>,
     session: Arc<crate::broker::SessionHandle>,
     connection_id: u64,
     version: ProtocolVersion,
@@ -785,10 +963,10 @@ impl Batch {
 }
 
 /// A read's batch on its way to being acknowledged: resolves, with the batch, once what it waits for is done.
-type Commit<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Batch> + Send + 'a>>;
+type Commit = std::pin::Pin<Box<dyn std::future::Future<Output = Batch> + Send>>;
 
 /// Commits not yet ended, oldest first; allocated when the first has to wait (most connections never do).
-type Commits<'a> = Option<Box<std::collections::VecDeque<Commit<'a>>>>;
+type Commits = Option<Box<std::collections::VecDeque<Commit>>>;
 
 /// Reads whose acknowledgements may wait at once (for the store, for other nodes); past this, reading waits for
 /// the oldest. A client keeps far fewer unacknowledged QoS 1/2 messages than this anyway (Receive Maximum).
@@ -796,7 +974,7 @@ const MAX_COMMITS: usize = 64;
 
 /// The oldest commit's end (only called while there is one). A plain poll, not an async fn: its state would be
 /// part of every connection's task.
-fn next_commit<'c, 'a>(commits: &'c mut Commits<'a>) -> impl std::future::Future<Output = Batch> + use<'c, 'a> {
+fn next_commit(commits: &mut Commits) -> impl std::future::Future<Output = Batch> + use<'_> {
     std::future::poll_fn(move |cx| {
         let Some(queue) = commits.as_mut() else { return std::task::Poll::Pending };
         let Some(front) = queue.front_mut() else { return std::task::Poll::Pending };
@@ -806,60 +984,93 @@ fn next_commit<'c, 'a>(commits: &'c mut Commits<'a>) -> impl std::future::Future
     })
 }
 
+/// The largest packet read from a client.
+fn max_packet(config: &crate::BrokerConfig) -> usize {
+    match config.max_packet_size {
+        0 => MAX_PACKET_SIZE,
+        n => n,
+    }
+}
+
+/// [MQTT-3.1.2-24]: a client is closed after one and a half times its keep alive without a packet.
+fn keep_alive_period(keep_alive: u16) -> Option<Duration> {
+    (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500))
+}
+
+/// When the connection's timer next looks: at the keep-alive deadline, or after another `park_after` if that is
+/// sooner. Computed when needed, not kept: what the packet loop keeps is in every connection's task.
+fn next_due(
+    keep_alive: u16,
+    park_after: Option<Duration>,
+    last_read: tokio::time::Instant,
+    now: tokio::time::Instant,
+) -> tokio::time::Instant {
+    let keep_alive = keep_alive_period(keep_alive).map(|p| last_read + p);
+    let park = park_after.map(|a| now + a);
+    match (keep_alive, park) {
+        (Some(k), Some(p)) => k.min(p),
+        (Some(d), None) | (None, Some(d)) => d,
+        (None, None) => now,
+    }
+}
+
 /// True while a commit has not ended.
-fn waiting(commits: &Commits<'_>) -> bool {
+fn waiting(commits: &Commits) -> bool {
     commits.as_ref().is_some_and(|q| !q.is_empty())
 }
 
-impl<'a> Conn<'a> {
+impl Client {
     /// Reads and handles packets to the end of the connection, and writes what the session has for the client as it
     /// comes. A read whose acknowledgements must wait (for the store, or for the nodes a message went to) does not
     /// hold up the next read: its commit joins `commits`, which end in order, so that acknowledgements still leave in
     /// the order their packets came [MQTT-4.6.0-2]; while any waits, every later read's acknowledgements queue behind
     /// it. What was read before the end is acknowledged before this returns (as a client that is still there
     /// expects); the teardown writes it.
-    #[allow(clippy::too_many_arguments)]
+    ///
+    /// A method of `Client`, not of `Conn` with the other parts as arguments: arguments are kept in every
+    /// connection's task, one pointer each.
     async fn run<R: Source, W: AsyncWrite + Unpin>(
         &mut self,
         reader: &mut R,
         out: &mut Out<W>,
-        waker: &crate::session::Signal,
         pending: &mut BytesMut,
-        max_packet: usize,
-        keep_alive: u16,
-        kicked: &mut tokio::sync::oneshot::Receiver<ReasonCode>,
+        parks: bool,
     ) -> Close {
         // [MQTT-3.1.2-24]: one and a half times the keep alive. One timer for the connection's life, moved on only
-        // when it fires early (bytes came since it was set), not for every read.
-        let period = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
-        let mut last_read = tokio::time::Instant::now();
-        let timer = tokio::time::sleep(period.unwrap_or_default());
+        // when it fires early (bytes came since it was set), not for every read. Where the connection can park,
+        // the same timer looks every `idle_park_after` for a turn with nothing read or sent (`Close::Idle`).
+        let mut sent_seen = out.sent;
+        let timer = tokio::time::sleep_until(next_due(
+            self.keep_alive,
+            self.conn.park_after(parks),
+            self.last_read,
+            tokio::time::Instant::now(),
+        ));
         tokio::pin!(timer);
-        let mut commits: Commits<'a> = None;
+        let mut commits: Commits = None;
         // A finished commit delivered retained messages that must be stored before they are sent.
         let mut flush_first = false;
         // A shutdown that began before this connection's session was attached sent it no kick.
-        if self.broker.is_shutting_down() {
+        if self.conn.broker.is_shutting_down() {
             return Close::Shutdown;
         }
         let close = 'conn: loop {
             if std::mem::take(&mut flush_first) {
-                Box::pin(self.flush_then_wake(waker)).await;
+                Box::pin(self.conn.flush_then_wake(&self.waker)).await;
             }
             if !pending.is_empty() {
                 // In a block: a batch in scope across the waits below would sit in every connection's task.
                 let outcome = {
                     let mut batch = Batch::default();
-                    let cluster = self.broker.cluster();
-                    cluster.begin_batch();
-                    let outcome = self.handle_all(pending, max_packet, &mut batch);
-                    cluster.end_batch();
+                    self.conn.broker.cluster().begin_batch();
+                    let outcome = self.conn.handle_all(pending, max_packet(&self.conn.broker.config), &mut batch);
+                    self.conn.broker.cluster().end_batch();
                     if batch.waits() || (waiting(&commits) && !batch.acks.is_empty()) {
-                        commits.get_or_insert_default().push_back(self.commit(batch));
+                        commits.get_or_insert_default().push_back(self.conn.commit(batch));
                     } else {
                         // Also when there are no acknowledgements: an acknowledgement from the client may have
                         // opened the window for queued messages.
-                        self.queue_acks(&batch.acks, Some(&mut *out));
+                        self.conn.queue_acks(&batch.acks, Some(&mut *out));
                     }
                     outcome
                 };
@@ -868,19 +1079,19 @@ impl<'a> Conn<'a> {
                 }
                 if commits.as_ref().is_some_and(|q| q.len() >= MAX_COMMITS) {
                     let batch = next_commit(&mut commits).await;
-                    flush_first = self.finish(batch, out);
+                    flush_first = self.conn.finish(batch, out);
                     continue;
                 }
                 // Over its publish rate: the rest of this read waits, and nothing more is read meanwhile (TCP holds
                 // what the client sends on); what is sent to the client goes on.
-                if let Some(wait) = self.publish_rate.as_mut().and_then(|t| t.wait.take()) {
+                if let Some(wait) = self.conn.publish_rate.as_mut().and_then(|t| t.wait.take()) {
                     // Boxed, as this is rare: an inline timer would be part of every connection's task.
                     let mut sleep = Box::pin(tokio::time::sleep(wait));
                     loop {
                         tokio::select! {
                             _ = &mut sleep => break,
-                            k = &mut *kicked => break 'conn kicked_close(k),
-                            r = std::future::poll_fn(|cx| self.poll_out(out, waker, cx)) => {
+                            k = &mut self.kicked => break 'conn kicked_close(k),
+                            r = std::future::poll_fn(|cx| self.conn.poll_out(out, &self.waker, cx)) => {
                                 if r.is_err() {
                                     break 'conn Close::Closed;
                                 }
@@ -892,12 +1103,12 @@ impl<'a> Conn<'a> {
             }
             // Backpressure: a client that does not read its acknowledgements stops being read, until they are
             // written down to the bound (they leave the session only through `poll_out`, in this task).
-            if lock(&self.session.state).control.len() > CONTROL_LIMIT {
+            if lock(&self.conn.session.state).control.len() > CONTROL_LIMIT {
                 let drained = std::future::poll_fn(|cx| {
-                    if let std::task::Poll::Ready(r) = self.poll_out(out, waker, cx) {
+                    if let std::task::Poll::Ready(r) = self.conn.poll_out(out, &self.waker, cx) {
                         return std::task::Poll::Ready(r);
                     }
-                    match lock(&self.session.state).control.len() > CONTROL_LIMIT {
+                    match lock(&self.conn.session.state).control.len() > CONTROL_LIMIT {
                         true => std::task::Poll::Pending,
                         false => std::task::Poll::Ready(Ok(())),
                     }
@@ -906,7 +1117,7 @@ impl<'a> Conn<'a> {
                     r = drained => if r.is_err() {
                         break 'conn Close::Closed;
                     },
-                    k = &mut *kicked => break 'conn kicked_close(k),
+                    k = &mut self.kicked => break 'conn kicked_close(k),
                 }
             }
             if pending.is_empty() {
@@ -919,22 +1130,32 @@ impl<'a> Conn<'a> {
                 }
                 tokio::select! {
                     biased;
-                    k = &mut *kicked => break kicked_close(k),
+                    k = &mut self.kicked => break kicked_close(k),
                     batch = next_commit(&mut commits), if waiting(&commits) => {
-                        flush_first = self.finish(batch, out);
+                        flush_first = self.conn.finish(batch, out);
                         continue;
                     }
-                    r = std::future::poll_fn(|cx| self.poll_out(out, waker, cx)) => if r.is_err() {
+                    r = std::future::poll_fn(|cx| self.conn.poll_out(out, &self.waker, cx)) => if r.is_err() {
                         break Close::Closed;
                     },
                     r = std::future::poll_fn(|cx| reader.poll_ready(cx)) => if r.is_err() {
                         break Close::Closed;
                     },
-                    () = &mut timer, if period.is_some() => {
-                        match period.map(|p| last_read + p).filter(|due| *due > tokio::time::Instant::now()) {
-                            Some(due) => timer.as_mut().reset(due),
-                            None => break Close::KeepAlive,
+                    () = &mut timer, if self.keep_alive > 0 || self.conn.park_after(parks).is_some() => {
+                        let now = tokio::time::Instant::now();
+                        if keep_alive_period(self.keep_alive).is_some_and(|p| self.last_read + p <= now) {
+                            break Close::KeepAlive;
                         }
+                        let quiet = std::mem::replace(&mut sent_seen, out.sent) == out.sent;
+                        if let Some(after) = self.conn.park_after(parks)
+                            && quiet
+                            && self.last_read + after <= now
+                            && !waiting(&commits)
+                            && !out.busy()
+                        {
+                            break Close::Idle;
+                        }
+                        timer.as_mut().reset(next_due(self.keep_alive, self.conn.park_after(parks), self.last_read, now));
                         continue;
                     }
                 }
@@ -942,41 +1163,49 @@ impl<'a> Conn<'a> {
             pending.reserve(READ_CHUNK);
             tokio::select! {
                 biased;
-                k = &mut *kicked => break kicked_close(k),
-                batch = next_commit(&mut commits), if waiting(&commits) => flush_first = self.finish(batch, out),
-                r = std::future::poll_fn(|cx| self.poll_out(out, waker, cx)) => if r.is_err() {
+                k = &mut self.kicked => break kicked_close(k),
+                batch = next_commit(&mut commits), if waiting(&commits) => flush_first = self.conn.finish(batch, out),
+                r = std::future::poll_fn(|cx| self.conn.poll_out(out, &self.waker, cx)) => if r.is_err() {
                     break Close::Closed;
                 },
                 r = reader.read_buf(pending) => match r {
                     Ok(0) | Err(_) => break Close::Closed,
                     Ok(n) => {
-                        last_read = tokio::time::Instant::now();
-                        Stats::add(&self.broker.stats.bytes_received, n as u64);
+                        self.last_read = tokio::time::Instant::now();
+                        Stats::add(&self.conn.broker.stats.bytes_received, n as u64);
                     }
                 },
-                () = &mut timer, if period.is_some() => {
-                    match period.map(|p| last_read + p).filter(|due| *due > tokio::time::Instant::now()) {
-                        Some(due) => timer.as_mut().reset(due),
-                        None => break Close::KeepAlive,
+                () = &mut timer, if self.keep_alive > 0 || self.conn.park_after(parks).is_some() => {
+                    let now = tokio::time::Instant::now();
+                    if keep_alive_period(self.keep_alive).is_some_and(|p| self.last_read + p <= now) {
+                        break Close::KeepAlive;
                     }
+                    timer.as_mut().reset(next_due(self.keep_alive, self.conn.park_after(parks), self.last_read, now));
                 }
             }
         };
         if flush_first || waiting(&commits) {
             Box::pin(async {
                 if flush_first {
-                    let _ = self.broker.flush().await;
+                    let _ = self.conn.broker.flush().await;
                 }
                 while waiting(&commits) {
                     let batch = next_commit(&mut commits).await;
-                    if self.finish(batch, &mut *out) {
-                        let _ = self.broker.flush().await;
+                    if self.conn.finish(batch, &mut *out) {
+                        let _ = self.conn.broker.flush().await;
                     }
                 }
             })
             .await;
         }
         close
+    }
+}
+
+impl Conn {
+    /// How long the packet loop waits idle before it parks, if it does.
+    fn park_after(&self, parks: bool) -> Option<Duration> {
+        self.broker.config.idle_park_after.filter(|_| parks)
     }
 
     /// The sending side, polled beside every other wait of the packet loop: writes what is buffered, then moves in
@@ -1023,6 +1252,7 @@ impl<'a> Conn<'a> {
         if out.buf.is_empty() {
             return false;
         }
+        out.sent = out.sent.wrapping_add(1);
         Stats::add(&self.broker.stats.publish_sent, written as u64);
         Stats::add(&self.broker.stats.messages_sent, written as u64);
         Stats::add(&self.broker.stats.bytes_sent, out.buf.len() as u64);
@@ -1031,8 +1261,8 @@ impl<'a> Conn<'a> {
 
     /// Waits until the batch's writes are durable and the other nodes have what it forwarded; `finish` then queues
     /// its acknowledgements: no PUBACK goes out before what it acknowledges is stored.
-    fn commit(&self, mut batch: Batch) -> Commit<'a> {
-        let broker = self.broker;
+    fn commit(&self, mut batch: Batch) -> Commit {
+        let broker = self.broker.clone();
         Box::pin(async move {
             if batch.durable
                 && let Err(e) = broker.flush().await
@@ -1232,7 +1462,7 @@ impl<'a> Conn<'a> {
     }
 
     fn publish(&mut self, mut p: Publish, batch: &mut Batch) -> Option<Close> {
-        let broker = self.broker;
+        let broker = &*self.broker;
         let v5 = self.version.is_v5();
         Stats::add(&broker.stats.publish_received, 1);
         if let Some(alias) = p.properties.topic_alias {

@@ -14,6 +14,7 @@ pub mod connection;
 pub mod fuzzing;
 pub mod listener;
 pub mod message;
+mod parking;
 pub mod retained;
 pub mod router;
 pub mod session;

@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use futures_util::FutureExt as _;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::broker::Broker;
@@ -20,8 +19,8 @@ pub struct Limits {
     pub max_connections: usize,
 }
 
-/// Counts one connection of a listener until dropped.
-struct Held(Arc<AtomicUsize>);
+/// Counts one connection of a listener until dropped (parked or not).
+pub(crate) struct Held(Arc<AtomicUsize>);
 
 impl Drop for Held {
     fn drop(&mut self) {
@@ -34,7 +33,7 @@ impl Drop for Held {
 /// limit is closed at once, before any handshake, as Mosquitto does.
 async fn accept_loop<F, Fut>(broker: Arc<Broker>, listener: TcpListener, limits: Limits, serve: F)
 where
-    F: Fn(Arc<Broker>, TcpStream, SocketAddr) -> Fut,
+    F: Fn(Arc<Broker>, TcpStream, SocketAddr, Held) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let open = Arc::new(AtomicUsize::new(0));
@@ -57,9 +56,7 @@ where
                 broker.admit().await;
                 // Latency over packet count: MQTT packets are small and each one is awaited by someone.
                 let _ = stream.set_nodelay(true);
-                // `map`, not an async block around `.await`: such a block would keep a second copy of the
-                // connection's (large) future in every task.
-                tokio::spawn(serve(broker.clone(), stream, peer).map(move |()| drop(held)));
+                tokio::spawn(serve(broker.clone(), stream, peer, held));
             }
             Err(e) => {
                 // Out of file descriptors and the like: say so, and give the system a moment.
@@ -72,9 +69,9 @@ where
 
 /// Accepts MQTT over TCP on `listener` until the broker shuts down.
 pub async fn serve_tcp(broker: Arc<Broker>, listener: TcpListener, limits: Limits) {
-    accept_loop(broker, listener, limits, |broker, stream, peer| {
+    accept_loop(broker, listener, limits, |broker, stream, peer, held| {
         let (r, w) = stream.into_split();
-        connection::serve(broker, r, w, peer, None)
+        connection::serve_held(broker, r, w, peer, held)
     })
     .await
 }
@@ -89,9 +86,10 @@ pub async fn serve_tls(
     tls: Arc<Reloading>,
     identity_as_username: bool,
 ) {
-    accept_loop(broker, listener, limits, move |broker, stream, peer| {
+    accept_loop(broker, listener, limits, move |broker, stream, peer, held| {
         let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
         async move {
+            let _held = held;
             let Some(stream) = tls_handshake(&broker, acceptor, stream, peer).await else { return };
             let identity = if identity_as_username {
                 let certificate = stream.get_ref().1.peer_certificates().and_then(|c| c.first());
@@ -114,9 +112,10 @@ pub async fn serve_tls(
 /// Accepts MQTT over WebSocket on `listener` until the broker shuts down: `ws://`, or `wss://` with `tls`. The TLS
 /// and WebSocket handshakes are each bounded by the CONNECT timeout.
 pub async fn serve_ws(broker: Arc<Broker>, listener: TcpListener, limits: Limits, tls: Option<Arc<Reloading>>) {
-    accept_loop(broker, listener, limits, move |broker, stream, peer| {
+    accept_loop(broker, listener, limits, move |broker, stream, peer, held| {
         let acceptor = tls.as_ref().map(|t| tokio_rustls::TlsAcceptor::from(t.current()));
         async move {
+            let _held = held;
             match acceptor {
                 None => serve_websocket(broker, stream, peer).await,
                 Some(acceptor) => {

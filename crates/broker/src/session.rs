@@ -29,6 +29,12 @@ impl Signal {
         }
     }
 
+    /// Leaves `waker` to be woken by the next notification, without taking one: true if one is already there.
+    pub fn register(&self, waker: &std::task::Waker) -> bool {
+        self.waker.register(waker);
+        self.set.load(Ordering::Acquire)
+    }
+
     /// Ready once per notification (several before a poll count as one).
     pub fn poll(&self, cx: &mut Context<'_>) -> Poll<()> {
         if self.set.swap(false, Ordering::AcqRel) {
