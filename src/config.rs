@@ -641,4 +641,16 @@ mod tests {
         let c = ServeArgs { max_qos: Some(1), ..Default::default() }.resolve().unwrap();
         assert_eq!(c.broker().max_qos, skein_codec::QoS::AtLeastOnce);
     }
+
+    #[test]
+    fn idle_park_after_is_seconds_and_zero_turns_it_off() {
+        let c = ServeArgs::default().resolve().unwrap();
+        assert_eq!(c.broker().idle_park_after, Some(Duration::from_secs(2)));
+        let c = ServeArgs { idle_park_after: Some(0.5), ..Default::default() }.resolve().unwrap();
+        assert_eq!(c.broker().idle_park_after, Some(Duration::from_millis(500)));
+        let c = ServeArgs { idle_park_after: Some(0.0), ..Default::default() }.resolve().unwrap();
+        assert_eq!(c.broker().idle_park_after, None);
+        let args = ServeArgs { idle_park_after: Some(-1.0), ..Default::default() };
+        assert!(args.resolve().unwrap_err().contains("idle_park_after = -1: use a number of seconds"));
+    }
 }

@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use skein_broker::{Broker, BrokerConfig, SingleNode};
 
-/// Measured: 648 bytes (rustc 1.95, debug and release, TCP halves), since the same task also writes (the writer
+/// Measured: 608 bytes (rustc 1.95, debug and release, TCP halves), since the packet loop is a method of the
+/// connection's state (`Client::run`) rather than a function of its nine parts; 648 before that, since the same task also writes (the writer
 /// half, the send buffer and the wake signal are here now; a second task per connection took 384 bytes, and the
 /// signals between the two 104); 616 before that; 776 while the handshake's arguments (writer, peer,
 /// identity) were `serve`'s own and so part of its future for good, and `Conn` kept a copy of the client id and an
