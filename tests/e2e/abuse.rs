@@ -188,3 +188,36 @@ fn a_shared_groups_prefix_does_not_count_as_topic_levels() {
     assert_eq!(subscribe(&mut c, "$share/g/a/b/c"), ReasonCode::GrantedQoS1, "three levels of topic filter");
     assert_eq!(subscribe(&mut c, "$share/g/a/b/c/d"), ReasonCode::TopicFilterInvalid);
 }
+
+/// Out of file descriptors, both the MQTT listeners and the HTTP endpoint wait and try again, rather than retrying at
+/// once (which spun a core for as long as it lasted), and both serve again once descriptors are free.
+#[test]
+fn out_of_file_descriptors_the_node_waits_without_spinning_and_recovers() {
+    let broker = Skein::start_with_file_limit(64, &["--http", "127.0.0.1:0"]);
+    let http = broker.http.expect("http address");
+    // Connections that never send CONNECT: each takes a descriptor until the CONNECT timeout.
+    let mut held: Vec<TcpStream> = (0..80).map(|_| TcpStream::connect(broker.mqtt).unwrap()).collect();
+    broker.wait_log("accept failed error=Too many open files");
+    let mut probe = TcpStream::connect(http).unwrap();
+    probe.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    broker.wait_log("HTTP accept failed error=Too many open files");
+    // While it lasts, the node's CPU time stays far below the second that a retry loop would take.
+    let cpu = || {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", broker.pid())).unwrap();
+        let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
+        // utime and stime, in clock ticks: fields 14 and 15 of the line, 11 and 12 after the command's name.
+        fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+    };
+    let before = cpu();
+    std::thread::sleep(Duration::from_secs(1));
+    let used = cpu() - before;
+    assert!(used < 30, "{used} ticks of CPU in one second while out of descriptors");
+    // Descriptors freed: the waiting probe is answered, and clients connect again.
+    held.clear();
+    probe.set_read_timeout(Some(WAIT)).unwrap();
+    let mut answer = String::new();
+    let _ = probe.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    round_trip(&broker, "recovered");
+    drop(held);
+}

@@ -48,9 +48,24 @@ impl Skein {
         s
     }
 
+    /// Starts a broker with its own temporary data directory that may have at most `files` descriptors open.
+    pub fn start_with_file_limit(files: u32, args: &[&str]) -> Skein {
+        let tmp = Arc::new(tempfile::tempdir().expect("temp dir"));
+        // prlimit runs the broker in its own place: the process is the broker's.
+        let mut cmd = Command::new("prlimit");
+        cmd.arg(format!("--nofile={files}")).arg("--").arg(skein_bin());
+        let mut s = Skein::start_command(cmd, tmp.path(), args);
+        s._tmp = Some(tmp);
+        s
+    }
+
     /// Starts a broker on `data_dir` (kept by the caller, so a restart finds the same state).
     pub fn start_in(data_dir: &Path, args: &[&str]) -> Skein {
-        let mut cmd = Command::new(skein_bin());
+        Skein::start_command(Command::new(skein_bin()), data_dir, args)
+    }
+
+    /// `cmd` runs the broker binary; this adds `serve` and its arguments.
+    fn start_command(mut cmd: Command, data_dir: &Path, args: &[&str]) -> Skein {
         cmd.arg("serve").arg("--mqtt").arg("127.0.0.1:0").arg("--data-dir").arg(data_dir);
         // A listener given makes anonymous clients refused by default (as with Mosquitto 2.0); most tests want them.
         if !args.iter().any(|a| ["--allow-anonymous", "--password-file", "--config"].contains(a)) {
