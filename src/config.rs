@@ -258,7 +258,7 @@ pub struct ServeArgs {
     pub connect_timeout: Option<f64>,
     /// Seconds a plain TCP connection may have nothing to read or send before it parks: its task and its socket's
     /// registration are given back (about 1 KB), and it is woken by its socket, its session or its keep alive;
-    /// 0: never [default: 2].
+    /// 0: never [default: 15].
     #[arg(long, env = "SKEIN_IDLE_PARK_AFTER", value_name = "SECONDS")]
     pub idle_park_after: Option<f64>,
     /// Levels a topic name or filter may have; 0: no limit [default: 128].
@@ -645,7 +645,7 @@ mod tests {
     #[test]
     fn idle_park_after_is_seconds_and_zero_turns_it_off() {
         let c = ServeArgs::default().resolve().unwrap();
-        assert_eq!(c.broker().idle_park_after, Some(Duration::from_secs(2)));
+        assert_eq!(c.broker().idle_park_after, Some(Duration::from_secs(15)));
         let c = ServeArgs { idle_park_after: Some(0.5), ..Default::default() }.resolve().unwrap();
         assert_eq!(c.broker().idle_park_after, Some(Duration::from_millis(500)));
         let c = ServeArgs { idle_park_after: Some(0.0), ..Default::default() }.resolve().unwrap();

@@ -31,6 +31,10 @@ pub struct BrokerConfig {
     pub connect_timeout: Duration,
     /// A plain TCP connection with nothing read or sent for this long gives up its task and waits on a poll of its
     /// own until the client or its session has something (`parking`); `None` keeps every connection in a task.
+    /// Parking and resuming cost about 40 µs of CPU (measured: 1,000 publishers and 1,000 subscribers at one
+    /// message a second each, all parking between messages, took 2.5 times the CPU per message of none parking), so
+    /// this is longer than the period of a device that reports every few seconds: such a device stays in its task,
+    /// and one that only pings (a 60 s keep alive) parks between pings.
     pub idle_park_after: Option<Duration>,
     /// Interval of the `$SYS/` updates; zero turns them off (Mosquitto `sys_interval`).
     pub sys_interval: Duration,
@@ -92,7 +96,7 @@ impl Default for BrokerConfig {
             max_connections: 0,
             max_keepalive: 65_535,
             connect_timeout: Duration::from_secs(10),
-            idle_park_after: Some(Duration::from_secs(2)),
+            idle_park_after: Some(Duration::from_secs(15)),
             sys_interval: Duration::from_secs(10),
             queue_qos0_messages: false,
             retain_available: true,
