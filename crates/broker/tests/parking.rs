@@ -21,13 +21,18 @@ fn broker() -> Arc<Broker> {
     Broker::open(config, None, Arc::new(SingleNode)).unwrap()
 }
 
-/// Waits until exactly `n` connections are parked; fails after 10 s.
-async fn parked(broker: &Broker, n: u64) {
+/// Waits until `holds` does; fails with `what` after 10 s.
+async fn eventually(what: &str, holds: impl Fn() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while broker.parked_connections() != n {
-        assert!(tokio::time::Instant::now() < deadline, "{} parked, not {n}", broker.parked_connections());
+    while !holds() {
+        assert!(tokio::time::Instant::now() < deadline, "{what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Waits until exactly `n` connections are parked.
+async fn parked(broker: &Broker, n: u64) {
+    eventually(&format!("{n} parked"), || broker.parked_connections() == n).await;
 }
 
 fn publish(topic: &str, qos: QoS, packet_id: u16, payload: &'static [u8]) -> Packet {
@@ -155,11 +160,7 @@ async fn a_parked_client_that_closes_its_socket_is_let_go_and_its_will_sent() {
     drop(gone);
     let will = delivered(&mut watcher).await;
     assert_eq!(&*will.topic, "will/gone");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while broker.open_connections() != 1 {
-        assert!(tokio::time::Instant::now() < deadline, "the closed connection is let go");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually("the closed connection is let go", || broker.open_connections() == 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -199,10 +200,6 @@ async fn a_parked_connection_still_counts_against_its_listener_limit() {
     assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "a second connection is closed at once");
     drop(only);
     // Once the parked one has gone, there is room again.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while broker.open_connections() != 0 {
-        assert!(tokio::time::Instant::now() < deadline, "the parked connection is let go");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually("the parked connection is let go", || broker.open_connections() == 0).await;
     Client::connect(addr, "next", false).await;
 }
