@@ -189,18 +189,23 @@ fn a_shared_groups_prefix_does_not_count_as_topic_levels() {
     assert_eq!(subscribe(&mut c, "$share/g/a/b/c/d"), ReasonCode::TopicFilterInvalid);
 }
 
-/// Out of file descriptors, both the MQTT listeners and the HTTP endpoint wait and try again, rather than retrying at
-/// once (which spun a core for as long as it lasted), and both serve again once descriptors are free.
+/// Out of file descriptors, the MQTT listeners, the HTTP endpoint and the cluster port wait and try again, rather than
+/// retrying at once (which spun a core for as long as it lasted), and all serve again once descriptors are free.
 #[test]
 fn out_of_file_descriptors_the_node_waits_without_spinning_and_recovers() {
-    let broker = Skein::start_with_file_limit(64, &["--http", "127.0.0.1:0"]);
+    let peers = format!("127.0.0.1:{}", free_port());
+    let args = ["--http", "127.0.0.1:0", "--node-id", "1", "--cluster", &peers, "--join", &peers];
+    let broker = Skein::start_with_file_limit(128, &args);
     let http = broker.http.expect("http address");
+    wait_ready(http);
     // Connections that never send CONNECT: each takes a descriptor until the CONNECT timeout.
-    let mut held: Vec<TcpStream> = (0..80).map(|_| TcpStream::connect(broker.mqtt).unwrap()).collect();
+    let mut held: Vec<TcpStream> = (0..160).map(|_| TcpStream::connect(broker.mqtt).unwrap()).collect();
     broker.wait_log("accept failed error=Too many open files");
     let mut probe = TcpStream::connect(http).unwrap();
     probe.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     broker.wait_log("HTTP accept failed error=Too many open files");
+    let peer = TcpStream::connect(&peers).unwrap();
+    broker.wait_log("cluster accept failed error=Too many open files");
     // While it lasts, the node's CPU time stays far below the second that a retry loop would take.
     let cpu = || {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", broker.pid())).unwrap();
@@ -219,5 +224,5 @@ fn out_of_file_descriptors_the_node_waits_without_spinning_and_recovers() {
     let _ = probe.read_to_string(&mut answer);
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
     round_trip(&broker, "recovered");
-    drop(held);
+    drop((held, peer));
 }

@@ -336,17 +336,12 @@ impl ClusterNode {
             .map_err(|error| StartError::Listen { addr: self.config.listen, error })?;
         tracing::info!(local = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), node_id = self.id(), "listening for the cluster");
         let service = ClusterServer::new(Service(self.clone()));
-        // Nagle off on accepted connections too (the clients set it on theirs): a forward stream's acknowledgements
-        // are small writes that would otherwise wait for the peer's delayed ACK, and publishers wait for them.
-        let incoming = tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(listener), |s| {
-            s.inspect(|s| {
-                let _ = s.set_nodelay(true);
-            })
-        });
+        let mut incoming = accept_peers(listener);
         let server = tonic::transport::Server::builder().add_service(service);
         match &self.config.tls {
             None => {
                 tokio::spawn(async move {
+                    let incoming = tokio_stream::wrappers::ReceiverStream::new(incoming).map(Ok::<_, std::io::Error>);
                     if let Err(e) = server.serve_with_incoming(incoming).await {
                         tracing::error!(error = %e, "cluster service stopped");
                     }
@@ -360,9 +355,7 @@ impl ClusterNode {
                 // Each handshake in a task of its own, so that a slow or silent peer holds up no other.
                 let (tx, rx) = mpsc::channel::<std::io::Result<crate::peer_tls::PeerStream>>(64);
                 tokio::spawn(async move {
-                    tokio::pin!(incoming);
-                    while let Some(tcp) = incoming.next().await {
-                        let Ok(tcp) = tcp else { continue };
+                    while let Some(tcp) = incoming.recv().await {
                         let (tls, tx) = (tls.clone(), tx.clone());
                         tokio::spawn(async move {
                             let peer = tcp.peer_addr().ok();
@@ -2112,6 +2105,31 @@ impl ClusterService for Service {
         });
         Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
     }
+}
+
+/// The peer connections `listener` accepts, Nagle off (the clients set it on theirs: a forward stream's
+/// acknowledgements are small writes that would otherwise wait for the peer's delayed ACK, and publishers wait for
+/// them). A failed accept (out of file descriptors) waits 50 ms before the next: tonic's own loop retries at once,
+/// and spun a core for as long as it lasted.
+fn accept_peers(listener: tokio::net::TcpListener) -> mpsc::Receiver<tokio::net::TcpStream> {
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    let _ = stream.set_nodelay(true);
+                    if tx.send(stream).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cluster accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    });
+    rx
 }
 
 #[cfg(test)]
