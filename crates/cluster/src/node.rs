@@ -206,6 +206,12 @@ thread_local! {
     /// While a forwarded batch is delivered on this thread: the log index of the route table its sender planned it
     /// with (`ForwardBatch.routes_index`).
     static PLANNED_AT: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+    /// While a forwarded batch is delivered on this thread: the new nodes' acceptance of the QoS 1/2 messages it
+    /// relayed, which the batch's acknowledgement waits for. So the sender's publisher is answered only once the
+    /// session's new node has the message, and cannot send its next message, planned with the new routes straight
+    /// to that node, ahead of it.
+    static RELAY_OWED: std::cell::RefCell<Option<skein_broker::cluster::Acceptance>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 /// How long a relay goes on after the new node's routes are in place here.
@@ -1363,12 +1369,16 @@ impl skein_broker::Cluster for ClusterNode {
             retain: out.retain,
             subscription_ids: out.subscription_ids.clone(),
         };
+        let accepted = match out.qos {
+            skein_codec::QoS::AtMostOnce => None,
+            _ => RELAY_OWED.with(|r| r.borrow_mut().as_mut().map(skein_broker::cluster::Acceptance::owe)),
+        };
         let relayed = Outbound {
             message: out.message.clone(),
             groups: Vec::new(),
             retain_seq: 0,
             groups_only: false,
-            accepted: None,
+            accepted,
             target: Some(Box::new(target)),
             planned_at: self.sm.routes_index.load(Ordering::Acquire),
         };
@@ -2084,6 +2094,7 @@ impl ClusterService for Service {
                 };
                 let mut packed = batch.packed;
                 PLANNED_AT.with(|p| p.set(Some(batch.routes_index)));
+                RELAY_OWED.with(|r| *r.borrow_mut() = Some(Default::default()));
                 while let Some(record) = handover::unpack_message(&mut packed) {
                     match record {
                         Ok(u) => deliver(u),
@@ -2094,9 +2105,16 @@ impl ClusterService for Service {
                     }
                 }
                 PLANNED_AT.with(|p| p.set(None));
+                let relayed = RELAY_OWED.with(|r| r.borrow_mut().take()).unwrap_or_default();
                 if durable {
                     mark_taken(&broker, batch.from_node, batch.epoch, batch.batch_id);
                     let _ = broker.flush().await;
+                }
+                if !relayed.is_empty() && !relayed.wait().await {
+                    tracing::debug!(
+                        from = batch.from_node,
+                        "a relayed message was not accepted by its session's new node"
+                    );
                 }
                 if tx.send(Ok(ForwardAck { batch_id: batch.batch_id })).await.is_err() {
                     break;
