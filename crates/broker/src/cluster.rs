@@ -118,8 +118,11 @@ pub trait Cluster: Send + Sync + 'static {
     /// between) may be sent to other nodes together at its end, in their order.
     fn begin_batch(&self) {}
 
-    /// Sends what `forward` kept since `begin_batch`.
-    fn end_batch(&self) {}
+    /// Sends what `forward` kept since `begin_batch`. QoS 1/2 messages relayed meanwhile to the node a session
+    /// moved to (see `Session::relay_to`) owe `acceptance` that node's acceptance.
+    fn end_batch(&self, acceptance: &mut Acceptance) {
+        let _ = acceptance;
+    }
 
     /// A client is connecting here: close its connection on any other node (MQTT 5.0 clients hear 0x8E) and, when
     /// `want_session`, bring its persistent session over. `persistent`: the session it gets here outlives the

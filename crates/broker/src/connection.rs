@@ -1064,7 +1064,7 @@ impl Client {
                     let mut batch = Batch::default();
                     self.conn.broker.cluster().begin_batch();
                     let outcome = self.conn.handle_all(pending, max_packet(&self.conn.broker.config), &mut batch);
-                    self.conn.broker.cluster().end_batch();
+                    self.conn.broker.cluster().end_batch(&mut batch.accepted);
                     if batch.waits() || (waiting(&commits) && !batch.acks.is_empty()) {
                         commits.get_or_insert_default().push_back(self.conn.commit(batch));
                     } else {

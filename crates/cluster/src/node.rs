@@ -206,10 +206,10 @@ thread_local! {
     /// While a forwarded batch is delivered on this thread: the log index of the route table its sender planned it
     /// with (`ForwardBatch.routes_index`).
     static PLANNED_AT: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
-    /// While a forwarded batch is delivered on this thread: the new nodes' acceptance of the QoS 1/2 messages it
-    /// relayed, which the batch's acknowledgement waits for. So the sender's publisher is answered only once the
-    /// session's new node has the message, and cannot send its next message, planned with the new routes straight
-    /// to that node, ahead of it.
+    /// While a forwarded batch, or a client's read (`begin_batch` to `end_batch`), is handled on this thread: the
+    /// new nodes' acceptance of the QoS 1/2 messages it relayed, which its acknowledgements wait for. So the
+    /// publisher is answered only once the session's new node has the message, and cannot send its next message,
+    /// planned with the new routes straight to that node, ahead of it.
     static RELAY_OWED: std::cell::RefCell<Option<skein_broker::cluster::Acceptance>> =
         const { std::cell::RefCell::new(None) };
 }
@@ -1305,16 +1305,28 @@ impl skein_broker::Cluster for ClusterNode {
     fn begin_batch(&self) {
         let me = self as *const ClusterNode as usize;
         let left = BATCH.with(|b| b.borrow_mut().replace(ReadBatch { owner: me, nodes: Vec::new() }));
+        RELAY_OWED.with(|r| *r.borrow_mut() = Some(Default::default()));
         // A batch never ended (a read handled by a panic): what it kept goes now, if it is this node's.
         if let Some(left) = left.filter(|l| l.owner == me) {
             self.send_batch(left.nodes);
         }
     }
 
-    fn end_batch(&self) {
+    fn end_batch(&self, acceptance: &mut skein_broker::cluster::Acceptance) {
         let me = self as *const ClusterNode as usize;
         if let Some(batch) = BATCH.with(|b| b.borrow_mut().take_if(|b| b.owner == me)) {
             self.send_batch(batch.nodes);
+        }
+        // What this read relayed is owed to its acknowledgements as one acceptance, settled once the new nodes
+        // have all of it (rare: only while a session that moved away still relays).
+        let relayed = RELAY_OWED.with(|r| r.borrow_mut().take()).unwrap_or_default();
+        if !relayed.is_empty() {
+            let owed = acceptance.owe();
+            tokio::spawn(async move {
+                if relayed.wait().await {
+                    owed.accept();
+                }
+            });
         }
     }
 
