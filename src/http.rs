@@ -18,25 +18,15 @@ use tokio::net::{TcpListener, TcpStream};
 pub async fn serve(listener: TcpListener, broker: Arc<Broker>, node: Option<Arc<ClusterNode>>) {
     let mut shutdown = broker.shutdown_signal();
     loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
+        let (stream, peer) = tokio::select! {
+            a = skein_broker::listener::accept(&listener, "HTTP") => a,
             _ = shutdown.wait_for(|s| *s) => return,
         };
-        match accepted {
-            Ok((stream, peer)) => {
-                let (broker, node) = (broker.clone(), node.clone());
-                tokio::spawn(async move {
-                    let answered = answer(stream, peer, &broker, node.as_deref());
-                    let _ = tokio::time::timeout(Duration::from_secs(5), answered).await;
-                });
-            }
-            // Out of file descriptors and the like: the connection waits in the backlog. Retrying at once would
-            // spin a core for as long as it lasts.
-            Err(e) => {
-                tracing::warn!(error = %e, "HTTP accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
+        let (broker, node) = (broker.clone(), node.clone());
+        tokio::spawn(async move {
+            let answered = answer(stream, peer, &broker, node.as_deref());
+            let _ = tokio::time::timeout(Duration::from_secs(5), answered).await;
+        });
     }
 }
 

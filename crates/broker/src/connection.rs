@@ -211,25 +211,24 @@ where
     R: Source,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let guard = broker.connection_opened();
-    drive(Start::Open(Box::new(Opening { broker, writer, peer, identity, guard, held: None })), reader)
+    serve_held(broker, reader, writer, peer, identity, None)
 }
 
-/// `serve` for a listener's plain TCP connection, counted in `held` (the listener's limit) until it ends, parked or
-/// not.
+/// `serve`, the connection counted in `held` (its listener's limit) until it ends, parked or not.
 pub(crate) fn serve_held<R, W>(
     broker: Arc<Broker>,
     reader: R,
     writer: W,
     peer: SocketAddr,
-    held: crate::listener::Held,
+    identity: Option<String>,
+    held: Option<crate::listener::Held>,
 ) -> impl std::future::Future<Output = ()>
 where
     R: Source,
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let guard = broker.connection_opened();
-    drive(Start::Open(Box::new(Opening { broker, writer, peer, identity: None, guard, held: Some(held) })), reader)
+    drive(Start::Open(Box::new(Opening { broker, writer, peer, identity, guard, held })), reader)
 }
 
 /// What only the handshake needs. Boxed: an async function's arguments are part of its future for its whole life.
@@ -292,13 +291,12 @@ enum Parking<R, W> {
 
 /// Parks an idle connection: leaves a waker with its session (signal and kick) that resumes it, and hands its socket
 /// and the rest of it to the parking thread.
-fn park<R: Source, W: 'static>(live: Live<W>, reader: R) -> Parking<R, W> {
+fn park<R: Source, W: 'static>(mut live: Live<W>, reader: R) -> Parking<R, W> {
     let broker = live.client.conn.broker.clone();
     let Some(parking) = broker.parking() else { return Parking::Busy(live, reader) };
     let wake = parking.wake();
     let waker = std::task::Waker::from(wake.clone());
     let mut cx = std::task::Context::from_waker(&waker);
-    let mut live = live;
     if let std::task::Poll::Ready(k) = std::pin::Pin::new(&mut live.client.kicked).poll(&mut cx) {
         return Parking::Kicked(live, kicked_close(k));
     }
@@ -1141,21 +1139,14 @@ impl Client {
                     r = std::future::poll_fn(|cx| reader.poll_ready(cx)) => if r.is_err() {
                         break Close::Closed;
                     },
-                    () = &mut timer, if self.keep_alive > 0 || self.conn.park_after(parks).is_some() => {
-                        let now = tokio::time::Instant::now();
-                        if keep_alive_period(self.keep_alive).is_some_and(|p| self.last_read + p <= now) {
-                            break Close::KeepAlive;
-                        }
-                        let quiet = std::mem::replace(&mut sent_seen, out.sent) == out.sent;
-                        if let Some(after) = self.conn.park_after(parks)
-                            && quiet
-                            && self.last_read + after <= now
+                    () = &mut timer, if self.timed(parks) => {
+                        // Quiet: nothing sent since the timer last looked, nothing read or waiting now.
+                        let quiet = std::mem::replace(&mut sent_seen, out.sent) == out.sent
                             && !waiting(&commits)
-                            && !out.busy()
-                        {
-                            break Close::Idle;
+                            && !out.busy();
+                        if let Some(close) = self.timer_fired(timer.as_mut(), parks, quiet) {
+                            break close;
                         }
-                        timer.as_mut().reset(next_due(self.keep_alive, self.conn.park_after(parks), self.last_read, now));
                         continue;
                     }
                 }
@@ -1175,12 +1166,10 @@ impl Client {
                         Stats::add(&self.conn.broker.stats.bytes_received, n as u64);
                     }
                 },
-                () = &mut timer, if self.keep_alive > 0 || self.conn.park_after(parks).is_some() => {
-                    let now = tokio::time::Instant::now();
-                    if keep_alive_period(self.keep_alive).is_some_and(|p| self.last_read + p <= now) {
-                        break Close::KeepAlive;
+                () = &mut timer, if self.timed(parks) => {
+                    if let Some(close) = self.timer_fired(timer.as_mut(), parks, false) {
+                        break close;
                     }
-                    timer.as_mut().reset(next_due(self.keep_alive, self.conn.park_after(parks), self.last_read, now));
                 }
             }
         };
@@ -1199,6 +1188,28 @@ impl Client {
             .await;
         }
         close
+    }
+}
+
+impl Client {
+    /// True where the packet loop's timer has something to look for: a keep alive, or the time to park.
+    fn timed(&self, parks: bool) -> bool {
+        self.keep_alive > 0 || self.conn.park_after(parks).is_some()
+    }
+
+    /// The packet loop's timer fired: the keep alive ran out (`KeepAlive`), or the connection has been `quiet` long
+    /// enough to park (`Idle`); else the timer is set for its next look.
+    fn timer_fired(&self, timer: std::pin::Pin<&mut tokio::time::Sleep>, parks: bool, quiet: bool) -> Option<Close> {
+        let now = tokio::time::Instant::now();
+        if keep_alive_period(self.keep_alive).is_some_and(|p| self.last_read + p <= now) {
+            return Some(Close::KeepAlive);
+        }
+        let park_after = self.conn.park_after(parks);
+        if quiet && park_after.is_some_and(|after| self.last_read + after <= now) {
+            return Some(Close::Idle);
+        }
+        timer.reset(next_due(self.keep_alive, park_after, self.last_read, now));
+        None
     }
 }
 

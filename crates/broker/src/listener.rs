@@ -39,28 +39,34 @@ where
     let open = Arc::new(AtomicUsize::new(0));
     let mut shutdown = broker.shutdown_signal();
     loop {
-        let accepted = tokio::select! {
-            a = listener.accept() => a,
+        let (stream, peer) = tokio::select! {
+            a = accept(&listener, "MQTT") => a,
             _ = shutdown.wait_for(|s| *s) => return,
         };
-        match accepted {
-            Ok((stream, peer)) => {
-                if limits.max_connections != 0 && open.load(Ordering::Acquire) >= limits.max_connections {
-                    Stats::add(&broker.stats.connections_refused, 1);
-                    tracing::debug!(%peer, limit = limits.max_connections, "listener full: connection closed");
-                    drop(stream);
-                    continue;
-                }
-                open.fetch_add(1, Ordering::AcqRel);
-                let held = Held(open.clone());
-                broker.admit().await;
-                // Latency over packet count: MQTT packets are small and each one is awaited by someone.
-                let _ = stream.set_nodelay(true);
-                tokio::spawn(serve(broker.clone(), stream, peer, held));
-            }
+        if limits.max_connections != 0 && open.load(Ordering::Acquire) >= limits.max_connections {
+            Stats::add(&broker.stats.connections_refused, 1);
+            tracing::debug!(%peer, limit = limits.max_connections, "listener full: connection closed");
+            drop(stream);
+            continue;
+        }
+        open.fetch_add(1, Ordering::AcqRel);
+        let held = Held(open.clone());
+        broker.admit().await;
+        // Latency over packet count: MQTT packets are small and each one is awaited by someone.
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(serve(broker.clone(), stream, peer, held));
+    }
+}
+
+/// The next connection `listener` accepts. A failed accept (out of file descriptors and the like) is logged, with
+/// `what` listens, and tried again 50 ms later: tried at once, it fails again at once and spins a core for as long
+/// as it lasts. Cancel-safe, as `TcpListener::accept` is. Every listening port of the node accepts through this.
+pub async fn accept(listener: &TcpListener, what: &str) -> (TcpStream, SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(accepted) => return accepted,
             Err(e) => {
-                // Out of file descriptors and the like: say so, and give the system a moment.
-                tracing::warn!(error = %e, "accept failed");
+                tracing::warn!(error = %e, "{what} accept failed");
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
         }
@@ -71,7 +77,7 @@ where
 pub async fn serve_tcp(broker: Arc<Broker>, listener: TcpListener, limits: Limits) {
     accept_loop(broker, listener, limits, |broker, stream, peer, held| {
         let (r, w) = stream.into_split();
-        connection::serve_held(broker, r, w, peer, held)
+        connection::serve_held(broker, r, w, peer, None, Some(held))
     })
     .await
 }

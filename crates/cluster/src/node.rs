@@ -214,6 +214,16 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
 }
 
+/// Starts collecting, on this thread, what relays owe (`RELAY_OWED`).
+fn collect_relays() {
+    RELAY_OWED.with(|r| *r.borrow_mut() = Some(Default::default()));
+}
+
+/// What relays owed since `collect_relays`, and the end of collecting.
+fn relays_owed() -> skein_broker::cluster::Acceptance {
+    RELAY_OWED.with(|r| r.borrow_mut().take()).unwrap_or_default()
+}
+
 /// How long a relay goes on after the new node's routes are in place here.
 const RELAY_SETTLE: Duration = Duration::from_millis(500);
 /// How long relayed messages wait here for the session they are for to be attached.
@@ -1305,7 +1315,7 @@ impl skein_broker::Cluster for ClusterNode {
     fn begin_batch(&self) {
         let me = self as *const ClusterNode as usize;
         let left = BATCH.with(|b| b.borrow_mut().replace(ReadBatch { owner: me, nodes: Vec::new() }));
-        RELAY_OWED.with(|r| *r.borrow_mut() = Some(Default::default()));
+        collect_relays();
         // A batch never ended (a read handled by a panic): what it kept goes now, if it is this node's.
         if let Some(left) = left.filter(|l| l.owner == me) {
             self.send_batch(left.nodes);
@@ -1319,7 +1329,7 @@ impl skein_broker::Cluster for ClusterNode {
         }
         // What this read relayed is owed to its acknowledgements as one acceptance, settled once the new nodes
         // have all of it (rare: only while a session that moved away still relays).
-        let relayed = RELAY_OWED.with(|r| r.borrow_mut().take()).unwrap_or_default();
+        let relayed = relays_owed();
         if !relayed.is_empty() {
             let owed = acceptance.owe();
             tokio::spawn(async move {
@@ -2106,7 +2116,7 @@ impl ClusterService for Service {
                 };
                 let mut packed = batch.packed;
                 PLANNED_AT.with(|p| p.set(Some(batch.routes_index)));
-                RELAY_OWED.with(|r| *r.borrow_mut() = Some(Default::default()));
+                collect_relays();
                 while let Some(record) = handover::unpack_message(&mut packed) {
                     match record {
                         Ok(u) => deliver(u),
@@ -2117,7 +2127,7 @@ impl ClusterService for Service {
                     }
                 }
                 PLANNED_AT.with(|p| p.set(None));
-                let relayed = RELAY_OWED.with(|r| r.borrow_mut().take()).unwrap_or_default();
+                let relayed = relays_owed();
                 if durable {
                     mark_taken(&broker, batch.from_node, batch.epoch, batch.batch_id);
                     let _ = broker.flush().await;
@@ -2139,23 +2149,16 @@ impl ClusterService for Service {
 
 /// The peer connections `listener` accepts, Nagle off (the clients set it on theirs: a forward stream's
 /// acknowledgements are small writes that would otherwise wait for the peer's delayed ACK, and publishers wait for
-/// them). A failed accept (out of file descriptors) waits 50 ms before the next: tonic's own loop retries at once,
-/// and spun a core for as long as it lasted.
+/// them). Accepted by the broker's `listener::accept`, which waits after a failed accept (out of file descriptors):
+/// tonic's own loop retries at once, and spun a core for as long as it lasted.
 fn accept_peers(listener: tokio::net::TcpListener) -> mpsc::Receiver<tokio::net::TcpStream> {
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(async move {
         loop {
-            match listener.accept().await {
-                Ok((stream, _)) => {
-                    let _ = stream.set_nodelay(true);
-                    if tx.send(stream).await.is_err() {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cluster accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
+            let (stream, _) = skein_broker::listener::accept(&listener, "cluster").await;
+            let _ = stream.set_nodelay(true);
+            if tx.send(stream).await.is_err() {
+                return;
             }
         }
     });
