@@ -203,3 +203,27 @@ async fn a_parked_connection_still_counts_against_its_listener_limit() {
     eventually("the parked connection is let go", || broker.open_connections() == 0).await;
     Client::connect(addr, "next", false).await;
 }
+
+/// A connection quiet since it connected parks after `FIRST_PARK_AFTER` however long `idle_park_after` is; once woken,
+/// it waits the whole `idle_park_after` before it parks again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_parks_sooner_the_first_time_than_once_woken() {
+    use skein_broker::connection::FIRST_PARK_AFTER;
+    let config = BrokerConfig { idle_park_after: Some(Duration::from_secs(60)), ..BrokerConfig::default() };
+    let broker = Broker::open(config, None, Arc::new(SingleNode)).unwrap();
+    let addr = support::serve(broker.clone()).await;
+    let connecting = tokio::time::Instant::now();
+    let mut c = Client::connect(addr, "first-park", false).await;
+    parked(&broker, 1).await;
+    let quiet = connecting.elapsed();
+    assert!(quiet >= FIRST_PARK_AFTER, "parked after {quiet:?} of quiet, before {FIRST_PARK_AFTER:?}");
+
+    c.send(Packet::PingReq).await;
+    assert_eq!(c.recv().await, Some(Packet::PingResp));
+    parked(&broker, 0).await;
+    // Twice the first wait, with nothing read or sent: still in its task.
+    tokio::time::sleep(FIRST_PARK_AFTER * 2).await;
+    assert_eq!(broker.parked_connections(), 0, "a woken connection waits idle_park_after (60 s) to park again");
+    c.send(Packet::PingReq).await;
+    assert_eq!(c.recv().await, Some(Packet::PingResp));
+}
