@@ -552,3 +552,27 @@ fn unreleased_qos2_messages_beyond_our_receive_maximum_close_the_connection() {
         }
     }
 }
+
+/// [MQTT-3.2.2-13]: with retained messages off (Retain Available 0), a 5.0 CONNECT whose will asks to be retained is
+/// refused with 0x9A; one without Will Retain is let in and told Retain Available 0.
+#[test]
+fn a_retained_will_is_refused_where_retain_is_not_available() {
+    let broker = Skein::start(&["--allow-anonymous", "true", "--retain-available", "false"]);
+    let with_will = |retain: bool| {
+        let mut c = connect_packet(ProtocolVersion::V5, "will-retain", true);
+        c.will = Some(Will {
+            topic: "w".into(),
+            payload: bytes::Bytes::from_static(b"gone"),
+            qos: QoS::AtMostOnce,
+            retain,
+            properties: Properties::default(),
+        });
+        c
+    };
+    let (mut raw, ack) = Raw::connect(broker.mqtt, with_will(true));
+    assert_eq!(ack.reason_code, ReasonCode::RetainNotSupported);
+    assert_eq!(raw.recv(), None, "and closed");
+    let (_, ack) = Raw::connect(broker.mqtt, with_will(false));
+    assert_eq!(ack.reason_code, ReasonCode::Success);
+    assert_eq!(ack.properties.retain_available, Some(0));
+}

@@ -353,3 +353,76 @@ fn argon2id_hashes_from_skein_passwd_log_in() {
     assert!(run("dave", "password") && run("erin", "pbkdf2 one"));
     assert!(!run("dave", "wrong"), "a wrong password is refused");
 }
+
+/// A will is a publish the client makes later: as Mosquitto, one the ACL would refuse refuses the connection (3.1.1
+/// return code 5, 5.0 reason 0x87), rather than being sent when the client goes (or dropped where nobody sees it).
+#[test]
+fn a_will_the_acl_refuses_refuses_the_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = password_file(dir.path());
+    let acl = dir.path().join("acl");
+    std::fs::write(&acl, ACL).unwrap();
+    let broker = Skein::start(&["--password-file", &file, "--acl-file", acl.to_str().unwrap()]);
+    let mut watcher = login(&broker, ProtocolVersion::V5, "dave-watch", "dave", b"password");
+    assert_eq!(watcher.subscribe("dave/#"), ReasonCode::GrantedQoS1);
+
+    let with_will = |topic: &str| {
+        let mut c = connect_as(ProtocolVersion::V5, "dave-will", Some("dave"), Some(b"password"));
+        c.will = Some(Will {
+            topic: topic.into(),
+            payload: bytes::Bytes::from_static(b"gone"),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties: Properties::default(),
+        });
+        c
+    };
+    let (_, ack) = Raw::connect(broker.mqtt, with_will("public/forged"));
+    assert_eq!(ack.reason_code, ReasonCode::NotAuthorized, "dave may not write public/#");
+    // The real client, 3.1.1: refused, and says why.
+    let (code, stderr) = try_pub(
+        &broker,
+        &[
+            "-u",
+            "dave",
+            "-P",
+            "password",
+            "--will-topic",
+            "public/forged",
+            "--will-payload",
+            "x",
+            "-t",
+            "dave/a",
+            "-m",
+            "m",
+        ],
+    );
+    assert_ne!(code, Some(0), "{stderr}");
+    assert!(stderr.to_lowercase().contains("not authori"), "{stderr}");
+
+    // A will the ACL allows is let in, and sent when the client goes without DISCONNECT.
+    let (raw, ack) = Raw::connect(broker.mqtt, with_will("dave/will"));
+    assert_eq!(ack.reason_code, ReasonCode::Success);
+    drop(raw);
+    assert_eq!(watcher.next_topic(), "dave/will");
+}
+
+/// `$SYS` and `$share` topics are the server's: a client's publish there is refused whatever the ACL says (no ACL
+/// here at all), so nobody can plant a retained `$SYS/broker/version`, as with Mosquitto.
+#[test]
+fn clients_cannot_publish_on_sys_or_share_topics() {
+    let broker = Skein::start(&["--allow-anonymous", "true"]);
+    let (raw, ack) = Raw::connect(broker.mqtt, connect_packet(ProtocolVersion::V5, "forger", true));
+    assert_eq!(ack.reason_code, ReasonCode::Success);
+    let mut forger = Client { raw, delivered: Default::default() };
+    assert_eq!(forger.publish("$SYS/broker/version", 1), ReasonCode::NotAuthorized);
+    assert_eq!(forger.publish("$share/g/t", 2), ReasonCode::NotAuthorized);
+    assert_eq!(forger.publish("sys/ok", 3), ReasonCode::NoMatchingSubscribers, "other topics as usual");
+
+    // The real client, 3.1.1, retained: acknowledged and dropped; subscribers see the broker's own value.
+    mosquitto_pub(&broker, &["-r", "-q", "1", "-t", "$SYS/broker/version", "-m", "forged"]);
+    let (sub, out) = mosquitto_sub(&broker, &["-t", "$SYS/broker/version", "-C", "1"]);
+    let got = out.wait_messages(1);
+    sub.wait_output(Duration::from_secs(10));
+    assert!(got[0].starts_with("skein "), "{got:?}");
+}

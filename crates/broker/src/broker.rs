@@ -447,6 +447,13 @@ impl Broker {
         self.acl_active.load(Ordering::Acquire).then(|| self.auth())
     }
 
+    /// Whether a client may publish on `topic` (a PUBLISH, or its will): never on a `$SYS` or `$share` topic, which
+    /// are the server's whatever the ACL says (as Mosquitto has it), and otherwise as the ACL file says.
+    pub fn may_publish(&self, username: Option<&str>, client_id: &str, topic: &str) -> bool {
+        !server_topic(topic)
+            && self.acl().is_none_or(|a| a.allows(username, client_id, topic, skein_auth::Access::Write))
+    }
+
     /// The password and ACL files in force.
     pub fn auth(&self) -> Arc<Auth> {
         read(&self.auth).clone()
@@ -1234,4 +1241,11 @@ impl Broker {
 
 fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// A topic only the server publishes on: `$SYS/...` (its figures) and `$share/...` (the shared subscription prefix,
+/// never a topic a subscriber could be given).
+pub fn server_topic(topic: &str) -> bool {
+    let first = topic.split('/').next().unwrap_or("");
+    first == "$SYS" || first == "$share"
 }

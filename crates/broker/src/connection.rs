@@ -21,8 +21,6 @@ use skein_codec::{
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use skein_auth::Access;
-
 use crate::broker::{Attached, Broker, ConnectRequest, lock};
 use crate::message::Message;
 use crate::stats::Stats;
@@ -462,13 +460,14 @@ where
         }
     }
     let credentials = check_credentials(broker, &connect, certified).await;
+    let credentials_refused = credentials.is_err();
     let accepted = match accept(broker, &connect, credentials).and_then(|a| {
         if broker.stats.client_connected(broker.config.max_connections) { Ok(a) } else { Err(ReasonCode::ServerBusy) }
     }) {
         Ok(a) => a,
         Err(code) => {
             Stats::add(&broker.stats.connections_refused, 1);
-            if matches!(code, ReasonCode::BadUserNameOrPassword | ReasonCode::NotAuthorized) {
+            if credentials_refused && matches!(code, ReasonCode::BadUserNameOrPassword | ReasonCode::NotAuthorized) {
                 // A guesser waits for every answer; the delay holds only this connection.
                 let failures = broker.stats.auth_failures.fetch_add(1, Ordering::Relaxed) + 1;
                 let username = connect.username.as_deref().unwrap_or("");
@@ -650,6 +649,13 @@ async fn teardown<W: AsyncWrite + Unpin>(live: Live<W>, close: Close) {
     if close.sends_will()
         && let Some(will) = conn.will
     {
+        // The ACL may have changed (SIGHUP) since the CONNECT was let in with this will.
+        if !broker.may_publish(conn.username.as_deref(), &conn.session.client_id, &will.topic) {
+            Stats::add(&broker.stats.acl_denied, 1);
+            tracing::debug!(client_id = %conn.session.client_id, topic = %will.topic, "will refused by the ACL");
+            drop(done);
+            return;
+        }
         let delay = will.properties.will_delay_interval.unwrap_or(0);
         let (persistent, expiry) = {
             let state = lock(&session.state);
@@ -806,7 +812,13 @@ fn connect_refusal(rbuf: &BytesMut, e: &DecodeError) -> Option<BytesMut> {
 fn refusal_text(code: ReasonCode) -> Option<&'static str> {
     Some(match code {
         ReasonCode::BadUserNameOrPassword => "bad user name or password",
-        ReasonCode::NotAuthorized => "not authorized: this server wants a user name and password, or a certificate",
+        ReasonCode::NotAuthorized => {
+            "not authorized: this server wants a user name and password, or a certificate; or the ACL does not let \
+             this client publish its will"
+        }
+        ReasonCode::RetainNotSupported => {
+            "retained messages are off here (retain_available): a will cannot be retained"
+        }
         ReasonCode::BadAuthenticationMethod => "this authentication method is not offered here",
         ReasonCode::ServerBusy => "too many connections (max_connections)",
         ReasonCode::ServerUnavailable => "the server is shutting down",
@@ -900,6 +912,19 @@ fn accept(broker: &Broker, c: &Connect, credentials: Result<(), ReasonCode>) -> 
         } else if keep_alive > config.max_keepalive {
             // Mosquitto's answer to a 3.x client over max_keepalive: identifier rejected.
             return Err(ReasonCode::ClientIdentifierNotValid);
+        }
+    }
+    if let Some(will) = &c.will {
+        // [MQTT-3.2.2-13]: with Retain Available 0, a will that asks to be retained refuses the connection.
+        if v5 && will.retain && !config.retain_available {
+            return Err(ReasonCode::RetainNotSupported);
+        }
+        // As Mosquitto: a will the client may not publish refuses the connection, rather than being dropped later
+        // where nobody sees it.
+        if !broker.may_publish(c.username.as_deref(), &client_id, &will.topic) {
+            Stats::add(&broker.stats.acl_denied, 1);
+            tracing::debug!(%client_id, topic = %will.topic, "will topic refused by the ACL");
+            return Err(ReasonCode::NotAuthorized);
         }
     }
     let persistent = if v5 { c.properties.session_expiry_interval.unwrap_or(0) > 0 } else { !c.clean_start };
@@ -1534,12 +1559,9 @@ impl Conn {
         } else if broker.config.too_long(&p.topic) || broker.config.too_many_levels(&p.topic) {
             tracing::debug!(client_id = %self.session.client_id, "publish refused: topic too long or too many levels");
             refusal = Some(ReasonCode::TopicNameInvalid);
-        } else if broker
-            .acl()
-            .is_some_and(|a| !a.allows(self.username.as_deref(), &self.session.client_id, &p.topic, Access::Write))
-        {
-            // Refused by the ACL: MQTT 5.0 clients are told (0x87); 3.x clients get their usual acknowledgement and
-            // the message goes nowhere, as with Mosquitto.
+        } else if !broker.may_publish(self.username.as_deref(), &self.session.client_id, &p.topic) {
+            // Refused by the ACL, or a `$SYS`/`$share` topic: MQTT 5.0 clients are told (0x87); 3.x clients get
+            // their usual acknowledgement and the message goes nowhere, as with Mosquitto.
             Stats::add(&broker.stats.acl_denied, 1);
             tracing::debug!(client_id = %self.session.client_id, topic = %p.topic, "publish refused by the ACL");
             refusal = Some(ReasonCode::NotAuthorized);
