@@ -1186,3 +1186,40 @@ fn a_connection_still_in_its_handshake_when_a_later_one_elsewhere_is_announced_i
     // The session the earlier connection resumed is gone with it: no node holds one for the id.
     c.wait_session_owner("twin", None);
 }
+
+/// [MQTT-4.3.3-10] across nodes: a QoS 2 PUBLISH whose PUBREL has not come, sent again (DUP) by its client after
+/// its persistent session moved to another node, is acknowledged there and not delivered a second time.
+#[test]
+fn a_qos_2_publish_repeated_after_its_session_moved_is_delivered_once() {
+    use skein_codec::*;
+    let c = Nodes::start(3);
+    let (sub, out) = mosquitto_sub_started(&c.nodes[2], &["-q", "2", "-t", "q2/#", "-v", "-C", "2"]);
+    for node in [1, 2] {
+        c.wait_node_routes(node - 1, 3, 1);
+    }
+    let (mut p, _) = Raw::connect(c.nodes[0].mqtt, connect_packet(ProtocolVersion::V311, "q2-mover", false));
+    p.send(&publish_owned("q2/x", QoS::ExactlyOnce, 77, "once".to_string()));
+    assert!(matches!(p.recv(), Some(Packet::PubRec(a)) if a.packet_id == 77));
+    out.wait_for(|l| l == "q2/x once");
+    drop(p);
+    c.wait_session_owner("q2-mover", Some(1));
+
+    // Back through node 2, before releasing it: the session, with 77 unreleased, moves there.
+    let (mut p, ack) = Raw::connect(c.nodes[1].mqtt, connect_packet(ProtocolVersion::V311, "q2-mover", false));
+    assert!(ack.session_present);
+    let Packet::Publish(mut again) = publish_owned("q2/x", QoS::ExactlyOnce, 77, "once".to_string()) else {
+        unreachable!()
+    };
+    again.dup = true;
+    p.send(&Packet::Publish(again));
+    assert!(matches!(p.recv(), Some(Packet::PubRec(a)) if a.packet_id == 77));
+    p.send(&Packet::PubRel(Ack::new(77)));
+    assert!(matches!(p.recv(), Some(Packet::PubComp(a)) if a.packet_id == 77));
+    // The identifier is free again: a new message with it is a new message.
+    p.send(&publish_owned("q2/end", QoS::ExactlyOnce, 77, "end".to_string()));
+    assert!(matches!(p.recv(), Some(Packet::PubRec(a)) if a.packet_id == 77));
+    p.send(&Packet::PubRel(Ack::new(77)));
+    assert!(matches!(p.recv(), Some(Packet::PubComp(a)) if a.packet_id == 77));
+    sub.wait_output(WAIT);
+    assert_eq!(out.messages(), ["q2/x once", "q2/end end"]);
+}

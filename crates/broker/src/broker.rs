@@ -633,6 +633,7 @@ impl Broker {
                     }
                     state.restore(out, m.sent);
                 }
+                state.restore_incoming_qos2(&export.incoming_qos2);
                 existed = true;
             }
             state.connected(connection_id, waker.clone(), version, limits);

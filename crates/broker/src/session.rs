@@ -156,6 +156,9 @@ pub enum IncomingQos2 {
 pub struct SessionExport {
     pub subscriptions: Vec<(ByteString, Subscription)>,
     pub messages: Vec<ExportedMessage>,
+    /// QoS 2 identifiers received from the client whose PUBREL has not come: a PUBLISH repeated with one of them
+    /// where the session goes is not delivered again [MQTT-4.3.3-10].
+    pub incoming_qos2: Vec<u16>,
 }
 
 #[derive(Debug, Clone)]
@@ -570,6 +573,13 @@ impl Session {
         }
     }
 
+    /// QoS 2 identifiers of a session taken over from another node, unreleased there (see `SessionExport`).
+    pub fn restore_incoming_qos2(&mut self, ids: &[u16]) {
+        if !ids.is_empty() {
+            self.rare.get_or_insert_default().incoming_qos2.extend(ids);
+        }
+    }
+
     /// PUBREL from the client: frees the identifier; false if it was not in use.
     pub fn on_pubrel(&mut self, packet_id: u16) -> bool {
         self.rare.as_mut().is_some_and(|r| r.incoming_qos2.remove(&packet_id))
@@ -602,7 +612,14 @@ impl Session {
         let mut messages: Vec<ExportedMessage> =
             self.inflight.iter().map(|i| one(&i.out, Some((i.packet_id, i.state)))).collect();
         messages.extend(self.queue.iter().map(|o| one(o, None)));
-        SessionExport { subscriptions: self.subscriptions.iter().map(|(f, s)| (f.clone(), *s)).collect(), messages }
+        let mut incoming_qos2: Vec<u16> =
+            self.rare.as_ref().map(|r| r.incoming_qos2.iter().copied().collect()).unwrap_or_default();
+        incoming_qos2.sort_unstable();
+        SessionExport {
+            subscriptions: self.subscriptions.iter().map(|(f, s)| (f.clone(), *s)).collect(),
+            messages,
+            incoming_qos2,
+        }
     }
 }
 

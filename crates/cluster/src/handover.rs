@@ -194,14 +194,18 @@ pub fn to_reply(export: Option<SessionExport>) -> TakeoverReply {
             }
         })
         .collect();
-    TakeoverReply { had_session: true, subscriptions, messages }
+    let incoming_qos2 = e.incoming_qos2.iter().map(|id| u32::from(*id)).collect();
+    TakeoverReply { had_session: true, subscriptions, messages, incoming_qos2 }
 }
 
 pub fn from_reply(r: TakeoverReply) -> Option<SessionExport> {
     if !r.had_session {
         return None;
     }
-    let mut export = SessionExport::default();
+    let mut export = SessionExport {
+        incoming_qos2: r.incoming_qos2.iter().filter_map(|id| u16::try_from(*id).ok().filter(|id| *id != 0)).collect(),
+        ..SessionExport::default()
+    };
     for bytes in &r.subscriptions {
         export.subscriptions.extend(Subscription::decode_v5(bytes).unwrap_or_default());
     }
@@ -355,8 +359,10 @@ mod tests {
                     sent: None,
                 },
             ],
+            incoming_qos2: vec![3, 77],
         };
         let back = from_reply(to_reply(Some(export.clone()))).expect("a session");
+        assert_eq!(back.incoming_qos2, [3, 77], "unreleased QoS 2 identifiers go with it");
         assert_eq!(back.subscriptions, export.subscriptions);
         assert_eq!(back.messages.len(), 2);
         assert_eq!(back.messages[0].sent, Some((9, InflightState::AwaitingPubAck)));
