@@ -350,6 +350,7 @@ async fn serve(config: Config) -> Result<(), String> {
         tracing::warn!(open = broker.open_connections(), "connections still open after 10 s; stopping anyway");
     }
     drain(&broker, node.as_deref(), moving, Duration::from_secs_f64(config.drain_timeout)).await;
+    broker.keep_unreleased_qos2();
     broker.flush().await.map_err(|e| format!("final flush of the data store failed: {e}"))?;
     if let Some(n) = &node {
         let _ = n.raft.shutdown().await;

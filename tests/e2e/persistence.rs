@@ -313,3 +313,36 @@ fn acknowledgements_keep_their_order_while_stores_overlap() {
         stored += 1;
     }
 }
+
+/// [MQTT-4.3.3-10] over a clean restart: a QoS 2 PUBLISH of a persistent session's client whose PUBREL had not
+/// come is, repeated after the restart, acknowledged and not delivered again; its identifier, once released, is
+/// free for a new message.
+#[test]
+fn an_unreleased_qos_2_publish_repeated_after_a_restart_is_delivered_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Skein::start_in(dir.path(), &[]);
+    let mut sub = Raw::connect(broker.mqtt, connect_packet(ProtocolVersion::V311, "q2r-sub", false)).0;
+    subscribe(&mut sub, "q2r/#", QoS::AtMostOnce);
+    let (mut p, _) = Raw::connect(broker.mqtt, connect_packet(ProtocolVersion::V311, "q2r-pub", false));
+    p.send(&publish("q2r/x", QoS::ExactlyOnce, 9, b"once", false));
+    assert!(matches!(p.recv(), Some(Packet::PubRec(a)) if a.packet_id == 9));
+    assert_eq!(&recv_publish(&mut sub).payload[..], b"once");
+    drop((p, sub));
+    assert_eq!(broker.stop(), Some(0), "clean exit on SIGTERM");
+
+    let broker = Skein::start_in(dir.path(), &[]);
+    let (mut sub, ack) = Raw::connect(broker.mqtt, connect_packet(ProtocolVersion::V311, "q2r-sub", false));
+    assert!(ack.session_present);
+    let (mut p, ack) = Raw::connect(broker.mqtt, connect_packet(ProtocolVersion::V311, "q2r-pub", false));
+    assert!(ack.session_present);
+    let Packet::Publish(mut again) = publish("q2r/x", QoS::ExactlyOnce, 9, b"once", false) else { unreachable!() };
+    again.dup = true;
+    p.send(&Packet::Publish(again));
+    assert!(matches!(p.recv(), Some(Packet::PubRec(a)) if a.packet_id == 9));
+    p.send(&Packet::PubRel(Ack::new(9)));
+    assert!(matches!(p.recv(), Some(Packet::PubComp(a)) if a.packet_id == 9));
+    p.send(&publish("q2r/end", QoS::ExactlyOnce, 9, b"end", false));
+    assert!(matches!(p.recv(), Some(Packet::PubRec(a)) if a.packet_id == 9));
+    let next = recv_publish(&mut sub);
+    assert_eq!((&*next.topic, &next.payload[..]), ("q2r/end", &b"end"[..]), "the repeat was not delivered again");
+}

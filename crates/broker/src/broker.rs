@@ -325,7 +325,37 @@ impl Broker {
             }
             lock(&self.sessions).insert(stored.client_id, handle);
         }
+        for (key, ids) in store.take_marks(UNRELEASED_QOS2)? {
+            let client_id = String::from_utf8_lossy(&key[UNRELEASED_QOS2.len()..]).into_owned();
+            let ids: Vec<u16> = ids.chunks_exact(2).map(|b| u16::from_be_bytes([b[0], b[1]])).collect();
+            if let Some(handle) = lock(&self.sessions).get(client_id.as_str()) {
+                lock(&handle.state).restore_incoming_qos2(&ids);
+            }
+        }
         Ok(())
+    }
+
+    /// At a clean stop, after the last connection closed and before the last flush: keeps the QoS 2 identifiers
+    /// persistent sessions' clients have not released, so that a PUBLISH repeated after the restart is not delivered
+    /// again [MQTT-4.3.3-10]. Read back, and removed, at the next start (`restore`), so a crash later never brings
+    /// back identifiers released since (which would swallow a new message reusing one). After a crash there are
+    /// none: a repeat is then delivered again, as it was before they were kept at all.
+    pub fn keep_unreleased_qos2(&self) {
+        let Some(store) = &self.store else { return };
+        let sessions: Vec<Arc<SessionHandle>> = lock(&self.sessions).values().cloned().collect();
+        for session in sessions {
+            let ids = {
+                let state = lock(&session.state);
+                if !state.persistent {
+                    continue;
+                }
+                state.unreleased_qos2()
+            };
+            if !ids.is_empty() {
+                let key = [UNRELEASED_QOS2, session.client_id.as_bytes()].concat();
+                store.put_mark(&key, &ids.iter().flat_map(|id| id.to_be_bytes()).collect::<Vec<u8>>());
+            }
+        }
     }
 
     fn schedule(&self, after: Duration, client_id: &ByteString, connection_id: u64, what: Timer) {
@@ -1243,6 +1273,10 @@ impl Broker {
 fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
+
+/// Key prefix of the marks that keep persistent sessions' unreleased QoS 2 identifiers over a clean restart (see
+/// `Broker::keep_unreleased_qos2`); the client id follows.
+const UNRELEASED_QOS2: &[u8] = b"unreleased-qos2/";
 
 /// A topic only the server publishes on: `$SYS/...` (its figures) and `$share/...` (the shared subscription prefix,
 /// never a topic a subscriber could be given).

@@ -573,7 +573,15 @@ impl Session {
         }
     }
 
-    /// QoS 2 identifiers of a session taken over from another node, unreleased there (see `SessionExport`).
+    /// QoS 2 identifiers received from the client whose PUBREL has not come, in order.
+    pub fn unreleased_qos2(&self) -> Vec<u16> {
+        let mut ids: Vec<u16> =
+            self.rare.as_ref().map(|r| r.incoming_qos2.iter().copied().collect()).unwrap_or_default();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// QoS 2 identifiers unreleased where the session was before: another node, or this one before a restart.
     pub fn restore_incoming_qos2(&mut self, ids: &[u16]) {
         if !ids.is_empty() {
             self.rare.get_or_insert_default().incoming_qos2.extend(ids);
@@ -612,13 +620,10 @@ impl Session {
         let mut messages: Vec<ExportedMessage> =
             self.inflight.iter().map(|i| one(&i.out, Some((i.packet_id, i.state)))).collect();
         messages.extend(self.queue.iter().map(|o| one(o, None)));
-        let mut incoming_qos2: Vec<u16> =
-            self.rare.as_ref().map(|r| r.incoming_qos2.iter().copied().collect()).unwrap_or_default();
-        incoming_qos2.sort_unstable();
         SessionExport {
             subscriptions: self.subscriptions.iter().map(|(f, s)| (f.clone(), *s)).collect(),
             messages,
-            incoming_qos2,
+            incoming_qos2: self.unreleased_qos2(),
         }
     }
 }

@@ -336,6 +336,19 @@ impl Store {
         Ok(out)
     }
 
+    /// The marks whose keys start with `prefix`, taken: they are removed, durably, before this returns. For what
+    /// holds only until the next start (see `Broker::keep_unreleased_qos2`).
+    pub fn take_marks(&self, prefix: &[u8]) -> Result<Vec<Mark>, StoreError> {
+        let marks = self.load_marks(prefix)?;
+        if !marks.is_empty() {
+            for (key, _) in &marks {
+                self.trees.marks.remove(key)?;
+            }
+            self.db.flush()?;
+        }
+        Ok(marks)
+    }
+
     pub fn put_retained(&self, message: &Message) {
         let record = (!message.payload.is_empty()).then(|| message.encode_v5(&[]));
         self.trees.pending().push(Op::Retained { topic: message.topic.clone(), record });
