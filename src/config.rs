@@ -167,7 +167,7 @@ impl Default for Config {
 pub struct ServeArgs {
     /// TOML file with any of the keys below (underscores, e.g. `max_queued_messages = 100`); a `.conf` file is
     /// read as a Mosquitto configuration (`listener 1883`, `password_file /etc/mosquitto/passwd`, ...).
-    #[arg(long, env = "SKEIN_CONFIG", value_name = "FILE")]
+    #[arg(short = 'c', long, env = "SKEIN_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// MQTT over TCP listen address; repeat for more [default: 127.0.0.1:1883, local only, anonymous allowed].
     #[arg(long, env = "SKEIN_MQTT", value_name = "ADDR", value_delimiter = ',')]

@@ -77,16 +77,16 @@ impl Parser {
             "certfile" => self.tls(|c| c.tls_cert = Some(PathBuf::from(value)))?,
             "keyfile" => self.tls(|c| c.tls_key = Some(PathBuf::from(value)))?,
             "cafile" => self.cafile = Some(PathBuf::from(value)),
-            "require_certificate" => self.require_certificate = parse(key, value)?,
-            "use_identity_as_username" => c.use_identity_as_username = parse(key, value)?,
-            "allow_anonymous" => c.allow_anonymous = Some(parse(key, value)?),
+            "require_certificate" => self.require_certificate = flag(key, value)?,
+            "use_identity_as_username" => c.use_identity_as_username = flag(key, value)?,
+            "allow_anonymous" => c.allow_anonymous = Some(flag(key, value)?),
             "password_file" => c.password_file = Some(PathBuf::from(value)),
             "acl_file" => c.acl_file = Some(PathBuf::from(value)),
-            "persistence" => c.persistence = parse(key, value)?,
+            "persistence" => c.persistence = flag(key, value)?,
             "persistence_location" => c.data_dir = PathBuf::from(value),
             "max_inflight_messages" => c.max_inflight_messages = parse(key, value)?,
             "max_queued_messages" => c.max_queued_messages = parse(key, value)?,
-            "queue_qos0_messages" => c.queue_qos0_messages = parse(key, value)?,
+            "queue_qos0_messages" => c.queue_qos0_messages = flag(key, value)?,
             "message_size_limit" => c.message_size_limit = parse(key, value)?,
             "max_packet_size" => c.max_packet_size = parse(key, value)?,
             // Inside a listener block: that listener's own limit; before any, all of them together.
@@ -99,7 +99,15 @@ impl Parser {
             },
             "max_keepalive" => c.max_keepalive = parse(key, value)?,
             "sys_interval" => c.sys_interval = parse(key, value)?,
-            "retain_available" => c.retain_available = parse(key, value)?,
+            "retain_available" => c.retain_available = flag(key, value)?,
+            // Client sockets always have TCP_NODELAY here (Mosquitto's default is off).
+            "set_tcp_nodelay" => {
+                if !flag(key, value)? {
+                    eprintln!(
+                        "skein: `set_tcp_nodelay false`: skein always sets TCP_NODELAY on client sockets; skipped"
+                    );
+                }
+            }
             "max_topic_alias" => c.max_topic_alias = parse(key, value)?,
             "max_qos" => c.max_qos = parse(key, value)?,
             "connect_timeout" => c.connect_timeout = parse(key, value)?,
@@ -164,6 +172,15 @@ impl Parser {
     }
 }
 
+/// A yes/no option: `true`/`false`, or `1`/`0`, as Mosquitto reads them.
+fn flag(key: &str, value: &str) -> Result<bool, String> {
+    match value {
+        "true" | "1" => Ok(true),
+        "false" | "0" => Ok(false),
+        _ => Err(format!("{key} {value:?}: use true or false")),
+    }
+}
+
 fn parse<T: std::str::FromStr>(key: &str, value: &str) -> Result<T, String> {
     value.parse().map_err(|_| format!("{key} {value:?}: not a valid value for it"))
 }
@@ -215,5 +232,35 @@ mod tests {
         assert!(load(&path).unwrap_err().contains("listener"));
         std::fs::write(&path, "max_queued_messages lots\n").unwrap();
         assert!(load(&path).unwrap_err().contains(":1: max_queued_messages"));
+        std::fs::write(&path, "allow_anonymous yes\n").unwrap();
+        let err = load(&path).unwrap_err();
+        assert!(err.contains(":1: allow_anonymous \"yes\": use true or false"), "{err}");
+    }
+
+    #[test]
+    fn yes_no_options_read_as_mosquitto_reads_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.conf");
+        std::fs::write(
+            &path,
+            "allow_anonymous 1
+persistence 0
+retain_available 0
+set_tcp_nodelay true
+",
+        )
+        .unwrap();
+        let c = load(&path).unwrap();
+        assert_eq!((c.allow_anonymous, c.persistence, c.retain_available), (Some(true), false, false));
+        std::fs::write(
+            &path,
+            "allow_anonymous 0
+queue_qos0_messages 1
+set_tcp_nodelay false
+",
+        )
+        .unwrap();
+        let c = load(&path).unwrap();
+        assert_eq!((c.allow_anonymous, c.queue_qos0_messages), (Some(false), true));
     }
 }

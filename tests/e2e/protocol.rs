@@ -190,10 +190,10 @@ fn suback_failure_code_for_a_rejected_filter() {
     v5.send(&Packet::Unsubscribe(Unsubscribe {
         packet_id: 5,
         properties: Properties::default(),
-        filters: vec!["never".into()],
+        filters: vec!["never".into(), "bad/#/x".into()],
     }));
     let Some(Packet::UnsubAck(a)) = v5.recv() else { panic!("UNSUBACK") };
-    assert_eq!(a.reason_codes, vec![ReasonCode::NoSubscriptionExisted]);
+    assert_eq!(a.reason_codes, vec![ReasonCode::NoSubscriptionExisted, ReasonCode::TopicFilterInvalid]);
 }
 
 #[test]

@@ -153,7 +153,7 @@ fn the_seeds_mosquitto_configuration_lines_work_unchanged() {
     let main = dir.path().join("mosquitto.conf");
     std::fs::write(&main, format!("pid_file /run/mosquitto/mosquitto.pid\ninclude_dir {}\n", conf_d.display()))
         .unwrap();
-    let broker = Skein::start(&["--config", main.to_str().unwrap()]);
+    let broker = Skein::start(&["-c", main.to_str().unwrap()]); // as `mosquitto -c`
     let (sub, out) = mosquitto_sub(&broker, &["-t", "test", "-u", "dave", "-P", "password", "-C", "1"]);
     mosquitto_pub(&broker, &["-t", "test", "-m", "message from mosquitto_pub client", "-u", "dave", "-P", "password"]);
     out.wait_for(|l| l == "message from mosquitto_pub client");

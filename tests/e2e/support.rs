@@ -68,7 +68,7 @@ impl Skein {
     fn start_command(mut cmd: Command, data_dir: &Path, args: &[&str]) -> Skein {
         cmd.arg("serve").arg("--mqtt").arg("127.0.0.1:0").arg("--data-dir").arg(data_dir);
         // A listener given makes anonymous clients refused by default (as with Mosquitto 2.0); most tests want them.
-        if !args.iter().any(|a| ["--allow-anonymous", "--password-file", "--config"].contains(a)) {
+        if !args.iter().any(|a| ["--allow-anonymous", "--password-file", "--config", "-c"].contains(a)) {
             cmd.args(["--allow-anonymous", "true"]);
         }
         cmd.args(args).env_remove("RUST_LOG").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());

@@ -1169,6 +1169,11 @@ impl Broker {
     pub fn unsubscribe(&self, session: &Arc<SessionHandle>, filters: &[ByteString]) -> (Vec<ReasonCode>, bool) {
         let mut codes = Vec::with_capacity(filters.len());
         for filter in filters {
+            if topic::parse_filter(filter).is_err() {
+                // MQTT 5.0 section 3.11.2.1: not a filter anyone could have subscribed with.
+                codes.push(ReasonCode::TopicFilterInvalid);
+                continue;
+            }
             lock(&session.state).subscriptions.remove(filter);
             let change = write(&self.router).unsubscribe(filter, session);
             if change.node_changed {
