@@ -1562,7 +1562,11 @@ impl skein_broker::Cluster for ClusterNode {
                 message: message.clone(),
                 groups,
                 retain_seq,
-                groups_only: false,
+                // A member with no subscriber of it gets only the retained change to hold: for no subscriber and no
+                // group there. A copy for a member that was down waits in its stream until it returns, and must
+                // not then reach a client that subscribed after it, as if it were new (nor one older than the
+                // retained message it holds by then).
+                groups_only: i >= routed,
                 accepted,
                 target: None,
                 planned_at,
