@@ -1250,3 +1250,24 @@ fn late_retained_copies_are_held_not_delivered_to_later_subscribers() {
     sub.wait_output(WAIT);
     assert_eq!(out.messages(), ["late/x v2", "late/end marker"]);
 }
+
+/// A SUBACK comes once every node routes to the new subscription: a message published on another node right after
+/// it reaches the subscriber, as with one broker (no moment in which only the subscriber's node knows of it).
+#[test]
+fn a_message_published_on_another_node_right_after_the_suback_arrives() {
+    let c = Nodes::start(3);
+    let mut publishers: Vec<Raw> = (0..3)
+        .map(|i| Raw::connect(c.nodes[i].mqtt, connect_packet(ProtocolVersion::V311, &format!("ra-pub-{i}"), true)).0)
+        .collect();
+    for i in 0..9u16 {
+        let topic = format!("right-after/{i}");
+        let at = usize::from(i) % 3;
+        let mut sub = raw_subscriber(c.nodes[at].mqtt, ProtocolVersion::V311, "ra-sub", &[(&topic, QoS::AtLeastOnce)]);
+        // At once, on each of the other nodes in turn.
+        let p = &mut publishers[(at + 1 + usize::from(i / 3) % 2) % 3];
+        p.send(&publish_owned(&topic, QoS::AtLeastOnce, i + 1, format!("m{i}")));
+        assert!(matches!(p.recv(), Some(Packet::PubAck(a)) if a.packet_id == i + 1));
+        let got = expect_publish(&mut sub);
+        assert_eq!((&*got.topic, &got.payload[..]), (topic.as_str(), format!("m{i}").as_bytes()));
+    }
+}

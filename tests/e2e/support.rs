@@ -716,7 +716,6 @@ pub fn publish_owned(topic: &str, qos: QoS, id: u16, payload: impl Into<Bytes>) 
     })
 }
 
-/// The next packet, which must be a PUBLISH.
 /// A raw client connected as `client_id` and subscribed to `filters` (its SUBACK read).
 pub fn raw_subscriber(addr: SocketAddr, version: ProtocolVersion, client_id: &str, filters: &[(&str, QoS)]) -> Raw {
     let (mut raw, _) = Raw::connect(addr, connect_packet(version, client_id, true));
@@ -725,6 +724,7 @@ pub fn raw_subscriber(addr: SocketAddr, version: ProtocolVersion, client_id: &st
     raw
 }
 
+/// The next packet, which must be a PUBLISH.
 pub fn expect_publish(raw: &mut Raw) -> Publish {
     match raw.recv() {
         Some(Packet::Publish(p)) => p,

@@ -173,6 +173,14 @@ pub trait Cluster: Send + Sync + 'static {
     fn route_removed(&self, filter: &str) {
         let _ = filter;
     }
+
+    /// What a SUBACK waits for: until every member routes to this node what its subscribes so far asked for (the
+    /// route changes `route_added` passed on), so that a message published on any node right after the SUBACK
+    /// reaches the subscriber. `None` when nothing is on its way. Bounded: without quorum, routes cannot change,
+    /// and the SUBACK goes after a moment anyway.
+    fn routes_settled(&self) -> Option<Accepted> {
+        None
+    }
 }
 
 /// A node on its own.

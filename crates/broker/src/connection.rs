@@ -1439,6 +1439,8 @@ impl Conn {
                 let (reason_codes, retained, durable) = self.broker.subscribe(&self.session, &s.filters, id);
                 batch.durable |= durable;
                 batch.retained.extend(retained);
+                // In a cluster: the SUBACK once every node routes here what this node's subscribes asked for.
+                batch.remote.extend(self.broker.cluster().routes_settled());
                 self.ack(
                     batch,
                     Packet::SubAck(SubAck { packet_id: s.packet_id, properties: Properties::default(), reason_codes }),

@@ -13,7 +13,7 @@ use openraft::{BasicNode, ChangeMembers, Config, SnapshotPolicy};
 use skein_broker::Broker;
 use skein_broker::cluster::Accepted;
 use skein_broker::message::Message;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
 
@@ -54,9 +54,10 @@ pub struct ClusterConfig {
 /// PEM contents of this node's certificate and key, and of the cluster CA.
 #[derive(Debug, Clone)]
 /// A route change the broker reported, waiting to be proposed.
+/// A change of this node's routes, numbered (see `ClusterNode::routes_sent`).
 enum RouteChange {
-    Added(String),
-    Removed(String),
+    Added(String, u64),
+    Removed(String, u64),
 }
 
 /// The cluster's figures as one node sees them, for `/metrics`; `status()` has the same and more, as JSON.
@@ -126,6 +127,10 @@ pub struct ClusterNode {
     this: std::sync::Weak<ClusterNode>,
     /// Route changes reported and not yet proposed.
     pending_routes: std::sync::atomic::AtomicUsize,
+    /// Numbers this node's route changes as the broker makes them; `routes_settled` carries the number up to which
+    /// every member routes by them (or they were given up on: see `ROUTES_WAIT`).
+    routes_sent: AtomicU64,
+    routes_settled: watch::Sender<u64>,
     /// Set by `leave`: this node announces no more routes.
     leaving: std::sync::atomic::AtomicBool,
     /// Set once `ready` has seen the log applied up to its end and up to `catch_up_to`.
@@ -228,6 +233,9 @@ fn relays_owed() -> skein_broker::cluster::Acceptance {
 const RELAY_SETTLE: Duration = Duration::from_millis(500);
 /// How long relayed messages wait here for the session they are for to be attached.
 const RELAY_INBOX_LIMIT: Duration = Duration::from_secs(10);
+/// How long, after its route changes are committed, a node waits for every member to route by them (see
+/// `ClusterNode::routes_everywhere`); a SUBACK waits at most twice that for both (see `Cluster::routes_settled`).
+const ROUTES_WAIT: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -272,6 +280,8 @@ impl ClusterNode {
             stranded: Mutex::new(HashMap::new()),
             this: this.clone(),
             pending_routes: std::sync::atomic::AtomicUsize::new(0),
+            routes_sent: AtomicU64::new(0),
+            routes_settled: watch::Sender::new(0),
             leaving: std::sync::atomic::AtomicBool::new(false),
             caught_up: std::sync::atomic::AtomicBool::new(false),
             catch_up_to: AtomicU64::new(u64::MAX),
@@ -992,18 +1002,68 @@ impl ClusterNode {
             }
             let n = changes.len();
             let mut last: BTreeMap<String, bool> = BTreeMap::new();
+            let mut newest = 0;
             for c in changes {
-                match c {
-                    RouteChange::Added(f) => last.insert(f, true),
-                    RouteChange::Removed(f) => last.insert(f, false),
+                let (f, added, seq) = match c {
+                    RouteChange::Added(f, seq) => (f, true, seq),
+                    RouteChange::Removed(f, seq) => (f, false, seq),
                 };
+                last.insert(f, added);
+                newest = newest.max(seq);
             }
-            let added = last.iter().filter(|(_, a)| **a).map(|(f, _)| f.clone()).collect();
-            let removed = last.iter().filter(|(_, a)| !**a).map(|(f, _)| f.clone()).collect();
+            let added: Vec<String> = last.iter().filter(|(_, a)| **a).map(|(f, _)| f.clone()).collect();
+            let removed: Vec<String> = last.iter().filter(|(_, a)| !**a).map(|(f, _)| f.clone()).collect();
             if !self.leaving.load(Ordering::Acquire) {
-                self.propose(Command::Routes { node: self.id(), added, removed }).await;
+                let since = tokio::time::Instant::now();
+                self.propose(Command::Routes { node: self.id(), added: added.clone(), removed: removed.clone() }).await;
+                if !added.is_empty() {
+                    self.routes_everywhere(&added, &removed, since + ROUTES_WAIT).await;
+                }
             }
+            self.routes_settled.send_if_modified(|s| {
+                let moved = newest > *s;
+                *s = (*s).max(newest);
+                moved
+            });
             self.pending_routes.fetch_sub(n, Ordering::AcqRel);
+        }
+    }
+
+    /// After this node's route changes were committed: waits, until `deadline` at most, for this node to have
+    /// applied them and then for every other member to have applied the log that far, so that a publish on any of
+    /// them finds the new routes. A member that does not answer, or is still catching up (it serves no client
+    /// yet), is not waited for.
+    async fn routes_everywhere(&self, added: &[String], removed: &[String], deadline: tokio::time::Instant) {
+        let me = self.id();
+        let applied_here = || {
+            let sm = self.sm.inner.read().unwrap_or_else(|e| e.into_inner());
+            let routes = &sm.state.routes;
+            added.iter().all(|f| routes.get(f).is_some_and(|n| n.contains(&me)))
+                && removed.iter().all(|f| !routes.get(f).is_some_and(|n| n.contains(&me)))
+        };
+        while !applied_here() {
+            if tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let Some(target) = self.raft.metrics().borrow().last_applied.map(|l| l.index) else { return };
+        let others: Vec<String> = self.members().into_iter().filter(|(id, _)| *id != me).map(|(_, a)| a).collect();
+        // One after the other: the time spent on the first is time the others had too.
+        for addr in others {
+            let Ok(mut c) = network::client(&addr) else { continue };
+            loop {
+                let asked = tokio::time::timeout_at(deadline, c.hello(HelloRequest {})).await;
+                match asked {
+                    Ok(Ok(r)) if r.get_ref().applied_index.is_some_and(|a| a < target) => {}
+                    // Applied that far, not ready (catching up), unreachable, or out of time.
+                    _ => break,
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
         }
     }
 
@@ -1369,16 +1429,31 @@ impl skein_broker::Cluster for ClusterNode {
 
     fn route_added(&self, filter: &str) {
         self.pending_routes.fetch_add(1, Ordering::AcqRel);
-        if self.routes.send(RouteChange::Added(filter.to_string())).is_err() {
+        let seq = self.routes_sent.fetch_add(1, Ordering::AcqRel) + 1;
+        if self.routes.send(RouteChange::Added(filter.to_string(), seq)).is_err() {
             self.pending_routes.fetch_sub(1, Ordering::AcqRel);
         }
     }
 
     fn route_removed(&self, filter: &str) {
         self.pending_routes.fetch_add(1, Ordering::AcqRel);
-        if self.routes.send(RouteChange::Removed(filter.to_string())).is_err() {
+        let seq = self.routes_sent.fetch_add(1, Ordering::AcqRel) + 1;
+        if self.routes.send(RouteChange::Removed(filter.to_string(), seq)).is_err() {
             self.pending_routes.fetch_sub(1, Ordering::AcqRel);
         }
+    }
+
+    fn routes_settled(&self) -> Option<skein_broker::cluster::Accepted> {
+        let sent = self.routes_sent.load(Ordering::Acquire);
+        if *self.routes_settled.borrow() >= sent {
+            return None;
+        }
+        let mut settled = self.routes_settled.subscribe();
+        Some(Box::pin(async move {
+            let settled = settled.wait_for(|s| *s >= sent);
+            // Without quorum the change waits for the log; the SUBACK does not wait with it.
+            matches!(tokio::time::timeout(ROUTES_WAIT + ROUTES_WAIT, settled).await, Ok(Ok(_)))
+        }))
     }
 
     fn relay(&self, node: u64, client_id: &skein_codec::ByteString, out: &skein_broker::session::Outgoing) {
