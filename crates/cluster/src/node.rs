@@ -993,10 +993,14 @@ impl ClusterNode {
 
     /// Batches the broker's route changes into one proposal at a time.
     async fn propose_routes(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<RouteChange>) {
+        // Each batch's wait for the other members runs beside the next proposals; they settle in order.
+        let mut previous: Option<oneshot::Receiver<()>> = None;
         while let Some(first) = rx.recv().await {
             // Collect what else is waiting: a subscribe storm becomes a few proposals, not one per filter.
             let mut changes = vec![first];
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            // A moment only: a SUBACK waits for this batch (see `Cluster::routes_settled`), and under a storm the
+            // changes gather anyway while the previous proposal is on its way.
+            tokio::time::sleep(Duration::from_millis(1)).await;
             while let Ok(c) = rx.try_recv() {
                 changes.push(c);
             }
@@ -1013,19 +1017,29 @@ impl ClusterNode {
             }
             let added: Vec<String> = last.iter().filter(|(_, a)| **a).map(|(f, _)| f.clone()).collect();
             let removed: Vec<String> = last.iter().filter(|(_, a)| !**a).map(|(f, _)| f.clone()).collect();
-            if !self.leaving.load(Ordering::Acquire) {
-                let since = tokio::time::Instant::now();
+            let proposed = !self.leaving.load(Ordering::Acquire);
+            let since = tokio::time::Instant::now();
+            if proposed {
                 self.propose(Command::Routes { node: self.id(), added: added.clone(), removed: removed.clone() }).await;
-                if !added.is_empty() {
-                    self.routes_everywhere(&added, &removed, since + ROUTES_WAIT).await;
-                }
             }
-            self.routes_settled.send_if_modified(|s| {
-                let moved = newest > *s;
-                *s = (*s).max(newest);
-                moved
-            });
             self.pending_routes.fetch_sub(n, Ordering::AcqRel);
+            let (done, next) = oneshot::channel();
+            let before = previous.replace(next);
+            let me = self.clone();
+            tokio::spawn(async move {
+                if proposed && !added.is_empty() {
+                    me.routes_everywhere(&added, &removed, since + ROUTES_WAIT).await;
+                }
+                if let Some(before) = before {
+                    let _ = before.await;
+                }
+                me.routes_settled.send_if_modified(|s| {
+                    let moved = newest > *s;
+                    *s = (*s).max(newest);
+                    moved
+                });
+                let _ = done.send(());
+            });
         }
     }
 
