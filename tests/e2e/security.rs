@@ -240,13 +240,18 @@ topic write public/#
 pattern readwrite clients/%c/#
 ";
 
+/// A broker with the password file and `ACL` in `dir`; and the ACL file's path.
+fn with_acl(dir: &Path) -> (Skein, std::path::PathBuf) {
+    let file = password_file(dir);
+    let acl = dir.join("acl");
+    std::fs::write(&acl, ACL).unwrap();
+    (Skein::start(&["--password-file", &file, "--acl-file", acl.to_str().unwrap()]), acl)
+}
+
 #[test]
 fn the_acl_file_governs_publish_subscribe_and_delivery() {
     let dir = tempfile::tempdir().unwrap();
-    let file = password_file(dir.path());
-    let acl = dir.path().join("acl");
-    std::fs::write(&acl, ACL).unwrap();
-    let broker = Skein::start(&["--password-file", &file, "--acl-file", acl.to_str().unwrap()]);
+    let (broker, _) = with_acl(dir.path());
     let mut dave = login(&broker, ProtocolVersion::V5, "dave-1", "dave", b"password");
     assert_eq!(dave.subscribe("public/#"), ReasonCode::GrantedQoS1);
     assert_eq!(dave.subscribe("dave/#"), ReasonCode::GrantedQoS1);
@@ -278,10 +283,7 @@ fn the_acl_file_governs_publish_subscribe_and_delivery() {
 #[test]
 fn sighup_reloads_the_acl_without_dropping_connections() {
     let dir = tempfile::tempdir().unwrap();
-    let file = password_file(dir.path());
-    let acl = dir.path().join("acl");
-    std::fs::write(&acl, ACL).unwrap();
-    let broker = Skein::start(&["--password-file", &file, "--acl-file", acl.to_str().unwrap()]);
+    let (broker, acl) = with_acl(dir.path());
     let mut dave = login(&broker, ProtocolVersion::V5, "dave", "dave", b"password");
     let mut erin = login(&broker, ProtocolVersion::V5, "erin", "erin", b"erin's secret");
     assert_eq!(dave.subscribe("public/#"), ReasonCode::GrantedQoS1);
@@ -359,10 +361,7 @@ fn argon2id_hashes_from_skein_passwd_log_in() {
 #[test]
 fn a_will_the_acl_refuses_refuses_the_connection() {
     let dir = tempfile::tempdir().unwrap();
-    let file = password_file(dir.path());
-    let acl = dir.path().join("acl");
-    std::fs::write(&acl, ACL).unwrap();
-    let broker = Skein::start(&["--password-file", &file, "--acl-file", acl.to_str().unwrap()]);
+    let (broker, _) = with_acl(dir.path());
     let mut watcher = login(&broker, ProtocolVersion::V5, "dave-watch", "dave", b"password");
     assert_eq!(watcher.subscribe("dave/#"), ReasonCode::GrantedQoS1);
 
