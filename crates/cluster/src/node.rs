@@ -51,10 +51,8 @@ pub struct ClusterConfig {
     pub tls: Option<crate::peer_tls::PeerTls>,
 }
 
-/// PEM contents of this node's certificate and key, and of the cluster CA.
+/// A route change the broker reported, waiting to be proposed; numbered (see `ClusterNode::routes_sent`).
 #[derive(Debug, Clone)]
-/// A route change the broker reported, waiting to be proposed.
-/// A change of this node's routes, numbered (see `ClusterNode::routes_sent`).
 enum RouteChange {
     Added(String, u64),
     Removed(String, u64),
