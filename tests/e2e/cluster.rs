@@ -1271,3 +1271,29 @@ fn a_message_published_on_another_node_right_after_the_suback_arrives() {
         assert_eq!((&*got.topic, &got.payload[..]), (topic.as_str(), format!("m{i}").as_bytes()));
     }
 }
+
+/// Without quorum a dead node's routes cannot be purged: a publish matching them waits the node timeout counted from
+/// when the node went, not a node timeout of its own each (before, every QoS 1 PUBACK took the whole node timeout
+/// for as long as the outage lasted). What those publishes could not bring there is counted.
+#[test]
+fn without_quorum_a_dead_nodes_routes_hold_publishes_up_once_not_each_time() {
+    use skein_codec::*;
+    const NODE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+    let mut c = Nodes::start_with(3, &["--node-timeout", "3"]);
+    let _far = raw_subscriber(c.nodes[1].mqtt, ProtocolVersion::V311, "gone-sub", &[("gone/#", QoS::AtLeastOnce)]);
+    c.wait_node_routes(0, 2, 1);
+    let (mut publ, _) = Raw::connect(c.nodes[0].mqtt, connect_packet(ProtocolVersion::V311, "left-alone", true));
+    publ.send(&publish("gone/0", QoS::AtLeastOnce, 1, b"opens the stream"));
+    assert_eq!(publ.recv(), Some(Packet::PubAck(Ack::new(1))));
+    c.nodes[1].kill9();
+    c.nodes[2].kill9();
+    publ.send(&publish("gone/1", QoS::AtLeastOnce, 2, b"waits once"));
+    assert_eq!(publ.recv(), Some(Packet::PubAck(Ack::new(2))));
+    for id in 3..6 {
+        let sent = std::time::Instant::now();
+        publ.send(&publish("gone/2", QoS::AtLeastOnce, id, b"no wait of its own"));
+        assert_eq!(publ.recv(), Some(Packet::PubAck(Ack::new(id))));
+        assert!(sent.elapsed() < NODE_TIMEOUT, "PUBACK {id} after {:?}: a node timeout of its own", sent.elapsed());
+    }
+    assert!(c.status(0)["forward_failures"].as_u64() >= Some(4), "{}", c.status(0));
+}

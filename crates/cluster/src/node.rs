@@ -1754,6 +1754,10 @@ async fn forward_loop(
     // Oldest first.
     let mut unacked: std::collections::VecDeque<Unacked> = std::collections::VecDeque::new();
     let mut backoff = Duration::from_millis(50);
+    // Since when the node cannot be reached: what comes for it meanwhile waits the node timeout from then, not from
+    // its own arrival, so that publishes stop waiting on a node that has been gone that long even while its routes
+    // stay (without quorum they cannot be purged).
+    let mut down_since: Option<tokio::time::Instant> = None;
     'connect: loop {
         lock(&node.forward_up).remove(&target);
         let Ok(mut client) = network::dedicated_client(&addr) else { break };
@@ -1772,6 +1776,7 @@ async fn forward_loop(
             Ok(acks) => acks,
             Err(error) => {
                 tracing::debug!(target, %error, "forward stream not open; retrying");
+                let down = *down_since.get_or_insert_with(tokio::time::Instant::now);
                 // What arrived meanwhile waits with the unacknowledged batches, and times out with them; QoS 0
                 // messages, among those and these, are dropped, counted: nobody waits for them, and at full rate
                 // they would pile up in memory for the whole node timeout.
@@ -1789,8 +1794,7 @@ async fn forward_loop(
                         continue;
                     }
                     node.forward_pending.fetch_add(items.len() as u64, Ordering::Relaxed);
-                    let since = tokio::time::Instant::now();
-                    unacked.push_back(Unacked { batch_id: next_batch, items, since, compact: true });
+                    unacked.push_back(Unacked { batch_id: next_batch, items, since: down, compact: true });
                     next_batch += 1;
                 }
                 if dropped > 0 {
@@ -1808,6 +1812,7 @@ async fn forward_loop(
             }
         };
         backoff = Duration::from_millis(50);
+        down_since = None;
         lock(&node.forward_up).insert(target);
         tokio::pin!(acks);
         // Due when the oldest unacknowledged batch has waited the node timeout: a node that stops reading without
