@@ -541,6 +541,20 @@ impl Config {
         if self.use_identity_as_username && self.tls_client_ca.is_none() {
             return Err("use_identity_as_username needs tls_client_ca: only a verified certificate names a user".into());
         }
+        let level = self.log_level.trim();
+        let known = ["trace", "debug", "info", "warn", "error", "off"];
+        let usable = if level.contains('=') {
+            tracing_subscriber::EnvFilter::try_new(level).is_ok()
+        } else {
+            known.contains(&level.to_ascii_lowercase().as_str())
+        };
+        if !usable {
+            // A word the filter syntax takes as a target name would silence every log line.
+            return Err(format!(
+                "log_level = {level:?}: use trace, debug, info, warn, error or off, or a filter such as \
+                 `info,skein_cluster=debug`"
+            ));
+        }
         if !(self.connect_timeout.is_finite() && self.connect_timeout > 0.0 && self.connect_timeout < 1e6) {
             return Err(format!("connect_timeout = {}: use a number of seconds above 0", self.connect_timeout));
         }
@@ -640,6 +654,17 @@ mod tests {
         assert!(args.resolve().unwrap_err().contains("max_qos = 3: use 0, 1 or 2"));
         let c = ServeArgs { max_qos: Some(1), ..Default::default() }.resolve().unwrap();
         assert_eq!(c.broker().max_qos, skein_codec::QoS::AtLeastOnce);
+    }
+
+    #[test]
+    fn a_log_level_that_would_silence_every_line_stops_start_up() {
+        for bad in ["verbose", "warnings", "skein=["] {
+            let err = ServeArgs { log_level: Some(bad.into()), ..Default::default() }.resolve().unwrap_err();
+            assert!(err.contains("use trace, debug, info, warn, error or off"), "{bad}: {err}");
+        }
+        for good in ["debug", "WARN", "info,skein_cluster=debug"] {
+            assert!(ServeArgs { log_level: Some(good.into()), ..Default::default() }.resolve().is_ok(), "{good}");
+        }
     }
 
     #[test]
