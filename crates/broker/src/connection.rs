@@ -1012,7 +1012,7 @@ fn next_commit(commits: &mut Commits) -> impl std::future::Future<Output = Batch
 }
 
 /// The largest packet read from a client.
-fn max_packet(config: &crate::BrokerConfig) -> usize {
+pub(crate) fn max_packet(config: &crate::BrokerConfig) -> usize {
     match config.max_packet_size {
         0 => MAX_PACKET_SIZE,
         n => n,

@@ -158,7 +158,12 @@ async fn serve_websocket<S>(broker: Arc<Broker>, stream: S, peer: SocketAddr)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    match tokio::time::timeout(broker.config.connect_timeout, crate::websocket::accept(stream)).await {
+    match tokio::time::timeout(
+        broker.config.connect_timeout,
+        crate::websocket::accept(stream, crate::connection::max_packet(&broker.config)),
+    )
+    .await
+    {
         Ok(Ok((r, w))) => connection::serve(broker, r, w, peer, None).await,
         Ok(Err(e)) => tracing::info!(%peer, error = %e, "WebSocket handshake failed"),
         Err(_) => tracing::debug!(%peer, "WebSocket handshake timed out"),

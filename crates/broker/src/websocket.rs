@@ -14,12 +14,15 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 /// The subprotocols a client may ask for, in our order of preference.
 const SUBPROTOCOLS: [&str; 2] = ["mqtt", "mqttv3.1"];
 
-/// Completes the WebSocket handshake on `stream` and returns its reading and writing halves.
-pub async fn accept<S>(stream: S) -> Result<(WsReader<S>, WsWriter<S>), String>
+/// Completes the WebSocket handshake on `stream` and returns its reading and writing halves. A frame or message
+/// may be as large as an MQTT packet of `max_packet` bytes (and never smaller than the WebSocket library's own
+/// limits): with the library's 16 MiB frame limit, a larger PUBLISH sent as one frame reset the connection unlogged.
+pub async fn accept<S>(stream: S, max_packet: usize) -> Result<(WsReader<S>, WsWriter<S>), String>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -45,7 +48,15 @@ where
         }
         Ok(response)
     };
-    let ws = tokio_tungstenite::accept_hdr_async(stream, check).await.map_err(|e| e.to_string())?;
+    let defaults = WebSocketConfig::default();
+    // The packet and its fixed header (at most 5 bytes).
+    let packet = max_packet.saturating_add(5);
+    let config = WebSocketConfig::default()
+        .max_frame_size(defaults.max_frame_size.map(|d| d.max(packet)))
+        .max_message_size(defaults.max_message_size.map(|d| d.max(packet)));
+    let ws = tokio_tungstenite::accept_hdr_async_with_config(stream, check, Some(config))
+        .await
+        .map_err(|e| e.to_string())?;
     let (sink, stream) = ws.split();
     Ok((WsReader { stream, pending: Bytes::new() }, WsWriter { sink }))
 }
