@@ -1297,3 +1297,28 @@ fn without_quorum_a_dead_nodes_routes_hold_publishes_up_once_not_each_time() {
     }
     assert!(c.status(0)["forward_failures"].as_u64() >= Some(4), "{}", c.status(0));
 }
+
+/// A leader whose voters have gone is still leader to Raft, but reports what a follower cut off from them does: no
+/// leader (`skein_cluster_has_leader 0`, for the alert) and `/readyz` 503; with a voter back, it is ready again.
+#[test]
+fn a_leader_without_quorum_reports_no_leader_and_is_not_ready() {
+    let mut c = Nodes::start(3);
+    let leader = (0..3).find(|i| c.status(*i)["leader"] == c.status(*i)["node_id"]).expect("a leader");
+    let others: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    for i in &others {
+        c.nodes[*i].kill9();
+    }
+    let http = c.nodes[leader].http.unwrap();
+    let deadline = std::time::Instant::now() + WAIT * 2;
+    while http_get(http, "/readyz").map(|(code, _)| code) != Some(503) {
+        assert!(std::time::Instant::now() < deadline, "still ready without quorum: {}", c.status(leader));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(c.status(leader)["quorum_lost"], true, "{}", c.status(leader));
+    let (_, metrics) = http_get(http, "/metrics").unwrap();
+    assert!(metrics.lines().any(|l| l == "skein_cluster_has_leader 0"), "{metrics}");
+    let join = c.cluster_addrs.join(",");
+    c.nodes[others[0]] = c.spawn(others[0], &join);
+    wait_ready(http);
+    assert_eq!(c.status(leader)["quorum_lost"], false);
+}

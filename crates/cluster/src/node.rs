@@ -129,6 +129,10 @@ pub struct ClusterNode {
     /// every member routes by them (or they were given up on: see `ROUTES_WAIT`).
     routes_sent: AtomicU64,
     routes_settled: watch::Sender<u64>,
+    /// On the leader: fewer than a majority of the voters (itself included) have answered its probes for
+    /// `QUORUM_LOST_AFTER` (see `watch_members`). Raft keeps it leader; it reports no leader and is not ready, as a
+    /// follower cut off from the majority does.
+    quorum_lost: std::sync::atomic::AtomicBool,
     /// Set by `leave`: this node announces no more routes.
     leaving: std::sync::atomic::AtomicBool,
     /// Set once `ready` has seen the log applied up to its end and up to `catch_up_to`.
@@ -234,6 +238,9 @@ const RELAY_INBOX_LIMIT: Duration = Duration::from_secs(10);
 /// How long, after its route changes are committed, a node waits for every member to route by them (see
 /// `ClusterNode::routes_everywhere`); a SUBACK waits at most twice that for both (see `Cluster::routes_settled`).
 const ROUTES_WAIT: Duration = Duration::from_secs(1);
+/// How long a leader goes without answers from a majority of the voters before it reports no leader (a follower
+/// cut off from them sees no leader after an election timeout or two).
+const QUORUM_LOST_AFTER: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -280,6 +287,7 @@ impl ClusterNode {
             pending_routes: std::sync::atomic::AtomicUsize::new(0),
             routes_sent: AtomicU64::new(0),
             routes_settled: watch::Sender::new(0),
+            quorum_lost: std::sync::atomic::AtomicBool::new(false),
             leaving: std::sync::atomic::AtomicBool::new(false),
             caught_up: std::sync::atomic::AtomicBool::new(false),
             catch_up_to: AtomicU64::new(u64::MAX),
@@ -488,6 +496,7 @@ impl ClusterNode {
             let m = self.raft.metrics().borrow().clone();
             if m.current_leader != Some(self.id()) {
                 last_seen.clear();
+                self.quorum_lost.store(false, Ordering::Release);
                 continue;
             }
             let now = tokio::time::Instant::now();
@@ -517,12 +526,33 @@ impl ClusterNode {
                     };
                     if holds_any {
                         tracing::warn!(node = id, "node not answering; purging its routes and sessions");
-                        self.propose(Command::Purge { node: id }).await;
+                        // In a task: without quorum it waits, and the probes (and `quorum_lost`) go on.
+                        let me = self.clone();
+                        tokio::spawn(async move { me.propose(Command::Purge { node: id }).await });
                     }
                     purged.insert(id);
                 }
             }
+            let me = self.id();
+            let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+            let answering = voters
+                .iter()
+                .filter(|v| **v == me || last_seen.get(v).is_some_and(|t| now.duration_since(*t) < QUORUM_LOST_AFTER))
+                .count();
+            let lost = answering * 2 <= voters.len();
+            if lost != self.quorum_lost.swap(lost, Ordering::AcqRel) {
+                if lost {
+                    tracing::warn!(answering, voters = voters.len(), "leader without quorum: reporting no leader");
+                } else {
+                    tracing::info!(answering, voters = voters.len(), "leader has its quorum again");
+                }
+            }
         }
+    }
+
+    /// A leader cut off from the majority of the voters (see `quorum_lost`) counts as no leader.
+    fn leader_with_quorum(&self, leader: Option<NodeId>) -> Option<NodeId> {
+        leader.filter(|l| *l != self.id() || !self.quorum_lost.load(Ordering::Acquire))
     }
 
     /// Every node, every second: if the route table's entries for this node differ from what its broker holds
@@ -1278,6 +1308,8 @@ impl ClusterNode {
             "node_id": m.id,
             "state": format!("{:?}", m.state),
             "leader": m.current_leader,
+            // This node leads, but a majority of the voters has not answered it lately: it reports no leader.
+            "quorum_lost": m.current_leader == Some(m.id) && self.quorum_lost.load(Ordering::Acquire),
             "term": m.current_term,
             "applied_index": m.last_applied.map(|l| l.index),
             "snapshot_index": m.snapshot.map(|l| l.index),
@@ -1309,7 +1341,7 @@ impl ClusterNode {
             let membership = m.membership_config.membership();
             (
                 m.id,
-                m.current_leader,
+                self.leader_with_quorum(m.current_leader),
                 m.current_term,
                 m.last_applied.map_or(0, |l| l.index),
                 membership.nodes().count(),
@@ -1344,7 +1376,8 @@ impl ClusterNode {
     /// and routes are all there when clients arrive.
     pub fn ready(&self) -> bool {
         let m = self.raft.metrics().borrow().clone();
-        let joined = m.current_leader.is_some() && m.membership_config.membership().get_node(&m.id).is_some();
+        let joined = self.leader_with_quorum(m.current_leader).is_some()
+            && m.membership_config.membership().get_node(&m.id).is_some();
         let target = self.catch_up_to.load(Ordering::Acquire);
         if joined && !self.caught_up.load(Ordering::Acquire) && target != u64::MAX {
             let applied = m.last_applied.map(|l| l.index);
