@@ -115,6 +115,28 @@ fn a_node_exports_what_its_clients_did_in_a_format_promtool_accepts() {
     assert!(value(&after, "process_cpu_seconds_total") > 0.0);
 }
 
+/// The packet counters count every packet, as Mosquitto's `$SYS/broker/messages/*` do: the CONNECT and CONNACK,
+/// pings and their answers, the SUBACK; and the bytes counter the CONNACK's bytes too.
+#[test]
+fn packet_counters_count_every_type() {
+    let broker = Skein::start(&["--http", "127.0.0.1:0", "--sys-interval", "0"]);
+    let http = broker.http.unwrap();
+    let before = scrape(http);
+    let (mut raw, _) = Raw::connect(broker.mqtt, connect_packet(ProtocolVersion::V311, "counted", true));
+    for _ in 0..3 {
+        raw.send(&Packet::PingReq);
+        assert_eq!(raw.recv(), Some(Packet::PingResp));
+    }
+    raw.send(&sub_packet(1, &[("counted/#", QoS::AtMostOnce)]));
+    assert!(matches!(raw.recv(), Some(Packet::SubAck(_))));
+    raw.send(&Packet::Disconnect(Disconnect::default()));
+    let after = wait_value(http, "skein_clients_connected", |v| v == 0.0);
+    let grew = |name: &str| value(&after, name) - value(&before, name);
+    assert_eq!(grew("skein_packets_received_total"), 6.0, "CONNECT, 3 PINGREQ, SUBSCRIBE, DISCONNECT");
+    assert_eq!(grew("skein_packets_sent_total"), 5.0, "CONNACK, 3 PINGRESP, SUBACK");
+    assert_eq!(grew("skein_bytes_sent_total"), 4.0 + 3.0 * 2.0 + 5.0, "CONNACK 4, PINGRESP 2 each, SUBACK 5");
+}
+
 #[test]
 fn cluster_nodes_export_their_view_of_the_cluster() {
     let nodes = Nodes::start(3);

@@ -402,7 +402,10 @@ where
     let first =
         tokio::time::timeout(broker.config.connect_timeout, read_first(broker, reader, &mut rbuf, max_packet)).await;
     let mut connect = match first {
-        Ok(Ok(c)) => c,
+        Ok(Ok(c)) => {
+            Stats::add(&broker.stats.messages_received, 1);
+            c
+        }
         Ok(Err(refusal)) => {
             if let Some(bytes) = refusal {
                 let _ = writer.write_all(&bytes).await;
@@ -575,6 +578,8 @@ where
         let _ = connack.encode(version, &mut out);
         out
     };
+    Stats::add(&broker.stats.messages_sent, 1);
+    Stats::add(&broker.stats.bytes_sent, out.len() as u64);
     // TCP needs no flush; TLS and WebSocket writers hold what was written until flushed.
     if writer.write_all(&out).await.is_err() || writer.flush().await.is_err() {
         broker.disconnect(&attached.session, attached.connection_id);
@@ -1019,6 +1024,28 @@ pub(crate) fn max_packet(config: &crate::BrokerConfig) -> usize {
     }
 }
 
+/// How many whole MQTT packets `buf` holds (control packets and publishes, as encoded here): each fixed header
+/// walked, nothing decoded.
+fn packets_in(mut buf: &[u8]) -> u64 {
+    let mut n = 0;
+    while buf.len() >= 2 {
+        let (mut len, mut shift, mut at) = (0usize, 0, 1);
+        loop {
+            let Some(&b) = buf.get(at) else { return n };
+            len |= usize::from(b & 0x7F) << shift;
+            at += 1;
+            if b & 0x80 == 0 || shift >= 21 {
+                break;
+            }
+            shift += 7;
+        }
+        let Some(rest) = buf.get(at + len..) else { return n };
+        n += 1;
+        buf = rest;
+    }
+    n
+}
+
 /// [MQTT-3.1.2-24]: a client is closed after one and a half times its keep alive without a packet.
 fn keep_alive_period(keep_alive: u16) -> Option<Duration> {
     (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500))
@@ -1294,6 +1321,7 @@ impl Conn {
     fn take_pending<W>(&self, mut state: std::sync::MutexGuard<'_, crate::session::Session>, out: &mut Out<W>) -> bool {
         // Allocates only for a persistent session's store updates.
         let mut updates = Vec::new();
+        let start = out.buf.len();
         let written = state.write_pending(&mut out.buf, &mut updates);
         drop(state);
         if !updates.is_empty() {
@@ -1304,8 +1332,8 @@ impl Conn {
         }
         out.sent = out.sent.wrapping_add(1);
         Stats::add(&self.broker.stats.publish_sent, written as u64);
-        Stats::add(&self.broker.stats.messages_sent, written as u64);
-        Stats::add(&self.broker.stats.bytes_sent, out.buf.len() as u64);
+        Stats::add(&self.broker.stats.messages_sent, packets_in(&out.buf[start..]));
+        Stats::add(&self.broker.stats.bytes_sent, (out.buf.len() - start) as u64);
         true
     }
 
