@@ -184,7 +184,9 @@ fn init_logging(config: &Config) {
     let directives = if config.log_level.contains('=') {
         config.log_level.clone()
     } else {
-        format!("{},openraft=warn", config.log_level)
+        // rustls warns of every client that sends an IP address as SNI (mosquitto clients given `-h 127.0.0.1` do):
+        // harmless, and a client could fill the log with it.
+        format!("{},openraft=warn,rustls=error", config.log_level)
     };
     let filter = tracing_subscriber::EnvFilter::try_new(&directives)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
@@ -241,7 +243,10 @@ async fn serve(config: Config) -> Result<(), String> {
         None => Arc::new(SingleNode),
     };
     let broker = Broker::open(config.broker(), data_dir, cluster).map_err(|e| {
-        format!("cannot open the data in {}: {e} (is another skein using this --data-dir?)", config.data_dir.display())
+        let e = e.to_string();
+        // Only sled's lock held by another process points at another skein; anything else is the directory itself.
+        let hint = if e.contains("could not acquire lock") { " (is another skein using this --data-dir?)" } else { "" };
+        format!("cannot open the data in {}: {e}{hint}", config.data_dir.display())
     })?;
     // In force before the first client can connect.
     broker.set_auth(auth);
@@ -309,7 +314,8 @@ async fn serve(config: Config) -> Result<(), String> {
         (true, _) if !config.local_only() => {
             tracing::warn!("anonymous clients are allowed (allow_anonymous = true)")
         }
-        (false, None) => tracing::warn!(
+        // With use_identity_as_username, a client certificate is the login.
+        (false, None) if !config.use_identity_as_username => tracing::warn!(
             "allow_anonymous is false and there is no password_file: no client can connect; set one of them"
         ),
         _ => {}
