@@ -100,10 +100,17 @@ fn wildcards_and_dollar_topics() {
     let (_all, all) = mosquitto_sub(&broker, &["-t", "#", "-v"]);
     let (_plus, plus) = mosquitto_sub(&broker, &["-t", "+/b/+", "-v"]);
     let (_sys, sys) = mosquitto_sub(&broker, &["-t", "$SYS/broker/uptime", "-v"]);
+    let (_load, load) = mosquitto_sub(&broker, &["-t", "$SYS/broker/load/messages/received/+", "-v"]);
     mosquitto_pub(&broker, &["-t", "a/b/c", "-m", "1"]);
     plus.wait_for(|l| l == "a/b/c 1");
     all.wait_for(|l| l == "a/b/c 1");
     sys.wait_for(|l| l.starts_with("$SYS/broker/uptime ") && l.ends_with(" seconds"));
+    // Mosquitto's load averages: packets received per minute, over the last minute.
+    load.wait_for(|l| {
+        l.strip_prefix("$SYS/broker/load/messages/received/1min ")
+            .and_then(|v| v.parse::<f64>().ok())
+            .is_some_and(|v| v > 0.0)
+    });
     mosquitto_pub(&broker, &["-t", "z", "-m", "marker"]);
     all.wait_for(|l| l == "z marker");
     // [MQTT-4.7.2-1]: `#` does not match $SYS topics, although they were published meanwhile.
