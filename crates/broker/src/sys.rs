@@ -35,9 +35,12 @@ pub fn snapshot(broker: &Broker) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// Reads one counter.
+type Counter = fn(&Stats) -> u64;
+
 /// The counters Mosquitto publishes load averages of, as `$SYS/broker/load/{name}/{1min,5min,15min}`: per minute,
 /// exponentially smoothed over that span.
-const LOADS: [(&str, fn(&Stats) -> u64); 9] = [
+const LOADS: [(&str, Counter); 9] = [
     ("messages/received", |s| Stats::get(&s.messages_received)),
     ("messages/sent", |s| Stats::get(&s.messages_sent)),
     ("publish/received", |s| Stats::get(&s.publish_received)),
