@@ -162,8 +162,10 @@ impl Default for Config {
     }
 }
 
-/// The flags of `skein serve`: one per key, each also read from `SKEIN_<KEY>`.
+/// The flags of `skein serve`: one per key, each also read from `SKEIN_<KEY>`. A negative number is taken as a
+/// flag's value, so that `--sys-interval -1` is refused for its value rather than as an unknown argument.
 #[derive(Debug, Args, Default)]
+#[command(allow_negative_numbers = true)]
 pub struct ServeArgs {
     /// TOML file with any of the keys below (underscores, e.g. `max_queued_messages = 100`); a `.conf` file is
     /// read as a Mosquitto configuration (`listener 1883`, `password_file /etc/mosquitto/passwd`, ...).

@@ -20,6 +20,11 @@ fn a_bad_flag_stops_start_up_and_names_it() {
     let out = serve(&["--max-inflight-messages", "many"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("many"));
+    // A negative number is named as the flag's bad value, not taken for an unknown flag.
+    let out = serve(&["--sys-interval", "-1"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("invalid value '-1' for '--sys-interval"), "{err}");
 }
 
 #[test]
