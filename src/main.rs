@@ -347,7 +347,11 @@ async fn serve(config: Config) -> Result<(), String> {
     tracing::info!("shutting down: closing connections");
     // In a cluster, the clients closed here reconnect through another node, which asks this one for their
     // persistent sessions: those are waited for (see `drain`), or their queued messages would stay behind.
-    let moving = if node.is_some() { broker.connected_persistent_sessions() } else { Vec::new() };
+    // A node that left has no peers to hand sessions to: its clients start afresh where they reconnect.
+    let moving = match &node {
+        Some(n) if !n.has_left() => broker.connected_persistent_sessions(),
+        _ => Vec::new(),
+    };
     broker.begin_shutdown();
     for l in listeners {
         let _ = l.await;
