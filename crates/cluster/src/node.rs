@@ -1322,7 +1322,10 @@ impl ClusterNode {
             "members": members,
             "retained": a.state.retained.len(),
             "routes": a.state.routes.len(),
-            "routes_per_node": a.state.members.keys().chain(voters.iter()).collect::<BTreeSet<_>>().into_iter()
+            // The members, and any node the route table still names (one purged later, say); not every node that
+            // ever joined.
+            "routes_per_node": m.membership_config.membership().nodes().map(|(id, _)| id)
+                .chain(a.state.routes.values().flatten()).collect::<BTreeSet<_>>().into_iter()
                 .map(|id| (id.to_string(), a.state.routes.values().filter(|n| n.contains(id)).count()))
                 .collect::<BTreeMap<_, _>>(),
             "sessions": a.state.clients.len(),
