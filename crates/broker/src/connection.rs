@@ -1028,18 +1028,7 @@ pub(crate) fn max_packet(config: &crate::BrokerConfig) -> usize {
 /// walked, nothing decoded.
 fn packets_in(mut buf: &[u8]) -> u64 {
     let mut n = 0;
-    while buf.len() >= 2 {
-        let (mut len, mut shift, mut at) = (0usize, 0, 1);
-        loop {
-            let Some(&b) = buf.get(at) else { return n };
-            len |= usize::from(b & 0x7F) << shift;
-            at += 1;
-            if b & 0x80 == 0 || shift >= 21 {
-                break;
-            }
-            shift += 7;
-        }
-        let Some(rest) = buf.get(at + len..) else { return n };
+    while let Some(rest) = skein_codec::packet_size(buf).and_then(|size| buf.get(size..)) {
         n += 1;
         buf = rest;
     }

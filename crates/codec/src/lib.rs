@@ -30,7 +30,7 @@ pub use error::{DecodeError, EncodeError};
 pub use packet::{
     Ack, Auth, BarePublish, ConnAck, Connect, Disconnect, MAX_PACKET_SIZE, Packet, Publish, PublishParts,
     RetainHandling, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe, Will, decode, decode_bytes,
-    decode_publish_parts,
+    decode_publish_parts, packet_size,
 };
 pub use properties::{Properties, PropertyContext};
 pub use reason::{ALL_REASON_CODES, ReasonCode};

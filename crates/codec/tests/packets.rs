@@ -533,3 +533,27 @@ fn publish_parts_read_a_publish_without_properties_as_the_full_decoder_does() {
         }
     }
 }
+
+/// `packet_size` walks encoded packets: a PINGRESP, a PUBLISH with a two-byte length field, and nothing more until a
+/// packet's fixed header is whole.
+#[test]
+fn packet_size_is_the_whole_packet_once_its_fixed_header_is_there() {
+    let mut buf = BytesMut::new();
+    Packet::PingResp.encode(ProtocolVersion::V311, &mut buf).unwrap();
+    let publish = Packet::Publish(Publish {
+        dup: false,
+        qos: QoS::AtMostOnce,
+        retain: false,
+        topic: "t".into(),
+        packet_id: 0,
+        properties: Properties::default(),
+        payload: Bytes::from(vec![0u8; 200]),
+    });
+    publish.encode(ProtocolVersion::V311, &mut buf).unwrap();
+    assert_eq!(packet_size(&buf), Some(2));
+    assert_eq!(packet_size(&buf[2..]), Some(buf.len() - 2), "length field 0xCB 0x01");
+    assert_eq!(packet_size(&buf[2..5]), Some(buf.len() - 2), "the size is known before the body is there");
+    assert_eq!(packet_size(&buf[2..4]), None, "length field cut");
+    assert_eq!(packet_size(&[]), None);
+    assert_eq!(packet_size(&[0x30, 0xff, 0xff, 0xff, 0xff]), None, "a length field of five bytes");
+}

@@ -90,6 +90,13 @@ pub fn decode_publish_parts(
     Ok(parts)
 }
 
+/// The whole size of the packet at the start of `buf` (fixed header included), once its fixed header is there;
+/// `None` while it is not, or when its length field is malformed. For walking packets already encoded.
+pub fn packet_size(buf: &[u8]) -> Option<usize> {
+    let (remaining, len_bytes) = parse_varint(buf.get(1..)?).ok()??;
+    Some(1 + len_bytes + remaining as usize)
+}
+
 /// The type, whole size and length-field size of the packet at the start of `buf`, once its fixed header is there.
 fn frame_header(
     buf: &[u8],
