@@ -4,6 +4,7 @@ mod config;
 mod http;
 mod metrics;
 mod mosquitto_conf;
+mod quiet;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -180,6 +181,8 @@ fn percent_encode(id: &str) -> String {
 }
 
 fn init_logging(config: &Config) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     // A bare level keeps the Raft library's own chatter at warnings; a full filter is taken as it is.
     let directives = if config.log_level.contains('=') {
         config.log_level.clone()
@@ -191,10 +194,11 @@ fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_new(&directives)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
+    let fmt = tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(filter).with(quiet::QuietRaft::new(quiet::EVERY));
     match config.log_format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => registry.with(fmt).init(),
+        LogFormat::Json => registry.with(fmt.json()).init(),
     }
 }
 

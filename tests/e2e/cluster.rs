@@ -1317,8 +1317,20 @@ fn a_leader_without_quorum_reports_no_leader_and_is_not_ready() {
     assert_eq!(c.status(leader)["quorum_lost"], true, "{}", c.status(leader));
     let (_, metrics) = http_get(http, "/metrics").unwrap();
     assert!(metrics.lines().any(|l| l == "skein_cluster_has_leader 0"), "{metrics}");
+    // The outage is said once per node, not with every failed heartbeat (the Raft library logs several a second per
+    // node, for as long as it lasts: some 40 lines in the 5 s to here).
+    let ids: Vec<String> = others.iter().map(|i| (*i + 1).to_string()).collect();
+    let log = c.nodes[leader].log();
+    for id in &ids {
+        let said =
+            log.lines().filter(|l| l.contains("node not answering") && l.contains(&format!("node={id} "))).count();
+        assert_eq!(said, 1, "node {id}'s outage said once:\n{log}");
+    }
+    let raft_lines = log.lines().filter(|l| l.contains("openraft")).count();
+    assert!(raft_lines <= 12, "{raft_lines} lines from the Raft library in a few seconds:\n{log}");
     let join = c.cluster_addrs.join(",");
     c.nodes[others[0]] = c.spawn(others[0], &join);
     wait_ready(http);
     assert_eq!(c.status(leader)["quorum_lost"], false);
+    c.nodes[leader].wait_log(&format!("node answering again node={} ", ids[0]));
 }

@@ -490,6 +490,9 @@ impl ClusterNode {
     async fn watch_members(self: Arc<Self>) {
         let mut last_seen: HashMap<NodeId, tokio::time::Instant> = HashMap::new();
         let mut purged: BTreeSet<NodeId> = BTreeSet::new();
+        // Members reported as not answering, so that a long outage is said once as it starts and once as it ends
+        // (the Raft library's own warnings about it are let through once a minute).
+        let mut silent: BTreeSet<NodeId> = BTreeSet::new();
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         loop {
             tick.tick().await;
@@ -518,14 +521,28 @@ impl ClusterNode {
                 if alive {
                     *seen = now;
                     purged.remove(&id);
-                } else if now.duration_since(*seen) > self.config.node_timeout && !purged.contains(&id) {
+                    if silent.remove(&id) {
+                        tracing::info!(node = id, %addr, "node answering again");
+                    }
+                    continue;
+                }
+                let quiet_for = now.duration_since(*seen);
+                if quiet_for >= SILENT_AFTER && silent.insert(id) {
+                    tracing::warn!(
+                        node = id,
+                        %addr,
+                        timeout = ?self.config.node_timeout,
+                        "node not answering; its routes and sessions are purged if it stays away for the node timeout"
+                    );
+                }
+                if quiet_for > self.config.node_timeout && !purged.contains(&id) {
                     let holds_any = {
                         let a = self.sm.inner.read().unwrap_or_else(|e| e.into_inner());
                         a.state.routes.values().any(|n| n.contains(&id))
                             || a.state.clients.values().any(|c| c.node == id)
                     };
                     if holds_any {
-                        tracing::warn!(node = id, "node not answering; purging its routes and sessions");
+                        tracing::warn!(node = id, "node away for the node timeout; purging its routes and sessions");
                         // In a task: without quorum it waits, and the probes (and `quorum_lost`) go on.
                         let me = self.clone();
                         tokio::spawn(async move { me.propose(Command::Purge { node: id }).await });
@@ -1732,6 +1749,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 fn request(client_id: &str, want_session: bool, connected_at_ns: u64, from_node: NodeId) -> TakeoverRequest {
     TakeoverRequest { client_id: client_id.to_string(), want_session, connected_at_ns, from_node }
 }
+
+/// How long a member fails the leader's probes before it is reported as not answering: one missed probe on a busy
+/// machine is no outage.
+const SILENT_AFTER: Duration = Duration::from_secs(1);
 
 /// How long a QoS 1/2 retained publish waits for members without a subscriber of it to hold their copy.
 const RETAIN_COPY_WAIT: Duration = Duration::from_secs(1);
