@@ -830,6 +830,43 @@ fn a_shared_subscription_spreads_across_nodes_each_message_once() {
     assert_eq!((one.messages().len(), two.messages().len()), (5, 5), "taken in turn");
 }
 
+/// A node that dies still has its routes until the node timeout; meanwhile a shared group it served with another
+/// node goes to the members that are there, rather than waiting for it (and being lost if it stays away).
+#[test]
+fn a_shared_group_skips_a_node_that_cannot_be_reached() {
+    use skein_codec::*;
+    let mut c = Nodes::start_with(3, &["--node-timeout", "60"]);
+    let (_m2, two) = mosquitto_sub(&c.nodes[1], &["-t", "$share/g/away/#", "-q", "1", "-v"]);
+    let (_m3, three) = mosquitto_sub(&c.nodes[2], &["-t", "$share/g/away/#", "-q", "1", "-v"]);
+    for node in [2, 3] {
+        c.wait_node_routes(0, node, 1);
+    }
+    let (mut publ, _) = Raw::connect(c.nodes[0].mqtt, connect_packet(ProtocolVersion::V311, "pub", true));
+    // Two first, one to each node: node 1's streams to both are open.
+    for i in 1..=2u16 {
+        publ.send(&publish_owned("away/t", QoS::AtLeastOnce, i, format!("before {i}")));
+        assert_eq!(publ.recv(), Some(Packet::PubAck(Ack::new(i))));
+    }
+    assert_eq!((two.wait_messages(1).len(), three.wait_messages(1).len()), (1, 1), "taken in turn");
+    c.nodes[2].kill9();
+    let deadline = std::time::Instant::now() + WAIT;
+    while c.status(0)["unreachable"] != serde_json::json!([3]) {
+        assert!(std::time::Instant::now() < deadline, "node 3 never seen as unreachable: {}", c.status(0));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    for i in 3..=12u16 {
+        publ.send(&publish_owned("away/t", QoS::AtLeastOnce, i, format!("after {i}")));
+    }
+    for i in 3..=12u16 {
+        assert_eq!(publ.recv(), Some(Packet::PubAck(Ack::new(i))), "acknowledged without waiting for node 3");
+    }
+    let got = two.wait_messages(11);
+    for i in 3..=12 {
+        assert!(got.contains(&format!("away/t after {i}")), "after {i} missing: {got:?}");
+    }
+    assert_eq!(c.status(0)["forward_pending"], 0, "nothing waits for node 3: {}", c.status(0));
+}
+
 #[test]
 fn losing_quorum_stops_route_changes_never_local_delivery() {
     let mut c = Nodes::start_with(3, &["--node-timeout", "2"]);

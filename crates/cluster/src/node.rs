@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
@@ -100,6 +100,10 @@ pub struct ClusterNode {
     forwarders: Mutex<HashMap<NodeId, mpsc::UnboundedSender<Vec<Outbound>>>>,
     /// Nodes whose forward stream is open now: a retained change's copy is waited for only there.
     forward_up: Mutex<BTreeSet<NodeId>>,
+    /// Nodes whose forward stream cannot be opened now (they are down or cut off): a shared group served elsewhere
+    /// too is planned past them. `forward_down_count` is its size, read without the lock for every plan.
+    forward_down: Mutex<BTreeSet<NodeId>>,
+    forward_down_count: AtomicUsize,
     /// Per sending node: its forward stream task's epoch and the last batch taken from it (see `first_delivery`).
     forward_seen: Mutex<HashMap<NodeId, (u64, u64)>>,
     /// Sessions that moved from here and whose subscriptions still relay to their new node (see `Relay`).
@@ -310,6 +314,8 @@ impl ClusterNode {
             },
             forwarders: Mutex::new(HashMap::new()),
             forward_up: Mutex::new(BTreeSet::new()),
+            forward_down: Mutex::new(BTreeSet::new()),
+            forward_down_count: AtomicUsize::new(0),
             forward_seen: Mutex::new(HashMap::new()),
             relays: Mutex::new(Vec::new()),
             relay_inbox: Mutex::new(HashMap::new()),
@@ -1222,7 +1228,26 @@ impl ClusterNode {
     /// Where a message goes: nodes with matching routes, and one node per matching shared group.
     fn plan(&self, message: &Message) -> crate::state::Plan {
         let me = self.id();
-        self.with_route_index(|index| index.plan(&message.topic, me, &self.shared_turn))
+        let unreachable =
+            |n: NodeId| self.forward_down_count.load(Ordering::Relaxed) != 0 && lock(&self.forward_down).contains(&n);
+        self.with_route_index(|index| index.plan(&message.topic, me, &self.shared_turn, &unreachable))
+    }
+
+    /// Records whether `node`'s forward stream can be opened (see `forward_down`).
+    fn set_reachable(&self, node: NodeId, reachable: bool) {
+        let mut down = lock(&self.forward_down);
+        let changed = if reachable { down.remove(&node) } else { down.insert(node) };
+        if changed {
+            self.forward_down_count.store(down.len(), Ordering::Relaxed);
+            if reachable {
+                tracing::info!(node, "forward stream to a node open again");
+            } else {
+                tracing::warn!(
+                    node,
+                    "cannot open the forward stream to a node; shared groups it serves go to their other members meanwhile"
+                );
+            }
+        }
     }
 
     /// Queues `out` for `node`'s forward stream, starting the stream first if there is none; false if `node` is no
@@ -1354,6 +1379,8 @@ impl ClusterNode {
             "forward_batches": self.forward_batches.load(Ordering::Relaxed),
             "forward_pending": self.forward_pending.load(Ordering::Relaxed),
             "forward_failures": self.forward_failures.load(Ordering::Relaxed),
+            // Nodes this one has messages for and cannot open its forward stream to now.
+            "unreachable": lock(&self.forward_down).iter().copied().collect::<Vec<_>>(),
             "takeovers_answered": self.takeovers_answered.load(Ordering::Relaxed),
         })
     }
@@ -1838,6 +1865,7 @@ async fn forward_loop(
             Ok(acks) => acks,
             Err(error) => {
                 tracing::debug!(target, %error, "forward stream not open; retrying");
+                node.set_reachable(target, false);
                 let down = *down_since.get_or_insert_with(tokio::time::Instant::now);
                 // What arrived meanwhile waits with the unacknowledged batches, and times out with them; QoS 0
                 // messages, among those and these, are dropped, counted: nobody waits for them, and at full rate
@@ -1875,6 +1903,7 @@ async fn forward_loop(
         };
         backoff = Duration::from_millis(50);
         down_since = None;
+        node.set_reachable(target, true);
         lock(&node.forward_up).insert(target);
         tokio::pin!(acks);
         // Due when the oldest unacknowledged batch has waited the node timeout: a node that stops reading without
@@ -1932,6 +1961,7 @@ async fn forward_loop(
         }
     }
     lock(&node.forward_up).remove(&target);
+    node.set_reachable(target, true);
     // The node is no member any more: what it had not taken is lost to it (its publishers are answered).
     let left: u64 = unacked.iter().map(|u| u.items.len() as u64).sum();
     if left > 0 {

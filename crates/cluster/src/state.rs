@@ -213,8 +213,16 @@ pub struct Plan {
 
 impl RouteIndex {
     /// The whole plan for a message published on `me`: plain routes, and one node per matching shared group,
-    /// taken in turn (by `turn`, which outlives index rebuilds) among the nodes that have members of it.
-    pub fn plan(&self, topic: &str, me: NodeId, turn: &std::sync::atomic::AtomicUsize) -> Plan {
+    /// taken in turn (by `turn`, which outlives index rebuilds) among the nodes that have members of it, passing
+    /// over those `unreachable` says cannot be reached while another can serve the group (its routes stay until
+    /// the node has been gone the node timeout; the group's messages meanwhile go to its members that are there).
+    pub fn plan(
+        &self,
+        topic: &str,
+        me: NodeId,
+        turn: &std::sync::atomic::AtomicUsize,
+        unreachable: &dyn Fn(NodeId) -> bool,
+    ) -> Plan {
         let mut plan = Plan::default();
         self.plain.for_each_match(topic, |n| {
             if *n != me && !plan.nodes.iter().any(|(m, _)| m == n) {
@@ -229,7 +237,11 @@ impl RouteIndex {
                 return;
             }
             let turn = turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let chosen = g.nodes[turn % g.nodes.len()];
+            let len = g.nodes.len();
+            let chosen = (0..len)
+                .map(|k| g.nodes[(turn + k) % len])
+                .find(|n| *n == me || !unreachable(*n))
+                .unwrap_or(g.nodes[turn % len]);
             if chosen == me {
                 return;
             }
@@ -261,8 +273,8 @@ mod tests {
         assert_eq!(st.routes["a/#"], BTreeSet::from([2]));
         assert!(!st.routes.contains_key("b"), "empty entries go");
         let turn = std::sync::atomic::AtomicUsize::new(0);
-        assert_eq!(st.index().plan("a/x", 1, &turn).nodes[..], [(2, vec![])]);
-        assert_eq!(st.index().plan("a/x", 2, &turn).nodes[..], [], "never to itself");
+        assert_eq!(st.index().plan("a/x", 1, &turn, &|_| false).nodes[..], [(2, vec![])]);
+        assert_eq!(st.index().plan("a/x", 2, &turn, &|_| false).nodes[..], [], "never to itself");
     }
 
     #[test]
@@ -285,7 +297,7 @@ mod tests {
         let turn = std::sync::atomic::AtomicUsize::new(0);
         let (mut here, mut there) = (0, 0);
         for _ in 0..10 {
-            let plan = index.plan("t/x", 1, &turn);
+            let plan = index.plan("t/x", 1, &turn, &|_| false);
             if plan.groups_elsewhere.is_empty() {
                 here += 1;
                 assert_eq!(plan.nodes[..], [(2, vec![])], "node 2 still gets it for its plain subscriber");
@@ -295,7 +307,31 @@ mod tests {
             }
         }
         assert_eq!((here, there), (5, 5), "the group alternates between its two nodes");
-        assert!(index.plan("u/x", 1, &turn).nodes.is_empty());
+        assert!(index.plan("u/x", 1, &turn, &|_| false).nodes.is_empty());
+    }
+
+    #[test]
+    fn a_shared_group_passes_over_a_node_that_cannot_be_reached_while_another_can_serve_it() {
+        let mut st = ClusterState::default();
+        st.apply(&Command::Routes { node: 2, added: s(&["$share/g/t/+"]), removed: vec![] });
+        st.apply(&Command::Routes { node: 3, added: s(&["$share/g/t/+"]), removed: vec![] });
+        let index = st.index();
+        let turn = std::sync::atomic::AtomicUsize::new(0);
+        let group = || vec!["$share/g/t/+".to_string()];
+        for _ in 0..6 {
+            assert_eq!(index.plan("t/x", 1, &turn, &|n| n == 3).nodes[..], [(2, group())], "node 3 is away");
+        }
+        let served: Vec<NodeId> = (0..4).map(|_| index.plan("t/x", 1, &turn, &|_| false).nodes[0].0).collect();
+        assert_eq!(served, [2, 3, 2, 3], "in turn again once it is back");
+        // With no other node to serve it, the group still goes to its node: the message waits for it there.
+        assert_eq!(index.plan("t/x", 1, &turn, &|_| true).nodes.len(), 1);
+        // A member here serves the group while the other node is away.
+        st.apply(&Command::Routes { node: 1, added: s(&["$share/g/t/+"]), removed: vec![] });
+        let index = st.index();
+        for _ in 0..4 {
+            let plan = index.plan("t/x", 1, &turn, &|n| n != 1);
+            assert!(plan.nodes.is_empty() && plan.groups_elsewhere.is_empty(), "{plan:?}");
+        }
     }
 
     #[test]
