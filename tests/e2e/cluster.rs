@@ -180,6 +180,54 @@ fn a_restarted_node_is_ready_only_once_it_has_the_log_it_missed() {
     sub.wait_output(WAIT);
 }
 
+/// A retained message's expiry is kept in the log as wall-clock time: a node that applies it again after a restart
+/// (or late) counts the interval from its publish, not from then. It used to give a message that had expired while
+/// it was down the whole interval again.
+#[test]
+fn a_retained_message_that_expired_while_a_node_was_down_stays_expired_there() {
+    use skein_codec::*;
+    let mut c = Nodes::start(3);
+    let published_at = std::time::Instant::now();
+    let (mut publ, _) = Raw::connect(c.nodes[0].mqtt, connect_packet(ProtocolVersion::V5, "pub", true));
+    for (id, (name, expiry)) in [("brief", 2), ("lasting", 300)].into_iter().enumerate() {
+        let Packet::Publish(mut p) = publish_owned(&format!("exp/{name}"), QoS::AtLeastOnce, id as u16 + 1, "m") else {
+            unreachable!()
+        };
+        p.retain = true;
+        p.properties.message_expiry_interval = Some(expiry);
+        publ.send(&Packet::Publish(p));
+        assert!(matches!(publ.recv(), Some(Packet::PubAck(_))));
+    }
+    wait_retained(&c, 2, 2);
+    assert_eq!(c.nodes[2].stop(), Some(0));
+    // Past "brief"'s two seconds: the interval is what is tested.
+    std::thread::sleep(std::time::Duration::from_millis(2600).saturating_sub(published_at.elapsed()));
+    c.nodes[2] = c.spawn(2, &c.cluster_addrs.join(","));
+    wait_ready(c.nodes[2].http.unwrap());
+    for i in [2, 1] {
+        let (mut sub, _) = Raw::connect(c.nodes[i].mqtt, connect_packet(ProtocolVersion::V5, "later", true));
+        sub.send(&sub_packet(1, &[("exp/#", QoS::AtMostOnce)]));
+        assert!(matches!(sub.recv(), Some(Packet::SubAck(_))));
+        // The retained set comes before a message published after the SUBACK.
+        sub.send(&publish("exp/zz", QoS::AtMostOnce, 0, b"end"));
+        let mut got = Vec::new();
+        loop {
+            let p = expect_publish(&mut sub);
+            if p.topic == "exp/zz" {
+                break;
+            }
+            let left = p.properties.message_expiry_interval.unwrap_or(0);
+            got.push((p.topic.to_string(), (290..=298).contains(&left)));
+        }
+        assert_eq!(
+            got,
+            [("exp/lasting".to_string(), true)],
+            "node {}: only what has not expired, with what is left",
+            i + 1
+        );
+    }
+}
+
 #[test]
 fn a_fourth_node_joins_through_any_member_as_a_learner() {
     let mut c = Nodes::start(3);

@@ -197,6 +197,64 @@ fn session_expiry_counts_across_a_restart() {
     assert!(!resume("brief"), "a 2 s session expired, the restart notwithstanding");
 }
 
+/// A message's expiry interval counts across a restart as a session's does: a retained message or one queued for
+/// a session that expired while the node was down is gone after it, and one that has not kept only what is left
+/// of its interval. They used to start their intervals again when read back.
+#[test]
+fn message_expiry_counts_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = Skein::start_in(dir.path(), &[]);
+    let published_at = std::time::Instant::now();
+    let mut c = connect_packet(ProtocolVersion::V5, "away", true);
+    c.properties.session_expiry_interval = Some(300);
+    let (mut away, _) = Raw::connect(broker.mqtt, c);
+    subscribe(&mut away, "q/#", QoS::AtLeastOnce);
+    away.send(&Packet::Disconnect(Disconnect::default()));
+    assert_eq!(away.recv(), None);
+    let (mut publ, _) = Raw::connect(broker.mqtt, connect_packet(ProtocolVersion::V5, "pub", true));
+    let mut id = 0;
+    for (topic, retain) in [("exp", true), ("q", false)] {
+        for (name, expiry) in [("brief", 2), ("lasting", 300)] {
+            id += 1;
+            let Packet::Publish(mut p) = publish("", QoS::AtLeastOnce, id, b"m", retain) else { unreachable!() };
+            p.topic = format!("{topic}/{name}").into();
+            p.properties.message_expiry_interval = Some(expiry);
+            publ.send(&Packet::Publish(p));
+            assert!(matches!(publ.recv(), Some(Packet::PubAck(a)) if a.packet_id == id));
+        }
+    }
+    drop(publ);
+    assert_eq!(broker.stop(), Some(0));
+    // Past "brief"'s two seconds, counted from its publish before the restart: the interval is what is tested.
+    std::thread::sleep(std::time::Duration::from_millis(2600).saturating_sub(published_at.elapsed()));
+    let broker = Skein::start_in(dir.path(), &[]);
+    // Everything the broker sends before a marker published after it: the retained set, or the session's queue.
+    let until_marker = |raw: &mut Raw, marker: &str| {
+        raw.send(&publish(marker, QoS::AtMostOnce, 0, b"end", false));
+        let mut got = Vec::new();
+        loop {
+            let p = recv_publish(raw);
+            if p.topic == marker {
+                return got;
+            }
+            let left = p.properties.message_expiry_interval.expect("the expiry interval is sent on");
+            assert!((290..=298).contains(&left), "{} has {left} s left, not what is left of 300", p.topic);
+            if p.qos == QoS::AtLeastOnce {
+                raw.send(&Packet::PubAck(Ack::new(p.packet_id)));
+            }
+            got.push(p.topic.to_string());
+        }
+    };
+    let (mut sub, _) = Raw::connect(broker.mqtt, connect_packet(ProtocolVersion::V5, "later", true));
+    subscribe(&mut sub, "exp/#", QoS::AtLeastOnce);
+    assert_eq!(until_marker(&mut sub, "exp/zz"), ["exp/lasting"], "the expired retained message is gone");
+    let mut c = connect_packet(ProtocolVersion::V5, "away", false);
+    c.properties.session_expiry_interval = Some(300);
+    let (mut away, ack) = Raw::connect(broker.mqtt, c);
+    assert!(ack.session_present);
+    assert_eq!(until_marker(&mut away, "q/zz"), ["q/lasting"], "the expired queued message is gone");
+}
+
 /// Many publishers at once into a persistent session, persistence on: every acknowledgement waits for a flush, and
 /// the flushes of all connections overlap. With sled's own flush_async this hung within a second (nothing was
 /// acknowledged again); every PUBACK must come, and the subscriber gets every message.

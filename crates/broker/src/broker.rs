@@ -287,7 +287,13 @@ impl Broker {
     fn restore(self: &Arc<Self>) -> Result<(), StoreError> {
         let Some(store) = &self.store else { return Ok(()) };
         let mut retained = write(&self.retained);
+        let now = std::time::Instant::now();
         for m in store.load_retained()? {
+            if m.is_expired(now) {
+                // Expired while the node was down: gone from the store too.
+                store.put_retained(&Message::system(m.topic.clone(), bytes::Bytes::new(), true));
+                continue;
+            }
             retained.set(Arc::new(m));
         }
         drop(retained);
@@ -949,10 +955,11 @@ impl Broker {
     pub fn retained_changed(&self, topic: &str, message: Option<Message>) {
         let mut retained = write(&self.retained);
         match message {
-            Some(m) => {
+            // One that expired before it came (a node applying the log late, or again after a restart) is none.
+            Some(m) if !m.is_expired(std::time::Instant::now()) => {
                 retained.set(Arc::new(m));
             }
-            None => {
+            _ => {
                 retained.clear(topic);
             }
         }
@@ -964,7 +971,8 @@ impl Broker {
         for topic in retained.matching("#") {
             retained.clear(&topic.topic);
         }
-        for m in messages {
+        let now = std::time::Instant::now();
+        for m in messages.into_iter().filter(|m| !m.is_expired(now)) {
             retained.set(Arc::new(m));
         }
     }

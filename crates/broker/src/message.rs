@@ -1,7 +1,7 @@
 //! The application message as the broker holds it: one `Arc<Message>` per publish, shared by every subscriber's
 //! queue, payload and topic never copied.
 
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
@@ -22,6 +22,13 @@ pub struct Message {
     /// When this node received it, for its Message Expiry Interval; `None` for a message without one (the only
     /// use: a clock read for every message would cost more than the rest of building it).
     pub received: Option<Instant>,
+}
+
+/// Marks the wall-clock expiry after a stored message's PUBLISH (see [`Message::encode_stored_into`]).
+const EXPIRES_AT: u8 = 0x01;
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The receive time a message with these properties keeps (see `Message::received`).
@@ -102,7 +109,8 @@ impl Message {
     }
 
     /// Seconds left of its Message Expiry Interval at `now`: `None` when it has none, `Some(0)` once expired. The
-    /// interval counts from when this node received it (or restored it, with what was left when it was stored).
+    /// interval counts from when this node received it (or read it back, with what was left of it then: see
+    /// [`Message::decode_stored`]).
     pub fn expiry_left(&self, now: Instant) -> Option<u32> {
         let interval = self.properties.as_deref()?.message_expiry_interval?;
         let waited = self.received.map_or(0, |r| now.saturating_duration_since(r).as_secs());
@@ -189,12 +197,64 @@ impl Message {
         let _ = packet.encode(ProtocolVersion::V5, buf);
     }
 
+    /// The message as kept for later (the store's retained and queued messages, the cluster's retained messages in
+    /// its log): `encode_v5`, then, for a message with a Message Expiry Interval, when that ends as wall-clock time
+    /// (`EXPIRES_AT`, then milliseconds since the Unix epoch as a u64). The PUBLISH alone would carry the interval
+    /// left at writing, and a message read back after a restart (or by a node that applies the log later) would
+    /// start it again. Readers that predate the trailer read the PUBLISH and ignore what follows it.
+    pub fn encode_stored_into(&self, sub_ids: &[u32], buf: &mut BytesMut) {
+        use bytes::BufMut;
+        self.encode_v5_into(sub_ids, buf);
+        if let Some(at) = self.expires_at() {
+            buf.put_u8(EXPIRES_AT);
+            buf.put_u64(at);
+        }
+    }
+
+    /// `encode_stored_into`, in a buffer of its own.
+    pub fn encode_stored(&self, sub_ids: &[u32]) -> Bytes {
+        let mut buf = BytesMut::new();
+        self.encode_stored_into(sub_ids, &mut buf);
+        buf.freeze()
+    }
+
+    /// The message `encode_stored` (or, before it, `encode_v5`) wrote, and its Subscription Identifiers; its expiry
+    /// interval is what is left of it now, `Some(0)` (expired) once its time has passed.
+    pub fn decode_stored(bytes: Bytes, publisher: Option<ByteString>) -> Result<(Message, Vec<u32>), String> {
+        use bytes::Buf;
+        let mut buf = bytes;
+        let (mut message, sub_ids) = Message::decode_v5_from(&mut buf, publisher)?;
+        if buf.len() == 9 && buf[0] == EXPIRES_AT {
+            buf.advance(1);
+            let at = buf.get_u64();
+            if let Some(p) = message.properties.as_deref_mut().filter(|p| p.message_expiry_interval.is_some()) {
+                let left_ms = at.saturating_sub(unix_ms(SystemTime::now()));
+                p.message_expiry_interval = Some(u32::try_from(left_ms.div_ceil(1000)).unwrap_or(u32::MAX));
+                message.received = Some(Instant::now());
+            }
+        }
+        Ok((message, sub_ids))
+    }
+
+    /// When its Message Expiry Interval ends, in milliseconds since the Unix epoch; `None` when it has none.
+    fn expires_at(&self) -> Option<u64> {
+        let interval = self.properties.as_deref()?.message_expiry_interval?;
+        let waited = self.received.map_or(Duration::ZERO, |r| r.elapsed());
+        let now = SystemTime::now();
+        Some(unix_ms(now + Duration::from_secs(interval.into())).saturating_sub(waited.as_millis() as u64))
+    }
+
     /// The message `encode_v5` wrote, and its Subscription Identifiers. The payload stays a slice of `bytes`.
     pub fn decode_v5(bytes: Bytes, publisher: Option<ByteString>) -> Result<(Message, Vec<u32>), String> {
         let mut buf = bytes;
+        Message::decode_v5_from(&mut buf, publisher)
+    }
+
+    /// `decode_v5` of the PUBLISH at the front of `buf`, leaving what follows it there.
+    fn decode_v5_from(buf: &mut Bytes, publisher: Option<ByteString>) -> Result<(Message, Vec<u32>), String> {
         // Most messages have no properties: those are read without building a `Publish` (every forwarded message
         // comes this way).
-        if let Ok(Some(p)) = skein_codec::decode_publish_parts(&mut buf, ProtocolVersion::V5, MAX_PACKET_SIZE) {
+        if let Ok(Some(p)) = skein_codec::decode_publish_parts(buf, ProtocolVersion::V5, MAX_PACKET_SIZE) {
             let message = Message {
                 topic: p.topic,
                 payload: p.payload,
@@ -206,7 +266,7 @@ impl Message {
             };
             return Ok((message, Vec::new()));
         }
-        match skein_codec::decode_bytes(&mut buf, ProtocolVersion::V5, MAX_PACKET_SIZE) {
+        match skein_codec::decode_bytes(buf, ProtocolVersion::V5, MAX_PACKET_SIZE) {
             Ok(Some(Packet::Publish(p))) => {
                 let sub_ids = p.properties.subscription_identifiers.clone();
                 Ok((Message::from_publish(Publish { packet_id: 0, ..p }, publisher), sub_ids))
@@ -220,6 +280,44 @@ impl Message {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn with_expiry(interval: u32, waited: Duration) -> Message {
+        let mut m = Message::system("t", "p", true);
+        m.properties = Some(Box::new(Properties { message_expiry_interval: Some(interval), ..Default::default() }));
+        m.received = Some(Instant::now() - waited);
+        m
+    }
+
+    #[test]
+    fn a_stored_message_keeps_its_expiry_as_wall_clock_time() {
+        let m = with_expiry(60, Duration::from_secs(10));
+        let (back, _) = Message::decode_stored(m.encode_stored(&[]), None).unwrap();
+        assert_eq!(back.expiry_left(Instant::now()), Some(50));
+        let gone = with_expiry(4, Duration::from_secs(6));
+        let (back, _) = Message::decode_stored(gone.encode_stored(&[]), None).unwrap();
+        assert!(back.is_expired(Instant::now()), "{back:?}");
+        // Read back as time goes on: what is left then, not the interval again.
+        let mut bytes = BytesMut::from(&with_expiry(60, Duration::ZERO).encode_stored(&[])[..]);
+        let n = bytes.len();
+        let at = u64::from_be_bytes(bytes[n - 8..].try_into().unwrap()) - 45_000;
+        bytes[n - 8..].copy_from_slice(&at.to_be_bytes());
+        let (back, _) = Message::decode_stored(bytes.freeze(), None).unwrap();
+        assert!(matches!(back.expiry_left(Instant::now()), Some(14 | 15)), "{back:?}");
+    }
+
+    #[test]
+    fn stored_messages_read_both_ways_with_and_without_the_expiry_trailer() {
+        let m = with_expiry(60, Duration::ZERO);
+        // A reader before the trailer reads the PUBLISH and ignores it.
+        let (old_reader, _) = Message::decode_v5(m.encode_stored(&[7]), None).unwrap();
+        assert_eq!((old_reader.topic.as_ref(), old_reader.expiry_left(Instant::now())), ("t", Some(60)));
+        // A record written before it reads as it did.
+        let (from_old, ids) = Message::decode_stored(m.encode_v5(&[7]), None).unwrap();
+        assert_eq!((from_old.expiry_left(Instant::now()), ids), (Some(60), vec![7]));
+        // No trailer for a message without an expiry.
+        let plain = Message::system("t", "p", true);
+        assert_eq!(plain.encode_stored(&[]), plain.encode_v5(&[]));
+    }
 
     #[test]
     fn compact_keeps_everything_but_the_buffer() {

@@ -227,7 +227,7 @@ impl Trees {
                 buf.put_u16(packet_id);
                 buf.put_u8(out.qos as u8);
                 buf.put_u8(u8::from(out.retain));
-                out.message.encode_v5_into(&out.subscription_ids, buf);
+                out.message.encode_stored_into(&out.subscription_ids, buf);
                 self.queue.insert(queue_key(&client_id, key), &buf[..])?;
             }
             Op::Sent { client_id, key, packet_id, state } => {
@@ -350,7 +350,7 @@ impl Store {
     }
 
     pub fn put_retained(&self, message: &Message) {
-        let record = (!message.payload.is_empty()).then(|| message.encode_v5(&[]));
+        let record = (!message.payload.is_empty()).then(|| message.encode_stored(&[]));
         self.trees.pending().push(Op::Retained { topic: message.topic.clone(), record });
     }
 
@@ -359,7 +359,7 @@ impl Store {
         let mut out = Vec::new();
         for item in self.trees.retained.iter() {
             let (key, value) = item?;
-            let (message, _) = Message::decode_v5(Bytes::copy_from_slice(&value), None)
+            let (message, _) = Message::decode_stored(Bytes::copy_from_slice(&value), None)
                 .map_err(|what| corrupt("retained", &key, what))?;
             out.push(message);
         }
@@ -474,7 +474,7 @@ fn decode_queued(key: u64, bytes: &[u8]) -> Result<StoredMessage, String> {
     let sent = InflightState::from_code(u16::from_be_bytes([bytes[2], bytes[3]]), bytes[1])?;
     let qos = QoS::from_u8(bytes[4]).ok_or("bad QoS")?;
     let retain = bytes[5] != 0;
-    let (message, subscription_ids) = Message::decode_v5(Bytes::copy_from_slice(&bytes[6..]), None)?;
+    let (message, subscription_ids) = Message::decode_stored(Bytes::copy_from_slice(&bytes[6..]), None)?;
     Ok(StoredMessage { key, message, qos, retain, subscription_ids, sent })
 }
 

@@ -341,7 +341,7 @@ impl ClusterNode {
         self.sm.watch_retained(Arc::new(move |change| {
             let Some(broker) = weak.upgrade() else { return };
             let decode =
-                |topic: &str, bytes: &[u8]| match Message::decode_v5(bytes::Bytes::copy_from_slice(bytes), None) {
+                |topic: &str, bytes: &[u8]| match Message::decode_stored(bytes::Bytes::copy_from_slice(bytes), None) {
                     Ok((m, _)) => Some(m),
                     Err(e) => {
                         tracing::error!(topic, error = %e, "replicated retained message cannot be decoded");
@@ -1699,7 +1699,7 @@ impl skein_broker::Cluster for ClusterNode {
             let change = RetainChange {
                 seq: retain_seq,
                 topic: message.topic.to_string(),
-                message: (!message.payload.is_empty()).then(|| message.encode_v5(&[]).to_vec()),
+                message: (!message.payload.is_empty()).then(|| message.encode_stored(&[]).to_vec()),
                 done,
             };
             if self.retains.send(change).is_ok() && wait {
