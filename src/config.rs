@@ -97,6 +97,8 @@ pub struct Config {
     pub voters: usize,
     /// Seconds a member may stay silent before its routes are purged.
     pub node_timeout: f64,
+    /// Largest retained message payload a cluster keeps (its Raft log carries each one); 0: no limit.
+    pub cluster_retain_max_size: usize,
     /// Log entries between Raft snapshots (the log before a snapshot is compacted away).
     pub raft_snapshot_logs: u64,
     /// Seconds a stopping cluster node keeps answering for the persistent sessions of the clients it closed, so
@@ -153,6 +155,7 @@ impl Default for Config {
             join: Vec::new(),
             voters: 3,
             node_timeout: 10.0,
+            cluster_retain_max_size: 1 << 20,
             raft_snapshot_logs: 5000,
             drain_timeout: 15.0,
             cluster_tls_cert: None,
@@ -297,6 +300,10 @@ pub struct ServeArgs {
     /// Seconds a silent member keeps its routes before they are purged [default: 10].
     #[arg(long, env = "SKEIN_NODE_TIMEOUT", value_name = "SECONDS")]
     pub node_timeout: Option<f64>,
+    /// Largest retained payload a cluster keeps, in bytes; larger retained publishes are refused (0: no limit)
+    /// [default: 1048576].
+    #[arg(long, env = "SKEIN_CLUSTER_RETAIN_MAX_SIZE", value_name = "BYTES")]
+    pub cluster_retain_max_size: Option<usize>,
     /// Raft log entries between snapshots; the log before one is compacted [default: 5000].
     #[arg(long, env = "SKEIN_RAFT_SNAPSHOT_LOGS", value_name = "N")]
     pub raft_snapshot_logs: Option<u64>,
@@ -405,6 +412,9 @@ impl ServeArgs {
         }
         if let Some(t) = self.node_timeout {
             c.node_timeout = t;
+        }
+        if let Some(n) = self.cluster_retain_max_size {
+            c.cluster_retain_max_size = n;
         }
         if let Some(n) = self.raft_snapshot_logs {
             c.raft_snapshot_logs = n;

@@ -233,6 +233,7 @@ async fn serve(config: Config) -> Result<(), String> {
                 voters: config.voters,
                 snapshot_logs: config.raft_snapshot_logs,
                 node_timeout: Duration::from_secs_f64(config.node_timeout),
+                retain_max_size: config.cluster_retain_max_size,
                 tls: config.peer_tls(),
                 data_dir: config.data_dir.clone(),
             };

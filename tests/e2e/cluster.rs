@@ -228,6 +228,53 @@ fn a_retained_message_that_expired_while_a_node_was_down_stays_expired_there() {
     }
 }
 
+/// Messages over gRPC's default 4 MiB limit go between nodes: a live one of 5 MiB reaches a subscriber on another
+/// node. A retained one is a Raft entry; one of 1 MiB (`cluster_retain_max_size`) is replicated without costing the
+/// leader its quorum, and a larger one is refused (MQTT 5.0: 0x97). Both were acknowledged and then lost, and the
+/// leader, unable to replicate the entry, was voted out again and again.
+#[test]
+fn messages_over_4_mib_reach_the_other_nodes_and_large_retained_ones_are_refused() {
+    use skein_codec::*;
+    let c = Nodes::start(3);
+    let leader = (0..3).find(|i| c.status(*i)["leader"] == c.status(*i)["node_id"]).expect("a leader");
+    let (other, third) = ((leader + 1) % 3, (leader + 2) % 3);
+    let term = c.status(leader)["term"].clone();
+    let filters = [("big/#", QoS::AtLeastOnce)];
+    let mut sub = raw_subscriber(c.nodes[other].mqtt, ProtocolVersion::V311, "big-sub", &filters);
+    c.wait_node_routes(leader, other as u64 + 1, 1);
+    let bytes = |n: u32| -> Bytes { (0..n).map(|i| (i % 251) as u8).collect::<Vec<u8>>().into() };
+    let (mut publ, _) = Raw::connect(c.nodes[leader].mqtt, connect_packet(ProtocolVersion::V5, "big-pub", true));
+    let live = bytes(5 << 20);
+    publ.send(&publish_owned("big/live", QoS::AtLeastOnce, 1, live.clone()));
+    assert!(matches!(publ.recv(), Some(Packet::PubAck(a)) if a.reason_code == ReasonCode::Success));
+    let got = expect_publish(&mut sub);
+    assert!(got.topic == "big/live" && got.payload == live, "{} bytes on {}", got.payload.len(), got.topic);
+    sub.send(&Packet::PubAck(Ack::new(got.packet_id)));
+    for (id, size, reason) in [(2, 5 << 20, ReasonCode::QuotaExceeded), (3, 1 << 20, ReasonCode::Success)] {
+        let Packet::Publish(mut p) = publish_owned("big/kept", QoS::AtLeastOnce, id, bytes(size)) else {
+            unreachable!()
+        };
+        p.retain = true;
+        publ.send(&Packet::Publish(p));
+        assert!(matches!(publ.recv(), Some(Packet::PubAck(a)) if a.reason_code == reason), "{size} bytes retained");
+    }
+    // The refused one went nowhere: the next message the subscriber gets is the 1 MiB one.
+    let got = expect_publish(&mut sub);
+    assert_eq!(got.payload.len(), 1 << 20);
+    for i in 0..3 {
+        wait_retained(&c, i, 1);
+    }
+    let mut later =
+        raw_subscriber(c.nodes[third].mqtt, ProtocolVersion::V311, "big-later", &[("big/kept", QoS::AtLeastOnce)]);
+    assert_eq!(expect_publish(&mut later).payload, bytes(1 << 20), "the retained message, from another node");
+    let leader_id = c.status(leader)["node_id"].clone();
+    assert_eq!(
+        (c.status(leader)["term"].clone(), c.status(other)["leader"].clone()),
+        (term, leader_id),
+        "the same leader, in the same term"
+    );
+}
+
 #[test]
 fn a_fourth_node_joins_through_any_member_as_a_learner() {
     let mut c = Nodes::start(3);

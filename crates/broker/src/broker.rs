@@ -922,12 +922,24 @@ impl Broker {
         routed
     }
 
+    /// Whether a retained message of `size` payload bytes on `topic` is more than the cluster keeps (see
+    /// [`Cluster::retained_max_size`]). An empty one clears the topic, and a `$` topic is the node's own.
+    pub fn retained_too_large(&self, topic: &str, size: usize) -> bool {
+        let max = self.cluster.retained_max_size();
+        max != 0 && size > max && !topic.starts_with('$')
+    }
+
     /// Keeps `message` as its topic's retained message if it is one: in this node's store, or, when the cluster
     /// replicates retained messages, through the cluster (only from the node it was published on: the cluster
     /// brings it to the others, and its log settles the one order every node applies). True when the cluster must
     /// replicate it.
     fn keep_retained(&self, message: &Arc<Message>, here: bool, routed: &mut Routed) -> bool {
         if !message.retain || !self.config.retain_available {
+            return false;
+        }
+        if here && self.retained_too_large(&message.topic, message.payload.len()) {
+            // A client's publish was refused before it came here; this is a will.
+            tracing::warn!(topic = %message.topic, size = message.payload.len(), "a retained will over cluster_retain_max_size goes out unretained");
             return false;
         }
         // `$SYS` values are the node's own and current; a restart republishes them rather than restoring.

@@ -157,6 +157,14 @@ pub trait Cluster: Send + Sync + 'static {
         false
     }
 
+    /// The largest retained payload the cluster keeps (0: no limit). Each retained message is one entry of its Raft
+    /// log, replicated in calls the leader gives a heartbeat interval each; one of many megabytes outlasts that, is
+    /// sent again and again, and starves the followers of heartbeats until they vote the leader out. A larger
+    /// retained publish is refused (MQTT 5.0: 0x97 Quota exceeded); a larger retained will goes out unretained.
+    fn retained_max_size(&self) -> usize {
+        0
+    }
+
     /// Hands a message of shared group `group` (`$share/{group}/{filter}`) to another node that has members of it,
     /// because the member here that held it is gone and no other member is left here. False when there is none.
     fn forward_to_group(&self, message: &Arc<Message>, group: &str) -> bool {

@@ -1572,6 +1572,10 @@ impl Conn {
             Stats::add(&broker.stats.publish_too_large, 1);
             tracing::debug!(client_id = %self.session.client_id, size = p.payload.len(), "publish over message_size_limit dropped");
             refusal = Some(ReasonCode::ImplementationSpecificError);
+        } else if p.retain && broker.retained_too_large(&p.topic, p.payload.len()) {
+            Stats::add(&broker.stats.publish_too_large, 1);
+            tracing::debug!(client_id = %self.session.client_id, size = p.payload.len(), "retained publish over cluster_retain_max_size refused");
+            refusal = Some(ReasonCode::QuotaExceeded);
         } else if v5 && p.properties.payload_format_indicator == Some(1) && std::str::from_utf8(&p.payload).is_err() {
             // MQTT 5.0 section 3.3.2.3.2: a payload that says it is UTF-8 and is not.
             refusal = Some(ReasonCode::PayloadFormatInvalid);

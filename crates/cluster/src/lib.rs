@@ -5,6 +5,7 @@
 // openraft's `StorageError` is large by design and is what its storage traits return.
 #![allow(clippy::result_large_err)]
 
+mod compact;
 pub mod handover;
 pub mod network;
 pub mod node;

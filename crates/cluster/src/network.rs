@@ -26,17 +26,24 @@ pub fn client(addr: &str) -> Result<ClusterClient<Channel>, tonic::transport::Er
     static CHANNELS: OnceLock<Mutex<HashMap<String, Channel>>> = OnceLock::new();
     let channels = CHANNELS.get_or_init(Default::default);
     if let Some(c) = channels.lock().unwrap_or_else(|e| e.into_inner()).get(addr) {
-        return Ok(ClusterClient::new(c.clone()));
+        return Ok(unlimited(ClusterClient::new(c.clone())));
     }
     let channel = channel(addr)?;
     channels.lock().unwrap_or_else(|e| e.into_inner()).insert(addr.to_string(), channel.clone());
-    Ok(ClusterClient::new(channel))
+    Ok(unlimited(ClusterClient::new(channel)))
+}
+
+/// Lifts gRPC's 4 MiB message limit, both ways. An MQTT message may be up to 256 MiB, and one that is over 4 MiB
+/// must still reach the other nodes (as a forwarded batch, a Raft entry with a retained message, a session's
+/// queue handed over); a peer is a member, not a stranger. The server's side is `unlimited_server`.
+pub fn unlimited(c: ClusterClient<Channel>) -> ClusterClient<Channel> {
+    c.max_decoding_message_size(usize::MAX).max_encoding_message_size(usize::MAX)
 }
 
 /// A client on a connection of its own, for a long-lived stream (Raft replication, publish forwarding) that should
 /// not share its TCP window with the short calls.
 pub fn dedicated_client(addr: &str) -> Result<ClusterClient<Channel>, tonic::transport::Error> {
-    Ok(ClusterClient::new(channel(addr)?))
+    Ok(unlimited(ClusterClient::new(channel(addr)?)))
 }
 
 /// A channel to `addr`; with peer TLS, each connection it makes is a TLS one with the files in force then (HTTP/2

@@ -46,6 +46,8 @@ pub struct ClusterConfig {
     pub node_timeout: Duration,
     /// Log entries between snapshots; a node that lags further than the log kept behind one gets the snapshot.
     pub snapshot_logs: u64,
+    /// Largest retained payload the cluster keeps (0: no limit); see `Cluster::retained_max_size`.
+    pub retain_max_size: usize,
     pub data_dir: PathBuf,
     /// Mutual TLS between peers: only nodes with a certificate from the cluster CA can talk to this one.
     pub tls: Option<crate::peer_tls::PeerTls>,
@@ -373,7 +375,10 @@ impl ClusterNode {
             .await
             .map_err(|error| StartError::Listen { addr: self.config.listen, error })?;
         tracing::info!(local = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), node_id = self.id(), "listening for the cluster");
-        let service = ClusterServer::new(Service(self.clone()));
+        // Messages over gRPC's default 4 MiB limit are taken (see `network::unlimited`).
+        let service = ClusterServer::new(Service(self.clone()))
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX);
         let mut incoming = accept_peers(listener);
         let server = tonic::transport::Server::builder().add_service(service);
         match &self.config.tls {
@@ -1139,10 +1144,26 @@ impl ClusterNode {
 
     /// Proposes the retained messages published here, in the order they came, as one batch per round trip.
     async fn propose_retained(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<RetainChange>) {
-        while let Some(first) = rx.recv().await {
+        let mut next = None;
+        loop {
+            let first = match next.take() {
+                Some(c) => c,
+                None => match rx.recv().await {
+                    Some(c) => c,
+                    None => break,
+                },
+            };
+            // About a megabyte at most to a batch: each is one log entry, replicated in one call.
+            let mut bytes = first.message.as_ref().map_or(0, Vec::len);
             let mut batch = vec![first];
-            while let Ok(c) = rx.try_recv() {
+            while bytes < RETAIN_BATCH_BYTES
+                && let Ok(c) = rx.try_recv()
+            {
+                bytes += c.message.as_ref().map_or(0, Vec::len);
                 batch.push(c);
+            }
+            if bytes > RETAIN_BATCH_BYTES && batch.len() > 1 {
+                next = batch.pop();
             }
             let (changes, done): (Vec<_>, Vec<_>) =
                 batch.into_iter().map(|c| ((c.seq, c.topic, c.message), c.done)).unzip();
@@ -1501,6 +1522,10 @@ impl skein_broker::Cluster for ClusterNode {
         true
     }
 
+    fn retained_max_size(&self) -> usize {
+        self.config.retain_max_size
+    }
+
     fn forward_to_group(&self, message: &Arc<Message>, group: &str) -> bool {
         let me = self.id();
         let nodes: Vec<NodeId> = {
@@ -1781,6 +1806,9 @@ fn request(client_id: &str, want_session: bool, connected_at_ns: u64, from_node:
 /// machine is no outage.
 const SILENT_AFTER: Duration = Duration::from_secs(1);
 
+/// Bytes of retained messages after which a batch of retained changes takes no more (see `propose_retained`).
+const RETAIN_BATCH_BYTES: usize = 1 << 20;
+
 /// How long a QoS 1/2 retained publish waits for members without a subscriber of it to hold their copy.
 const RETAIN_COPY_WAIT: Duration = Duration::from_secs(1);
 
@@ -1989,9 +2017,13 @@ fn take_batch(rx: &mut mpsc::UnboundedReceiver<Vec<Outbound>>, first: Option<Vec
         Some(f) => f,
         None => rx.try_recv().ok()?,
     };
-    while items.len() < MAX_BATCH {
+    let mut bytes: usize = items.iter().map(|o| o.message.payload.len()).sum();
+    while items.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
         match rx.try_recv() {
-            Ok(more) => items.extend(more),
+            Ok(more) => {
+                bytes += more.iter().map(|o| o.message.payload.len()).sum::<usize>();
+                items.extend(more);
+            }
             Err(_) => break,
         }
     }
@@ -2000,6 +2032,10 @@ fn take_batch(rx: &mut mpsc::UnboundedReceiver<Vec<Outbound>>, first: Option<Vec
 
 /// Messages in one forwarded batch, about (see `take_batch`).
 const MAX_BATCH: usize = 256;
+
+/// Payload bytes after which a batch takes no more (it may pass this by the last message taken): large messages
+/// go a few at a time, each batch one gRPC message.
+const MAX_BATCH_BYTES: usize = 1 << 20;
 
 /// The messages for other nodes of the read a connection is handling on this thread (`Cluster::begin_batch` to
 /// `end_batch`, with no await between), kept to be sent together: one lock and one queue operation per node and

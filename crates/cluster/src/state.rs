@@ -31,9 +31,13 @@ pub enum Command {
     /// Forget a node's routes (it left, or stopped answering).
     Purge { node: NodeId },
     /// Retained messages published on `node`, applied in order: (the node's sequence number of the change, topic,
-    /// the message in its MQTT 5.0 wire form from `Message::encode_v5`, or `None` to clear the topic). Batched: the
+    /// the message as `Message::encode_stored` writes it (base64 in the log's JSON), or `None` to clear the topic). Batched: the
     /// changes a node collected while its previous batch was being committed.
-    Retain { node: NodeId, changes: Vec<(u64, String, Option<Vec<u8>>)> },
+    Retain {
+        node: NodeId,
+        #[serde(with = "crate::compact::changes")]
+        changes: Vec<(u64, String, Option<Vec<u8>>)>,
+    },
     /// The client registry: persistent sessions `node` now holds (client id, when its connection came, in
     /// nanoseconds since the Unix epoch) and ones it no longer holds (client id, the `since` of the claim it
     /// drops). Batched, applied in order.
@@ -82,7 +86,7 @@ pub struct ClusterState {
     pub members: BTreeMap<NodeId, Member>,
     pub routes: BTreeMap<String, BTreeSet<NodeId>>,
     /// Topic → its retained message, encoded.
-    #[serde(default)]
+    #[serde(default, with = "crate::compact::map")]
     pub retained: BTreeMap<String, Vec<u8>>,
     /// Node → the sequence number of its last retained change applied: a forwarded copy at or below it is old news.
     #[serde(default)]

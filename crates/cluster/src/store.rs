@@ -120,12 +120,29 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry<TypeConfig>>, Error> {
+        self.entries(range, usize::MAX)
+    }
+
+    /// What replication sends a follower in one AppendEntries: entries up to about `APPEND_BYTES` (at least one).
+    /// The leader gives each call the heartbeat interval; hundreds of batches of retained messages in one call could
+    /// outlast it, and a call that always times out starves the follower of heartbeats until it stands for leader.
+    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<Entry<TypeConfig>>, Error> {
+        self.entries(start..end, APPEND_BYTES)
+    }
+}
+
+/// About how many bytes of stored entries one AppendEntries carries (see `limited_get_log_entries`).
+const APPEND_BYTES: usize = 1 << 20;
+
+impl LogStore {
+    /// The entries in `range`, stopping after the one that brings their stored size to `limit`.
+    fn entries<RB: RangeBounds<u64>>(&self, range: RB, limit: usize) -> Result<Vec<Entry<TypeConfig>>, Error> {
         let start = match range.start_bound() {
             Bound::Included(i) => *i,
             Bound::Excluded(i) => i.saturating_add(1),
             Bound::Unbounded => 0,
         };
-        let mut out = Vec::new();
+        let (mut out, mut size) = (Vec::new(), 0);
         for item in self.logs.range(start.to_be_bytes()..) {
             let (k, v) = item.map_err(io(StorageIOError::read_logs))?;
             let index = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0xff; 8]));
@@ -133,6 +150,10 @@ impl RaftLogReader<TypeConfig> for LogStore {
                 break;
             }
             out.push(serde_json::from_slice(&v).map_err(io(StorageIOError::read_logs))?);
+            size += v.len();
+            if size >= limit {
+                break;
+            }
         }
         Ok(out)
     }
