@@ -275,6 +275,48 @@ fn messages_over_4_mib_reach_the_other_nodes_and_large_retained_ones_are_refused
     );
 }
 
+/// A queued message whose expiry interval passed while its session waited is deleted, also when the session moves
+/// to another node [MQTT-3.3.2-5]; it used to arrive there with "1 s left".
+#[test]
+fn an_expired_queued_message_does_not_move_with_its_session() {
+    use skein_codec::*;
+    let c = Nodes::start(3);
+    let connect = |clean| {
+        let mut p = connect_packet(ProtocolVersion::V5, "mover", clean);
+        p.properties.session_expiry_interval = Some(300);
+        p
+    };
+    let (mut s, _) = Raw::connect(c.nodes[0].mqtt, connect(true));
+    s.send(&sub_packet(1, &[("mv/#", QoS::AtLeastOnce)]));
+    assert!(matches!(s.recv(), Some(Packet::SubAck(_))));
+    s.send(&Packet::Disconnect(Disconnect::default()));
+    assert_eq!(s.recv(), None);
+    let (mut publ, _) = Raw::connect(c.nodes[0].mqtt, connect_packet(ProtocolVersion::V5, "mv-pub", true));
+    for (id, (topic, expiry)) in [("mv/brief", 1), ("mv/lasting", 300)].into_iter().enumerate() {
+        let Packet::Publish(mut p) = publish_owned(topic, QoS::AtLeastOnce, id as u16 + 1, "m") else { unreachable!() };
+        p.properties.message_expiry_interval = Some(expiry);
+        publ.send(&Packet::Publish(p));
+        assert!(matches!(publ.recv(), Some(Packet::PubAck(_))));
+    }
+    // Past "brief"'s second: the interval is what is tested.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let (mut s, ack) = Raw::connect(c.nodes[1].mqtt, connect(false));
+    assert!(ack.session_present);
+    s.send(&publish("mv/zz", QoS::AtMostOnce, 0, b"end"));
+    let mut got = Vec::new();
+    loop {
+        let p = expect_publish(&mut s);
+        if p.topic == "mv/zz" {
+            break;
+        }
+        if p.qos == QoS::AtLeastOnce {
+            s.send(&Packet::PubAck(Ack::new(p.packet_id)));
+        }
+        got.push(p.topic.to_string());
+    }
+    assert_eq!(got, ["mv/lasting"], "only what has not expired moves with the session");
+}
+
 #[test]
 fn a_fourth_node_joins_through_any_member_as_a_learner() {
     let mut c = Nodes::start(3);

@@ -619,7 +619,12 @@ impl Session {
         };
         let mut messages: Vec<ExportedMessage> =
             self.inflight.iter().map(|i| one(&i.out, Some((i.packet_id, i.state)))).collect();
-        messages.extend(self.queue.iter().map(|o| one(o, None)));
+        // A queued message whose expiry interval has passed is deleted, not handed on [MQTT-3.3.2-5]: its encoding
+        // would say "1 s left" (an interval of 0 means none). One in flight has started its delivery and goes on.
+        let now = std::time::Instant::now();
+        messages.extend(
+            self.queue.iter().filter(|o| !(o.message.has_expiry() && o.message.is_expired(now))).map(|o| one(o, None)),
+        );
         SessionExport {
             subscriptions: self.subscriptions.iter().map(|(f, s)| (f.clone(), *s)).collect(),
             messages,
