@@ -317,6 +317,27 @@ fn an_expired_queued_message_does_not_move_with_its_session() {
     assert_eq!(got, ["mv/lasting"], "only what has not expired moves with the session");
 }
 
+/// `$SYS` values are each node's own, as a single broker's are: a subscriber sees those of the node it is connected
+/// to. Every node's used to reach every other node's subscribers, interleaved under the same topics, and the last
+/// one to arrive was the retained value.
+#[test]
+fn sys_topics_show_the_node_a_client_is_connected_to() {
+    let c = Nodes::start_with(3, &["--sys-interval", "1"]);
+    let (_sub, out) = mosquitto_sub(&c.nodes[1], &["-t", "$SYS/broker/uptime", "-v"]);
+    c.wait_node_routes(0, 2, 1);
+    // Two rounds of node 2's own.
+    out.wait_messages(2);
+    let forwarded = |i: usize| c.status(i)["forwarded"].as_u64();
+    assert_eq!((forwarded(0), forwarded(2)), (Some(0), Some(0)), "the other nodes sent theirs on");
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        clients.push(mosquitto_sub(&c.nodes[0], &["-t", "nothing"]));
+    }
+    // Node 1's count, not whichever node wrote last.
+    let (_s, count) = mosquitto_sub(&c.nodes[0], &["-t", "$SYS/broker/clients/connected", "-v"]);
+    count.wait_for(|l| l == "$SYS/broker/clients/connected 4");
+}
+
 #[test]
 fn a_fourth_node_joins_through_any_member_as_a_learner() {
     let mut c = Nodes::start(3);

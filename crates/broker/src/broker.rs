@@ -29,6 +29,11 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// A `$SYS` topic: the node's own values.
+fn is_sys(topic: &str) -> bool {
+    topic == "$SYS" || topic.starts_with("$SYS/")
+}
+
 fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     l.read().unwrap_or_else(|e| e.into_inner())
 }
@@ -900,6 +905,12 @@ impl Broker {
         let message = Arc::new(message);
         let mut routed = Routed::default();
         let replicate = self.keep_retained(&message, true, &mut routed);
+        // `$SYS` values are this node's own (its clients, its counters), as a single broker's are: a subscriber
+        // sees those of the node it is connected to, not every node's in turn under the same topics.
+        if is_sys(&message.topic) {
+            self.route_local(&message, &Groups::Except(&[]), &mut routed);
+            return routed;
+        }
         let forwarded = self.cluster.forward(&message, replicate, acceptance);
         self.route_local(&message, &Groups::Except(&forwarded.groups_elsewhere), &mut routed);
         routed.remote = forwarded.accepted;
@@ -911,8 +922,12 @@ impl Broker {
     /// publishing node asked this one to serve; with `groups_only`, to those groups alone (a message a departed
     /// member elsewhere left behind, which the plain subscribers here already had).
     pub fn publish_forwarded(&self, message: Message, groups: &[ByteString], groups_only: bool) -> Routed {
-        let message = Arc::new(message);
         let mut routed = Routed::default();
+        if is_sys(&message.topic) {
+            // Another node's own values (see `publish_counted`), from a version that still sent them.
+            return routed;
+        }
+        let message = Arc::new(message);
         if groups_only {
             self.route_local(&message, &Groups::GroupsOnly(groups), &mut routed);
             return routed;
