@@ -338,6 +338,45 @@ fn sys_topics_show_the_node_a_client_is_connected_to() {
     count.wait_for(|l| l == "$SYS/broker/clients/connected 4");
 }
 
+/// An UNSUBSCRIBE right after a session resumed on another node holds: what the old node still relays for the
+/// session while the routes change is matched against its subscriptions here. It used to be queued whatever the
+/// client had unsubscribed from [MQTT-3.10.4-2].
+#[test]
+fn an_unsubscribe_right_after_a_session_moved_holds() {
+    use skein_codec::*;
+    let c = Nodes::start(3);
+    let connect = |clean| {
+        let mut p = connect_packet(ProtocolVersion::V5, "unsub", clean);
+        p.properties.session_expiry_interval = Some(300);
+        p
+    };
+    let (mut s, _) = Raw::connect(c.nodes[0].mqtt, connect(true));
+    s.send(&sub_packet(1, &[("un/#", QoS::AtLeastOnce)]));
+    assert!(matches!(s.recv(), Some(Packet::SubAck(_))));
+    s.send(&Packet::Disconnect(Disconnect::default()));
+    assert_eq!(s.recv(), None);
+    let (mut s, ack) = Raw::connect(c.nodes[1].mqtt, connect(false));
+    assert!(ack.session_present);
+    s.send(&Packet::Unsubscribe(Unsubscribe {
+        packet_id: 2,
+        properties: Properties::default(),
+        filters: vec!["un/#".into()],
+    }));
+    assert!(matches!(s.recv(), Some(Packet::UnsubAck(a)) if a.reason_codes == [ReasonCode::Success]));
+    s.send(&sub_packet(3, &[("mark", QoS::AtMostOnce)]));
+    assert!(matches!(s.recv(), Some(Packet::SubAck(_))));
+    for i in 0..3 {
+        let (mut publ, _) =
+            Raw::connect(c.nodes[i].mqtt, connect_packet(ProtocolVersion::V5, &format!("un-pub{i}"), true));
+        publ.send(&publish_owned("un/x", QoS::AtLeastOnce, 1, format!("from node {}", i + 1)));
+        assert!(matches!(publ.recv(), Some(Packet::PubAck(_))));
+    }
+    // Acknowledged, so taken (and queued, were it still subscribed) before this.
+    s.send(&publish("mark", QoS::AtMostOnce, 0, b"end"));
+    let p = expect_publish(&mut s);
+    assert_eq!(p.topic, "mark", "{:?} came after the UNSUBACK", p.payload);
+}
+
 #[test]
 fn a_fourth_node_joins_through_any_member_as_a_learner() {
     let mut c = Nodes::start(3);
