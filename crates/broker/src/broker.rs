@@ -925,6 +925,7 @@ impl Broker {
         }
         let forwarded = self.cluster.forward(&message, replicate, acceptance);
         self.route_local(&message, &Groups::Except(&forwarded.groups_elsewhere), &mut routed);
+        self.hand_on_unserved(&message, &forwarded.groups_here, true);
         routed.remote = forwarded.accepted;
         routed.elsewhere = forwarded.elsewhere;
         routed
@@ -942,11 +943,36 @@ impl Broker {
         let message = Arc::new(message);
         if groups_only {
             self.route_local(&message, &Groups::GroupsOnly(groups), &mut routed);
+            // Handed on once already: not again, or two nodes whose members both went could pass it back and forth.
+            self.hand_on_unserved(&message, groups, false);
             return routed;
         }
         self.keep_retained(&message, false, &mut routed);
         self.route_local(&message, &Groups::Only(groups), &mut routed);
+        self.hand_on_unserved(&message, groups, true);
         routed
+    }
+
+    /// A message this node was to serve shared groups `groups` with, by a table made before the last member of one
+    /// left here (its route's removal is on its way through the log): that group gets it on another node that has
+    /// members, as the message of a member that left does (see `redeliver`); with none (or `hand_on` false) it is
+    /// dropped, counted and logged, not lost unseen.
+    fn hand_on_unserved(&self, message: &Arc<Message>, groups: &[ByteString], hand_on: bool) {
+        if groups.is_empty() {
+            return;
+        }
+        let unserved: Vec<&ByteString> = {
+            let router = read(&self.router);
+            groups.iter().filter(|g| !router.has_members(g)).collect()
+        };
+        for key in unserved {
+            if hand_on && self.cluster.forward_to_group(message, key) {
+                tracing::debug!(group = %key, "no member here any more; message handed to the group on another node");
+                continue;
+            }
+            Stats::add(&self.stats.publish_dropped, 1);
+            tracing::warn!(group = %key, topic = %message.topic, "shared group has no member left; message dropped");
+        }
     }
 
     /// Whether a retained message of `size` payload bytes on `topic` is more than the cluster keeps (see

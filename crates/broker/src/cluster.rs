@@ -100,6 +100,9 @@ pub struct Forwarded {
     pub elsewhere: bool,
     /// Shared groups (`$share/{group}/{filter}`) another node serves for this message: this node must not.
     pub groups_elsewhere: Vec<bytestring::ByteString>,
+    /// Shared groups the cluster's table says this node serves for this message (see [`crate::Broker`]'s hand-on
+    /// of a group whose last member here has just gone).
+    pub groups_here: Vec<bytestring::ByteString>,
 }
 
 /// What the broker tells the cluster, and asks of it.

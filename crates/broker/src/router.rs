@@ -153,6 +153,11 @@ impl Router {
         group.members.get(n).cloned()
     }
 
+    /// Whether shared group `key` has a member here.
+    pub fn has_members(&self, key: &str) -> bool {
+        self.groups.get(key).is_some_and(|g| !g.members.is_empty())
+    }
+
     /// Subscriptions held, over all sessions.
     pub fn len(&self) -> usize {
         self.subscriptions

@@ -1737,8 +1737,11 @@ impl skein_broker::Cluster for ClusterNode {
                 }
             }
         }
-        let mut forwarded =
-            skein_broker::cluster::Forwarded { elsewhere: !plan.nodes.is_empty(), ..Default::default() };
+        let mut forwarded = skein_broker::cluster::Forwarded {
+            elsewhere: !plan.nodes.is_empty(),
+            groups_here: plan.groups_here.iter().map(|g| g.as_str().into()).collect(),
+            ..Default::default()
+        };
         if plan.nodes.is_empty() && committed.is_none() {
             return forwarded;
         }

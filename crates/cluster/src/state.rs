@@ -213,6 +213,9 @@ pub struct Plan {
     pub nodes: smallvec::SmallVec<[(NodeId, Vec<String>); 4]>,
     /// Shared groups served elsewhere: this node must leave them.
     pub groups_elsewhere: Vec<String>,
+    /// Shared groups this node serves, by the table: if its last member here has just gone (the table does not
+    /// know yet), the broker hands the message to the group elsewhere.
+    pub groups_here: Vec<String>,
 }
 
 impl RouteIndex {
@@ -247,6 +250,7 @@ impl RouteIndex {
                 .find(|n| *n == me || !unreachable(*n))
                 .unwrap_or(g.nodes[turn % len]);
             if chosen == me {
+                plan.groups_here.push(g.key.clone());
                 return;
             }
             plan.groups_elsewhere.push(g.key.clone());
