@@ -209,16 +209,10 @@ fn a_retained_message_that_expired_while_a_node_was_down_stays_expired_there() {
         sub.send(&sub_packet(1, &[("exp/#", QoS::AtMostOnce)]));
         assert!(matches!(sub.recv(), Some(Packet::SubAck(_))));
         // The retained set comes before a message published after the SUBACK.
-        sub.send(&publish("exp/zz", QoS::AtMostOnce, 0, b"end"));
-        let mut got = Vec::new();
-        loop {
-            let p = expect_publish(&mut sub);
-            if p.topic == "exp/zz" {
-                break;
-            }
-            let left = p.properties.message_expiry_interval.unwrap_or(0);
-            got.push((p.topic.to_string(), (290..=298).contains(&left)));
-        }
+        let got: Vec<(String, bool)> = until_marker(&mut sub, "exp/zz")
+            .into_iter()
+            .map(|p| (p.topic.to_string(), (290..=298).contains(&p.properties.message_expiry_interval.unwrap_or(0))))
+            .collect();
         assert_eq!(
             got,
             [("exp/lasting".to_string(), true)],
@@ -275,22 +269,31 @@ fn messages_over_4_mib_reach_the_other_nodes_and_large_retained_ones_are_refused
     );
 }
 
+/// An MQTT 5.0 CONNECT of `client_id` with a 300 s session.
+fn lasting(client_id: &str, clean: bool) -> skein_codec::Connect {
+    let mut p = connect_packet(skein_codec::ProtocolVersion::V5, client_id, clean);
+    p.properties.session_expiry_interval = Some(300);
+    p
+}
+
+/// Leaves on `node` a persistent session of `client_id`, subscribed to `filter` at QoS 1, its client gone.
+fn leave_session(node: &Skein, client_id: &str, filter: &str) {
+    use skein_codec::*;
+    let (mut s, _) = Raw::connect(node.mqtt, lasting(client_id, true));
+    s.send(&sub_packet(1, &[(filter, QoS::AtLeastOnce)]));
+    assert!(matches!(s.recv(), Some(Packet::SubAck(_))));
+    s.send(&Packet::Disconnect(Disconnect::default()));
+    assert_eq!(s.recv(), None);
+}
+
 /// A queued message whose expiry interval passed while its session waited is deleted, also when the session moves
 /// to another node [MQTT-3.3.2-5]; it used to arrive there with "1 s left".
 #[test]
 fn an_expired_queued_message_does_not_move_with_its_session() {
     use skein_codec::*;
     let c = Nodes::start(3);
-    let connect = |clean| {
-        let mut p = connect_packet(ProtocolVersion::V5, "mover", clean);
-        p.properties.session_expiry_interval = Some(300);
-        p
-    };
-    let (mut s, _) = Raw::connect(c.nodes[0].mqtt, connect(true));
-    s.send(&sub_packet(1, &[("mv/#", QoS::AtLeastOnce)]));
-    assert!(matches!(s.recv(), Some(Packet::SubAck(_))));
-    s.send(&Packet::Disconnect(Disconnect::default()));
-    assert_eq!(s.recv(), None);
+    let connect = |clean| lasting("mover", clean);
+    leave_session(&c.nodes[0], "mover", "mv/#");
     let (mut publ, _) = Raw::connect(c.nodes[0].mqtt, connect_packet(ProtocolVersion::V5, "mv-pub", true));
     for (id, (topic, expiry)) in [("mv/brief", 1), ("mv/lasting", 300)].into_iter().enumerate() {
         let Packet::Publish(mut p) = publish_owned(topic, QoS::AtLeastOnce, id as u16 + 1, "m") else { unreachable!() };
@@ -302,18 +305,7 @@ fn an_expired_queued_message_does_not_move_with_its_session() {
     std::thread::sleep(std::time::Duration::from_millis(1500));
     let (mut s, ack) = Raw::connect(c.nodes[1].mqtt, connect(false));
     assert!(ack.session_present);
-    s.send(&publish("mv/zz", QoS::AtMostOnce, 0, b"end"));
-    let mut got = Vec::new();
-    loop {
-        let p = expect_publish(&mut s);
-        if p.topic == "mv/zz" {
-            break;
-        }
-        if p.qos == QoS::AtLeastOnce {
-            s.send(&Packet::PubAck(Ack::new(p.packet_id)));
-        }
-        got.push(p.topic.to_string());
-    }
+    let got: Vec<String> = until_marker(&mut s, "mv/zz").into_iter().map(|p| p.topic.to_string()).collect();
     assert_eq!(got, ["mv/lasting"], "only what has not expired moves with the session");
 }
 
@@ -345,16 +337,8 @@ fn sys_topics_show_the_node_a_client_is_connected_to() {
 fn an_unsubscribe_right_after_a_session_moved_holds() {
     use skein_codec::*;
     let c = Nodes::start(3);
-    let connect = |clean| {
-        let mut p = connect_packet(ProtocolVersion::V5, "unsub", clean);
-        p.properties.session_expiry_interval = Some(300);
-        p
-    };
-    let (mut s, _) = Raw::connect(c.nodes[0].mqtt, connect(true));
-    s.send(&sub_packet(1, &[("un/#", QoS::AtLeastOnce)]));
-    assert!(matches!(s.recv(), Some(Packet::SubAck(_))));
-    s.send(&Packet::Disconnect(Disconnect::default()));
-    assert_eq!(s.recv(), None);
+    let connect = |clean| lasting("unsub", clean);
+    leave_session(&c.nodes[0], "unsub", "un/#");
     let (mut s, ack) = Raw::connect(c.nodes[1].mqtt, connect(false));
     assert!(ack.session_present);
     s.send(&Packet::Unsubscribe(Unsubscribe {

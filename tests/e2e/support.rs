@@ -725,6 +725,23 @@ pub fn raw_subscriber(addr: SocketAddr, version: ProtocolVersion, client_id: &st
     raw
 }
 
+/// Publishes `marker` (QoS 0) on `raw`'s connection, which is subscribed to it, and returns every PUBLISH the
+/// broker sent before it comes back (acknowledging the QoS 1 ones): what was queued, or retained, before the marker.
+pub fn until_marker(raw: &mut Raw, marker: &str) -> Vec<Publish> {
+    raw.send(&publish(marker, QoS::AtMostOnce, 0, b"end"));
+    let mut got = Vec::new();
+    loop {
+        let p = expect_publish(raw);
+        if p.topic == marker {
+            return got;
+        }
+        if p.qos == QoS::AtLeastOnce {
+            raw.send(&Packet::PubAck(skein_codec::Ack::new(p.packet_id)));
+        }
+        got.push(p);
+    }
+}
+
 /// The next packet, which must be a PUBLISH.
 pub fn expect_publish(raw: &mut Raw) -> Publish {
     match raw.recv() {
