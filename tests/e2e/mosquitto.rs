@@ -117,6 +117,25 @@ fn wildcards_and_dollar_topics() {
     assert!(!all.messages().iter().any(|l| l.starts_with('$')), "{:?}", all.messages());
 }
 
+/// Mosquitto's `$SYS` counts of sessions and shared subscriptions: `clients/expired` (sessions ended by their
+/// expiry interval), `clients/inactive` (persistent sessions without a connection) and
+/// `shared_subscriptions/count`.
+#[test]
+fn sys_counts_expired_and_inactive_sessions_and_shared_subscriptions() {
+    let broker = Skein::start(&["--sys-interval", "1"]);
+    let (_shared, _) = mosquitto_sub(&broker, &["-t", "$share/g/x", "-q", "1"]);
+    for (id, expiry) in [("brief", "1"), ("lasting", "300")] {
+        let (sub, _) = mosquitto_sub(&broker, &["-V", "mqttv5", "-i", id, "-c", "-x", expiry, "-t", "s/t", "-E"]);
+        sub.wait_output(WAIT);
+    }
+    let (_sys, sys) = mosquitto_sub(&broker, &["-t", "$SYS/broker/#", "-v"]);
+    for line in
+        ["$SYS/broker/clients/expired 1", "$SYS/broker/clients/inactive 1", "$SYS/broker/shared_subscriptions/count 1"]
+    {
+        sys.wait_for(|l| l == line);
+    }
+}
+
 #[test]
 fn persistent_session_gets_queued_qos1_messages_on_return() {
     let broker = Skein::start(&[]);

@@ -444,6 +444,7 @@ impl Broker {
             return false;
         }
         tracing::debug!(client_id, "session expired");
+        Stats::add(&self.stats.sessions_expired, 1);
         state.persistent = false;
         let removed = self.clear_session(&session, &mut state);
         drop(state);
@@ -1303,6 +1304,11 @@ impl Broker {
 
     pub fn subscription_count(&self) -> usize {
         read(&self.router).len()
+    }
+
+    /// Shared subscriptions held here (members of `$share/...` groups).
+    pub fn shared_subscription_count(&self) -> usize {
+        read(&self.router).shared_len()
     }
 
     /// The client ids of the persistent sessions held here, connected or not.

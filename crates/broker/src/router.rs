@@ -158,6 +158,11 @@ impl Router {
         self.groups.get(key).is_some_and(|g| !g.members.is_empty())
     }
 
+    /// Shared subscriptions held, over all groups.
+    pub fn shared_len(&self) -> usize {
+        self.groups.values().map(|g| g.members.len()).sum()
+    }
+
     /// Subscriptions held, over all sessions.
     pub fn len(&self) -> usize {
         self.subscriptions

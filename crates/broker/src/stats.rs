@@ -19,6 +19,8 @@ pub struct Stats {
     pub bytes_received: AtomicU64,
     pub bytes_sent: AtomicU64,
     pub connections_refused: AtomicU64,
+    /// Persistent sessions ended by their expiry interval.
+    pub sessions_expired: AtomicU64,
     /// CONNECTs refused for their credentials (wrong password, unknown user, anonymous where not allowed).
     pub auth_failures: AtomicU64,
     /// Publishes and deliveries the ACL refused.

@@ -19,6 +19,8 @@ pub fn snapshot(broker: &Broker) -> Vec<(&'static str, String)> {
         ("$SYS/broker/clients/active", connected.to_string()),
         ("$SYS/broker/clients/total", sessions.max(connected).to_string()),
         ("$SYS/broker/clients/disconnected", sessions.saturating_sub(connected).to_string()),
+        ("$SYS/broker/clients/inactive", sessions.saturating_sub(connected).to_string()),
+        ("$SYS/broker/clients/expired", Stats::get(&s.sessions_expired).to_string()),
         ("$SYS/broker/clients/maximum", Stats::get(&s.clients_maximum).to_string()),
         ("$SYS/broker/messages/received", Stats::get(&s.messages_received).to_string()),
         ("$SYS/broker/messages/sent", Stats::get(&s.messages_sent).to_string()),
@@ -32,6 +34,7 @@ pub fn snapshot(broker: &Broker) -> Vec<(&'static str, String)> {
         ("$SYS/broker/bytes/sent", Stats::get(&s.bytes_sent).to_string()),
         ("$SYS/broker/retained messages/count", broker.retained_count().to_string()),
         ("$SYS/broker/subscriptions/count", broker.subscription_count().to_string()),
+        ("$SYS/broker/shared_subscriptions/count", broker.shared_subscription_count().to_string()),
     ]
 }
 
