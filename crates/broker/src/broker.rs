@@ -921,7 +921,7 @@ impl Broker {
         // `$SYS` values are this node's own (its clients, its counters), as a single broker's are: a subscriber
         // sees those of the node it is connected to, not every node's in turn under the same topics.
         if is_sys(&message.topic) {
-            self.route_local(&message, &Groups::Except(&[]), &mut routed);
+            self.route_local(&message, &Groups::All, &mut routed);
             return routed;
         }
         let forwarded = self.cluster.forward(&message, replicate, acceptance);
