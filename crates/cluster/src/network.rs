@@ -35,8 +35,9 @@ pub fn client(addr: &str) -> Result<ClusterClient<Channel>, tonic::transport::Er
 
 /// Lifts gRPC's 4 MiB message limit, both ways. An MQTT message may be up to 256 MiB, and one that is over 4 MiB
 /// must still reach the other nodes (as a forwarded batch, a Raft entry with a retained message, a session's
-/// queue handed over); a peer is a member, not a stranger. The server's side is `unlimited_server`.
-pub fn unlimited(c: ClusterClient<Channel>) -> ClusterClient<Channel> {
+/// queue handed over); a peer is a member, not a stranger. The server's side is lifted where the service starts
+/// (`ClusterNode::start`).
+fn unlimited(c: ClusterClient<Channel>) -> ClusterClient<Channel> {
     c.max_decoding_message_size(usize::MAX).max_encoding_message_size(usize::MAX)
 }
 
