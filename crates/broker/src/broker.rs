@@ -797,11 +797,9 @@ impl Broker {
         let Some(session) = lock(&self.sessions).get(client_id).cloned() else { return (false, false) };
         // The old node matched it with the subscriptions the session had there; the client may have unsubscribed
         // here since [MQTT-3.10.4-2]. Then it is not for the session any more: taken, and delivered to nobody.
-        let topic = &out.message.topic;
-        let subscribed = lock(&session.state).subscriptions.keys().any(|f| match skein_codec::topic::parse_filter(f) {
-            Ok(skein_codec::topic::Filter::Plain(f)) | Ok(skein_codec::topic::Filter::Shared { filter: f, .. }) => {
-                skein_codec::topic::matches(f, topic)
-            }
+        let name = &out.message.topic;
+        let subscribed = lock(&session.state).subscriptions.keys().any(|f| match topic::parse_filter(f) {
+            Ok(Filter::Plain(f) | Filter::Shared { filter: f, .. }) => topic::matches(f, name),
             Err(_) => false,
         });
         if !subscribed {

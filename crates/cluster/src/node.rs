@@ -784,13 +784,13 @@ impl ClusterNode {
         Ok(())
     }
 
-    /// Leaves the cluster cleanly: routes purged, membership without this node. The caller then shuts the node
-    /// down, which closes its clients with a reason so they reconnect elsewhere.
     /// `leave` was asked: this node is no member any more, or is on its way out.
     pub fn has_left(&self) -> bool {
         self.leaving.load(Ordering::Acquire)
     }
 
+    /// Leaves the cluster cleanly: routes purged, membership without this node. The caller then shuts the node
+    /// down, which closes its clients with a reason so they reconnect elsewhere.
     pub async fn leave(&self) -> Result<(), String> {
         self.leaving.store(true, Ordering::Release);
         self.propose(Command::Purge { node: self.id() }).await;
