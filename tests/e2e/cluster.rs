@@ -572,6 +572,8 @@ fn a_rolling_restart_behind_haproxy_loses_no_acknowledged_message() {
     out.wait_for(|l| l == "subscribed");
     let acked_so_far =
         || out.messages().iter().filter_map(|l| l.strip_prefix("acked ")?.parse::<u64>().ok()).max().unwrap_or(0);
+    // The logs of the processes stopped on the way, for a failure's report.
+    let mut stopped_logs = Vec::new();
     for i in 0..3 {
         // Traffic flows through the cluster as it is now, then node i goes and comes back.
         let before = acked_so_far();
@@ -579,6 +581,7 @@ fn a_rolling_restart_behind_haproxy_loses_no_acknowledged_message() {
             l.strip_prefix("acked ").and_then(|n| n.parse::<u64>().ok()).is_some_and(|n| n >= before + 25)
         });
         assert_eq!(c.nodes[i].stop(), Some(0), "node {} stops cleanly", i + 1);
+        stopped_logs.push(format!("node {} before its restart:\n{}", i + 1, c.nodes[i].log()));
         c.nodes[i] = c.spawn(i, &c.cluster_addrs.join(","));
         wait_ready(c.nodes[i].http.unwrap());
     }
@@ -592,7 +595,12 @@ fn a_rolling_restart_behind_haproxy_loses_no_acknowledged_message() {
     let published = v["published"].as_u64().unwrap();
     assert_eq!(acked.len() as u64, published, "every message was acknowledged in the end: {v}");
     let missing: Vec<_> = acked.iter().filter(|n| !received.contains(n)).collect();
-    assert!(missing.is_empty(), "acknowledged but never received: {missing:?} of {published}");
+    if !missing.is_empty() {
+        // Seen once in five full CI runs, not since: the nodes' own account of the moves, for whoever sees it next.
+        let logs: Vec<String> =
+            c.nodes.iter().enumerate().map(|(i, n)| format!("node {}:\n{}", i + 1, n.log())).collect();
+        panic!("acknowledged but never received: {missing:?} of {published}\n{v}\n{}", logs.join("\n"));
+    }
     let sessions: Vec<bool> = v["sessions"].as_array().unwrap().iter().map(|s| s.as_bool().unwrap()).collect();
     assert!(sessions.len() > 1, "the subscriber's node went away at least once: {sessions:?}");
     assert!(sessions[1..].iter().all(|s| *s), "every reconnect found the session: {sessions:?}");

@@ -803,6 +803,7 @@ impl Broker {
             Err(_) => false,
         });
         if !subscribed {
+            tracing::info!(%client_id, topic = %name, "a relayed message no subscription of the session matches now; not queued");
             return (true, false);
         }
         self.enqueue(&session, out, &mut None)
