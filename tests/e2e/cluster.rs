@@ -597,8 +597,8 @@ fn a_rolling_restart_behind_haproxy_loses_no_acknowledged_message() {
     let missing: Vec<_> = acked.iter().filter(|n| !received.contains(n)).collect();
     if !missing.is_empty() {
         // Seen once in five full CI runs, not since: the nodes' own account of the moves, for whoever sees it next.
-        let logs: Vec<String> =
-            c.nodes.iter().enumerate().map(|(i, n)| format!("node {}:\n{}", i + 1, n.log())).collect();
+        let now = c.nodes.iter().enumerate().map(|(i, n)| format!("node {} after:\n{}", i + 1, n.log()));
+        let logs: Vec<String> = stopped_logs.into_iter().chain(now).collect();
         panic!("acknowledged but never received: {missing:?} of {published}\n{v}\n{}", logs.join("\n"));
     }
     let sessions: Vec<bool> = v["sessions"].as_array().unwrap().iter().map(|s| s.as_bool().unwrap()).collect();
