@@ -607,17 +607,54 @@ fn a_rolling_restart_behind_haproxy_loses_no_acknowledged_message() {
 }
 
 /// A persistent QoS 2 session moves from node 1 to node 2 while node 3 publishes without a pause: every message
-/// arrives exactly once, in order. Node 1 relays what node 3 still sends it by the old routes, and nothing that
-/// node 3 has already sent to node 2 directly.
+/// arrives exactly once, in order. Node 1 relays what node 3 still sends it by the old routes, and node 2 takes each
+/// message once, whichever way it came.
 #[test]
 fn a_session_moving_between_nodes_while_a_third_publishes_gets_each_qos_2_message_once() {
+    let c = Nodes::start(3);
+    move_while_a_third_publishes(&c, &[0, 1], 100);
+    // The relay ends once the routes have changed: node 1's subscription and route go, and it relays no more.
+    c.wait_node_routes(2, 1, 0);
+    let metrics = http_get(c.nodes[0].http.unwrap(), "/metrics").expect("metrics").1;
+    assert!(metrics.lines().any(|l| l == "skein_cluster_relaying_sessions 0"), "{metrics}");
+}
+
+/// The same session goes back and forth between two nodes, staying a moment on each, while both still relay for
+/// it, and the node it moves to already routes its filter for another subscriber there: no message is lost or
+/// comes twice. The publishing node sends each message to both nodes then, and the copy that reaches the new node
+/// before the session's subscriptions is not the session's: the old node's relay must bring it.
+#[test]
+fn a_session_moving_back_and_forth_to_nodes_that_route_its_filter_anyway_gets_each_message_once() {
     use skein_codec::*;
     let c = Nodes::start(3);
-    let (mut sub, _) = Raw::connect(c.nodes[0].mqtt, connect_packet(ProtocolVersion::V311, "mover", false));
+    // Another subscriber of the filter on each of the two nodes, read all along.
+    let readers: Vec<_> = [0, 1]
+        .iter()
+        .map(|&i| {
+            let (mut other, _) =
+                Raw::connect(c.nodes[i].mqtt, connect_packet(ProtocolVersion::V311, &format!("other-{i}"), true));
+            other.send(&sub_packet(1, &[("mv/#", QoS::AtMostOnce)]));
+            assert!(matches!(other.recv(), Some(Packet::SubAck(_))));
+            std::thread::spawn(move || while other.recv().is_some() {})
+        })
+        .collect();
+    c.wait_node_routes(2, 1, 1);
+    c.wait_node_routes(2, 2, 1);
+    move_while_a_third_publishes(&c, &[0, 1, 0, 1, 0, 1], 40);
+    drop(c);
+    readers.into_iter().for_each(|r| r.join().unwrap());
+}
+
+/// A persistent QoS 2 session of a raw client starts on `path[0]` and moves along `path` (node indices), taking
+/// `per_stay` messages on each node before it moves on, while node 3 publishes QoS 2 to it without a pause, one
+/// flow at a time. Checks that every message came exactly once and in order.
+fn move_while_a_third_publishes(c: &Nodes, path: &[usize], per_stay: usize) {
+    use skein_codec::*;
+    let (mut sub, _) = Raw::connect(c.nodes[path[0]].mqtt, connect_packet(ProtocolVersion::V311, "mover", false));
     sub.send(&sub_packet(1, &[("mv/#", QoS::ExactlyOnce)]));
     assert!(matches!(sub.recv(), Some(Packet::SubAck(_))));
-    c.wait_session_owner("mover", Some(1));
-    c.wait_node_routes(2, 1, 1);
+    c.wait_session_owner("mover", Some(path[0] as u64 + 1));
+    c.wait_node_routes(2, path[0] as u64 + 1, 1);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let publisher_addr = c.nodes[2].mqtt;
     let stopping = stop.clone();
@@ -655,33 +692,39 @@ fn a_session_moving_between_nodes_while_a_third_publishes_gets_each_qos_2_messag
                     unreleased.remove(&a.packet_id);
                     raw.send(&Packet::PubComp(Ack::new(a.packet_id)));
                 }
-                other => panic!("expected PUBLISH or PUBREL, got {other:?}"),
+                other => panic!("expected PUBLISH or PUBREL, got {other:?} after {} messages", got.len()),
             }
         }
     };
     let mut got = Vec::new();
-    receive(&mut sub, &mut got, &|g: &[String]| g.len() >= 100);
-    sub.send(&Packet::Disconnect(Disconnect::default()));
-    drop(sub);
-    // Through node 2: the session moves there while the messages keep coming.
-    let (mut sub, ack) = Raw::connect(c.nodes[1].mqtt, connect_packet(ProtocolVersion::V311, "mover", false));
-    assert!(ack.session_present, "the session moved");
-    let moved_at = got.len();
-    receive(&mut sub, &mut got, &|g: &[String]| g.len() >= moved_at + 300);
+    for &next in &path[1..] {
+        let from = got.len();
+        receive(&mut sub, &mut got, &|g: &[String]| g.len() >= from + per_stay);
+        sub.send(&Packet::Disconnect(Disconnect::default()));
+        drop(sub);
+        // The session moves while the messages keep coming.
+        let (moved, ack) = Raw::connect(c.nodes[next].mqtt, connect_packet(ProtocolVersion::V311, "mover", false));
+        assert!(ack.session_present, "the session moved to node {}", next + 1);
+        sub = moved;
+    }
+    let from = got.len();
+    receive(&mut sub, &mut got, &|g: &[String]| g.len() >= from + per_stay);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let published = publisher.join().unwrap();
     receive(&mut sub, &mut got, &|g: &[String]| g.last().is_some_and(|l| l == "end"));
     let numbers: Vec<u32> = got[..got.len() - 1].iter().map(|s| s.parse().unwrap()).collect();
     let expected: Vec<u32> = (1..=published).collect();
     if numbers != expected {
-        let twice: Vec<_> = numbers.windows(2).filter(|w| w[0] == w[1]).map(|w| w[0]).collect();
-        let missing: Vec<_> = expected.iter().filter(|n| !numbers.contains(n)).collect();
-        panic!("{published} published; repeated {twice:?}, missing {missing:?}, order {numbers:?}");
+        let mut seen = std::collections::HashSet::new();
+        let twice: Vec<_> = numbers.iter().filter(|n| !seen.insert(**n)).collect();
+        let missing: Vec<_> = expected.iter().filter(|n| !seen.contains(n)).collect();
+        let logs: Vec<String> =
+            c.nodes.iter().enumerate().map(|(i, n)| format!("node {}:\n{}", i + 1, n.log())).collect();
+        panic!(
+            "{published} published; repeated {twice:?}, missing {missing:?}, order {numbers:?}\n{}",
+            logs.join("\n")
+        );
     }
-    // The relay ends once the routes have changed: node 1's subscription and route go, and it relays no more.
-    c.wait_node_routes(2, 1, 0);
-    let metrics = http_get(c.nodes[0].http.unwrap(), "/metrics").expect("metrics").1;
-    assert!(metrics.lines().any(|l| l == "skein_cluster_relaying_sessions 0"), "{metrics}");
 }
 
 #[test]
@@ -927,7 +970,14 @@ fn a_forwarded_batch_sent_again_after_the_receiving_node_restarted_is_delivered_
     };
     let message = skein_broker::message::Message::from_publish(publish, None);
     skein_cluster::handover::pack_message(&message, &[], 0, false, &mut packed);
-    let batch = ForwardBatch { batch_id: 1, from_node: 7, packed: packed.freeze(), epoch: 42, routes_index: 0 };
+    let batch = ForwardBatch {
+        batch_id: 1,
+        from_node: 7,
+        packed: packed.freeze(),
+        epoch: 42,
+        routes_index: 0,
+        ids: Default::default(),
+    };
     let rt = tokio::runtime::Runtime::new().unwrap();
     let forward = |addr: &str| {
         rt.block_on(async {

@@ -16,7 +16,7 @@ use tokio::sync::{Notify, oneshot, watch};
 use crate::auth::Auth;
 use crate::cluster::Cluster;
 use crate::config::BrokerConfig;
-use crate::message::Message;
+use crate::message::{Message, MessageId};
 use crate::retained::Retained;
 use crate::router::{Groups, Router, Subscriber, Target, delivered_qos};
 use crate::session::{Outgoing, Session, SessionExport, SessionLimits, StoreUpdate, Subscription};
@@ -657,6 +657,9 @@ impl Broker {
                         Subscriber { session: session.clone(), options: sub.options, id: sub.id },
                     );
                 }
+                // What it brought may still come here another way: by the old node's relay, or straight from a
+                // publishing node that routed it both there and here.
+                let moved_ids: Vec<MessageId> = export.messages.iter().map(|m| m.message.id).collect();
                 for m in export.messages {
                     let mut out = Outgoing {
                         message: Arc::new(m.message),
@@ -676,6 +679,7 @@ impl Broker {
                     state.restore(out, m.sent);
                 }
                 state.restore_incoming_qos2(&export.incoming_qos2);
+                state.moved_here(Instant::now() + self.cluster.moved_window(), moved_ids);
                 existed = true;
             }
             state.connected(connection_id, waker.clone(), version, limits);
@@ -913,7 +917,10 @@ impl Broker {
 
     /// [`Broker::publish`], where each other node a QoS 1/2 message goes to owes `acceptance` its acceptance: the
     /// publisher's acknowledgement waits for it, and for [`Routed::remote`].
-    pub fn publish_counted(&self, message: Message, acceptance: &mut crate::cluster::Acceptance) -> Routed {
+    pub fn publish_counted(&self, mut message: Message, acceptance: &mut crate::cluster::Acceptance) -> Routed {
+        if message.id.is_none() {
+            message.id = self.cluster.message_id();
+        }
         let message = Arc::new(message);
         let mut routed = Routed::default();
         let replicate = self.keep_retained(&message, true, &mut routed);
@@ -998,7 +1005,8 @@ impl Broker {
         // `$SYS` values are the node's own and current; a restart republishes them rather than restoring.
         let node_own = message.topic.starts_with('$');
         // Kept for long: in an allocation of its own, not a slice of the publisher's read buffer.
-        let kept = || Arc::new(message.compact());
+        // A retained message is a delivery of its own to each later subscriber, not a copy of the live one.
+        let kept = || Arc::new(Message { id: MessageId::NONE, ..message.compact() });
         if !node_own && self.cluster.replicates_retained() {
             if !here {
                 return false;
@@ -1022,7 +1030,8 @@ impl Broker {
         match message {
             // One that expired before it came (a node applying the log late, or again after a restart) is none.
             Some(m) if !m.is_expired(std::time::Instant::now()) => {
-                retained.set(Arc::new(m));
+                // Without the live message's id (see `keep_retained`).
+                retained.set(Arc::new(Message { id: MessageId::NONE, ..m }));
             }
             _ => {
                 retained.clear(topic);
@@ -1114,6 +1123,12 @@ impl Broker {
         if let Some(node) = state.relay_to() {
             drop(state);
             self.cluster.relay(node, &session.client_id, &out);
+            return (true, false);
+        }
+        if !state.first_delivery(out.message.id, Instant::now) {
+            // A session that has just moved here already has this message: it came another way too.
+            drop(state);
+            tracing::debug!(client_id = %session.client_id, topic = %out.message.topic, "a moved session already has this message; not queued twice");
             return (true, false);
         }
         if state.waker.is_none() {

@@ -147,6 +147,18 @@ pub trait Cluster: Send + Sync + 'static {
         let _ = (node, client_id, out);
     }
 
+    /// The id a message published on this node gets ([`crate::message::MessageId`]); none on a single node.
+    fn message_id(&self) -> crate::message::MessageId {
+        crate::message::MessageId::NONE
+    }
+
+    /// How long a session that moved here may still be sent copies of a message it already has (the old node's
+    /// relay, see [`Cluster::relay`], and what was on its way to either node): for that long it takes each message
+    /// id once ([`crate::session::Session::moved_here`]). Zero on a single node.
+    fn moved_window(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
+
     /// A connection of `client_id` attached here, with the session it took over if any: what other nodes relayed for
     /// that session meanwhile can be delivered now ([`crate::Broker::deliver_relayed`]).
     fn session_attached(&self, client_id: &str) {

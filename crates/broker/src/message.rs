@@ -22,6 +22,58 @@ pub struct Message {
     /// When this node received it, for its Message Expiry Interval; `None` for a message without one (the only
     /// use: a clock read for every message would cost more than the rest of building it).
     pub received: Option<Instant>,
+    /// Who published it where, in a cluster (see [`MessageId`]); [`MessageId::NONE`] on a single node.
+    pub id: MessageId,
+}
+
+/// A message's identity across a cluster: the node it was published on and a number that node gave it. Every copy
+/// of one publish carries the same id whichever way it went (forwarded, relayed for a session that moved, handed
+/// over with that session), so a session that has just moved, and may be reached by two of those ways at once,
+/// takes it once (see `Session::first_delivery`). Not kept in the store or the Raft log: it matters only while a
+/// message is on its way.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct MessageId {
+    pub node: u64,
+    pub seq: u64,
+}
+
+/// The next numbers of this process (`MessageId::next`), handed to threads in blocks: one shared count taken once
+/// per `ID_BLOCK` messages. Starts at the wall-clock millisecond shifted left by 20 bits, so that a restarted node
+/// goes on above the numbers of its last run unless it published more than a million messages a millisecond on
+/// average.
+static NEXT_ID_BLOCK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+const ID_BLOCK: u64 = 1024;
+
+thread_local! {
+    /// This thread's block of numbers: the next, and the end.
+    static ID_RANGE: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
+}
+
+impl MessageId {
+    /// No id: a single node's message, or one read back from the store.
+    pub const NONE: MessageId = MessageId { node: 0, seq: 0 };
+
+    pub fn is_none(&self) -> bool {
+        self.seq == 0
+    }
+
+    /// A new id for a message published on node `node`: unique in this process, and in practice across its
+    /// restarts (see `NEXT_ID_BLOCK`).
+    pub fn next(node: u64) -> MessageId {
+        use std::sync::atomic::Ordering;
+        let seq = ID_RANGE.with(|r| {
+            let (mut next, mut end) = r.get();
+            if next == end {
+                let start = unix_ms(SystemTime::now()) << 20;
+                let _ = NEXT_ID_BLOCK.compare_exchange(0, start, Ordering::Relaxed, Ordering::Relaxed);
+                next = NEXT_ID_BLOCK.fetch_add(ID_BLOCK, Ordering::Relaxed);
+                end = next + ID_BLOCK;
+            }
+            r.set((next + 1, end));
+            next
+        });
+        MessageId { node, seq }
+    }
 }
 
 /// Marks the wall-clock expiry after a stored message's PUBLISH (see [`Message::encode_stored_into`]).
@@ -52,6 +104,7 @@ impl Message {
             received: received_now(properties.as_deref()),
             properties,
             publisher,
+            id: MessageId::NONE,
         }
     }
 
@@ -72,7 +125,7 @@ impl Message {
         });
         let mut buf = BytesMut::with_capacity(packet.encoded_len(ProtocolVersion::V5).unwrap_or(0));
         match packet.encode(ProtocolVersion::V5, &mut buf).map(|_| Message::decode_v5(buf.freeze(), None)) {
-            Ok(Ok((m, _))) => Message { publisher: self.publisher.clone(), received: self.received, ..m },
+            Ok(Ok((m, _))) => Message { publisher: self.publisher.clone(), received: self.received, id: self.id, ..m },
             // A message the broker holds always encodes and decodes; if one did not, it stays as it is.
             _ => self.clone(),
         }
@@ -92,6 +145,7 @@ impl Message {
             received: received_now(properties.as_deref()),
             properties,
             publisher: Some(publisher),
+            id: MessageId::NONE,
         }
     }
 
@@ -105,6 +159,7 @@ impl Message {
             properties: None,
             publisher: None,
             received: None,
+            id: MessageId::NONE,
         }
     }
 
@@ -263,6 +318,7 @@ impl Message {
                 properties: None,
                 publisher,
                 received: None,
+                id: MessageId::NONE,
             };
             return Ok((message, Vec::new()));
         }
@@ -280,6 +336,18 @@ impl Message {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn message_ids_are_unique_across_threads_and_above_zero() {
+        let threads: Vec<_> =
+            (0..4).map(|_| std::thread::spawn(|| (0..3000).map(|_| MessageId::next(9)).collect::<Vec<_>>())).collect();
+        let all: Vec<MessageId> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+        assert!(all.iter().all(|id| id.node == 9 && !id.is_none()));
+        let unique: std::collections::HashSet<_> = all.iter().collect();
+        assert_eq!(unique.len(), all.len());
+        // Numbered from the clock: a later run starts above an earlier one's numbers.
+        assert!(all[0].seq >> 20 > 1_700_000_000_000, "{:?}", all[0]);
+    }
 
     fn with_expiry(interval: u32, waited: Duration) -> Message {
         let mut m = Message::system("t", "p", true);

@@ -12,7 +12,7 @@ use bytestring::ByteString;
 use futures_util::task::AtomicWaker;
 use skein_codec::{Ack, Packet, ProtocolVersion, QoS, ReasonCode, SubscriptionOptions};
 
-use crate::message::Message;
+use crate::message::{Message, MessageId};
 
 /// Wakes the connection attached to a session when the session has something new for it: a flag and the
 /// connection task's waker. Lighter than a `Notify` (no waiter list, no lock, no future for the connection to keep).
@@ -202,8 +202,8 @@ pub struct SessionLimits {
     pub topic_alias_maximum: u16,
 }
 
-/// The parts of a session few use: QoS 2 publishes from the client, topic aliases towards it. Boxed, as an empty
-/// map is 48 bytes inline in every session.
+/// The parts of a session few use: QoS 2 publishes from the client, topic aliases towards it, a move between nodes.
+/// Boxed, as an empty map is 48 bytes inline in every session.
 #[derive(Debug, Default)]
 struct Rare {
     /// QoS 2 identifiers received, PUBREL not yet: a repeated PUBLISH with one of these is not delivered again.
@@ -213,7 +213,24 @@ struct Rare {
     /// The node the session moved to, while this node still routes its messages there (see
     /// `Broker::take_over_relaying`).
     relay_to: Option<u64>,
+    /// The session has just moved here from another node: what it was given since (see `first_delivery`).
+    moved: Option<Box<Moved>>,
 }
+
+/// The messages a session that moved here was given while other nodes may still send it copies of them: the old
+/// node relays what it still gets for the session, while the publishing nodes already send here directly, and what
+/// the session brought with it may still come either way (see `Broker::connect`'s import).
+#[derive(Debug)]
+struct Moved {
+    until: std::time::Instant,
+    seen: HashSet<MessageId>,
+    /// `seen` in the order given, for forgetting the oldest past `MOVED_SEEN_MAX`.
+    order: VecDeque<MessageId>,
+}
+
+/// The most message ids a moved session remembers (about 40 bytes each): at thousands of messages a second for
+/// that one session, the oldest are forgotten before the window ends.
+const MOVED_SEEN_MAX: usize = 16_384;
 
 /// A client's session. Its client id is the handle's (`SessionHandle::client_id`).
 #[derive(Debug)]
@@ -312,6 +329,42 @@ impl Session {
         self.subscriptions = subscriptions;
         self.rare.get_or_insert_default().relay_to = Some(node);
         keys
+    }
+
+    /// The session has just moved here: until `until`, a message with one of the `ids` it brought, or
+    /// one it is given meanwhile, is not taken a second time (see `first_delivery`).
+    pub fn moved_here(&mut self, until: std::time::Instant, ids: impl IntoIterator<Item = MessageId>) {
+        let mut moved = Moved { until, seen: HashSet::new(), order: VecDeque::new() };
+        for id in ids.into_iter().filter(|id| !id.is_none()) {
+            if moved.seen.insert(id) {
+                moved.order.push_back(id);
+            }
+        }
+        self.rare.get_or_insert_default().moved = Some(Box::new(moved));
+    }
+
+    /// Whether a message with `id` is new to this session: always, but for a session that moved here within its
+    /// window (see `moved_here`), which takes each id once. `now` is asked only for such a session.
+    pub fn first_delivery(&mut self, id: MessageId, now: impl FnOnce() -> std::time::Instant) -> bool {
+        let Some(rare) = self.rare.as_mut() else { return true };
+        let Some(moved) = rare.moved.as_mut() else { return true };
+        if now() >= moved.until {
+            rare.moved = None;
+            return true;
+        }
+        if id.is_none() {
+            return true;
+        }
+        if !moved.seen.insert(id) {
+            return false;
+        }
+        moved.order.push_back(id);
+        if moved.order.len() > MOVED_SEEN_MAX
+            && let Some(old) = moved.order.pop_front()
+        {
+            moved.seen.remove(&old);
+        }
+        true
     }
 
     fn stored_keys(&self) -> Vec<u64> {
@@ -846,6 +899,32 @@ mod tests {
         updates.clear();
         assert!(s.on_pubcomp(1, &mut updates));
         assert_eq!(updates, vec![StoreUpdate::Done { key: 42 }]);
+    }
+
+    #[test]
+    fn a_session_that_moved_takes_each_message_id_once_within_its_window() {
+        use std::time::{Duration, Instant};
+        let id = |seq| MessageId { node: 2, seq };
+        let start = Instant::now();
+        let mut s = session(10, 10);
+        assert!(s.first_delivery(id(1), || panic!("no clock read for a session that never moved")));
+        assert!(s.first_delivery(id(1), Instant::now), "a session that never moved takes everything");
+        s.moved_here(start + Duration::from_secs(20), [id(5), MessageId::NONE, id(6)]);
+        assert!(!s.first_delivery(id(5), || start), "one it brought with it");
+        assert!(s.first_delivery(id(7), || start));
+        assert!(!s.first_delivery(id(7), || start), "one it was given since");
+        assert!(s.first_delivery(MessageId { node: 3, seq: 7 }, || start), "the same number from another node");
+        assert!(s.first_delivery(MessageId::NONE, || start) && s.first_delivery(MessageId::NONE, || start));
+        // Past the cap the oldest are forgotten, the newest kept.
+        for seq in 100..100 + MOVED_SEEN_MAX as u64 {
+            assert!(s.first_delivery(id(seq), || start));
+        }
+        assert!(s.first_delivery(id(5), || start), "forgotten past the cap");
+        assert!(!s.first_delivery(id(100 + MOVED_SEEN_MAX as u64 - 1), || start));
+        // After the window, the memory goes and everything is taken.
+        let later = start + Duration::from_secs(20);
+        assert!(s.first_delivery(id(7), || later));
+        assert!(s.first_delivery(id(7), || panic!("no clock read once the window is gone")));
     }
 
     #[test]

@@ -13,6 +13,8 @@ pub fn encode_message(m: &Message) -> Forwarded {
     Forwarded {
         publish: m.encode_v5(&[]),
         publisher: m.publisher.as_ref().map(|p| p.as_bytes().clone()).unwrap_or_default(),
+        id_node: m.id.node,
+        id_seq: m.id.seq,
     }
 }
 
@@ -100,6 +102,22 @@ pub fn pack_record(
     buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
 }
 
+/// Appends `id` to a `ForwardBatch.ids` run.
+pub fn pack_id(id: skein_broker::message::MessageId, ids: &mut BytesMut) {
+    use bytes::BufMut;
+    ids.put_u64(id.node);
+    ids.put_u64(id.seq);
+}
+
+/// The next id of a `ForwardBatch.ids` run, taken off its front; none once it has no whole id left.
+pub fn unpack_id(ids: &mut bytes::Bytes) -> skein_broker::message::MessageId {
+    use bytes::Buf;
+    if ids.len() < 16 {
+        return skein_broker::message::MessageId::NONE;
+    }
+    skein_broker::message::MessageId { node: ids.get_u64(), seq: ids.get_u64() }
+}
+
 /// The next record of a `ForwardBatch.packed` run, taken off the front of `packed`; `None` at its end. An error
 /// leaves the rest of the run unread: a record that cannot be read gives no way to find the next.
 pub fn unpack_message(packed: &mut bytes::Bytes) -> Option<Result<Unpacked, String>> {
@@ -165,7 +183,8 @@ fn unpack(packed: &mut bytes::Bytes) -> Result<Unpacked, String> {
 pub fn decode_message(f: &Forwarded) -> Option<Message> {
     let publisher =
         if f.publisher.is_empty() { None } else { Some(skein_codec::ByteString::try_from(f.publisher.clone()).ok()?) };
-    Message::decode_v5(f.publish.clone(), publisher).ok().map(|(m, _)| m)
+    let id = skein_broker::message::MessageId { node: f.id_node, seq: f.id_seq };
+    Message::decode_v5(f.publish.clone(), publisher).ok().map(|(m, _)| Message { id, ..m })
 }
 
 pub fn to_reply(export: Option<SessionExport>) -> TakeoverReply {
@@ -227,6 +246,7 @@ pub fn from_reply(r: TakeoverReply) -> Option<SessionExport> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use skein_broker::message::MessageId;
     use skein_codec::SubscriptionOptions;
 
     fn packed(records: &[(Message, Vec<String>, u64, bool)]) -> bytes::Bytes {
@@ -310,6 +330,23 @@ mod tests {
     }
 
     #[test]
+    fn ids_come_back_in_their_records_order_and_a_short_run_gives_none() {
+        let ids = [MessageId { node: 1, seq: 7 }, MessageId::NONE, MessageId { node: u64::MAX, seq: u64::MAX }];
+        let mut run = BytesMut::new();
+        for id in ids {
+            pack_id(id, &mut run);
+        }
+        assert_eq!(run.len(), 48);
+        let mut run = run.freeze();
+        let back: Vec<MessageId> = (0..4).map(|_| unpack_id(&mut run)).collect();
+        assert_eq!(back, [ids[0], ids[1], ids[2], MessageId::NONE], "past its end, a run has no ids");
+        // A batch from a version without ids: every record has none. A cut id is none, and ends the run.
+        assert!(unpack_id(&mut bytes::Bytes::new()).is_none());
+        let mut cut = bytes::Bytes::from_static(&[0; 15]);
+        assert!(unpack_id(&mut cut).is_none());
+    }
+
+    #[test]
     fn a_cut_or_damaged_run_is_an_error_never_a_panic() {
         let mut m = Message::system("t/u", "some payload", false);
         m.publisher = Some("pub".into());
@@ -345,7 +382,10 @@ mod tests {
             )],
             messages: vec![
                 ExportedMessage {
-                    message: Message::system("a/b", "one", false),
+                    message: Message {
+                        id: MessageId { node: 3, seq: 1 << 60 },
+                        ..Message::system("a/b", "one", false)
+                    },
                     qos: QoS::AtLeastOnce,
                     retain: false,
                     subscription_ids: vec![4],
@@ -366,6 +406,8 @@ mod tests {
         assert_eq!(back.subscriptions, export.subscriptions);
         assert_eq!(back.messages.len(), 2);
         assert_eq!(back.messages[0].sent, Some((9, InflightState::AwaitingPubAck)));
+        assert_eq!(back.messages[0].message.id, MessageId { node: 3, seq: 1 << 60 }, "its id goes with it");
+        assert!(back.messages[1].message.id.is_none());
         assert_eq!(&back.messages[1].message.payload[..], b"two");
         assert!(back.messages[1].retain && back.messages[1].sent.is_none());
         assert!(from_reply(to_reply(None)).is_none());

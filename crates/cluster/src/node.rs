@@ -210,15 +210,12 @@ struct Relay {
     to: NodeId,
     filters: Vec<String>,
     since: tokio::time::Instant,
-    /// When the routes were first seen in place, and the log index (`routes_index`) they were in place by.
-    settled: Option<(tokio::time::Instant, u64)>,
+    /// When the routes were first seen in place.
+    settled: Option<tokio::time::Instant>,
     handle: skein_broker::Relaying,
 }
 
 thread_local! {
-    /// While a forwarded batch is delivered on this thread: the log index of the route table its sender planned it
-    /// with (`ForwardBatch.routes_index`).
-    static PLANNED_AT: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
     /// While a forwarded batch, or a client's read (`begin_batch` to `end_batch`), is handled on this thread: the
     /// new nodes' acceptance of the QoS 1/2 messages it relayed, which its acknowledgements wait for. So the
     /// publisher is answered only once the session's new node has the message, and cannot send its next message,
@@ -913,10 +910,22 @@ impl ClusterNode {
             stored: None,
             group: None,
         };
-        let (queued, durable) = broker.deliver_relayed(&target.client_id, out);
+        let (queued, durable) = broker.deliver_relayed(&target.client_id, out.clone());
         if !queued {
-            self.forward_failures.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(client_id = %target.client_id, "a message relayed for a session that is not here; dropped");
+            // The session moved on from here before this reached it (back to where it came from, say): it goes
+            // after the session while this node still relays for it, by the latest relay (the session went there
+            // last from here: following those never leads back).
+            let onward = lock(&self.relays).iter().rev().find(|r| *r.client_id == *target.client_id).map(|r| r.to);
+            match onward {
+                Some(node) => {
+                    tracing::debug!(client_id = %target.client_id, to = node, "a message relayed for a session that moved on; relayed after it");
+                    skein_broker::Cluster::relay(self, node, &target.client_id, &out);
+                }
+                None => {
+                    self.forward_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(client_id = %target.client_id, "a message relayed for a session that is not here; dropped");
+                }
+            }
         }
         durable
     }
@@ -926,27 +935,9 @@ impl ClusterNode {
         if r.settled.is_some() {
             return;
         }
-        // Read before the table: the routes were in place by this index, or by a later one read as this.
-        let index = self.sm.routes_index.load(Ordering::Acquire);
         let applied = self.sm.inner.read().unwrap_or_else(|e| e.into_inner());
         if r.filters.iter().all(|f| applied.state.routes.get(f).is_some_and(|n| n.contains(&r.to))) {
-            r.settled = Some((tokio::time::Instant::now(), index));
-        }
-    }
-
-    /// Whether a message for the moved session of `client_id` goes on to `node`: yes until the routes to it are in
-    /// place here; after that, only what a node forwarded here by a plan of the table from before them (that plan
-    /// did not send it to `node` too). What is published here is planned with this node's table: with the routes
-    /// in place, it went to `node` directly.
-    fn relays_now(&self, node: NodeId, client_id: &str) -> bool {
-        let planned_at = PLANNED_AT.with(|p| p.get());
-        let mut relays = lock(&self.relays);
-        let Some(r) = relays.iter_mut().find(|r| r.to == node && r.client_id == client_id) else { return true };
-        self.settle(r);
-        match (r.settled, planned_at) {
-            (None, _) => true,
-            (Some((_, routed_at)), Some(planned_at)) => planned_at < routed_at,
-            (Some(_), None) => false,
+            r.settled = Some(tokio::time::Instant::now());
         }
     }
 
@@ -984,7 +975,7 @@ impl ClusterNode {
                 }
                 let limit = self.config.node_timeout;
                 let (ended, kept) = std::mem::take(&mut *relays).into_iter().partition(|r| {
-                    r.settled.is_some_and(|(at, _)| now.duration_since(at) >= RELAY_SETTLE)
+                    r.settled.is_some_and(|at| now.duration_since(at) >= RELAY_SETTLE)
                         || now.duration_since(r.since) >= limit
                 });
                 *relays = kept;
@@ -1579,9 +1570,9 @@ impl skein_broker::Cluster for ClusterNode {
     }
 
     fn relay(&self, node: u64, client_id: &skein_codec::ByteString, out: &skein_broker::session::Outgoing) {
-        if !self.relays_now(node, client_id) {
-            return;
-        }
+        // Everything the relay matches goes on, whatever the route table says: a publishing node may have sent the
+        // new node a copy too, or not (its route there predates the move, for another subscriber, and the copy came
+        // before the session), and the new node takes each message id once (`Cluster::moved_window`).
         let target = handover::Target {
             client_id: client_id.clone(),
             qos: out.qos,
@@ -1606,6 +1597,16 @@ impl skein_broker::Cluster for ClusterNode {
         if !self.send_to(node, relayed) {
             self.forward_failures.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    fn message_id(&self) -> skein_broker::message::MessageId {
+        skein_broker::message::MessageId::next(self.id())
+    }
+
+    fn moved_window(&self) -> Duration {
+        // A relay lasts at most the node timeout; what it and the publishing nodes sent may be resent after a
+        // reconnect within as long again.
+        self.config.node_timeout * 2
     }
 
     fn session_attached(&self, client_id: &str) {
@@ -2061,9 +2062,16 @@ fn forward_batch(from_node: NodeId, epoch: u64, batch_id: u64, items: &[Outbound
     for o in items {
         handover::pack_record(&o.message, &o.groups, o.retain_seq, o.groups_only, o.target.as_deref(), &mut buf);
     }
-    // The oldest plan's: a receiver relaying for a moved session relays what a plan this old did not send on.
+    let mut ids = bytes::BytesMut::new();
+    if items.iter().any(|o| !o.message.id.is_none()) {
+        ids.reserve(items.len() * 16);
+        for o in items {
+            handover::pack_id(o.message.id, &mut ids);
+        }
+    }
+    // The oldest plan's (for earlier versions, see `ForwardBatch.routes_index`).
     let routes_index = items.iter().map(|o| o.planned_at).min().unwrap_or(0);
-    ForwardBatch { batch_id, from_node, packed: buf.freeze(), epoch, routes_index }
+    ForwardBatch { batch_id, from_node, packed: buf.freeze(), epoch, routes_index, ids: ids.freeze() }
 }
 
 /// A number for a forward stream task, unlike any earlier one of this node's (and, in practice, of any run of it).
@@ -2342,18 +2350,21 @@ impl ClusterService for Service {
                     durable |= broker.publish_forwarded(m, &u.shared_groups, u.groups_only).durable;
                 };
                 let mut packed = batch.packed;
-                PLANNED_AT.with(|p| p.set(Some(batch.routes_index)));
+                let mut ids = batch.ids;
                 collect_relays();
                 while let Some(record) = handover::unpack_message(&mut packed) {
+                    let id = handover::unpack_id(&mut ids);
                     match record {
-                        Ok(u) => deliver(u),
+                        Ok(mut u) => {
+                            u.message.id = id;
+                            deliver(u)
+                        }
                         Err(error) => {
                             node.forward_failures.fetch_add(1, Ordering::Relaxed);
                             tracing::warn!(from = batch.from_node, %error, "a forwarded batch has a record that cannot be read; its rest is dropped");
                         }
                     }
                 }
-                PLANNED_AT.with(|p| p.set(None));
                 let relayed = relays_owed();
                 if durable {
                     mark_taken(&broker, batch.from_node, batch.epoch, batch.batch_id);
