@@ -10,12 +10,12 @@ use skein_codec::{Connect, MAX_PACKET_SIZE, Packet, Properties, ProtocolVersion,
 
 fn publish(payload: usize, v5: bool) -> Packet {
     let properties = if v5 {
-        Properties {
+        Properties::from(skein_codec::PropertyValues {
             message_expiry_interval: Some(60),
             content_type: Some("application/json".into()),
             user_properties: vec![("trace".into(), "0af7651916cd43dd".into())],
-            ..Properties::default()
-        }
+            ..Default::default()
+        })
     } else {
         Properties::default()
     };
@@ -35,19 +35,22 @@ fn connect_v5() -> Packet {
         protocol: ProtocolVersion::V5,
         clean_start: true,
         keep_alive: 60,
-        properties: Properties {
+        properties: Properties::from(skein_codec::PropertyValues {
             session_expiry_interval: Some(3600),
             receive_maximum: Some(100),
             topic_alias_maximum: Some(16),
-            ..Properties::default()
-        },
+            ..Default::default()
+        }),
         client_id: "device-0042".into(),
         will: Some(Will {
             topic: "fleet/device-0042/status".into(),
             payload: Bytes::from_static(b"offline"),
             qos: QoS::AtLeastOnce,
             retain: true,
-            properties: Properties { will_delay_interval: Some(5), ..Properties::default() },
+            properties: Properties::from(skein_codec::PropertyValues {
+                will_delay_interval: Some(5),
+                ..Default::default()
+            }),
         }),
         username: Some("device".into()),
         password: Some(Bytes::from_static(b"secret")),

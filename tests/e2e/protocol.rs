@@ -22,7 +22,7 @@ fn client_id_rules() {
     // MQTT 5.0 tells the client the id it got [MQTT-3.2.2-16].
     let (_, ack) = Raw::connect(broker.mqtt, connect_packet(ProtocolVersion::V5, "", true));
     assert_eq!(ack.reason_code, ReasonCode::Success);
-    let assigned = ack.properties.assigned_client_identifier.expect("Assigned Client Identifier");
+    let assigned = ack.properties.assigned_client_identifier.clone().expect("Assigned Client Identifier");
     assert!(!assigned.is_empty());
 }
 

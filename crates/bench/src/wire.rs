@@ -132,10 +132,10 @@ impl Client {
             protocol: target.version,
             clean_start: !target.persistent,
             keep_alive: 0,
-            properties: Properties {
+            properties: Properties::from(skein_codec::PropertyValues {
                 session_expiry_interval: (target.persistent && target.version.is_v5()).then_some(300),
-                ..Properties::default()
-            },
+                ..Default::default()
+            }),
             client_id: client_id.into(),
             will: None,
             username: target.username.as_deref().map(Into::into),
@@ -318,11 +318,11 @@ mod tests {
             retain: false,
             topic: "a/b".into(),
             packet_id: 77,
-            properties: skein_codec::Properties {
+            properties: skein_codec::Properties::from(skein_codec::PropertyValues {
                 message_expiry_interval: Some(60),
                 user_properties: vec![("k".into(), "v".into())],
                 ..Default::default()
-            },
+            }),
             payload: bytes::Bytes::from_static(b"the payload"),
         });
         let mut buf = BytesMut::new();

@@ -772,11 +772,11 @@ async fn authenticate<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                 .map_err(|_| ReasonCode::NotAuthorized)??;
                 match next {
                     // [MQTT-4.12.0-5]: the same method throughout.
-                    Packet::Auth(a)
+                    Packet::Auth(mut a)
                         if a.reason_code == ReasonCode::ContinueAuthentication
                             && a.properties.authentication_method.as_ref() == Some(name) =>
                     {
-                        data = a.properties.authentication_data;
+                        data = a.properties.take().authentication_data;
                     }
                     _ => return Err(ReasonCode::ProtocolError),
                 }
@@ -786,11 +786,11 @@ async fn authenticate<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
 }
 
 fn auth_packet(reason_code: ReasonCode, method: &ByteString, data: Option<Vec<u8>>) -> Packet {
-    let properties = Properties {
+    let properties = Properties::from(skein_codec::PropertyValues {
         authentication_method: Some(method.clone()),
         authentication_data: data.map(Bytes::from),
-        ..Properties::default()
-    };
+        ..Default::default()
+    });
     Packet::Auth(skein_codec::Auth { reason_code, properties })
 }
 

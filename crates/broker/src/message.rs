@@ -15,8 +15,8 @@ pub struct Message {
     pub qos: QoS,
     pub retain: bool,
     /// MQTT 5.0 properties that travel with the message (payload format, expiry, content type, response topic,
-    /// correlation data, user properties). `None` when there are none, which keeps 3.x traffic small.
-    pub properties: Option<Box<Properties>>,
+    /// correlation data, user properties). Empty (a null pointer) when there are none, as nearly always.
+    pub properties: Properties,
     /// Client id of the publisher, for MQTT 5.0 No Local.
     pub publisher: Option<ByteString>,
     /// When this node received it, for its Message Expiry Interval; `None` for a message without one (the only
@@ -84,8 +84,8 @@ fn unix_ms(t: SystemTime) -> u64 {
 }
 
 /// The receive time a message with these properties keeps (see `Message::received`).
-fn received_now(props: Option<&Properties>) -> Option<Instant> {
-    props.and_then(|p| p.message_expiry_interval).map(|_| Instant::now())
+fn received_now(props: &Properties) -> Option<Instant> {
+    props.message_expiry_interval.map(|_| Instant::now())
 }
 
 impl Message {
@@ -93,15 +93,17 @@ impl Message {
     /// message, so they are dropped here [MQTT-3.3.2-12]; the topic is the resolved one.
     pub fn from_publish(publish: Publish, publisher: Option<ByteString>) -> Message {
         let mut props = publish.properties;
-        props.topic_alias = None;
-        props.subscription_identifiers.clear();
-        let properties = if props.is_empty() { None } else { Some(Box::new(props)) };
+        if let Some(values) = props.values_mut() {
+            values.topic_alias = None;
+            values.subscription_identifiers.clear();
+        }
+        let properties = if props.is_empty() { Properties::default() } else { props };
         Message {
             topic: publish.topic,
             payload: publish.payload,
             qos: publish.qos,
             retain: publish.retain,
-            received: received_now(properties.as_deref()),
+            received: received_now(&properties),
             properties,
             publisher,
             id: MessageId::NONE,
@@ -120,7 +122,7 @@ impl Message {
             retain: self.retain,
             topic: self.topic.clone(),
             packet_id: if self.qos == QoS::AtMostOnce { 0 } else { 1 },
-            properties: self.properties.as_deref().cloned().unwrap_or_default(),
+            properties: self.properties.clone(),
             payload: self.payload.clone(),
         });
         let mut buf = BytesMut::with_capacity(packet.encoded_len(ProtocolVersion::V5).unwrap_or(0));
@@ -136,13 +138,13 @@ impl Message {
     pub fn from_will(will: skein_codec::Will, publisher: ByteString) -> Message {
         let mut props = will.properties;
         props.retain_allowed(PropertyContext::Publish);
-        let properties = if props.is_empty() { None } else { Some(Box::new(props)) };
+        let properties = if props.is_empty() { Properties::default() } else { props };
         Message {
             topic: will.topic,
             payload: will.payload,
             qos: will.qos,
             retain: will.retain,
-            received: received_now(properties.as_deref()),
+            received: received_now(&properties),
             properties,
             publisher: Some(publisher),
             id: MessageId::NONE,
@@ -156,7 +158,7 @@ impl Message {
             payload: payload.into(),
             qos: QoS::AtMostOnce,
             retain,
-            properties: None,
+            properties: Properties::default(),
             publisher: None,
             received: None,
             id: MessageId::NONE,
@@ -167,14 +169,14 @@ impl Message {
     /// interval counts from when this node received it (or read it back, with what was left of it then: see
     /// [`Message::decode_stored`]).
     pub fn expiry_left(&self, now: Instant) -> Option<u32> {
-        let interval = self.properties.as_deref()?.message_expiry_interval?;
+        let interval = self.properties.message_expiry_interval?;
         let waited = self.received.map_or(0, |r| now.saturating_duration_since(r).as_secs());
         Some(u32::try_from(u64::from(interval).saturating_sub(waited)).unwrap_or(0))
     }
 
     /// It has a Message Expiry Interval (checking costs a clock read only then).
     pub fn has_expiry(&self) -> bool {
-        self.properties.as_deref().is_some_and(|p| p.message_expiry_interval.is_some())
+        self.properties.message_expiry_interval.is_some()
     }
 
     /// Its Message Expiry Interval has passed: it is not delivered any more [MQTT-3.3.2-5].
@@ -196,7 +198,8 @@ impl Message {
     ) -> Publish {
         let mut properties = Properties::default();
         if version.is_v5() {
-            if let Some(p) = self.properties.as_deref() {
+            if !self.properties.is_empty() {
+                let p = &self.properties;
                 properties.clone_from(p);
                 // [MQTT-3.3.2-6]: the interval as received, less the time the message waited here.
                 if p.message_expiry_interval.is_some()
@@ -205,7 +208,9 @@ impl Message {
                     properties.message_expiry_interval = Some(left.max(1));
                 }
             }
-            properties.subscription_identifiers.extend_from_slice(sub_ids);
+            if !sub_ids.is_empty() {
+                properties.subscription_identifiers.extend_from_slice(sub_ids);
+            }
         }
         Publish { dup, qos, retain, topic: self.topic.clone(), packet_id, properties, payload: self.payload.clone() }
     }
@@ -222,7 +227,7 @@ impl Message {
         dup: bool,
         sub_ids: &[u32],
     ) -> Option<skein_codec::BarePublish<'_>> {
-        (!version.is_v5() || (self.properties.is_none() && sub_ids.is_empty())).then(|| skein_codec::BarePublish {
+        (!version.is_v5() || (self.properties.is_empty() && sub_ids.is_empty())).then(|| skein_codec::BarePublish {
             dup,
             qos,
             retain,
@@ -282,7 +287,7 @@ impl Message {
         if buf.len() == 9 && buf[0] == EXPIRES_AT {
             buf.advance(1);
             let at = buf.get_u64();
-            if let Some(p) = message.properties.as_deref_mut().filter(|p| p.message_expiry_interval.is_some()) {
+            if let Some(p) = message.properties.values_mut().filter(|p| p.message_expiry_interval.is_some()) {
                 let left_ms = at.saturating_sub(unix_ms(SystemTime::now()));
                 p.message_expiry_interval = Some(u32::try_from(left_ms.div_ceil(1000)).unwrap_or(u32::MAX));
                 message.received = Some(Instant::now());
@@ -293,7 +298,7 @@ impl Message {
 
     /// When its Message Expiry Interval ends, in milliseconds since the Unix epoch; `None` when it has none.
     fn expires_at(&self) -> Option<u64> {
-        let interval = self.properties.as_deref()?.message_expiry_interval?;
+        let interval = self.properties.message_expiry_interval?;
         let waited = self.received.map_or(Duration::ZERO, |r| r.elapsed());
         let now = SystemTime::now();
         Some(unix_ms(now + Duration::from_secs(interval.into())).saturating_sub(waited.as_millis() as u64))
@@ -315,7 +320,7 @@ impl Message {
                 payload: p.payload,
                 qos: p.qos,
                 retain: p.retain,
-                properties: None,
+                properties: Properties::default(),
                 publisher,
                 received: None,
                 id: MessageId::NONE,
@@ -351,7 +356,10 @@ mod tests {
 
     fn with_expiry(interval: u32, waited: Duration) -> Message {
         let mut m = Message::system("t", "p", true);
-        m.properties = Some(Box::new(Properties { message_expiry_interval: Some(interval), ..Default::default() }));
+        m.properties = Properties::from(skein_codec::PropertyValues {
+            message_expiry_interval: Some(interval),
+            ..Default::default()
+        });
         m.received = Some(Instant::now() - waited);
         m
     }
@@ -390,12 +398,12 @@ mod tests {
     #[test]
     fn compact_keeps_everything_but_the_buffer() {
         let read = Bytes::from(vec![b'x'; 16 * 1024]);
-        let properties = Properties {
+        let properties = Properties::from(skein_codec::PropertyValues {
             message_expiry_interval: Some(60),
             correlation_data: Some(read.slice(100..104)),
             user_properties: vec![("k".into(), "v".into())],
-            ..Properties::default()
-        };
+            ..Default::default()
+        });
         let p = Publish {
             dup: false,
             qos: QoS::AtLeastOnce,
@@ -416,6 +424,6 @@ mod tests {
         };
         assert!(inside(m.payload.as_ref()) && inside(m.topic.as_bytes()), "the original is a slice of the read");
         assert!(!inside(c.payload.as_ref()) && !inside(c.topic.as_bytes()), "the copy is not");
-        assert!(!inside(c.properties.as_ref().unwrap().correlation_data.as_deref().unwrap()));
+        assert!(!inside(c.properties.correlation_data.as_deref().unwrap()));
     }
 }

@@ -75,10 +75,10 @@ impl Subscription {
     pub fn encode_v5(&self, filter: &ByteString, buf: &mut BytesMut) {
         let packet = Packet::Subscribe(skein_codec::Subscribe {
             packet_id: 1,
-            properties: skein_codec::Properties {
+            properties: skein_codec::Properties::from(skein_codec::PropertyValues {
                 subscription_identifiers: self.id.into_iter().collect(),
                 ..Default::default()
-            },
+            }),
             filters: vec![(filter.clone(), self.options)],
         });
         // A filter taken from a decoded SUBSCRIBE always encodes again.
@@ -761,8 +761,10 @@ mod tests {
     fn an_expired_message_is_not_sent_and_leaves_the_store() {
         let mut s = session(10, 10);
         let mut expiring = Message::system("t/old", "x", false);
-        expiring.properties =
-            Some(Box::new(skein_codec::Properties { message_expiry_interval: Some(1), ..Default::default() }));
+        expiring.properties = skein_codec::Properties::from(skein_codec::PropertyValues {
+            message_expiry_interval: Some(1),
+            ..Default::default()
+        });
         expiring.received = Some(std::time::Instant::now() - std::time::Duration::from_secs(2));
         let stale = Outgoing {
             message: Arc::new(expiring),

@@ -45,11 +45,11 @@ impl AuthExchange for Exchange {
 }
 
 fn auth(reason_code: ReasonCode, data: &'static [u8]) -> Packet {
-    let properties = Properties {
+    let properties = Properties::from(skein_codec::PropertyValues {
         authentication_method: Some("CHALLENGE".into()),
         authentication_data: Some(Bytes::from_static(data)),
-        ..Properties::default()
-    };
+        ..Default::default()
+    });
     Packet::Auth(Auth { reason_code, properties })
 }
 
@@ -66,11 +66,11 @@ async fn broker() -> std::net::SocketAddr {
 
 async fn connect(addr: std::net::SocketAddr, method: &str, id: &str) -> Client {
     let mut c = Client::open(addr).await;
-    let properties = Properties {
+    let properties = Properties::from(skein_codec::PropertyValues {
         authentication_method: Some(method.into()),
         authentication_data: Some(Bytes::from_static(b"hello")),
-        ..Properties::default()
-    };
+        ..Default::default()
+    });
     c.send_connect(id, true, 30, properties).await;
     c
 }

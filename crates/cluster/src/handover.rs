@@ -300,11 +300,11 @@ mod tests {
                 retain: false,
                 topic: "p/q".into(),
                 packet_id: 3,
-                properties: skein_codec::Properties {
+                properties: skein_codec::Properties::from(skein_codec::PropertyValues {
                     message_expiry_interval: Some(30),
                     user_properties: vec![("k".into(), "v".into())],
                     ..Default::default()
-                },
+                }),
                 payload: bytes::Bytes::from_static(b"with properties"),
             },
             None,

@@ -32,8 +32,19 @@ pub use packet::{
     RetainHandling, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe, Will, decode, decode_bytes,
     decode_publish_parts, packet_size,
 };
-pub use properties::{Properties, PropertyContext};
+pub use properties::{Properties, PropertyContext, PropertyValues};
 pub use reason::{ALL_REASON_CODES, ReasonCode};
 pub use topic::{FilterTrie, TopicError};
 pub use types::{PacketType, ProtocolVersion, QoS};
 pub use wire::{MAX_REMAINING_LENGTH, put_varint};
+
+#[cfg(test)]
+mod tests {
+    /// A packet moves by value at each step from the decoder to its handler, and a PUBACK is as large as the largest
+    /// variant: with the property values inline (400 bytes), moving packets was 7.5% of a broker's CPU.
+    #[test]
+    fn a_packet_is_a_few_words_whatever_its_properties() {
+        assert_eq!(size_of::<crate::Properties>(), 8, "one pointer, null when there are none");
+        assert!(size_of::<crate::Packet>() <= 80, "{}", size_of::<crate::Packet>());
+    }
+}

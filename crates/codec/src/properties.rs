@@ -164,9 +164,10 @@ fn check_number(id: u8, value: u32) -> Result<(), DecodeError> {
 
 macro_rules! properties {
     ($( $(#[$doc:meta])* $id:literal => $field:ident: $ty:ty ),* $(,)?) => {
-        /// The properties of one packet. Fields a packet does not allow stay `None`; decoding rejects them.
+        /// The properties of one packet, as values (see [`Properties`], which holds them). Fields a packet does not
+        /// allow stay `None`; decoding rejects them.
         #[derive(Debug, Clone, Default, PartialEq, Eq)]
-        pub struct Properties {
+        pub struct PropertyValues {
             $( $(#[$doc])* pub $field: Option<$ty>, )*
             /// 0x0B Subscription Identifier: one in SUBSCRIBE, one per matching subscription in PUBLISH to a client.
             pub subscription_identifiers: Vec<u32>,
@@ -174,17 +175,23 @@ macro_rules! properties {
             pub user_properties: Vec<(ByteString, ByteString)>,
         }
 
-        impl Properties {
+        /// No property set: what an absent block reads as.
+        static NO_VALUES: PropertyValues = PropertyValues {
+            $( $field: None, )*
+            subscription_identifiers: Vec::new(),
+            user_properties: Vec::new(),
+        };
+
+        impl PropertyValues {
             /// True when no property is set (an empty block encodes as one zero byte).
             pub fn is_empty(&self) -> bool {
                 $( self.$field.is_none() && )* self.subscription_identifiers.is_empty() && self.user_properties.is_empty()
             }
 
-            /// Reads a property block (its length, then the properties) for `ctx`.
-            pub(crate) fn decode(r: &mut Reader, ctx: PropertyContext) -> Result<Properties, DecodeError> {
-                let len = r.varint()? as usize;
+            /// Reads the properties of a block of `len` bytes for `ctx`.
+            fn decode_body(r: &mut Reader, len: usize, ctx: PropertyContext) -> Result<PropertyValues, DecodeError> {
                 let mut r = r.sub(len)?;
-                let mut props = Properties::default();
+                let mut props = PropertyValues::default();
                 while !r.is_empty() {
                     let raw_id = r.varint()?;
                     let id = u8::try_from(raw_id).map_err(|_| DecodeError::UnknownProperty(0xff))?;
@@ -225,8 +232,7 @@ macro_rules! properties {
                 Ok(props)
             }
 
-            /// Drops every property `ctx` does not allow: what a will's properties need before the will is
-            /// published (Will Delay Interval is not a PUBLISH property), for instance.
+            /// Drops every property `ctx` does not allow (see [`Properties::retain_allowed`]).
             pub fn retain_allowed(&mut self, ctx: PropertyContext) {
                 let allows = |id: u8| contexts_of(id).is_some_and(|set| set & ctx.bit() != 0);
                 $( if !allows($id) { self.$field = None; } )*
@@ -320,7 +326,7 @@ properties! {
     0x2A => shared_subscription_available: u8,
 }
 
-impl Properties {
+impl PropertyValues {
     /// Rules between properties of one block.
     fn check(&self) -> Result<(), DecodeError> {
         if let Some(topic) = &self.response_topic {
@@ -331,6 +337,91 @@ impl Properties {
             return Err(DecodeError::AuthDataWithoutMethod);
         }
         Ok(())
+    }
+}
+
+/// The property block of one packet. Nearly every packet has none, so the values are boxed, and only when there are
+/// any: a packet without properties carries one null pointer rather than hundreds of bytes, moved with it at every
+/// step (every `Packet`, a PUBACK too, was as large as its largest variant's properties). Reads and writes go
+/// straight to the values (`props.message_expiry_interval`, through `Deref`/`DerefMut`); a write makes the box.
+#[derive(Clone, Default)]
+pub struct Properties(Option<Box<PropertyValues>>);
+
+impl std::ops::Deref for Properties {
+    type Target = PropertyValues;
+
+    fn deref(&self) -> &PropertyValues {
+        self.0.as_deref().unwrap_or(&NO_VALUES)
+    }
+}
+
+/// Makes the box if there is none yet: a write through it, even one that sets nothing, allocates. Check before
+/// writing where nearly every packet has no properties (see [`Properties::take`] for moving values out).
+impl std::ops::DerefMut for Properties {
+    fn deref_mut(&mut self) -> &mut PropertyValues {
+        self.make_mut()
+    }
+}
+
+impl From<PropertyValues> for Properties {
+    fn from(values: PropertyValues) -> Properties {
+        if values.is_empty() { Properties(None) } else { Properties(Some(Box::new(values))) }
+    }
+}
+
+impl PartialEq for Properties {
+    fn eq(&self, other: &Properties) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Properties {}
+
+impl std::fmt::Debug for Properties {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        (**self).fmt(f)
+    }
+}
+
+impl Properties {
+    /// The values to change, boxed from here on.
+    pub fn make_mut(&mut self) -> &mut PropertyValues {
+        self.0.get_or_insert_default()
+    }
+
+    /// The values, leaving none.
+    pub fn take(&mut self) -> PropertyValues {
+        self.0.take().map(|b| *b).unwrap_or_default()
+    }
+
+    /// The values to change, if there are any (no box is made).
+    pub fn values_mut(&mut self) -> Option<&mut PropertyValues> {
+        self.0.as_deref_mut()
+    }
+
+    /// True when no property is set (an empty block encodes as one zero byte).
+    pub fn is_empty(&self) -> bool {
+        self.0.as_deref().is_none_or(PropertyValues::is_empty)
+    }
+
+    /// Reads a property block (its length, then the properties) for `ctx`.
+    pub(crate) fn decode(r: &mut Reader, ctx: PropertyContext) -> Result<Properties, DecodeError> {
+        let len = r.varint()? as usize;
+        if len == 0 {
+            return Ok(Properties(None));
+        }
+        PropertyValues::decode_body(r, len, ctx).map(Properties::from)
+    }
+
+    /// Drops every property `ctx` does not allow: what a will's properties need before the will is published (Will
+    /// Delay Interval is not a PUBLISH property), for instance.
+    pub fn retain_allowed(&mut self, ctx: PropertyContext) {
+        if let Some(values) = self.0.as_deref_mut() {
+            values.retain_allowed(ctx);
+            if values.is_empty() {
+                self.0 = None;
+            }
+        }
     }
 
     /// Bytes the block takes on the wire, its length included.
@@ -416,7 +507,7 @@ mod tests {
 
     #[test]
     fn encode_then_decode_is_identity() {
-        let p = Properties {
+        let p = Properties::from(PropertyValues {
             payload_format_indicator: Some(1),
             message_expiry_interval: Some(60),
             content_type: Some("text/plain".into()),
@@ -425,8 +516,8 @@ mod tests {
             subscription_identifiers: vec![1, 268_435_455],
             user_properties: vec![("k".into(), "v".into()), ("k".into(), "w".into())],
             topic_alias: Some(3),
-            ..Properties::default()
-        };
+            ..PropertyValues::default()
+        });
         let mut buf = BytesMut::new();
         let len = p.encoded_len().unwrap();
         p.write(&mut buf);

@@ -108,14 +108,14 @@ fn connect_v5_with_properties_and_will_properties() {
         protocol: V5,
         clean_start: true,
         keep_alive: 10,
-        properties: Properties { session_expiry_interval: Some(10), ..Default::default() },
+        properties: Properties::from(PropertyValues { session_expiry_interval: Some(10), ..Default::default() }),
         client_id: s("id"),
         will: Some(Will {
             topic: s("t"),
             payload: Bytes::from_static(b"ok"),
             qos: QoS::AtMostOnce,
             retain: false,
-            properties: Properties { will_delay_interval: Some(5), ..Default::default() },
+            properties: Properties::from(PropertyValues { will_delay_interval: Some(5), ..Default::default() }),
         }),
         username: None,
         password: None,
@@ -154,7 +154,7 @@ fn connack_every_version() {
     both_ways(&[0x20, 2, 0, 5], V311, Packet::ConnAck(refused.clone()));
     both_ways(&[0x20, 3, 0, 0x87, 0], V5, Packet::ConnAck(refused));
     // 5.0 CONNACK properties as a server sends them.
-    let props = Properties {
+    let props = Properties::from(PropertyValues {
         assigned_client_identifier: Some(s("auto-1")),
         topic_alias_maximum: Some(10),
         receive_maximum: Some(20),
@@ -163,7 +163,7 @@ fn connack_every_version() {
         server_keep_alive: Some(30),
         shared_subscription_available: Some(1),
         ..Default::default()
-    };
+    });
     let mut bytes = vec![0x20, 0, 0, 0x00, 0];
     bytes.extend_from_slice(&[0x12, 0, 6]);
     bytes.extend_from_slice(b"auto-1");
@@ -198,7 +198,7 @@ fn publish_qos0_qos1_qos2_and_flags() {
 
 #[test]
 fn publish_v5_properties_and_topic_alias() {
-    let props = Properties {
+    let props = Properties::from(PropertyValues {
         payload_format_indicator: Some(1),
         message_expiry_interval: Some(60),
         topic_alias: Some(3),
@@ -208,7 +208,7 @@ fn publish_v5_properties_and_topic_alias() {
         content_type: Some(s("text/plain")),
         user_properties: vec![(s("k"), s("v"))],
         ..Default::default()
-    };
+    });
     let mut bytes = vec![0x32, 0, 0, 0, 0, 5, 0]; // topic "" (alias stands for it), packet id 5
     let mut p = vec![0x01, 1, 0x02, 0, 0, 0, 60, 0x03, 0, 10];
     p.extend_from_slice(b"text/plain");
@@ -251,7 +251,7 @@ fn acknowledgements_of_every_kind() {
     both_ways(&[0x40, 3, 0x12, 0x34, 0x10], V5, Packet::PubAck(no_subs));
     let refused = Ack {
         reason_code: ReasonCode::NotAuthorized,
-        properties: Properties { reason_string: Some(s("acl")), ..Default::default() },
+        properties: Properties::from(PropertyValues { reason_string: Some(s("acl")), ..Default::default() }),
         ..ack.clone()
     };
     both_ways(&[0x50, 10, 0x12, 0x34, 0x87, 6, 0x1F, 0, 3, b'a', b'c', b'l'], V5, Packet::PubRec(refused));
@@ -274,7 +274,7 @@ fn subscribe_and_suback() {
     both_ways(&[0x82, 13, 0, 1, 0, 0, 3, b'a', b'/', b'+', 1, 0, 1, b'#', 2], V5, Packet::Subscribe(sub));
     let v5 = Subscribe {
         packet_id: 2,
-        properties: Properties { subscription_identifiers: vec![9], ..Default::default() },
+        properties: Properties::from(PropertyValues { subscription_identifiers: vec![9], ..Default::default() }),
         filters: vec![(
             s("$share/g/t"),
             SubscriptionOptions {
@@ -329,17 +329,17 @@ fn ping_disconnect_auth() {
     both_ways(&[0xe0, 1, 0x8e], V5, Packet::Disconnect(Disconnect::new(ReasonCode::SessionTakenOver)));
     let with_props = Disconnect {
         reason_code: ReasonCode::UseAnotherServer,
-        properties: Properties { server_reference: Some(s("n2")), ..Default::default() },
+        properties: Properties::from(PropertyValues { server_reference: Some(s("n2")), ..Default::default() }),
     };
     both_ways(&[0xe0, 7, 0x9c, 5, 0x1C, 0, 2, b'n', b'2'], V5, Packet::Disconnect(with_props));
     both_ways(&[0xf0, 0], V5, Packet::Auth(Auth::default()));
     let auth = Auth {
         reason_code: ReasonCode::ContinueAuthentication,
-        properties: Properties {
+        properties: Properties::from(PropertyValues {
             authentication_method: Some(s("SCRAM")),
             authentication_data: Some(Bytes::from_static(b"x")),
             ..Default::default()
-        },
+        }),
     };
     both_ways(
         &[0xf0, 14, 0x18, 12, 0x15, 0, 5, b'S', b'C', b'R', b'A', b'M', 0x16, 0, 1, b'x'],
@@ -386,7 +386,7 @@ fn encoded_len_matches_encode() {
         retain: false,
         topic: s("t"),
         packet_id: 1,
-        properties: Properties { message_expiry_interval: Some(1), ..Default::default() },
+        properties: Properties::from(PropertyValues { message_expiry_interval: Some(1), ..Default::default() }),
         payload: Bytes::from(vec![0u8; 300]),
     });
     let mut buf = BytesMut::new();
@@ -502,7 +502,7 @@ fn publish_parts_read_a_publish_without_properties_as_the_full_decoder_does() {
         retain: false,
         topic: s("t"),
         packet_id: 1,
-        properties: Properties { message_expiry_interval: Some(9), ..Properties::default() },
+        properties: Properties::from(PropertyValues { message_expiry_interval: Some(9), ..Default::default() }),
         payload: bytes::Bytes::from_static(b"x"),
     };
     let mut wire = bytes::BytesMut::new();

@@ -75,7 +75,7 @@ fn properties(ctx: PropertyContext) -> impl Strategy<Value = Properties> {
         (vec(1u32..=268_435_455, 0..3), vec((string(), string()), 0..3)),
     );
     (a, b).prop_map(move |(a, b)| {
-        let mut p = Properties {
+        let mut p = Properties::from(PropertyValues {
             payload_format_indicator: a.0,
             message_expiry_interval: a.1,
             content_type: a.2,
@@ -103,7 +103,7 @@ fn properties(ctx: PropertyContext) -> impl Strategy<Value = Properties> {
             shared_subscription_available: b.10.2,
             subscription_identifiers: b.11.0,
             user_properties: b.11.1,
-        };
+        });
         p.retain_allowed(ctx);
         if ctx != PropertyContext::Publish && ctx != PropertyContext::Subscribe {
             p.subscription_identifiers.clear();

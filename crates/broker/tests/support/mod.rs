@@ -57,7 +57,10 @@ impl Client {
     pub async fn connect(addr: SocketAddr, id: &str, persistent: bool) -> Client {
         use skein_codec::ReasonCode;
         let mut c = Client::open(addr).await;
-        let properties = Properties { session_expiry_interval: persistent.then_some(300), ..Properties::default() };
+        let properties = Properties::from(skein_codec::PropertyValues {
+            session_expiry_interval: persistent.then_some(300),
+            ..Default::default()
+        });
         c.send_connect(id, !persistent, 0, properties).await;
         assert!(matches!(c.recv().await, Some(Packet::ConnAck(a)) if a.reason_code == ReasonCode::Success));
         c
