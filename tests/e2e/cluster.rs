@@ -645,6 +645,79 @@ fn a_session_moving_back_and_forth_to_nodes_that_route_its_filter_anyway_gets_ea
     readers.into_iter().for_each(|r| r.join().unwrap());
 }
 
+/// A QoS 2 message the session completed on its old node just before it moved does not come again on the new
+/// node: the publishing node sent it to both (the new node routes its filter for another subscriber), and the new
+/// node's copy was held up behind a large backlog in that node's forward stream, past the move. The new node takes
+/// the session only once the other nodes' streams to it have delivered what was sent before (`Flush`).
+#[test]
+fn a_message_completed_on_the_old_node_does_not_come_again_after_the_move() {
+    use skein_codec::*;
+    let c = Nodes::start(3);
+    let (old_node, new_node, publishing) = (0, 1, 2);
+    // On the new node: another subscriber of the session's filter, and a subscriber of a bulk topic that fills the
+    // publishing node's stream to it. Both read all along.
+    let readers: Vec<_> = [("other", "mv/#"), ("bulk", "bulk/#")]
+        .into_iter()
+        .map(|(id, filter)| {
+            let (mut r, _) = Raw::connect(c.nodes[new_node].mqtt, connect_packet(ProtocolVersion::V311, id, true));
+            r.send(&sub_packet(1, &[(filter, QoS::AtMostOnce)]));
+            assert!(matches!(r.recv(), Some(Packet::SubAck(_))));
+            std::thread::spawn(move || while r.recv().is_some() {})
+        })
+        .collect();
+    let (mut sub, _) = Raw::connect(c.nodes[old_node].mqtt, connect_packet(ProtocolVersion::V311, "completer", false));
+    sub.send(&sub_packet(1, &[("mv/#", QoS::ExactlyOnce)]));
+    assert!(matches!(sub.recv(), Some(Packet::SubAck(_))));
+    c.wait_session_owner("completer", Some(old_node as u64 + 1));
+    for node in [old_node as u64 + 1, new_node as u64 + 1] {
+        c.wait_node_routes(publishing, node, if node == new_node as u64 + 1 { 2 } else { 1 });
+    }
+    // The backlog: 32 MiB for the new node alone, then the message, which reaches the old node at once.
+    let (mut bulk, _) = Raw::connect(c.nodes[publishing].mqtt, connect_packet(ProtocolVersion::V311, "bulker", true));
+    let chunk = Bytes::from(vec![b'b'; 64 * 1024]);
+    for i in 0..512u16 {
+        bulk.send(&publish_owned(&format!("bulk/{i}"), QoS::AtMostOnce, 0, chunk.clone()));
+    }
+    let publisher_addr = c.nodes[publishing].mqtt;
+    let publisher = std::thread::spawn(move || {
+        let (mut p, _) = Raw::connect(publisher_addr, connect_packet(ProtocolVersion::V311, "once", true));
+        for (id, payload) in [(1, "m"), (2, "end")] {
+            p.send(&publish_owned("mv/t", QoS::ExactlyOnce, id, payload));
+            assert!(matches!(p.recv(), Some(Packet::PubRec(a)) if a.packet_id == id));
+            p.send(&Packet::PubRel(Ack::new(id)));
+            assert!(matches!(p.recv(), Some(Packet::PubComp(a)) if a.packet_id == id));
+        }
+    });
+    // Taken and completed on the old node.
+    let Some(Packet::Publish(m)) = sub.recv() else { panic!("the message on the old node") };
+    assert_eq!(&m.payload[..], b"m");
+    sub.send(&Packet::PubRec(Ack::new(m.packet_id)));
+    assert!(matches!(sub.recv(), Some(Packet::PubRel(a)) if a.packet_id == m.packet_id));
+    sub.send(&Packet::PubComp(Ack::new(m.packet_id)));
+    sub.send(&Packet::Disconnect(Disconnect::default()));
+    assert_eq!(sub.recv(), None);
+    let (mut sub, ack) =
+        Raw::connect(c.nodes[new_node].mqtt, connect_packet(ProtocolVersion::V311, "completer", false));
+    assert!(ack.session_present, "the session moved");
+    // Everything up to the end marker: "m" must not be among it.
+    let mut got = Vec::new();
+    while got.last().is_none_or(|l| l != "end") {
+        match sub.recv() {
+            Some(Packet::Publish(p)) => {
+                got.push(String::from_utf8(p.payload.to_vec()).unwrap());
+                sub.send(&Packet::PubRec(Ack::new(p.packet_id)));
+            }
+            Some(Packet::PubRel(a)) => sub.send(&Packet::PubComp(Ack::new(a.packet_id))),
+            other => panic!("expected PUBLISH or PUBREL, got {other:?} after {got:?}"),
+        }
+    }
+    assert_eq!(got, ["end"], "the message completed on the old node came again");
+    publisher.join().unwrap();
+    drop(bulk);
+    drop(c);
+    readers.into_iter().for_each(|r| r.join().unwrap());
+}
+
 /// A persistent QoS 2 session of a raw client starts on `path[0]` and moves along `path` (node indices), taking
 /// `per_stay` messages on each node before it moves on, while node 3 publishes QoS 2 to it without a pause, one
 /// flow at a time. Checks that every message came exactly once and in order.

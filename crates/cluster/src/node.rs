@@ -198,6 +198,8 @@ struct Outbound {
     accepted: Option<skein_broker::cluster::Owed>,
     /// For one session only (a relayed message).
     target: Option<Box<handover::Target>>,
+    /// Not a message: a mark in the stream, accepted once everything queued before it was delivered (see `flush`).
+    barrier: bool,
     /// The route table it was planned with, as of this log index (`StateMachine::routes_index`).
     planned_at: u64,
 }
@@ -234,6 +236,8 @@ fn relays_owed() -> skein_broker::cluster::Acceptance {
     RELAY_OWED.with(|r| r.borrow_mut().take()).unwrap_or_default()
 }
 
+/// How long a node a session moves to waits for each member to flush its forward stream to it (see `flush_peers`).
+const FLUSH_WAIT: Duration = Duration::from_secs(2);
 /// How long a relay goes on after the new node's routes are in place here.
 const RELAY_SETTLE: Duration = Duration::from_millis(500);
 /// How long relayed messages wait here for the session they are for to be attached.
@@ -948,6 +952,68 @@ impl ClusterNode {
         lock(&self.relay_inbox).entry(client_id.to_string()).or_insert_with(|| (now, Vec::new()));
     }
 
+    /// Resolves once everything queued for `node`'s forward stream so far has been delivered there: true then,
+    /// false if `node` cannot be reached or that takes longer than `limit`.
+    async fn flush_to(&self, node: NodeId, limit: Duration) -> bool {
+        let mut delivered = skein_broker::cluster::Acceptance::default();
+        let barrier = Outbound {
+            message: Arc::new(Message::system("", "", false)),
+            groups: Vec::new(),
+            retain_seq: 0,
+            groups_only: true,
+            accepted: Some(delivered.owe()),
+            target: None,
+            planned_at: 0,
+            barrier: true,
+        };
+        if !self.send_to(node, barrier) {
+            return false;
+        }
+        tokio::time::timeout(limit, delivered.wait()).await.unwrap_or(false)
+    }
+
+    /// Asks every other member to flush its forward stream to this node (see `Flush`), all at once, each for at most
+    /// `FLUSH_WAIT`: a session that moved here is taken only once the copies of its messages that other nodes sent
+    /// here before the move have arrived (and gone to the other subscribers they were for).
+    async fn flush_peers(&self) {
+        let me = self.id();
+        let flushes: Vec<_> = self
+            .members()
+            .into_iter()
+            .filter(|(id, _)| *id != me)
+            .map(|(id, addr)| {
+                tokio::spawn(async move {
+                    let asked = async {
+                        let mut c = network::client(&addr).ok()?;
+                        c.flush(crate::proto::FlushRequest { from_node: me }).await.ok().map(|r| r.into_inner().flushed)
+                    };
+                    let flushed = tokio::time::timeout(FLUSH_WAIT, asked).await.ok().flatten();
+                    if flushed != Some(true) {
+                        tracing::debug!(
+                            node = id,
+                            "forward stream to here not flushed before a moved session was taken"
+                        );
+                    }
+                })
+            })
+            .collect();
+        for f in flushes {
+            let _ = f.await;
+        }
+    }
+
+    /// `session`, handed over to this node, once the other members have flushed their forward streams to it (see
+    /// `flush_peers`), if it has subscriptions that copies could be for.
+    async fn flushed_for(
+        &self,
+        session: Option<skein_broker::session::SessionExport>,
+    ) -> Option<skein_broker::session::SessionExport> {
+        if session.as_ref().is_some_and(|s| !s.subscriptions.is_empty()) {
+            self.flush_peers().await;
+        }
+        session
+    }
+
     /// Sessions that moved from here and still relay (a stopping node waits for them, see `main.rs`'s `drain`).
     pub fn relaying(&self) -> usize {
         lock(&self.relays).len()
@@ -1536,6 +1602,7 @@ impl skein_broker::Cluster for ClusterNode {
             accepted: None,
             target: None,
             planned_at: self.sm.routes_index.load(Ordering::Acquire),
+            barrier: false,
         };
         self.send_to(node, out)
     }
@@ -1591,6 +1658,7 @@ impl skein_broker::Cluster for ClusterNode {
             accepted,
             target: Some(Box::new(target)),
             planned_at: self.sm.routes_index.load(Ordering::Acquire),
+            barrier: false,
         };
         self.forwarded.fetch_add(1, Ordering::Relaxed);
         self.relayed.fetch_add(1, Ordering::Relaxed);
@@ -1660,16 +1728,14 @@ impl skein_broker::Cluster for ClusterNode {
             }
             return None;
         }
+        let me_node = self.this.upgrade()?;
         let Some(claim) = claim else {
             // Wants an old session but keeps none itself (MQTT 5.0, no expiry): it is not in the registry, so
             // every peer is asked.
             self.await_relays(client_id);
-            return Some(Box::pin(ask_all(
-                peers.into_iter().map(|(_, a)| a).collect(),
-                request(client_id, true, since, me),
-            )));
+            let asked = ask_all(peers.into_iter().map(|(_, a)| a).collect(), request(client_id, true, since, me));
+            return Some(Box::pin(async move { me_node.flushed_for(asked.await).await }));
         };
-        let me_node = self.this.upgrade()?;
         let client_id = client_id.to_string();
         // Asks the node that held the session, and tells the others to close any connection of the id.
         Some(Box::pin(async move {
@@ -1680,8 +1746,9 @@ impl skein_broker::Cluster for ClusterNode {
                     lock(&me_node.claim_waiters).remove(&(client_id.clone(), since));
                     tracing::debug!(%client_id, "claim not applied in time; asking every peer for the session");
                     me_node.await_relays(&client_id);
-                    return ask_all(peers.into_iter().map(|(_, a)| a).collect(), request(&client_id, true, since, me))
-                        .await;
+                    let asked =
+                        ask_all(peers.into_iter().map(|(_, a)| a).collect(), request(&client_id, true, since, me));
+                    return me_node.flushed_for(asked.await).await;
                 }
             };
             let owner = claimed.previous.filter(|p| claimed.won && p.node != me).map(|p| p.node);
@@ -1692,7 +1759,7 @@ impl skein_broker::Cluster for ClusterNode {
             match owner_addr {
                 Some(addr) => {
                     me_node.await_relays(&client_id);
-                    ask(addr, request(&client_id, true, since, me)).await
+                    me_node.flushed_for(ask(addr, request(&client_id, true, since, me)).await).await
                 }
                 // Nobody else held it (or a later connect of the id claimed it first: this one is the older and
                 // starts afresh; `reconcile_clients` ends it if it is still here).
@@ -1771,6 +1838,7 @@ impl skein_broker::Cluster for ClusterNode {
                 accepted,
                 target: None,
                 planned_at,
+                barrier: false,
             };
             self.queue_to(node, out);
         }
@@ -1958,7 +2026,7 @@ async fn forward_loop(
                     let Some(first) = item else { break 'connect };
                     let Some(items) = take_batch(&mut rx, Some(first)) else { continue };
                     let batch = forward_batch(node.id(), epoch, next_batch, &items);
-                    node.forwarded.fetch_add(items.len() as u64, Ordering::Relaxed);
+                    node.forwarded.fetch_add(items.iter().filter(|o| !o.barrier).count() as u64, Ordering::Relaxed);
                     node.forward_batches.fetch_add(1, Ordering::Relaxed);
                     node.forward_pending.fetch_add(items.len() as u64, Ordering::Relaxed);
                     let since = tokio::time::Instant::now();
@@ -2006,6 +2074,8 @@ async fn forward_loop(
 /// Readies messages to wait for a node that cannot be reached: drops the QoS 0 ones (returning how many) and gives
 /// each other its own allocation (see `Unacked::compact`).
 fn keep_waiting(items: &mut Vec<Outbound>) -> u64 {
+    // A barrier goes too, uncounted: its flush fails at once rather than wait for a node that cannot be reached.
+    items.retain(|o| !o.barrier);
     let before = items.len();
     items.retain(|o| o.message.qos != skein_codec::QoS::AtMostOnce);
     for o in items.iter_mut() {
@@ -2059,13 +2129,13 @@ fn forward_batch(from_node: NodeId, epoch: u64, batch_id: u64, items: &[Outbound
     let mut buf = bytes::BytesMut::with_capacity(
         items.iter().map(|o| o.message.payload.len() + o.message.topic.len() + 40).sum(),
     );
-    for o in items {
+    for o in items.iter().filter(|o| !o.barrier) {
         handover::pack_record(&o.message, &o.groups, o.retain_seq, o.groups_only, o.target.as_deref(), &mut buf);
     }
     let mut ids = bytes::BytesMut::new();
     if items.iter().any(|o| !o.message.id.is_none()) {
         ids.reserve(items.len() * 16);
-        for o in items {
+        for o in items.iter().filter(|o| !o.barrier) {
             handover::pack_id(o.message.id, &mut ids);
         }
     }
@@ -2293,6 +2363,15 @@ impl ClusterService for Service {
         Ok(Response::new(ElectReply {}))
     }
 
+    async fn flush(
+        &self,
+        request: Request<crate::proto::FlushRequest>,
+    ) -> Result<Response<crate::proto::FlushReply>, Status> {
+        let from = request.into_inner().from_node;
+        let flushed = self.0.flush_to(from, FLUSH_WAIT).await;
+        Ok(Response::new(crate::proto::FlushReply { flushed }))
+    }
+
     async fn release(&self, request: Request<ReleaseRequest>) -> Result<Response<ReleaseReply>, Status> {
         let Some(broker) = self.0.broker.get() else { return Ok(Response::new(ReleaseReply {})) };
         for req in request.into_inner().clients {
@@ -2426,6 +2505,7 @@ mod tests {
             accepted: None,
             target: None,
             planned_at: 0,
+            barrier: false,
         }
     }
 
