@@ -393,6 +393,9 @@ const LEADERSHIP_HANDOFF: Duration = Duration::from_secs(4);
 /// Keeps the node answering its peers (not its MQTT listeners, closed by now) until the persistent sessions in
 /// `moving` have been taken over by the nodes their clients reconnected to, or `limit` has passed. A client that
 /// reconnects only after that starts afresh, as when a node goes down.
+/// How long a stopping node waits, once its relays have ended, for the other nodes to take what it sent them.
+const RELAYED_WAIT: Duration = Duration::from_secs(2);
+
 async fn drain(broker: &Broker, node: Option<&ClusterNode>, moving: Vec<skein_codec::ByteString>, limit: Duration) {
     if moving.is_empty() || limit.is_zero() {
         return;
@@ -408,6 +411,13 @@ async fn drain(broker: &Broker, node: Option<&ClusterNode>, moving: Vec<skein_co
         let left = moving.iter().filter(|id| broker.holds_session(id)).count();
         if left == 0 && relaying() == 0 {
             tracing::info!("every persistent session moved to the node its client reconnected to");
+            // What the relays sent on last is taken by the new nodes before this node goes: the batches it came in
+            // were not acknowledged before that, and a sender would give them again to this node's next run, which
+            // has no session to take them.
+            let sent = tokio::time::Instant::now() + RELAYED_WAIT;
+            while node.is_some_and(|n| n.forward_pending() > 0) && tokio::time::Instant::now() < sent {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             return;
         }
         if tokio::time::Instant::now() >= deadline {

@@ -110,6 +110,8 @@ pub struct ClusterNode {
     forward_seen: Mutex<HashMap<NodeId, (u64, u64)>>,
     /// Sessions that moved from here and whose subscriptions still relay to their new node (see `Relay`).
     relays: Mutex<Vec<Relay>>,
+    /// Take-over requests being answered (see `relaying`).
+    handing_over: AtomicUsize,
     /// Sessions being taken over here: what the node they leave relays for them before they are attached waits here
     /// (client id → when the take-over began, the messages).
     relay_inbox: Mutex<HashMap<String, (tokio::time::Instant, Vec<handover::Unpacked>)>>,
@@ -236,6 +238,19 @@ fn relays_owed() -> skein_broker::cluster::Acceptance {
     RELAY_OWED.with(|r| r.borrow_mut().take()).unwrap_or_default()
 }
 
+/// Runs `f` when dropped (at the end of a scope, however it is left).
+fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
+}
+
 /// How long a node a session moves to waits for each member to flush its forward stream to it (see `flush_peers`).
 const FLUSH_WAIT: Duration = Duration::from_secs(2);
 /// How long a relay goes on after the new node's routes are in place here.
@@ -321,6 +336,7 @@ impl ClusterNode {
             forward_down_count: AtomicUsize::new(0),
             forward_seen: Mutex::new(HashMap::new()),
             relays: Mutex::new(Vec::new()),
+            handing_over: AtomicUsize::new(0),
             relay_inbox: Mutex::new(HashMap::new()),
             releasers: Mutex::new(HashMap::new()),
             forward_failures: AtomicU64::new(0),
@@ -1014,9 +1030,15 @@ impl ClusterNode {
         session
     }
 
-    /// Sessions that moved from here and still relay (a stopping node waits for them, see `main.rs`'s `drain`).
+    /// Sessions that moved from here and still relay, or are being handed over now (a stopping node waits for
+    /// them, see `main.rs`'s `drain`).
     pub fn relaying(&self) -> usize {
-        lock(&self.relays).len()
+        lock(&self.relays).len() + self.handing_over.load(Ordering::Acquire)
+    }
+
+    /// Messages sent to other nodes and not yet acknowledged by them.
+    pub fn forward_pending(&self) -> u64 {
+        self.forward_pending.load(Ordering::Relaxed)
     }
 
     fn is_member(&self, id: NodeId) -> bool {
@@ -2341,6 +2363,12 @@ impl ClusterService for Service {
         // A request from a node that says who it is (and is not this one) gets what comes for the session meanwhile.
         let relay_to =
             (req.want_session && req.from_node != node.id() && node.is_member(req.from_node)).then_some(req.from_node);
+        // Counted as relaying from before the session leaves the broker's registry until its relay is in place, so
+        // that a stopping node's drain never sees neither (see `relaying`).
+        node.handing_over.fetch_add(1, Ordering::AcqRel);
+        let _handed = scopeguard(|| {
+            node.handing_over.fetch_sub(1, Ordering::AcqRel);
+        });
         let (export, relaying) =
             broker.take_over_relaying(&req.client_id, req.want_session, newer_than, relay_to).await;
         if let (Some(export), Some(handle), Some(to)) = (&export, relaying, relay_to) {
