@@ -29,6 +29,15 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Whether a subscription of `state` matches `topic` (a relayed message was matched with the subscriptions the
+/// session had on its old node; the client may have unsubscribed since [MQTT-3.10.4-2]).
+fn subscribed(state: &Session, topic: &str) -> bool {
+    state.subscriptions.keys().any(|f| match topic::parse_filter(f) {
+        Ok(Filter::Plain(f) | Filter::Shared { filter: f, .. }) => topic::matches(f, topic),
+        Err(_) => false,
+    })
+}
+
 /// A `$SYS` topic: the node's own values.
 fn is_sys(topic: &str) -> bool {
     topic == "$SYS" || topic.starts_with("$SYS/")
@@ -660,8 +669,9 @@ impl Broker {
                 // What it brought may still come here another way: by the old node's relay, or straight from a
                 // publishing node that routed it both there and here.
                 let moved_ids: Vec<MessageId> = export.messages.iter().map(|m| m.message.id).collect();
-                for m in export.messages {
-                    let mut out = Outgoing {
+                state.moved_here(Instant::now() + self.cluster.moved_window(), moved_ids);
+                let exported = export.messages.into_iter().map(|m| {
+                    let out = Outgoing {
                         message: Arc::new(m.message),
                         qos: m.qos,
                         retain: m.retain,
@@ -669,17 +679,24 @@ impl Broker {
                         stored: None,
                         group: None,
                     };
+                    (out, m.sent)
+                });
+                // Then what the old node relayed while the session was on its way, before anything sent here
+                // directly can reach it (that waits for this lock): a message relayed there came before such a one.
+                let mut held = self.cluster.take_held(&client_id);
+                held.retain(|out| subscribed(&state, &out.message.topic));
+                held.retain(|out| state.first_delivery(out.message.id, Instant::now));
+                for (mut out, sent) in exported.chain(held.into_iter().map(|out| (out, None))) {
                     if persistent
                         && let Some(store) = &self.store
                         && let Ok(key) = store.next_key()
                     {
-                        store.put_queued(&client_id, key, &out, m.sent);
+                        store.put_queued(&client_id, key, &out, sent);
                         out.stored = Some(key);
                     }
-                    state.restore(out, m.sent);
+                    state.restore(out, sent);
                 }
                 state.restore_incoming_qos2(&export.incoming_qos2);
-                state.moved_here(Instant::now() + self.cluster.moved_window(), moved_ids);
                 existed = true;
             }
             state.connected(connection_id, waker.clone(), version, limits);
@@ -802,11 +819,7 @@ impl Broker {
         // The old node matched it with the subscriptions the session had there; the client may have unsubscribed
         // here since [MQTT-3.10.4-2]. Then it is not for the session any more: taken, and delivered to nobody.
         let name = &out.message.topic;
-        let subscribed = lock(&session.state).subscriptions.keys().any(|f| match topic::parse_filter(f) {
-            Ok(Filter::Plain(f) | Filter::Shared { filter: f, .. }) => topic::matches(f, name),
-            Err(_) => false,
-        });
-        if !subscribed {
+        if !subscribed(&lock(&session.state), name) {
             tracing::info!(%client_id, topic = %name, "a relayed message no subscription of the session matches now; not queued");
             return (true, false);
         }

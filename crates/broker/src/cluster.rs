@@ -159,6 +159,15 @@ pub trait Cluster: Send + Sync + 'static {
         std::time::Duration::ZERO
     }
 
+    /// What other nodes relayed for the session of `client_id` while it was being taken over here: the broker queues
+    /// it with the session it brought, under the session's lock, so that it goes before anything sent here directly
+    /// once the session's subscriptions are in place. Later relayed messages come through
+    /// [`crate::Broker::deliver_relayed`].
+    fn take_held(&self, client_id: &str) -> Vec<crate::session::Outgoing> {
+        let _ = client_id;
+        Vec::new()
+    }
+
     /// A connection of `client_id` attached here, with the session it took over if any: what other nodes relayed for
     /// that session meanwhile can be delivered now ([`crate::Broker::deliver_relayed`]).
     fn session_attached(&self, client_id: &str) {

@@ -238,6 +238,20 @@ fn relays_owed() -> skein_broker::cluster::Acceptance {
     RELAY_OWED.with(|r| r.borrow_mut().take()).unwrap_or_default()
 }
 
+/// A relayed record as what its session is given, with that session's client id.
+fn relayed_outgoing(u: handover::Unpacked) -> Option<(skein_codec::ByteString, skein_broker::session::Outgoing)> {
+    let target = u.target?;
+    let out = skein_broker::session::Outgoing {
+        message: Arc::new(u.message),
+        qos: target.qos,
+        retain: target.retain,
+        subscription_ids: target.subscription_ids,
+        stored: None,
+        group: None,
+    };
+    Some((target.client_id, out))
+}
+
 /// Runs `f` when dropped (at the end of a scope, however it is left).
 fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
     struct Guard<F: FnOnce()>(Option<F>);
@@ -909,41 +923,34 @@ impl ClusterNode {
     /// being taken over here, else queued for it; dropped, counted, if it is not here.
     /// True when it made a durable write (to flush before the batch is acknowledged).
     fn deliver_relayed(&self, broker: &Broker, u: handover::Unpacked) -> bool {
-        let mut inbox = lock(&self.relay_inbox);
-        match u.target.as_ref().and_then(|t| inbox.get_mut(&*t.client_id)) {
-            Some((_, held)) => {
+        {
+            let mut inbox = lock(&self.relay_inbox);
+            if let Some((_, held)) = u.target.as_ref().and_then(|t| inbox.get_mut(&*t.client_id)) {
                 held.push(u);
-                false
+                return false;
             }
-            // Under the inbox's lock: held messages are delivered under it too (`session_attached`), in order.
-            None => self.deliver_relayed_now(broker, u),
         }
+        // Not under the inbox's lock: the broker takes the session's lock, and a connect taking a session over here
+        // holds that while it takes what is held (`take_held`). What comes after that goes behind it, in order.
+        self.deliver_relayed_now(broker, u)
     }
 
     fn deliver_relayed_now(&self, broker: &Broker, u: handover::Unpacked) -> bool {
-        let Some(target) = u.target else { return false };
-        let out = skein_broker::session::Outgoing {
-            message: Arc::new(u.message),
-            qos: target.qos,
-            retain: target.retain,
-            subscription_ids: target.subscription_ids,
-            stored: None,
-            group: None,
-        };
-        let (queued, durable) = broker.deliver_relayed(&target.client_id, out.clone());
+        let Some((client_id, out)) = relayed_outgoing(u) else { return false };
+        let (queued, durable) = broker.deliver_relayed(&client_id, out.clone());
         if !queued {
             // The session moved on from here before this reached it (back to where it came from, say): it goes
             // after the session while this node still relays for it, by the latest relay (the session went there
             // last from here: following those never leads back).
-            let onward = lock(&self.relays).iter().rev().find(|r| *r.client_id == *target.client_id).map(|r| r.to);
+            let onward = lock(&self.relays).iter().rev().find(|r| *r.client_id == *client_id).map(|r| r.to);
             match onward {
                 Some(node) => {
-                    tracing::debug!(client_id = %target.client_id, to = node, "a message relayed for a session that moved on; relayed after it");
-                    skein_broker::Cluster::relay(self, node, &target.client_id, &out);
+                    tracing::debug!(%client_id, to = node, "a message relayed for a session that moved on; relayed after it");
+                    skein_broker::Cluster::relay(self, node, &client_id, &out);
                 }
                 None => {
                     self.forward_failures.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(client_id = %target.client_id, "a message relayed for a session that is not here; dropped");
+                    tracing::debug!(%client_id, "a message relayed for a session that is not here; dropped");
                 }
             }
         }
@@ -1699,11 +1706,16 @@ impl skein_broker::Cluster for ClusterNode {
         self.config.node_timeout * 2
     }
 
+    fn take_held(&self, client_id: &str) -> Vec<skein_broker::session::Outgoing> {
+        let held = lock(&self.relay_inbox).remove(client_id).map(|(_, held)| held).unwrap_or_default();
+        held.into_iter().filter_map(|u| relayed_outgoing(u).map(|(_, out)| out)).collect()
+    }
+
     fn session_attached(&self, client_id: &str) {
-        let mut inbox = lock(&self.relay_inbox);
-        let Some((_, held)) = inbox.remove(client_id) else { return };
+        // Held for a take-over that brought no session (`take_held` took them otherwise): for nobody, or for a
+        // session that has no subscription of them.
+        let Some((_, held)) = lock(&self.relay_inbox).remove(client_id) else { return };
         let Some(broker) = self.broker.get() else { return };
-        // Under the inbox's lock, so that a relayed message arriving now waits for these, which came before it.
         for u in held {
             self.deliver_relayed_now(broker, u);
         }
@@ -2096,10 +2108,9 @@ async fn forward_loop(
 /// Readies messages to wait for a node that cannot be reached: drops the QoS 0 ones (returning how many) and gives
 /// each other its own allocation (see `Unacked::compact`).
 fn keep_waiting(items: &mut Vec<Outbound>) -> u64 {
-    // A barrier goes too, uncounted: its flush fails at once rather than wait for a node that cannot be reached.
-    items.retain(|o| !o.barrier);
     let before = items.len();
-    items.retain(|o| o.message.qos != skein_codec::QoS::AtMostOnce);
+    // A barrier (see `flush_to`) waits with the rest, as what it stands behind does.
+    items.retain(|o| o.barrier || o.message.qos != skein_codec::QoS::AtMostOnce);
     for o in items.iter_mut() {
         o.message = Arc::new(o.message.compact());
     }
