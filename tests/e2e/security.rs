@@ -123,7 +123,7 @@ fn the_seeds_password_walk_through_with_a_file_from_mosquitto_passwd() {
     mosquitto_pub(&broker, &["-t", "test", "-m", "from erin", "-u", "erin", "-P", "erin's secret"]);
     out.wait_messages(2);
     sub.wait_output(WAIT);
-    assert_eq!(out.messages(), ["message from mosquitto_pub client", "from erin"]);
+    assert_eq!(out.final_messages(), ["message from mosquitto_pub client", "from erin"]);
 
     for args in [&["-u", "dave", "-P", "wrong"][..], &["-u", "mallory", "-P", "password"], &[]] {
         let (code, err) = try_pub(&broker, &[&["-t", "test", "-m", "x"], args].concat());

@@ -390,6 +390,7 @@ pub fn mosquitto_sub_on(port: &str, args: &[&str]) -> (Proc, Arc<Log2>) {
             let Ok(line) = line else { break };
             sink.push(line);
         }
+        sink.close();
     });
     (p, log)
 }
@@ -399,12 +400,35 @@ pub fn mosquitto_sub_on(port: &str, args: &[&str]) -> (Proc, Arc<Log2>) {
 pub struct Log2 {
     lines: Mutex<Vec<String>>,
     changed: Condvar,
+    /// The output has ended (the process closed it): every line is in `lines`.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl Log2 {
     pub fn push(&self, line: String) {
         self.lines.lock().unwrap().push(line);
         self.changed.notify_all();
+    }
+
+    /// The output has ended.
+    pub fn close(&self) {
+        let _lines = self.lines.lock().unwrap();
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.changed.notify_all();
+    }
+
+    /// The message lines once the output has ended (after the process exited, its reader thread may still be
+    /// behind by a line or two).
+    pub fn final_messages(&self) -> Vec<String> {
+        let deadline = Instant::now() + WAIT;
+        let mut lines = self.lines.lock().unwrap();
+        while !self.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            let now = Instant::now();
+            assert!(now < deadline, "the output never ended; got {:?}", *lines);
+            lines = self.changed.wait_timeout(lines, deadline - now).unwrap().0;
+        }
+        drop(lines);
+        self.messages()
     }
 
     pub fn wait_for(&self, pred: impl Fn(&str) -> bool) -> String {
