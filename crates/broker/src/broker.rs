@@ -995,6 +995,12 @@ impl Broker {
         }
     }
 
+    /// Whether a subscription on this node matches a topic in common with one of `filters`.
+    pub fn subscribed_overlapping<'a>(&self, mut filters: impl Iterator<Item = &'a str>) -> bool {
+        let router = read(&self.router);
+        filters.any(|f| router.overlaps(f))
+    }
+
     /// Whether a retained message of `size` payload bytes on `topic` is more than the cluster keeps (see
     /// [`Cluster::retained_max_size`]). An empty one clears the topic, and a `$` topic is the node's own.
     pub fn retained_too_large(&self, topic: &str, size: usize) -> bool {

@@ -85,6 +85,15 @@ impl Router {
         Change { session_changed: !replaced, node_changed }
     }
 
+    /// Whether a subscription here matches a topic in common with `filter` (plain or `$share/`; see
+    /// [`FilterTrie::overlaps`]).
+    pub fn overlaps(&self, filter: &str) -> bool {
+        match skein_codec::topic::parse_filter(filter) {
+            Ok(Filter::Plain(f) | Filter::Shared { filter: f, .. }) => self.trie.overlaps(f),
+            Err(_) => false,
+        }
+    }
+
     /// Removes `session`'s subscription on `filter`.
     pub fn unsubscribe(&mut self, filter: &str, session: &Arc<SessionHandle>) -> Change {
         let removed = self.remove(filter, session);

@@ -1026,12 +1026,16 @@ impl ClusterNode {
     }
 
     /// `session`, handed over to this node, once the other members have flushed their forward streams to it (see
-    /// `flush_peers`), if it has subscriptions that copies could be for.
+    /// `flush_peers`), if copies could be on their way here for it: only while a subscription here overlaps one of
+    /// its filters does this node's route bring the messages the session had on the old node here too.
     async fn flushed_for(
         &self,
         session: Option<skein_broker::session::SessionExport>,
     ) -> Option<skein_broker::session::SessionExport> {
-        if session.as_ref().is_some_and(|s| !s.subscriptions.is_empty()) {
+        let routed_here = |s: &skein_broker::session::SessionExport| {
+            self.broker.get().is_none_or(|b| b.subscribed_overlapping(s.subscriptions.iter().map(|(f, _)| &**f)))
+        };
+        if session.as_ref().is_some_and(routed_here) {
             self.flush_peers().await;
         }
         session

@@ -261,6 +261,39 @@ impl<V> FilterTrie<V> {
         }
     }
 
+    /// Whether some filter held here and `filter` (a valid plain filter) match a topic in common. Errs towards yes:
+    /// the `$`-topic rule is left aside, so a `+/x` held here overlaps a `$SYS/x` asked about.
+    pub fn overlaps(&self, filter: &str) -> bool {
+        let levels: Vec<&str> = filter.split('/').collect();
+        Self::overlap_at(&self.root, &levels)
+    }
+
+    fn overlap_at(node: &Node<V>, levels: &[&str]) -> bool {
+        // A filter ending in `#` here matches this level and everything under it.
+        if !node.hash.is_empty() {
+            return true;
+        }
+        match levels.split_first() {
+            None => !node.exact.is_empty(),
+            Some((&"#", _)) => Self::holds_any(node),
+            Some((&"+", rest)) => {
+                node.children.values().any(|c| Self::overlap_at(c, rest))
+                    || node.plus.as_deref().is_some_and(|p| Self::overlap_at(p, rest))
+            }
+            Some((level, rest)) => {
+                node.children.get(*level).is_some_and(|c| Self::overlap_at(c, rest))
+                    || node.plus.as_deref().is_some_and(|p| Self::overlap_at(p, rest))
+            }
+        }
+    }
+
+    fn holds_any(node: &Node<V>) -> bool {
+        !node.exact.is_empty()
+            || !node.hash.is_empty()
+            || node.children.values().any(Self::holds_any)
+            || node.plus.as_deref().is_some_and(Self::holds_any)
+    }
+
     /// The values whose filters match `topic`, collected.
     pub fn matches(&self, topic: &str) -> Vec<&V> {
         let mut out = Vec::new();
@@ -343,6 +376,37 @@ mod tests {
         assert_eq!(parse_filter("$share/g/a#"), Err(TopicError::MisplacedMultiLevelWildcard));
         // `$shared/...` is an ordinary filter.
         assert_eq!(parse_filter("$shared/x"), Ok(Filter::Plain("$shared/x")));
+    }
+
+    #[test]
+    fn filters_overlap_when_a_topic_matches_both() {
+        let mut t = FilterTrie::new();
+        for f in ["a/b", "c/+/d", "e/#", "+/only"] {
+            t.insert(f, ());
+        }
+        for (filter, overlaps) in [
+            ("a/b", true),
+            ("a/+", true),
+            ("a/#", true),
+            ("#", true),
+            ("a", false),
+            ("a/b/c", false),
+            ("a/c", false),
+            ("c/x/d", true),
+            ("c/x/e", false),
+            ("c/#", true),
+            ("+/+/d", true),
+            ("e", true),
+            ("e/f/g", true),
+            ("x/only", true),
+            ("x/other", false),
+            ("z/#", true),
+            ("z/other/x", false),
+            ("z", false),
+        ] {
+            assert_eq!(t.overlaps(filter), overlaps, "{filter}");
+        }
+        assert!(!FilterTrie::<()>::new().overlaps("#"));
     }
 
     #[test]
