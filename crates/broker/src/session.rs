@@ -309,6 +309,8 @@ impl Session {
         self.inflight.clear();
         if let Some(rare) = &mut self.rare {
             rare.incoming_qos2.clear();
+            // A session started afresh has taken nothing yet.
+            rare.moved = None;
         }
         self.resend = false;
         self.control.clear();
@@ -923,6 +925,11 @@ mod tests {
         }
         assert!(s.first_delivery(id(5), || start), "forgotten past the cap");
         assert!(!s.first_delivery(id(100 + MOVED_SEEN_MAX as u64 - 1), || start));
+        // A session started afresh (Clean Start) has taken nothing yet.
+        let mut fresh = session(10, 10);
+        fresh.moved_here(start + Duration::from_secs(20), [id(5)]);
+        fresh.clear();
+        assert!(fresh.first_delivery(id(5), || start));
         // After the window, the memory goes and everything is taken.
         let later = start + Duration::from_secs(20);
         assert!(s.first_delivery(id(7), || later));

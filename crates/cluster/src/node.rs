@@ -200,7 +200,7 @@ struct Outbound {
     accepted: Option<skein_broker::cluster::Owed>,
     /// For one session only (a relayed message).
     target: Option<Box<handover::Target>>,
-    /// Not a message: a mark in the stream, accepted once everything queued before it was delivered (see `flush`).
+    /// Not a message: a mark in the stream, accepted once everything queued before it was delivered (see `flush_to`).
     barrier: bool,
     /// The route table it was planned with, as of this log index (`StateMachine::routes_index`).
     planned_at: u64,
