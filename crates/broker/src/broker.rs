@@ -813,17 +813,18 @@ impl Broker {
     }
 
     /// A message another node relayed for the session of `client_id` (see [`Cluster::relay`]): queued for it if
-    /// it is here. Returns (queued, a durable write made: flush before acknowledging it).
-    pub fn deliver_relayed(&self, client_id: &str, out: Outgoing) -> (bool, bool) {
-        let Some(session) = lock(&self.sessions).get(client_id).cloned() else { return (false, false) };
+    /// it is here (or dropped, counted, as any message for a full queue). Returns whether a durable write was made
+    /// (flush before acknowledging it), or the message back when the session is not here.
+    pub fn deliver_relayed(&self, client_id: &str, out: Outgoing) -> Result<bool, Outgoing> {
+        let Some(session) = lock(&self.sessions).get(client_id).cloned() else { return Err(out) };
         // The old node matched it with the subscriptions the session had there; the client may have unsubscribed
         // here since [MQTT-3.10.4-2]. Then it is not for the session any more: taken, and delivered to nobody.
         let name = &out.message.topic;
         if !subscribed(&lock(&session.state), name) {
             tracing::info!(%client_id, topic = %name, "a relayed message no subscription of the session matches now; not queued");
-            return (true, false);
+            return Ok(false);
         }
-        self.enqueue(&session, out, &mut None)
+        Ok(self.enqueue(&session, out, &mut None).1)
     }
 
     /// Drops an ended session from the registry (unless a connection attached to it meanwhile) and its stored

@@ -937,24 +937,25 @@ impl ClusterNode {
 
     fn deliver_relayed_now(&self, broker: &Broker, u: handover::Unpacked) -> bool {
         let Some((client_id, out)) = relayed_outgoing(u) else { return false };
-        let (queued, durable) = broker.deliver_relayed(&client_id, out.clone());
-        if !queued {
-            // The session moved on from here before this reached it (back to where it came from, say): it goes
-            // after the session while this node still relays for it, by the latest relay (the session went there
-            // last from here: following those never leads back).
-            let onward = lock(&self.relays).iter().rev().find(|r| *r.client_id == *client_id).map(|r| r.to);
-            match onward {
-                Some(node) => {
-                    tracing::debug!(%client_id, to = node, "a message relayed for a session that moved on; relayed after it");
-                    skein_broker::Cluster::relay(self, node, &client_id, &out);
-                }
-                None => {
-                    self.forward_failures.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(%client_id, "a message relayed for a session that is not here; dropped");
-                }
+        let out = match broker.deliver_relayed(&client_id, out) {
+            Ok(durable) => return durable,
+            Err(out) => out,
+        };
+        // The session moved on from here before this reached it (back to where it came from, say): it goes after
+        // the session while this node still relays for it, by the latest relay (the session went there last from
+        // here: following those never leads back).
+        let onward = lock(&self.relays).iter().rev().find(|r| *r.client_id == *client_id).map(|r| r.to);
+        match onward {
+            Some(node) => {
+                tracing::debug!(%client_id, to = node, "a message relayed for a session that moved on; relayed after it");
+                skein_broker::Cluster::relay(self, node, &client_id, &out);
+            }
+            None => {
+                self.forward_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%client_id, "a message relayed for a session that is not here; dropped");
             }
         }
-        durable
+        false
     }
 
     /// Notes when the new node's routes for every plain filter of `r` are in this node's route table.
