@@ -252,17 +252,21 @@ fn relayed_outgoing(u: handover::Unpacked) -> Option<(skein_codec::ByteString, s
     Some((target.client_id, out))
 }
 
-/// Runs `f` when dropped (at the end of a scope, however it is left).
-fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
-    struct Guard<F: FnOnce()>(Option<F>);
-    impl<F: FnOnce()> Drop for Guard<F> {
-        fn drop(&mut self) {
-            if let Some(f) = self.0.take() {
-                f();
-            }
-        }
+/// One take-over request being answered, counted in `ClusterNode::handing_over` for as long as it lives (the
+/// request's future may also be dropped half-way, when the asking node goes).
+struct HandingOver<'a>(&'a AtomicUsize);
+
+impl<'a> HandingOver<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        HandingOver(count)
     }
-    Guard(Some(f))
+}
+
+impl Drop for HandingOver<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// How long a node a session moves to waits for each member to flush its forward stream to it (see `flush_peers`).
@@ -2381,10 +2385,7 @@ impl ClusterService for Service {
             (req.want_session && req.from_node != node.id() && node.is_member(req.from_node)).then_some(req.from_node);
         // Counted as relaying from before the session leaves the broker's registry until its relay is in place, so
         // that a stopping node's drain never sees neither (see `relaying`).
-        node.handing_over.fetch_add(1, Ordering::AcqRel);
-        let _handed = scopeguard(|| {
-            node.handing_over.fetch_sub(1, Ordering::AcqRel);
-        });
+        let _handing_over = HandingOver::new(&node.handing_over);
         let (export, relaying) =
             broker.take_over_relaying(&req.client_id, req.want_session, newer_than, relay_to).await;
         if let (Some(export), Some(handle), Some(to)) = (&export, relaying, relay_to) {
