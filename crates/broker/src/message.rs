@@ -199,10 +199,9 @@ impl Message {
         let mut properties = Properties::default();
         if version.is_v5() {
             if !self.properties.is_empty() {
-                let p = &self.properties;
-                properties.clone_from(p);
+                properties.clone_from(&self.properties);
                 // [MQTT-3.3.2-6]: the interval as received, less the time the message waited here.
-                if p.message_expiry_interval.is_some()
+                if self.properties.message_expiry_interval.is_some()
                     && let Some(left) = self.expiry_left(Instant::now())
                 {
                     properties.message_expiry_interval = Some(left.max(1));

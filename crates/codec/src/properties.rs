@@ -359,7 +359,7 @@ impl std::ops::Deref for Properties {
 /// writing where nearly every packet has no properties (see [`Properties::take`] for moving values out).
 impl std::ops::DerefMut for Properties {
     fn deref_mut(&mut self) -> &mut PropertyValues {
-        self.make_mut()
+        self.0.get_or_insert_default()
     }
 }
 
@@ -384,11 +384,6 @@ impl std::fmt::Debug for Properties {
 }
 
 impl Properties {
-    /// The values to change, boxed from here on.
-    pub fn make_mut(&mut self) -> &mut PropertyValues {
-        self.0.get_or_insert_default()
-    }
-
     /// The values, leaving none.
     pub fn take(&mut self) -> PropertyValues {
         self.0.take().map(|b| *b).unwrap_or_default()
