@@ -52,7 +52,9 @@ pub fn dedicated_client(addr: &str) -> Result<ClusterClient<Channel>, tonic::tra
 fn channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(std::time::Duration::from_secs(2))
-        .tcp_nodelay(true);
+        .tcp_nodelay(true)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW);
     Ok(match crate::peer_tls::active() {
         Some(tls) => endpoint.connect_with_connector_lazy(crate::peer_tls::Connector(tls.clone())),
         None => endpoint.connect_lazy(),
@@ -129,3 +131,11 @@ impl RaftNetwork<TypeConfig> for Network {
         self.call(&rpc, async |c, m| c.vote(m).await).await
     }
 }
+
+/// HTTP/2 flow-control window of each stream between nodes, both ways (HTTP/2's default is 64 KiB). A forward batch
+/// may hold up to 1 MiB of messages, and a single MQTT message up to 256 MiB: with the default window, every 64 KiB
+/// of one waits for the receiver's WINDOW_UPDATE, a round trip, and a busy receiver sends those late. The window
+/// bounds what a peer may have sent and this node not yet read, per stream.
+pub const STREAM_WINDOW: u32 = 4 << 20;
+/// The window of a whole connection (all its streams together); see `STREAM_WINDOW`.
+pub const CONNECTION_WINDOW: u32 = 8 << 20;

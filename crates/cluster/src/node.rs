@@ -415,7 +415,11 @@ impl ClusterNode {
             .max_decoding_message_size(usize::MAX)
             .max_encoding_message_size(usize::MAX);
         let mut incoming = accept_peers(listener);
-        let server = tonic::transport::Server::builder().add_service(service);
+        // The windows this node offers its peers for what they send it (see `network::STREAM_WINDOW`).
+        let server = tonic::transport::Server::builder()
+            .initial_stream_window_size(network::STREAM_WINDOW)
+            .initial_connection_window_size(network::CONNECTION_WINDOW)
+            .add_service(service);
         match &self.config.tls {
             None => {
                 tokio::spawn(async move {
