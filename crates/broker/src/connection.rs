@@ -29,6 +29,15 @@ use crate::stats::Stats;
 const CONTROL_LIMIT: usize = 256 * 1024;
 /// Room made for each read of a busy connection.
 const READ_CHUNK: usize = 16 * 1024;
+
+/// Room to make for the next read into `pending`: `READ_CHUNK`, or, while a larger packet is coming, the rest of it,
+/// up to 4 times what has arrived (a claimed size alone allocates nothing much). A large packet then lands in one
+/// allocation or a few, where room made a chunk at a time moved it into a new, larger one again and again whenever
+/// earlier packets' payloads still held the old.
+fn read_room(pending: &BytesMut) -> usize {
+    let rest = skein_codec::packet_size(pending).map_or(0, |size| size.saturating_sub(pending.len()));
+    rest.min(pending.len().saturating_mul(4)).max(READ_CHUNK)
+}
 /// Room made for each read of the handshake (CONNECT, AUTH). An idle connection keeps no buffer at all: a kept one,
 /// even this small, was a fifth of an idle connection's memory.
 const HANDSHAKE_READ: usize = 1024;
@@ -1196,7 +1205,7 @@ impl Client {
                     }
                 }
             }
-            pending.reserve(READ_CHUNK);
+            pending.reserve(read_room(pending));
             tokio::select! {
                 biased;
                 k = &mut self.kicked => break kicked_close(k),
@@ -1641,5 +1650,34 @@ impl Conn {
             QoS::ExactlyOnce => self.ack(batch, Packet::PubRec(ack)),
         }
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{READ_CHUNK, read_room};
+    use bytes::BytesMut;
+
+    /// A PUBLISH's fixed header claiming `remaining` bytes, followed by `have` of them.
+    fn partial(remaining: usize, have: usize) -> BytesMut {
+        let mut b = BytesMut::new();
+        b.extend_from_slice(&[0x30]);
+        skein_codec::put_varint(&mut b, remaining);
+        b.extend_from_slice(&vec![0; have]);
+        b
+    }
+
+    #[test]
+    fn the_rest_of_a_large_packet_is_made_room_for_up_to_four_times_what_came() {
+        assert_eq!(read_room(&BytesMut::new()), READ_CHUNK, "nothing pending");
+        assert_eq!(read_room(&partial(100, 10)), READ_CHUNK, "a small packet");
+        // 64 KiB of payload, 16 KiB of it here: the other 48 KiB at once.
+        let p = partial(65_536, 16_384);
+        assert_eq!(read_room(&p), 65_536 - 16_384);
+        // 200 MiB claimed, 20 KB here: room for 4 times what came, not for the claim.
+        let p = partial(200 << 20, 20_000);
+        assert_eq!(read_room(&p), 4 * p.len());
+        // A header alone claims nothing beyond a chunk.
+        assert_eq!(read_room(&partial(200 << 20, 0)), READ_CHUNK);
     }
 }
