@@ -57,6 +57,8 @@ pub struct Config {
     pub log_level: String,
     pub max_inflight_messages: usize,
     pub max_queued_messages: usize,
+    /// Payload bytes queued per client beyond those in flight; 0 = no limit.
+    pub max_queued_bytes: usize,
     pub message_size_limit: usize,
     pub max_packet_size: usize,
     /// -1 or 0: no limit.
@@ -133,6 +135,7 @@ impl Default for Config {
             log_level: "info".into(),
             max_inflight_messages: broker.max_inflight_messages,
             max_queued_messages: broker.max_queued_messages,
+            max_queued_bytes: broker.max_queued_bytes,
             message_size_limit: broker.message_size_limit,
             max_packet_size: broker.max_packet_size,
             max_connections: -1,
@@ -231,6 +234,10 @@ pub struct ServeArgs {
     /// Messages queued per client beyond those in flight; 0 = no limit [default: 1000].
     #[arg(long, env = "SKEIN_MAX_QUEUED_MESSAGES", value_name = "N")]
     pub max_queued_messages: Option<usize>,
+    /// Payload bytes queued per client beyond those in flight; while under it, a message is queued; 0 = no limit
+    /// [default: 0].
+    #[arg(long, env = "SKEIN_MAX_QUEUED_BYTES", value_name = "BYTES")]
+    pub max_queued_bytes: Option<usize>,
     /// Largest payload accepted, bytes; 0 = no limit [default: 0].
     #[arg(long, env = "SKEIN_MESSAGE_SIZE_LIMIT", value_name = "BYTES")]
     pub message_size_limit: Option<usize>,
@@ -366,6 +373,7 @@ impl ServeArgs {
             log_level,
             max_inflight_messages,
             max_queued_messages,
+            max_queued_bytes,
             message_size_limit,
             max_packet_size,
             max_connections,
@@ -605,6 +613,7 @@ impl Config {
             allow_anonymous: self.anonymous_allowed(),
             max_inflight_messages: self.max_inflight_messages,
             max_queued_messages: self.max_queued_messages,
+            max_queued_bytes: self.max_queued_bytes,
             message_size_limit: self.message_size_limit,
             max_packet_size: self.max_packet_size,
             max_connections: usize::try_from(self.max_connections).unwrap_or(0),

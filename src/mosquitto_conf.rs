@@ -86,6 +86,7 @@ impl Parser {
             "persistence_location" => c.data_dir = PathBuf::from(value),
             "max_inflight_messages" => c.max_inflight_messages = parse(key, value)?,
             "max_queued_messages" => c.max_queued_messages = parse(key, value)?,
+            "max_queued_bytes" => c.max_queued_bytes = parse(key, value)?,
             "queue_qos0_messages" => c.queue_qos0_messages = flag(key, value)?,
             "message_size_limit" => c.message_size_limit = parse(key, value)?,
             "max_packet_size" => c.max_packet_size = parse(key, value)?,
@@ -235,6 +236,18 @@ mod tests {
         std::fs::write(&path, "allow_anonymous yes\n").unwrap();
         let err = load(&path).unwrap_err();
         assert!(err.contains(":1: allow_anonymous \"yes\": use true or false"), "{err}");
+    }
+
+    #[test]
+    fn queue_limits_read_in_messages_and_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.conf");
+        std::fs::write(&path, "max_queued_messages 50\nmax_queued_bytes 1048576\n").unwrap();
+        let c = load(&path).unwrap();
+        assert_eq!((c.max_queued_messages, c.max_queued_bytes), (50, 1_048_576));
+        assert_eq!(c.broker().max_queued_bytes, 1_048_576);
+        std::fs::write(&path, "max_queued_bytes -1\n").unwrap();
+        assert!(load(&path).unwrap_err().contains(":1: max_queued_bytes"));
     }
 
     #[test]

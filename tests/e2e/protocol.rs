@@ -344,6 +344,27 @@ fn max_queued_messages_bounds_a_stuck_subscriber() {
 }
 
 #[test]
+fn max_queued_bytes_from_a_mosquitto_conf_bounds_an_offline_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("mosquitto.conf");
+    std::fs::write(&conf, "allow_anonymous true\nmax_queued_bytes 100\n").unwrap();
+    let broker = Skein::start(&["--config", conf.to_str().unwrap()]);
+    let (sub, _) = mosquitto_sub(&broker, &["-i", "away", "-c", "-q", "1", "-t", "qb/#", "-E"]);
+    sub.wait_output(WAIT);
+    // 40 bytes each while the session is offline: queued while under 100 bytes, so three (120 bytes); the other
+    // two are dropped and counted.
+    for i in 1..=5 {
+        mosquitto_pub(&broker, &["-t", "qb/t", "-q", "1", "-m", &format!("{i:0>40}")]);
+    }
+    let (sub, out) = mosquitto_sub_started(&broker, &["-i", "away", "-c", "-q", "1", "-t", "qb/#", "-C", "4"]);
+    out.wait_messages(3);
+    mosquitto_pub(&broker, &["-t", "qb/t", "-q", "1", "-m", "marker"]);
+    sub.wait_output(WAIT);
+    let expected: Vec<String> = (1..=3).map(|i| format!("{i:0>40}")).chain(["marker".to_string()]).collect();
+    assert_eq!(out.final_messages(), expected);
+}
+
+#[test]
 fn shared_subscription_spreads_messages_over_its_members() {
     let broker = Skein::start(&[]);
     let mut members = Vec::new();

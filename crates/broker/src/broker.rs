@@ -127,7 +127,7 @@ pub struct ConnectRequest {
     pub persistent: bool,
     pub version: ProtocolVersion,
     /// The client's MQTT 5.0 Maximum Packet Size.
-    pub max_packet_size: Option<usize>,
+    pub max_packet_size: Option<u32>,
     /// The client's MQTT 5.0 Receive Maximum.
     pub receive_maximum: Option<u16>,
     /// The client's MQTT 5.0 Topic Alias Maximum.
@@ -512,8 +512,10 @@ impl Broker {
 
     fn limits(&self) -> SessionLimits {
         SessionLimits {
-            max_inflight: self.config.max_inflight_messages,
-            max_queued: self.config.max_queued_messages,
+            // Counts past 4 billion are no limit in practice.
+            max_inflight: u32::try_from(self.config.max_inflight_messages).unwrap_or(u32::MAX),
+            max_queued: u32::try_from(self.config.max_queued_messages).unwrap_or(u32::MAX),
+            max_queued_bytes: self.config.max_queued_bytes,
             max_packet_size: None,
             topic_alias_maximum: 0,
             queue_qos0_offline: self.config.queue_qos0_messages,
@@ -646,7 +648,7 @@ impl Broker {
         limits.max_packet_size = max_packet_size;
         limits.topic_alias_maximum = topic_alias_maximum;
         if let Some(rm) = receive_maximum {
-            let rm = usize::from(rm);
+            let rm = u32::from(rm);
             limits.max_inflight = if limits.max_inflight == 0 { rm } else { limits.max_inflight.min(rm) };
         }
         let (session_present, removed) = {

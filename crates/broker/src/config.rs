@@ -16,6 +16,10 @@ pub struct BrokerConfig {
     /// Messages queued for one client beyond those in flight; 0 means no limit. When full, further messages for
     /// that client are dropped and counted (Mosquitto `max_queued_messages`).
     pub max_queued_messages: usize,
+    /// Payload bytes queued per client beyond those in flight: while what is queued is under it, a message is
+    /// queued; past it, messages for that client are dropped and counted (Mosquitto `max_queued_bytes`). 0 = no
+    /// limit. Both limits apply: a message is queued only while neither is reached.
+    pub max_queued_bytes: usize,
     /// Largest payload accepted, in bytes; 0 means no limit (Mosquitto `message_size_limit`). Larger publishes
     /// complete their QoS flow but are not delivered.
     pub message_size_limit: usize,
@@ -91,6 +95,7 @@ impl Default for BrokerConfig {
             allow_anonymous: true,
             max_inflight_messages: 20,
             max_queued_messages: 1000,
+            max_queued_bytes: 0,
             message_size_limit: 0,
             max_packet_size: 0,
             max_connections: 0,

@@ -498,7 +498,7 @@ where
     let connected_at = std::time::SystemTime::now();
     let connecting = broker.begin_connect(&accepted.client_id);
     let receive_maximum = connect.properties.receive_maximum;
-    let client_max_packet = connect.properties.maximum_packet_size.map(|n| n as usize);
+    let client_max_packet = connect.properties.maximum_packet_size;
     // The client id is unique across the cluster: other nodes close their connection of it, and hand its session
     // over when this one resumes it.
     let imported = match broker.cluster().take_over(

@@ -174,7 +174,7 @@ pub struct ExportedMessage {
 /// Why a message was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dropped {
-    /// `max_queued_messages` reached.
+    /// `max_queued_messages` or `max_queued_bytes` reached.
     QueueFull,
     /// QoS 0 for a client that is not connected (unless `queue_qos0_messages`).
     Offline,
@@ -192,11 +192,13 @@ pub enum StoreUpdate {
 #[derive(Debug, Clone)]
 pub struct SessionLimits {
     /// 0 = no limit.
-    pub max_inflight: usize,
+    pub max_inflight: u32,
     /// 0 = no limit.
-    pub max_queued: usize,
+    pub max_queued: u32,
+    /// Payload bytes queued (beyond those in flight) under which a message is still queued; 0 = no limit.
+    pub max_queued_bytes: usize,
     /// The client's MQTT 5.0 Maximum Packet Size; larger publishes are dropped for it [MQTT-3.1.2-25].
-    pub max_packet_size: Option<usize>,
+    pub max_packet_size: Option<u32>,
     pub queue_qos0_offline: bool,
     /// The client's MQTT 5.0 Topic Alias Maximum: aliases the server may use towards it (0: none).
     pub topic_alias_maximum: u16,
@@ -239,6 +241,8 @@ pub struct Session {
     pub persistent: bool,
     pub subscriptions: HashMap<ByteString, Subscription>,
     queue: VecDeque<Outgoing>,
+    /// The payload bytes in `queue`.
+    queued_bytes: usize,
     inflight: VecDeque<Inflight>,
     /// What few sessions use, allocated when first needed.
     rare: Option<Box<Rare>>,
@@ -272,6 +276,7 @@ impl Session {
             subscriptions: HashMap::new(),
             rare: None,
             queue: VecDeque::new(),
+            queued_bytes: 0,
             inflight: VecDeque::new(),
             next_packet_id: 1,
             resend: false,
@@ -306,6 +311,7 @@ impl Session {
         let keys = self.stored_keys();
         self.subscriptions.clear();
         self.queue.clear();
+        self.queued_bytes = 0;
         self.inflight.clear();
         if let Some(rare) = &mut self.rare {
             rare.incoming_qos2.clear();
@@ -435,12 +441,31 @@ impl Session {
             self.dropped = self.dropped.saturating_add(1);
             return Err(Dropped::Offline);
         }
-        if self.limits.max_queued != 0 && self.queue.len() >= self.limits.max_queued {
+        if (self.limits.max_queued != 0 && self.queue.len() >= self.limits.max_queued as usize)
+            || (self.limits.max_queued_bytes != 0 && self.queued_bytes >= self.limits.max_queued_bytes)
+        {
             self.dropped = self.dropped.saturating_add(1);
             return Err(Dropped::QueueFull);
         }
-        self.queue.push_back(out);
+        self.push_queued(out);
         Ok(())
+    }
+
+    fn push_queued(&mut self, out: Outgoing) {
+        self.queued_bytes += out.message.payload.len();
+        self.queue.push_back(out);
+    }
+
+    fn pop_queued(&mut self) -> Option<Outgoing> {
+        let out = self.queue.pop_front()?;
+        debug_assert!(self.queued_bytes >= out.message.payload.len());
+        self.queued_bytes = self.queued_bytes.saturating_sub(out.message.payload.len());
+        Some(out)
+    }
+
+    /// The payload bytes queued (not in flight).
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes
     }
 
     /// Re-queues a message restored from the store, with its packet identifier if it had been sent.
@@ -450,7 +475,7 @@ impl Session {
                 self.next_packet_id = self.next_packet_id.max(packet_id.wrapping_add(1)).max(1);
                 self.inflight.push_back(Inflight { packet_id, out, state });
             }
-            None => self.queue.push_back(out),
+            None => self.push_queued(out),
         }
     }
 
@@ -470,7 +495,7 @@ impl Session {
     fn window_open(&self) -> bool {
         let max = match self.limits.max_inflight {
             0 => u16::MAX as usize,
-            n => n.min(u16::MAX as usize),
+            n => n.min(u32::from(u16::MAX)) as usize,
         };
         self.inflight.len() < max
     }
@@ -508,7 +533,7 @@ impl Session {
             if front.qos != QoS::AtMostOnce && !self.window_open() {
                 break;
             }
-            let Some(out) = self.queue.pop_front() else { break };
+            let Some(out) = self.pop_queued() else { break };
             if out.message.has_expiry() && out.message.is_expired(std::time::Instant::now()) {
                 // [MQTT-3.3.2-5]: not yet on its way to this subscriber, so it is deleted.
                 self.expired = self.expired.saturating_add(1);
@@ -523,12 +548,13 @@ impl Session {
                 match self.allocate_packet_id() {
                     Some(id) => id,
                     None => {
+                        self.queued_bytes += out.message.payload.len();
                         self.queue.push_front(out);
                         break;
                     }
                 }
             };
-            let max = self.limits.max_packet_size;
+            let max = self.limits.max_packet_size.map(|m| m as usize);
             let fits = |len: Result<usize, _>| len.is_ok_and(|len| max.is_none_or(|max| len <= max));
             // Topic aliases are properties: a session that uses them takes the full path.
             let aliasing = version.is_v5() && self.limits.topic_alias_maximum > 0;
@@ -720,17 +746,23 @@ mod tests {
     }
     use skein_codec::{MAX_PACKET_SIZE, Publish, decode};
 
-    fn limits(max_inflight: usize, max_queued: usize) -> SessionLimits {
+    fn limits(max_inflight: u32, max_queued: u32) -> SessionLimits {
         SessionLimits {
             max_inflight,
             max_queued,
+            max_queued_bytes: 0,
             max_packet_size: None,
             queue_qos0_offline: false,
             topic_alias_maximum: 0,
         }
     }
 
-    fn session(max_inflight: usize, max_queued: usize) -> Session {
+    fn sized(topic: &str, qos: QoS, payload: usize) -> Outgoing {
+        let message = Arc::new(Message::system(topic.to_string(), "x".repeat(payload), false));
+        Outgoing { message, ..out(topic, qos) }
+    }
+
+    fn session(max_inflight: u32, max_queued: u32) -> Session {
         let mut s = Session::new(limits(max_inflight, max_queued));
         s.connected(1, Arc::new(Signal::default()), ProtocolVersion::V311, limits(max_inflight, max_queued));
         s
@@ -781,6 +813,36 @@ mod tests {
         assert!(matches!(&packets(&mut buf)[..], [Packet::Publish(p)] if &*p.topic == "t/new"));
         assert_eq!(updates, vec![StoreUpdate::Done { key: 9 }]);
         assert_eq!(s.expired, 1);
+    }
+
+    #[test]
+    fn max_queued_bytes_queues_while_what_is_queued_is_under_it_and_counts_only_the_queue() {
+        let mut s = session(1, 0);
+        s.limits.max_queued_bytes = 100;
+        // The first goes in flight at once; its bytes are then the window's, not the queue's.
+        s.enqueue(sized("a", QoS::AtLeastOnce, 40)).unwrap();
+        let mut buf = BytesMut::new();
+        assert_eq!(s.write_pending(&mut buf, &mut vec![]), 1);
+        assert_eq!(s.queued_bytes(), 0);
+        for t in ["b", "c", "d"] {
+            s.enqueue(sized(t, QoS::AtLeastOnce, 40)).unwrap();
+        }
+        assert_eq!(s.queued_bytes(), 120, "under the limit at each message, so all three are queued");
+        assert_eq!(s.enqueue(sized("e", QoS::AtLeastOnce, 1)), Err(Dropped::QueueFull));
+        assert_eq!(s.enqueue(sized("f", QoS::AtMostOnce, 0)), Err(Dropped::QueueFull), "QoS 0 too");
+        assert_eq!(s.dropped, 2);
+        // A message going out makes room again.
+        assert!(s.on_puback(1, &mut vec![]));
+        assert_eq!(s.write_pending(&mut buf, &mut vec![]), 1);
+        assert_eq!(s.queued_bytes(), 80);
+        s.enqueue(sized("g", QoS::AtLeastOnce, 40)).unwrap();
+        let topics: Vec<String> = publishes(&mut buf).iter().map(|p| p.topic.to_string()).collect();
+        assert_eq!(topics, ["a", "b"]);
+        // No packet id free and the window closed: what stays queued is still counted.
+        assert_eq!(s.write_pending(&mut buf, &mut vec![]), 0);
+        assert_eq!(s.queued_bytes(), 120);
+        assert!(s.clear().is_empty());
+        assert_eq!(s.queued_bytes(), 0, "a session started afresh has nothing queued");
     }
 
     #[test]
