@@ -67,6 +67,12 @@ pub struct Config {
     /// Seconds between `$SYS` updates; 0 turns them off.
     pub sys_interval: u64,
     pub queue_qos0_messages: bool,
+    /// An empty client id is given one (true), or refused.
+    pub allow_zero_length_clientid: bool,
+    /// The start of the client ids given to clients that sent none.
+    pub auto_id_prefix: String,
+    /// How long an MQTT 3.x persistent session outlives its connection; 0: for ever.
+    pub persistent_client_expiration: Expiration,
     pub retain_available: bool,
     /// Topic aliases an MQTT 5.0 client may use per connection; 0 turns them off.
     pub max_topic_alias: u16,
@@ -142,6 +148,9 @@ impl Default for Config {
             max_keepalive: broker.max_keepalive,
             sys_interval: broker.sys_interval.as_secs(),
             queue_qos0_messages: broker.queue_qos0_messages,
+            allow_zero_length_clientid: broker.allow_zero_length_clientid,
+            auto_id_prefix: broker.auto_id_prefix.clone(),
+            persistent_client_expiration: Expiration(0),
             retain_available: broker.retain_available,
             max_topic_alias: broker.max_topic_alias,
             max_qos: broker.max_qos as u8,
@@ -256,6 +265,18 @@ pub struct ServeArgs {
     /// Queue QoS 0 messages for offline persistent sessions [default: false].
     #[arg(long, env = "SKEIN_QUEUE_QOS0_MESSAGES", value_name = "BOOL")]
     pub queue_qos0_messages: Option<bool>,
+    /// Give a client that connects with an empty client id one (MQTT 3.1.1 with a clean session, MQTT 5.0); false
+    /// refuses it: identifier rejected [default: true].
+    #[arg(long, env = "SKEIN_ALLOW_ZERO_LENGTH_CLIENTID", value_name = "BOOL")]
+    pub allow_zero_length_clientid: Option<bool>,
+    /// The start of the client ids given to clients that sent none [default: skein-].
+    #[arg(long, env = "SKEIN_AUTO_ID_PREFIX", value_name = "TEXT")]
+    pub auto_id_prefix: Option<String>,
+    /// How long an MQTT 3.x persistent session (Clean Session 0) is kept after its client disconnects: seconds, or
+    /// a number and h, d, w, m (30 days) or y (365 days), as Mosquitto writes it (`14d`); 0: for ever. MQTT 5.0
+    /// clients set their own Session Expiry Interval [default: 0].
+    #[arg(long, env = "SKEIN_PERSISTENT_CLIENT_EXPIRATION", value_name = "DURATION")]
+    pub persistent_client_expiration: Option<Expiration>,
     /// Accept retained messages [default: true].
     #[arg(long, env = "SKEIN_RETAIN_AVAILABLE", value_name = "BOOL")]
     pub retain_available: Option<bool>,
@@ -380,6 +401,9 @@ impl ServeArgs {
             max_keepalive,
             sys_interval,
             queue_qos0_messages,
+            allow_zero_length_clientid,
+            auto_id_prefix,
+            persistent_client_expiration,
             retain_available,
             max_topic_alias,
             max_qos,
@@ -620,6 +644,10 @@ impl Config {
             max_keepalive: self.max_keepalive,
             sys_interval: Duration::from_secs(self.sys_interval),
             queue_qos0_messages: self.queue_qos0_messages,
+            allow_zero_length_clientid: self.allow_zero_length_clientid,
+            auto_id_prefix: self.auto_id_prefix.clone(),
+            persistent_client_expiration: (self.persistent_client_expiration.0 > 0)
+                .then(|| Duration::from_secs(self.persistent_client_expiration.0)),
             retain_available: self.retain_available,
             max_topic_alias: self.max_topic_alias,
             max_qos: match self.max_qos {
@@ -638,9 +666,81 @@ impl Config {
     }
 }
 
+/// A session lifetime in seconds (0: for ever), written as seconds or as Mosquitto's `persistent_client_expiration`
+/// writes it: a number and a unit, h, d, w, m (30 days) or y (365 days).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Expiration(pub u64);
+
+impl std::str::FromStr for Expiration {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let t = text.trim();
+        let (number, unit) = match t.char_indices().last() {
+            Some((i, u)) if u.is_ascii_alphabetic() => (&t[..i], Some(u)),
+            _ => (t, None),
+        };
+        let scale: u64 = match unit {
+            None => 1,
+            Some('h') => 3600,
+            Some('d') => 86_400,
+            Some('w') => 7 * 86_400,
+            Some('m') => 30 * 86_400,
+            Some('y') => 365 * 86_400,
+            Some(_) => 0,
+        };
+        match number.parse::<u64>().ok().and_then(|n| n.checked_mul(scale)).filter(|_| scale > 0) {
+            Some(seconds) => Ok(Expiration(seconds)),
+            None => Err(format!(
+                "`{text}` is no duration: use seconds, or a number and h, d, w, m or y (`14d`); 0 keeps sessions for ever"
+            )),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Expiration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            Seconds(u64),
+            Text(String),
+        }
+        match Written::deserialize(d)? {
+            Written::Seconds(s) => Ok(Expiration(s)),
+            Written::Text(t) => t.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn expirations_read_as_seconds_or_as_mosquitto_writes_them() {
+        let read = |t: &str| t.parse::<Expiration>().map(|e| e.0);
+        assert_eq!(read("90"), Ok(90));
+        assert_eq!(read("2h"), Ok(7200));
+        assert_eq!(read("14d"), Ok(14 * 86_400));
+        assert_eq!(read("1w"), Ok(604_800));
+        assert_eq!(read("2m"), Ok(60 * 86_400));
+        assert_eq!(read("1y"), Ok(365 * 86_400));
+        assert_eq!(read("0"), Ok(0));
+        for bad in ["", "d", "3x", "-1h", "1.5d"] {
+            assert!(read(bad).unwrap_err().contains("no duration"), "{bad}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("skein.toml");
+        std::fs::write(&path, "persistent_client_expiration = \"1d\"\nauto_id_prefix = \"dev-\"\n").unwrap();
+        let c = ServeArgs { config: Some(path.clone()), ..Default::default() }.resolve().unwrap();
+        assert_eq!(c.broker().persistent_client_expiration, Some(Duration::from_secs(86_400)));
+        assert_eq!(c.broker().auto_id_prefix, "dev-");
+        std::fs::write(&path, "persistent_client_expiration = 30\n").unwrap();
+        let c = ServeArgs { config: Some(path), ..Default::default() }.resolve().unwrap();
+        assert_eq!(c.broker().persistent_client_expiration, Some(Duration::from_secs(30)));
+        assert_eq!(Config::default().broker().persistent_client_expiration, None);
+    }
 
     #[test]
     fn unknown_key_names_the_line() {

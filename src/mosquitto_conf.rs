@@ -22,6 +22,11 @@ const IGNORED: &[&str] = &[
     "autosave_on_changes",
     "persistence_file",
     "per_listener_settings",
+    "log_facility",
+    "websockets_log_level",
+    // Gone from Mosquitto 2: resends happen on reconnect, as MQTT 3.1.1 and 5.0 have it.
+    "retry_interval",
+    "store_clean_interval",
 ];
 
 /// Reads a Mosquitto configuration file (and the files its `include_dir` lines name).
@@ -88,6 +93,11 @@ impl Parser {
             "max_queued_messages" => c.max_queued_messages = parse(key, value)?,
             "max_queued_bytes" => c.max_queued_bytes = parse(key, value)?,
             "queue_qos0_messages" => c.queue_qos0_messages = flag(key, value)?,
+            "allow_zero_length_clientid" => c.allow_zero_length_clientid = flag(key, value)?,
+            "auto_id_prefix" => c.auto_id_prefix = value.to_string(),
+            "persistent_client_expiration" => {
+                c.persistent_client_expiration = value.parse().map_err(|e: String| format!("{key}: {e}"))?;
+            }
             "message_size_limit" => c.message_size_limit = parse(key, value)?,
             "max_packet_size" => c.max_packet_size = parse(key, value)?,
             // Inside a listener block: that listener's own limit; before any, all of them together.
@@ -236,6 +246,21 @@ mod tests {
         std::fs::write(&path, "allow_anonymous yes\n").unwrap();
         let err = load(&path).unwrap_err();
         assert!(err.contains(":1: allow_anonymous \"yes\": use true or false"), "{err}");
+    }
+
+    #[test]
+    fn client_id_and_expiry_options_read_as_mosquitto_reads_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.conf");
+        let text = "allow_zero_length_clientid false\nauto_id_prefix auto-\npersistent_client_expiration 14d\n";
+        std::fs::write(&path, text).unwrap();
+        let b = load(&path).unwrap().broker();
+        assert!(!b.allow_zero_length_clientid);
+        assert_eq!(b.auto_id_prefix, "auto-");
+        assert_eq!(b.persistent_client_expiration, Some(std::time::Duration::from_secs(14 * 86_400)));
+        std::fs::write(&path, "listener 1883\npersistent_client_expiration 2 weeks\n").unwrap();
+        let err = load(&path).unwrap_err();
+        assert!(err.contains(":2: persistent_client_expiration") && err.contains("no duration"), "{err}");
     }
 
     #[test]

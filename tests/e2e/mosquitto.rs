@@ -152,3 +152,29 @@ fn persistent_session_gets_queued_qos1_messages_on_return() {
     // Session present: mosquitto_sub -d prints the CONNACK flags as "received CONNACK (0)" only; the raw-client
     // suite checks the flag itself.
 }
+
+/// Mosquitto's `persistent_client_expiration`: a 3.1.1 persistent session whose client has been away that long is
+/// gone, with what was queued for it; an MQTT 5.0 session keeps its own Session Expiry Interval.
+#[test]
+fn persistent_client_expiration_ends_3x_sessions_left_that_long() {
+    let broker = Skein::start(&["--persistent-client-expiration", "2"]);
+    let (sub, _) = mosquitto_sub(&broker, &["-i", "brief", "-c", "-q", "1", "-t", "pe/#", "-E"]);
+    sub.wait_output(WAIT);
+    let left_at = std::time::Instant::now();
+    let (sub, _) =
+        mosquitto_sub(&broker, &["-V", "mqttv5", "-x", "300", "-i", "lasting", "-c", "-q", "1", "-t", "pe/#", "-E"]);
+    sub.wait_output(WAIT);
+    mosquitto_pub(&broker, &["-t", "pe/a", "-q", "1", "-m", "queued"]);
+    // Past the two seconds, counted from the disconnect: the interval is what is tested.
+    std::thread::sleep(std::time::Duration::from_millis(2600).saturating_sub(left_at.elapsed()));
+    let (sub, out) = mosquitto_sub(&broker, &["-i", "brief", "-c", "-q", "1", "-t", "pe/#", "-C", "1"]);
+    mosquitto_pub(&broker, &["-t", "pe/b", "-q", "1", "-m", "marker"]);
+    sub.wait_output(WAIT);
+    assert_eq!(out.final_messages(), ["marker"], "the expired session's queue went with it");
+    let (sub, out) = mosquitto_sub_started(
+        &broker,
+        &["-V", "mqttv5", "-x", "300", "-i", "lasting", "-c", "-q", "1", "-t", "pe/#", "-C", "2"],
+    );
+    sub.wait_output(WAIT);
+    assert_eq!(out.final_messages(), ["queued", "marker"], "a 5.0 session keeps its own interval");
+}

@@ -26,6 +26,23 @@ fn client_id_rules() {
     assert!(!assigned.is_empty());
 }
 
+/// Mosquitto's `allow_zero_length_clientid false` and `auto_id_prefix`.
+#[test]
+fn empty_client_ids_can_be_refused_and_given_ids_carry_the_prefix() {
+    let broker = Skein::start(&["--auto-id-prefix", "dev-"]);
+    let (_given, ack) = Raw::connect(broker.mqtt, connect_packet(ProtocolVersion::V5, "", true));
+    let assigned = ack.properties.assigned_client_identifier.clone().expect("Assigned Client Identifier");
+    assert!(assigned.starts_with("dev-") && assigned.len() > 4, "{assigned}");
+    let strict = Skein::start(&["--allow-zero-length-clientid", "false"]);
+    for version in [ProtocolVersion::V5, ProtocolVersion::V311] {
+        let (mut raw, ack) = Raw::connect(strict.mqtt, connect_packet(version, "", true));
+        assert_eq!(ack.reason_code, ReasonCode::ClientIdentifierNotValid, "{version:?}");
+        assert_eq!(raw.recv(), None, "closed after the refusal");
+    }
+    let (_named, ack) = Raw::connect(strict.mqtt, connect_packet(ProtocolVersion::V311, "named", true));
+    assert_eq!(ack.reason_code, ReasonCode::Success);
+}
+
 #[test]
 fn unsupported_protocol_level_gets_return_code_1() {
     let broker = Skein::start(&[]);

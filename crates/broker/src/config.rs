@@ -44,6 +44,15 @@ pub struct BrokerConfig {
     pub sys_interval: Duration,
     /// Queue QoS 0 messages for offline persistent sessions too (Mosquitto `queue_qos0_messages`).
     pub queue_qos0_messages: bool,
+    /// A client may connect with an empty client id and be given one (MQTT 3.1.1 with a clean session, MQTT 5.0);
+    /// when false such a client is refused: identifier rejected (Mosquitto `allow_zero_length_clientid`).
+    pub allow_zero_length_clientid: bool,
+    /// The start of the client ids given to clients that sent none (Mosquitto `auto_id_prefix`).
+    pub auto_id_prefix: String,
+    /// How long an MQTT 3.x persistent session (Clean Session 0) is kept after its client disconnects; `None`:
+    /// for ever (Mosquitto `persistent_client_expiration`). MQTT 5.0 clients say so themselves (Session Expiry
+    /// Interval).
+    pub persistent_client_expiration: Option<Duration>,
     /// Retained messages are accepted (MQTT 5.0 Retain Available).
     pub retain_available: bool,
     /// Topic aliases an MQTT 5.0 client may set on its publishes (Topic Alias Maximum in CONNACK; Mosquitto
@@ -104,6 +113,9 @@ impl Default for BrokerConfig {
             idle_park_after: Some(Duration::from_secs(15)),
             sys_interval: Duration::from_secs(10),
             queue_qos0_messages: false,
+            allow_zero_length_clientid: true,
+            auto_id_prefix: "skein-".into(),
+            persistent_client_expiration: None,
             retain_available: true,
             max_topic_alias: 10,
             max_qos: QoS::ExactlyOnce,

@@ -521,7 +521,11 @@ where
         session_expiry: if version.is_v5() {
             connect.properties.session_expiry_interval.unwrap_or(0)
         } else {
-            u32::MAX
+            // Below u32::MAX, which means never.
+            broker
+                .config
+                .persistent_client_expiration
+                .map_or(u32::MAX, |d| d.as_secs().min(u64::from(u32::MAX - 1)) as u32)
         },
         username: connect.username.as_deref().map(ByteString::from),
         imported,
@@ -909,7 +913,10 @@ fn accept(broker: &Broker, c: &Connect, credentials: Result<(), ReasonCode>) -> 
     })?;
     let (client_id, assigned) = if c.client_id.is_empty() {
         // [MQTT-3.1.3-7] 3.1 requires an identifier; [MQTT-3.1.3-8] 3.1.1 only with a clean session.
-        if c.protocol == ProtocolVersion::V31 || (c.protocol == ProtocolVersion::V311 && !c.clean_start) {
+        if c.protocol == ProtocolVersion::V31
+            || (c.protocol == ProtocolVersion::V311 && !c.clean_start)
+            || !config.allow_zero_length_clientid
+        {
             return Err(ReasonCode::ClientIdentifierNotValid);
         }
         (assign_client_id(broker), true)
@@ -949,7 +956,7 @@ fn assign_client_id(broker: &Broker) -> ByteString {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(broker.started.elapsed().as_nanos());
-    ByteString::from(format!("skein-{:016x}", h.finish()))
+    ByteString::from(format!("{}{:016x}", broker.config.auto_id_prefix, h.finish()))
 }
 
 /// A connection's `max_publish_rate`: its bucket, and, when it stopped the handling of a read, how long until the
