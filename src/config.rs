@@ -9,6 +9,22 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use serde::Deserialize;
 
+/// The lowest TLS version the TLS listeners take (Mosquitto `tls_version`). TLS 1.1 is not in rustls: `tlsv1.1`
+/// takes 1.2 and 1.3, as `tlsv1.2` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ValueEnum, Default)]
+pub enum TlsVersion {
+    #[serde(rename = "tlsv1.1")]
+    #[value(name = "tlsv1.1")]
+    Tls11,
+    #[default]
+    #[serde(rename = "tlsv1.2")]
+    #[value(name = "tlsv1.2")]
+    Tls12,
+    #[serde(rename = "tlsv1.3")]
+    #[value(name = "tlsv1.3")]
+    Tls13,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ValueEnum, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -38,6 +54,8 @@ pub struct Config {
     pub tls_key: Option<PathBuf>,
     /// PEM CA certificate: TLS clients must present a certificate it signed (mutual TLS).
     pub tls_client_ca: Option<PathBuf>,
+    /// The lowest TLS version taken.
+    pub tls_version: TlsVersion,
     /// A TLS client certificate's Common Name is its user name (Mosquitto `use_identity_as_username`).
     pub use_identity_as_username: bool,
     /// HTTP listen address for /healthz and /readyz; none by default.
@@ -130,6 +148,7 @@ impl Default for Config {
             tls_cert: None,
             tls_key: None,
             tls_client_ca: None,
+            tls_version: TlsVersion::Tls12,
             use_identity_as_username: false,
             http: None,
             data_dir: PathBuf::from("skein-data"),
@@ -210,6 +229,10 @@ pub struct ServeArgs {
     /// PEM CA certificate: TLS clients must show a certificate it signed (mutual TLS).
     #[arg(long, env = "SKEIN_TLS_CLIENT_CA", value_name = "PEM")]
     pub tls_client_ca: Option<PathBuf>,
+    /// The lowest TLS version the TLS listeners take: tlsv1.3, or tlsv1.2 for 1.2 and 1.3 (tlsv1.1 takes the same:
+    /// TLS 1.1 is not offered at all) [default: tlsv1.2].
+    #[arg(long, env = "SKEIN_TLS_VERSION", value_name = "VERSION")]
+    pub tls_version: Option<TlsVersion>,
     /// Use the TLS client certificate's Common Name as the user name (needs --tls-client-ca) [default: false].
     #[arg(long, env = "SKEIN_USE_IDENTITY_AS_USERNAME", value_name = "BOOL")]
     pub use_identity_as_username: Option<bool>,
@@ -372,6 +395,9 @@ impl ServeArgs {
         if !self.listener_max_connections.is_empty() {
             c.listener_max_connections = self.listener_max_connections.clone();
         }
+        if let Some(v) = self.tls_version {
+            c.tls_version = v;
+        }
         for (dst, src) in [
             (&mut c.tls_cert, &self.tls_cert),
             (&mut c.tls_key, &self.tls_key),
@@ -503,6 +529,7 @@ impl Config {
             cert: self.tls_cert.clone()?,
             key: self.tls_key.clone()?,
             client_ca: self.tls_client_ca.clone(),
+            tls13_only: self.tls_version == TlsVersion::Tls13,
         })
     }
 

@@ -83,6 +83,15 @@ impl Parser {
             "keyfile" => self.tls(|c| c.tls_key = Some(PathBuf::from(value)))?,
             "cafile" => self.cafile = Some(PathBuf::from(value)),
             "require_certificate" => self.require_certificate = flag(key, value)?,
+            // Of every TLS listener here: the TLS settings are one set for all of them.
+            "tls_version" => {
+                c.tls_version = match value {
+                    "tlsv1.3" => crate::config::TlsVersion::Tls13,
+                    "tlsv1.2" => crate::config::TlsVersion::Tls12,
+                    "tlsv1.1" => crate::config::TlsVersion::Tls11,
+                    _ => return Err(format!("tls_version {value:?}: use tlsv1.3, tlsv1.2 or tlsv1.1")),
+                };
+            }
             "use_identity_as_username" => c.use_identity_as_username = flag(key, value)?,
             "allow_anonymous" => c.allow_anonymous = Some(flag(key, value)?),
             "password_file" => c.password_file = Some(PathBuf::from(value)),
@@ -261,6 +270,19 @@ mod tests {
         std::fs::write(&path, "listener 1883\npersistent_client_expiration 2 weeks\n").unwrap();
         let err = load(&path).unwrap_err();
         assert!(err.contains(":2: persistent_client_expiration") && err.contains("no duration"), "{err}");
+    }
+
+    #[test]
+    fn tls_version_reads_as_mosquitto_names_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.conf");
+        std::fs::write(&path, "listener 8883\ncertfile /c.pem\nkeyfile /k.pem\ntls_version tlsv1.3\n").unwrap();
+        let c = load(&path).unwrap();
+        assert!(c.tls_files().unwrap().tls13_only);
+        std::fs::write(&path, "listener 8883\ncertfile /c.pem\nkeyfile /k.pem\ntls_version tlsv1.1\n").unwrap();
+        assert!(!load(&path).unwrap().tls_files().unwrap().tls13_only, "1.1 is below what is offered anyway");
+        std::fs::write(&path, "listener 8883\ntls_version ssl3\n").unwrap();
+        assert!(load(&path).unwrap_err().contains(":2: tls_version"));
     }
 
     #[test]

@@ -45,6 +45,30 @@ fn mosquitto_clients_over_tls_with_the_ca_file() {
     assert!(!tls_pub(&port, &["--cafile", &TestPki::new("another CA").path("ca.pem"), "-t", "t", "-m", "x"]).0);
 }
 
+/// Mosquitto's `tls_version`: the lowest version taken. `openssl s_client -tls1_2` offers TLS 1.2 alone (a client's
+/// own `--tls-version` is its lowest, so mosquitto_pub would go up to 1.3).
+#[test]
+fn tls_version_sets_the_lowest_version_taken() {
+    let pki = TestPki::new("skein test CA");
+    let ca = pki.path("ca.pem");
+    let handshake = |port: &str, version: &str| {
+        Command::new("openssl")
+            .args(["s_client", version, "-CAfile", &ca, "-connect", &format!("127.0.0.1:{port}")])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    let (_default, port) = tls_broker(&pki, &[]);
+    assert!(handshake(&port, "-tls1_2") && handshake(&port, "-tls1_3"), "1.2 and 1.3 by default");
+    let (_strict, port) = tls_broker(&pki, &["--tls-version", "tlsv1.3"]);
+    assert!(handshake(&port, "-tls1_3"));
+    assert!(!handshake(&port, "-tls1_2"), "TLS 1.2 refused");
+    let (ok, err) = tls_pub(&port, &["--cafile", &ca, "-t", "v/x", "-m", "over 1.3"]);
+    assert!(ok, "{err}");
+}
+
 #[test]
 fn mutual_tls_names_the_user_by_its_certificate_for_the_acl() {
     let pki = TestPki::new("skein test CA");

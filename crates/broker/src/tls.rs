@@ -19,6 +19,8 @@ pub struct TlsFiles {
     pub key: PathBuf,
     /// With a client CA every client must present a certificate it signed (mutual TLS).
     pub client_ca: Option<PathBuf>,
+    /// TLS 1.3 only; otherwise 1.2 and 1.3 (Mosquitto `tls_version`, the lowest version taken).
+    pub tls13_only: bool,
 }
 
 /// A PEM certificate chain, or what is wrong with the file.
@@ -58,8 +60,10 @@ impl TlsFiles {
         let certs = read_chain(&self.cert)?;
         let key = read_key(&self.key)?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
+        const ALL: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13, &rustls::version::TLS12];
+        let versions = if self.tls13_only { &ALL[..1] } else { ALL };
         let builder = ServerConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .with_protocol_versions(versions)
             .map_err(|e| e.to_string())?;
         let builder = match &self.client_ca {
             None => builder.with_no_client_auth(),
