@@ -89,6 +89,10 @@ pub struct Config {
     pub allow_zero_length_clientid: bool,
     /// The start of the client ids given to clients that sent none.
     pub auto_id_prefix: String,
+    /// Only client ids that start with this may connect; empty: any.
+    pub clientid_prefixes: String,
+    /// The user name is the client id.
+    pub use_username_as_clientid: bool,
     /// How long an MQTT 3.x persistent session outlives its connection; 0: for ever.
     pub persistent_client_expiration: Expiration,
     pub retain_available: bool,
@@ -169,6 +173,8 @@ impl Default for Config {
             queue_qos0_messages: broker.queue_qos0_messages,
             allow_zero_length_clientid: broker.allow_zero_length_clientid,
             auto_id_prefix: broker.auto_id_prefix.clone(),
+            clientid_prefixes: broker.clientid_prefixes.clone(),
+            use_username_as_clientid: broker.use_username_as_clientid,
             persistent_client_expiration: Expiration(0),
             retain_available: broker.retain_available,
             max_topic_alias: broker.max_topic_alias,
@@ -295,6 +301,14 @@ pub struct ServeArgs {
     /// The start of the client ids given to clients that sent none [default: skein-].
     #[arg(long, env = "SKEIN_AUTO_ID_PREFIX", value_name = "TEXT")]
     pub auto_id_prefix: Option<String>,
+    /// Only clients whose client id starts with this may connect; others are refused as not authorised
+    /// [default: any].
+    #[arg(long, env = "SKEIN_CLIENTID_PREFIXES", value_name = "TEXT")]
+    pub clientid_prefixes: Option<String>,
+    /// A client's user name is its client id, whatever id it sent; a client without one is refused as not
+    /// authorised [default: false].
+    #[arg(long, env = "SKEIN_USE_USERNAME_AS_CLIENTID", value_name = "BOOL")]
+    pub use_username_as_clientid: Option<bool>,
     /// How long an MQTT 3.x persistent session (Clean Session 0) is kept after its client disconnects: seconds, or
     /// a number and h, d, w, m (30 days) or y (365 days), as Mosquitto writes it (`14d`); 0: for ever. MQTT 5.0
     /// clients set their own Session Expiry Interval [default: 0].
@@ -429,6 +443,8 @@ impl ServeArgs {
             queue_qos0_messages,
             allow_zero_length_clientid,
             auto_id_prefix,
+            clientid_prefixes,
+            use_username_as_clientid,
             persistent_client_expiration,
             retain_available,
             max_topic_alias,
@@ -673,6 +689,8 @@ impl Config {
             queue_qos0_messages: self.queue_qos0_messages,
             allow_zero_length_clientid: self.allow_zero_length_clientid,
             auto_id_prefix: self.auto_id_prefix.clone(),
+            clientid_prefixes: self.clientid_prefixes.clone(),
+            use_username_as_clientid: self.use_username_as_clientid,
             persistent_client_expiration: (self.persistent_client_expiration.0 > 0)
                 .then(|| Duration::from_secs(self.persistent_client_expiration.0)),
             retain_available: self.retain_available,

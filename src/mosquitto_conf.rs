@@ -104,6 +104,8 @@ impl Parser {
             "queue_qos0_messages" => c.queue_qos0_messages = flag(key, value)?,
             "allow_zero_length_clientid" => c.allow_zero_length_clientid = flag(key, value)?,
             "auto_id_prefix" => c.auto_id_prefix = value.to_string(),
+            "clientid_prefixes" => c.clientid_prefixes = value.to_string(),
+            "use_username_as_clientid" => c.use_username_as_clientid = flag(key, value)?,
             "persistent_client_expiration" => {
                 c.persistent_client_expiration = value.parse().map_err(|e: String| format!("{key}: {e}"))?;
             }
@@ -261,11 +263,14 @@ mod tests {
     fn client_id_and_expiry_options_read_as_mosquitto_reads_them() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.conf");
-        let text = "allow_zero_length_clientid false\nauto_id_prefix auto-\npersistent_client_expiration 14d\n";
+        let text = "allow_zero_length_clientid false\nauto_id_prefix auto-\npersistent_client_expiration 14d\n\
+                    clientid_prefixes plant-\nuse_username_as_clientid true\n";
         std::fs::write(&path, text).unwrap();
         let b = load(&path).unwrap().broker();
         assert!(!b.allow_zero_length_clientid);
         assert_eq!(b.auto_id_prefix, "auto-");
+        assert_eq!(b.clientid_prefixes, "plant-");
+        assert!(b.use_username_as_clientid);
         assert_eq!(b.persistent_client_expiration, Some(std::time::Duration::from_secs(14 * 86_400)));
         std::fs::write(&path, "listener 1883\npersistent_client_expiration 2 weeks\n").unwrap();
         let err = load(&path).unwrap_err();

@@ -178,3 +178,32 @@ fn persistent_client_expiration_ends_3x_sessions_left_that_long() {
     sub.wait_output(WAIT);
     assert_eq!(out.final_messages(), ["queued", "marker"], "a 5.0 session keeps its own interval");
 }
+
+/// Mosquitto's `use_username_as_clientid`: the user name is the session, whatever id the client sends; and
+/// `clientid_prefixes`: other ids are refused as not authorised.
+#[test]
+fn client_ids_can_be_the_user_name_or_need_a_prefix() {
+    let broker = Skein::start(&["--use-username-as-clientid", "true"]);
+    let (sub, _) = mosquitto_sub(&broker, &["-u", "alice", "-i", "first", "-c", "-q", "1", "-t", "u/#", "-E"]);
+    sub.wait_output(WAIT);
+    mosquitto_pub(&broker, &["-u", "bob", "-t", "u/a", "-q", "1", "-m", "queued for alice"]);
+    let (sub, out) =
+        mosquitto_sub_started(&broker, &["-u", "alice", "-i", "another", "-c", "-q", "1", "-t", "u/#", "-C", "1"]);
+    sub.wait_output(WAIT);
+    assert_eq!(out.final_messages(), ["queued for alice"], "the same session, by its user name");
+    let pub_status = |broker: &Skein, args: &[&str]| {
+        let out = std::process::Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &broker.port().to_string(), "-t", "u/b", "-m", "x"])
+            .args(args)
+            .output()
+            .unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (ok, err) = pub_status(&broker, &["-i", "nameless"]);
+    assert!(!ok && err.contains("not authorised"), "no user name, no client id: {err}");
+
+    let broker = Skein::start(&["--clientid-prefixes", "plant-"]);
+    assert!(pub_status(&broker, &["-i", "plant-7"]).0);
+    let (ok, err) = pub_status(&broker, &["-i", "office-1"]);
+    assert!(!ok && err.contains("not authorised"), "{err}");
+}

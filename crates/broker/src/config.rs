@@ -49,6 +49,12 @@ pub struct BrokerConfig {
     pub allow_zero_length_clientid: bool,
     /// The start of the client ids given to clients that sent none (Mosquitto `auto_id_prefix`).
     pub auto_id_prefix: String,
+    /// When not empty, only client ids that start with it may connect; others are refused as not authorised
+    /// (Mosquitto `clientid_prefixes`).
+    pub clientid_prefixes: String,
+    /// A client's user name is its client id, whatever id it sent; a client without a user name is refused as not
+    /// authorised (Mosquitto `use_username_as_clientid`).
+    pub use_username_as_clientid: bool,
     /// How long an MQTT 3.x persistent session (Clean Session 0) is kept after its client disconnects; `None`:
     /// for ever (Mosquitto `persistent_client_expiration`). MQTT 5.0 clients say so themselves (Session Expiry
     /// Interval).
@@ -115,6 +121,8 @@ impl Default for BrokerConfig {
             queue_qos0_messages: false,
             allow_zero_length_clientid: true,
             auto_id_prefix: "skein-".into(),
+            clientid_prefixes: String::new(),
+            use_username_as_clientid: false,
             persistent_client_expiration: None,
             retain_available: true,
             max_topic_alias: 10,

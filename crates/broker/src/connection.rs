@@ -924,6 +924,18 @@ fn accept(broker: &Broker, c: &Connect, credentials: Result<(), ReasonCode>) -> 
         // A copy, not a slice: a slice would keep the whole first read buffer alive as long as the session.
         (ByteString::from(&*c.client_id), false)
     };
+    if !client_id.starts_with(&*config.clientid_prefixes) {
+        tracing::debug!(%client_id, prefix = %config.clientid_prefixes, "client id without the required prefix");
+        return Err(ReasonCode::NotAuthorized);
+    }
+    let client_id = match (&c.username, config.use_username_as_clientid) {
+        (_, false) => client_id,
+        (Some(user), true) => ByteString::from(&**user),
+        (None, true) => {
+            tracing::debug!(%client_id, "no user name to take as the client id");
+            return Err(ReasonCode::NotAuthorized);
+        }
+    };
     let mut keep_alive = c.keep_alive;
     let mut server_keep_alive = None;
     if keep_alive > config.max_keepalive || (keep_alive == 0 && config.max_keepalive < u16::MAX) {
