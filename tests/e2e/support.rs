@@ -93,7 +93,8 @@ impl Skein {
             log,
             _tmp: None,
         };
-        let line = s.wait_log("listening for MQTT");
+        // The plain TCP listener's line ("listening for MQTT over TLS" is another).
+        let line = s.wait_log("listening for MQTT local=");
         s.mqtt = addr_in(&line).expect("listen address in the log");
         if args.contains(&"--http") {
             s.http = Some(addr_in(&s.wait_log("listening for HTTP")).expect("http address"));

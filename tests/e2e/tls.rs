@@ -45,6 +45,33 @@ fn mosquitto_clients_over_tls_with_the_ca_file() {
     assert!(!tls_pub(&port, &["--cafile", &TestPki::new("another CA").path("ca.pem"), "-t", "t", "-m", "x"]).0);
 }
 
+/// Payloads of `SPLICE_MIN` (8 KiB) and more go out by vectored writes from where they are: over TLS and plain TCP,
+/// between small ones, each arrives whole and in order.
+#[test]
+fn large_and_small_messages_arrive_whole_and_in_order_over_tls_and_tcp() {
+    let pki = TestPki::new("skein test CA");
+    let ca = pki.path("ca.pem");
+    let (broker, port) = tls_broker(&pki, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let sizes = [10usize, 8 * 1024, 3, 200_000, 8 * 1024 - 1, 70_000];
+    let bodies: Vec<String> =
+        sizes.iter().enumerate().map(|(i, n)| char::from(b'a' + i as u8).to_string().repeat(*n)).collect();
+    for plain in [false, true] {
+        let p = if plain { broker.port().to_string() } else { port.clone() };
+        let tls: &[&str] = if plain { &[] } else { &["--cafile", &ca] };
+        let count = sizes.len().to_string();
+        let (sub, out) = tls_sub(&p, &[tls, &["-t", "big/#", "-q", "1", "-C", &count]].concat());
+        for (i, body) in bodies.iter().enumerate() {
+            let file = dir.path().join(format!("m{i}"));
+            std::fs::write(&file, body).unwrap();
+            let (ok, err) = tls_pub(&p, &[tls, &["-t", "big/x", "-f", file.to_str().unwrap()]].concat());
+            assert!(ok, "{err}");
+        }
+        sub.wait_output(WAIT);
+        assert_eq!(out.final_messages(), bodies, "plain TCP: {plain}");
+    }
+}
+
 /// Mosquitto's `tls_version`: the lowest version taken. `openssl s_client -tls1_2` offers TLS 1.2 alone (a client's
 /// own `--tls-version` is its lowest, so mosquitto_pub would go up to 1.3).
 #[test]

@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::session::IncomingQos2;
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
 use skein_codec::topic::Filter;
 use skein_codec::{
@@ -162,11 +162,12 @@ fn kicked_close(kick: Result<ReasonCode, tokio::sync::oneshot::error::RecvError>
 }
 
 /// The sending side of a connection, driven by the task that also reads it: what the session has for the client is
-/// moved into `buf` (only once the last of it is written, so that what waits behind a slow client stays in the
-/// session, where it is bounded) and written without holding up reading.
+/// moved into `outbox` (only once the last of it is written, so that what waits behind a slow client stays in the
+/// session, where it is bounded) and written without holding up reading; large payloads are written from where they
+/// are, by vectored writes.
 struct Out<W> {
     writer: W,
-    buf: BytesMut,
+    outbox: crate::session::Outbox,
     /// Written since the last flush: TLS and WebSocket writers hold bytes until flushed.
     unflushed: bool,
     /// Times the session's packets were moved in: the packet loop's timer tells from it that the connection was
@@ -176,24 +177,31 @@ struct Out<W> {
 
 impl<W> Out<W> {
     fn new(writer: W) -> Out<W> {
-        Out { writer, buf: BytesMut::new(), unflushed: false, sent: 0 }
+        Out { writer, outbox: crate::session::Outbox::default(), unflushed: false, sent: 0 }
     }
 }
 
 impl<W: AsyncWrite + Unpin> Out<W> {
     /// True while bytes are on their way out.
     fn busy(&self) -> bool {
-        !self.buf.is_empty() || self.unflushed
+        !self.outbox.is_empty() || self.unflushed
     }
 
-    /// Writes and flushes the buffer; ready once all of it is out, or with the write's error.
+    /// Writes and flushes the outbox; ready once all of it is out, or with the write's error.
     fn poll_send(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
-        while !self.buf.is_empty() {
-            let n = std::task::ready!(std::pin::Pin::new(&mut self.writer).poll_write(cx, &self.buf))?;
+        while !self.outbox.is_empty() {
+            let writer = std::pin::Pin::new(&mut self.writer);
+            let n = if self.outbox.is_contiguous() {
+                std::task::ready!(writer.poll_write(cx, &self.outbox.buf))?
+            } else {
+                let mut slices = [std::io::IoSlice::new(&[]); 16];
+                let k = self.outbox.slices(&mut slices);
+                std::task::ready!(writer.poll_write_vectored(cx, &slices[..k]))?
+            };
             if n == 0 {
                 return std::task::Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
             }
-            self.buf.advance(n);
+            self.outbox.advance(n);
             self.unflushed = true;
         }
         if self.unflushed {
@@ -1052,17 +1060,6 @@ pub(crate) fn max_packet(config: &crate::BrokerConfig) -> usize {
     }
 }
 
-/// How many whole MQTT packets `buf` holds (control packets and publishes, as encoded here): each fixed header
-/// walked, nothing decoded.
-fn packets_in(mut buf: &[u8]) -> u64 {
-    let mut n = 0;
-    while let Some(rest) = skein_codec::packet_size(buf).and_then(|size| buf.get(size..)) {
-        n += 1;
-        buf = rest;
-    }
-    n
-}
-
 /// [MQTT-3.1.2-24]: a client is closed after one and a half times its keep alive without a packet.
 fn keep_alive_period(keep_alive: u16) -> Option<Duration> {
     (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500))
@@ -1196,8 +1193,8 @@ impl Client {
                 if pending.capacity() > 0 {
                     *pending = BytesMut::new();
                 }
-                if !out.busy() && out.buf.capacity() > 0 {
-                    out.buf = BytesMut::new();
+                if !out.busy() && out.outbox.buf.capacity() > 0 {
+                    out.outbox.buf = BytesMut::new();
                 }
                 tokio::select! {
                     biased;
@@ -1324,7 +1321,7 @@ impl Conn {
     /// Moves what the session has for this connection into the send buffer, if the buffer has been written; true if
     /// it put anything there.
     fn fill<W>(&self, out: &mut Out<W>) -> bool {
-        if !out.buf.is_empty() {
+        if !out.outbox.is_empty() {
             return false;
         }
         let state = lock(&self.session.state);
@@ -1338,19 +1335,19 @@ impl Conn {
     fn take_pending<W>(&self, mut state: std::sync::MutexGuard<'_, crate::session::Session>, out: &mut Out<W>) -> bool {
         // Allocates only for a persistent session's store updates.
         let mut updates = Vec::new();
-        let start = out.buf.len();
-        let written = state.write_pending(&mut out.buf, &mut updates);
+        let start = out.outbox.len();
+        let (written, packets) = state.write_pending_to(&mut out.outbox, &mut updates);
         drop(state);
         if !updates.is_empty() {
             self.broker.apply_store_updates(&self.session.client_id, &updates);
         }
-        if out.buf.is_empty() {
+        if out.outbox.is_empty() {
             return false;
         }
         out.sent = out.sent.wrapping_add(1);
         Stats::add(&self.broker.stats.publish_sent, written as u64);
-        Stats::add(&self.broker.stats.messages_sent, packets_in(&out.buf[start..]));
-        Stats::add(&self.broker.stats.bytes_sent, (out.buf.len() - start) as u64);
+        Stats::add(&self.broker.stats.messages_sent, packets);
+        Stats::add(&self.broker.stats.bytes_sent, (out.outbox.len() - start) as u64);
         true
     }
 
@@ -1404,7 +1401,7 @@ impl Conn {
             return;
         }
         state.control.extend_from_slice(acks);
-        if let Some(out) = out.filter(|o| o.buf.is_empty()) {
+        if let Some(out) = out.filter(|o| o.outbox.is_empty()) {
             self.take_pending(state, out);
         }
     }

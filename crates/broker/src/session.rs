@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
-use bytes::BytesMut;
+use bytes::{Buf, Bytes, BytesMut};
 use bytestring::ByteString;
 use futures_util::task::AtomicWaker;
 use skein_codec::{Ack, Packet, ProtocolVersion, QoS, ReasonCode, SubscriptionOptions};
@@ -233,6 +233,94 @@ struct Moved {
 /// The most message ids a moved session remembers (about 40 bytes each): at thousands of messages a second for
 /// that one session, the oldest are forgotten before the window ends.
 const MOVED_SEEN_MAX: usize = 16_384;
+
+/// Payloads this large or larger go out from where they are (`Outbox`), not copied into the send buffer: below it,
+/// one write of many small packets costs less than the copy saves.
+pub const SPLICE_MIN: usize = 8 * 1024;
+
+/// What a connection has to send: `buf`, with large payloads spliced in at offsets of it, in order, so that they are
+/// written from where they are (a vectored write) rather than copied.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    pub buf: BytesMut,
+    /// (offset in `buf`, payload), offsets rising.
+    spliced: VecDeque<(usize, Bytes)>,
+}
+
+impl Outbox {
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty() && self.spliced.is_empty()
+    }
+
+    /// Bytes to send, spliced payloads included.
+    pub fn len(&self) -> usize {
+        self.buf.len() + self.spliced.iter().map(|(_, p)| p.len()).sum::<usize>()
+    }
+
+    /// True when all of it is in `buf`.
+    pub fn is_contiguous(&self) -> bool {
+        self.spliced.is_empty()
+    }
+
+    /// Fills `slices` with what is to send, in order, as far as they go; returns how many it filled.
+    pub fn slices<'a>(&'a self, slices: &mut [std::io::IoSlice<'a>]) -> usize {
+        let (mut n, mut at) = (0, 0);
+        for (offset, payload) in &self.spliced {
+            if *offset > at {
+                if n == slices.len() {
+                    return n;
+                }
+                slices[n] = std::io::IoSlice::new(&self.buf[at..*offset]);
+                n += 1;
+            }
+            if n == slices.len() {
+                return n;
+            }
+            slices[n] = std::io::IoSlice::new(payload);
+            n += 1;
+            at = *offset;
+        }
+        if at < self.buf.len() && n < slices.len() {
+            slices[n] = std::io::IoSlice::new(&self.buf[at..]);
+            n += 1;
+        }
+        n
+    }
+
+    /// The first `n` bytes went out.
+    pub fn advance(&mut self, mut n: usize) {
+        while n > 0 {
+            let before = self.spliced.front().map_or(self.buf.len(), |(offset, _)| *offset);
+            if before > 0 {
+                let k = before.min(n);
+                self.buf.advance(k);
+                for (offset, _) in self.spliced.iter_mut() {
+                    *offset -= k;
+                }
+                n -= k;
+                continue;
+            }
+            let Some((_, payload)) = self.spliced.front_mut() else { break };
+            let k = payload.len().min(n);
+            payload.advance(k);
+            n -= k;
+            if payload.is_empty() {
+                self.spliced.pop_front();
+            }
+        }
+    }
+}
+
+/// How many whole MQTT packets `buf` holds (control packets and publishes, as encoded here): each fixed header
+/// walked, nothing decoded.
+fn packets_in(mut buf: &[u8]) -> u64 {
+    let mut n = 0;
+    while let Some(rest) = skein_codec::packet_size(buf).and_then(|size| buf.get(size..)) {
+        n += 1;
+        buf = rest;
+    }
+    n
+}
 
 /// A client's session. Its client id is the handle's (`SessionHandle::client_id`).
 #[derive(Debug)]
@@ -503,6 +591,23 @@ impl Session {
     /// Appends to `buf` what can be written now: resends, then control packets, then queued messages as far as the
     /// inflight window allows. Durable-copy changes are pushed to `updates`. Returns the messages written.
     pub fn write_pending(&mut self, buf: &mut BytesMut, updates: &mut Vec<StoreUpdate>) -> usize {
+        self.write_into(buf, None, updates)
+    }
+
+    /// `write_pending` into an `Outbox`: a payload of `SPLICE_MIN` bytes or more of a publish without properties is
+    /// spliced in, not copied. Returns the messages written and the packets (those and the control packets).
+    pub fn write_pending_to(&mut self, out: &mut Outbox, updates: &mut Vec<StoreUpdate>) -> (usize, u64) {
+        let control = packets_in(&self.control);
+        let written = self.write_into(&mut out.buf, Some(&mut out.spliced), updates);
+        (written, control + written as u64)
+    }
+
+    fn write_into(
+        &mut self,
+        buf: &mut BytesMut,
+        mut spliced: Option<&mut VecDeque<(usize, Bytes)>>,
+        updates: &mut Vec<StoreUpdate>,
+    ) -> usize {
         let mut written = 0;
         let version = self.version;
         if self.resend {
@@ -560,7 +665,16 @@ impl Session {
             let aliasing = version.is_v5() && self.limits.topic_alias_maximum > 0;
             let bare = out.message.bare(version, out.qos, packet_id, out.retain, false, &out.subscription_ids);
             let written_now = match bare.filter(|_| !aliasing) {
-                Some(bare) => fits(bare.encoded_len(version)) && bare.encode(version, buf).is_ok(),
+                Some(bare) => {
+                    fits(bare.encoded_len(version))
+                        && match spliced.as_deref_mut().filter(|_| bare.payload.len() >= SPLICE_MIN) {
+                            Some(spliced) => bare.encode_without_payload(version, buf).is_ok_and(|_| {
+                                spliced.push_back((buf.len(), out.message.payload.clone()));
+                                true
+                            }),
+                            None => bare.encode(version, buf).is_ok(),
+                        }
+                }
                 None => {
                     let publish =
                         out.message.to_publish(version, out.qos, packet_id, out.retain, false, &out.subscription_ids);
@@ -843,6 +957,69 @@ mod tests {
         assert_eq!(s.queued_bytes(), 120);
         assert!(s.clear().is_empty());
         assert_eq!(s.queued_bytes(), 0, "a session started afresh has nothing queued");
+    }
+
+    /// Writes `out` the way a writer that takes at most `step` bytes a call would, through `slices` and `advance`.
+    fn drain(out: &mut Outbox, step: usize) -> Vec<u8> {
+        let mut sent = Vec::new();
+        while !out.is_empty() {
+            let mut slices = [std::io::IoSlice::new(&[]); 3];
+            let k = out.slices(&mut slices);
+            let mut n = 0;
+            for s in &slices[..k] {
+                let take = s.len().min(step - n);
+                sent.extend_from_slice(&s[..take]);
+                n += take;
+                if n == step {
+                    break;
+                }
+            }
+            out.advance(n);
+        }
+        sent
+    }
+
+    #[test]
+    fn large_payloads_are_spliced_in_and_the_bytes_on_the_wire_are_the_same() {
+        let mut s = session(10, 0);
+        let small = sized("a", QoS::AtLeastOnce, 10);
+        let large = sized("b", QoS::AtMostOnce, SPLICE_MIN);
+        let items = [large.clone(), small.clone(), large.clone(), large, small];
+        for o in items.iter().cloned() {
+            s.enqueue(o).unwrap();
+        }
+        s.control.extend_from_slice(&[0x40, 2, 0, 9]); // a PUBACK
+        let mut out = Outbox::default();
+        assert_eq!(s.write_pending_to(&mut out, &mut vec![]), (5, 6), "5 publishes, 6 packets with the PUBACK");
+        assert!(!out.is_contiguous());
+        assert!(out.buf.len() < 1000, "the three large payloads are not in the buffer");
+        let total = out.len();
+        // The same messages through the copying path give the same bytes.
+        let mut t = session(10, 0);
+        for o in items {
+            t.enqueue(o).unwrap();
+        }
+        t.control.extend_from_slice(&[0x40, 2, 0, 9]);
+        let mut copied = BytesMut::new();
+        t.write_pending(&mut copied, &mut vec![]);
+        assert_eq!(total, copied.len());
+        for step in [1, 7, 4096, SPLICE_MIN + 3, usize::MAX] {
+            let mut again = Outbox::default();
+            let mut u = session(10, 0);
+            for o in [sized("b", QoS::AtMostOnce, SPLICE_MIN), sized("a", QoS::AtLeastOnce, 10)] {
+                u.enqueue(o).unwrap();
+            }
+            u.write_pending_to(&mut again, &mut vec![]);
+            let mut expect = BytesMut::new();
+            let mut v = session(10, 0);
+            for o in [sized("b", QoS::AtMostOnce, SPLICE_MIN), sized("a", QoS::AtLeastOnce, 10)] {
+                v.enqueue(o).unwrap();
+            }
+            v.write_pending(&mut expect, &mut vec![]);
+            assert_eq!(drain(&mut again, step), &expect[..], "written {step} bytes at a time");
+        }
+        assert_eq!(drain(&mut out, 1000), &copied[..]);
+        assert!(out.is_empty());
     }
 
     #[test]

@@ -157,12 +157,29 @@ impl BarePublish<'_> {
 
     /// Appends the packet to `buf`; returns the bytes written.
     pub fn encode(&self, version: ProtocolVersion, buf: &mut BytesMut) -> Result<usize, EncodeError> {
+        let total = self.encode_head(version, buf, true)?;
+        buf.put_slice(self.payload);
+        Ok(total)
+    }
+
+    /// Appends the packet but its payload to `buf`, for a writer that sends the payload from where it is; returns
+    /// the packet's whole size.
+    pub fn encode_without_payload(&self, version: ProtocolVersion, buf: &mut BytesMut) -> Result<usize, EncodeError> {
+        self.encode_head(version, buf, false)
+    }
+
+    fn encode_head(
+        &self,
+        version: ProtocolVersion,
+        buf: &mut BytesMut,
+        room_for_payload: bool,
+    ) -> Result<usize, EncodeError> {
         let len = self.body_len(version)?;
         if len > crate::wire::MAX_REMAINING_LENGTH {
             return Err(EncodeError::PacketTooLarge(len));
         }
         let total = 1 + crate::wire::varint_len(len) + len;
-        buf.reserve(total);
+        buf.reserve(if room_for_payload { total } else { total - self.payload.len() });
         let flags = (u8::from(self.dup) << 3) | ((self.qos as u8) << 1) | u8::from(self.retain);
         buf.put_u8(((PacketType::Publish as u8) << 4) | flags);
         crate::wire::put_varint(buf, len);
@@ -174,7 +191,6 @@ impl BarePublish<'_> {
             // An empty property list: its length, 0.
             buf.put_u8(0);
         }
-        buf.put_slice(self.payload);
         Ok(total)
     }
 }
