@@ -211,6 +211,14 @@ fn parse<T: std::str::FromStr>(key: &str, value: &str) -> Result<T, String> {
 mod tests {
     use super::*;
 
+    /// `text` read as a Mosquitto configuration file.
+    fn load_text(text: &str) -> Result<Config, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.conf");
+        std::fs::write(&path, text).unwrap();
+        load(&path)
+    }
+
     #[test]
     fn a_mosquitto_configuration_with_an_include_dir() {
         let dir = tempfile::tempdir().unwrap();
@@ -261,45 +269,33 @@ mod tests {
 
     #[test]
     fn client_id_and_expiry_options_read_as_mosquitto_reads_them() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("m.conf");
         let text = "allow_zero_length_clientid false\nauto_id_prefix auto-\npersistent_client_expiration 14d\n\
                     clientid_prefixes plant-\nuse_username_as_clientid true\n";
-        std::fs::write(&path, text).unwrap();
-        let b = load(&path).unwrap().broker();
+        let b = load_text(text).unwrap().broker();
         assert!(!b.allow_zero_length_clientid);
         assert_eq!(b.auto_id_prefix, "auto-");
         assert_eq!(b.clientid_prefixes, "plant-");
         assert!(b.use_username_as_clientid);
         assert_eq!(b.persistent_client_expiration, Some(std::time::Duration::from_secs(14 * 86_400)));
-        std::fs::write(&path, "listener 1883\npersistent_client_expiration 2 weeks\n").unwrap();
-        let err = load(&path).unwrap_err();
+        let err = load_text("listener 1883\npersistent_client_expiration 2 weeks\n").unwrap_err();
         assert!(err.contains(":2: persistent_client_expiration") && err.contains("no duration"), "{err}");
     }
 
     #[test]
     fn tls_version_reads_as_mosquitto_names_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("m.conf");
-        std::fs::write(&path, "listener 8883\ncertfile /c.pem\nkeyfile /k.pem\ntls_version tlsv1.3\n").unwrap();
-        let c = load(&path).unwrap();
-        assert!(c.tls_files().unwrap().tls13_only);
-        std::fs::write(&path, "listener 8883\ncertfile /c.pem\nkeyfile /k.pem\ntls_version tlsv1.1\n").unwrap();
-        assert!(!load(&path).unwrap().tls_files().unwrap().tls13_only, "1.1 is below what is offered anyway");
-        std::fs::write(&path, "listener 8883\ntls_version ssl3\n").unwrap();
-        assert!(load(&path).unwrap_err().contains(":2: tls_version"));
+        let tls = "listener 8883\ncertfile /c.pem\nkeyfile /k.pem\ntls_version";
+        assert!(load_text(&format!("{tls} tlsv1.3\n")).unwrap().tls_files().unwrap().tls13_only);
+        let old = load_text(&format!("{tls} tlsv1.1\n")).unwrap();
+        assert!(!old.tls_files().unwrap().tls13_only, "1.1 is below what is offered anyway");
+        assert!(load_text("listener 8883\ntls_version ssl3\n").unwrap_err().contains(":2: tls_version"));
     }
 
     #[test]
     fn queue_limits_read_in_messages_and_bytes() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("m.conf");
-        std::fs::write(&path, "max_queued_messages 50\nmax_queued_bytes 1048576\n").unwrap();
-        let c = load(&path).unwrap();
+        let c = load_text("max_queued_messages 50\nmax_queued_bytes 1048576\n").unwrap();
         assert_eq!((c.max_queued_messages, c.max_queued_bytes), (50, 1_048_576));
         assert_eq!(c.broker().max_queued_bytes, 1_048_576);
-        std::fs::write(&path, "max_queued_bytes -1\n").unwrap();
-        assert!(load(&path).unwrap_err().contains(":1: max_queued_bytes"));
+        assert!(load_text("max_queued_bytes -1\n").unwrap_err().contains(":1: max_queued_bytes"));
     }
 
     #[test]
