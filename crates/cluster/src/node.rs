@@ -1312,23 +1312,56 @@ impl ClusterNode {
         index
     }
 
-    /// Runs `f` on the current route index. Every runtime thread keeps its own handle on it, so the forwarding path
-    /// takes no lock and writes no shared counter per message (two threads taking one lock for every message cost
-    /// a tenth of a busy node); only an atomic read tells when the table has changed.
-    fn with_route_index<T>(&self, f: impl FnOnce(&RouteIndex) -> T) -> T {
-        thread_local! {
-            static CACHED: std::cell::RefCell<Option<(u64, u64, Arc<RouteIndex>)>> = const { std::cell::RefCell::new(None) };
+    /// Where a message goes: nodes with matching routes, and one node per matching shared group.
+    ///
+    /// Every runtime thread keeps its own handle on the current route index, so the forwarding path takes no lock
+    /// and writes no shared counter per message (two threads taking one lock for every message cost a tenth of a
+    /// busy node); only an atomic read tells when the table has changed. Each thread also remembers the plain
+    /// routes of the last topic it planned: a client's read usually holds a run of messages to one topic (a device
+    /// sending its readings), and those are matched against the table once.
+    fn plan(&self, message: &Message) -> crate::state::Plan {
+        struct Cached {
+            instance: u64,
+            version: u64,
+            index: Arc<RouteIndex>,
+            /// The last topic planned with `index`, and its plain routes.
+            last: Option<(String, crate::state::PlainNodes)>,
         }
+        thread_local! {
+            static CACHED: std::cell::RefCell<Option<Cached>> = const { std::cell::RefCell::new(None) };
+        }
+        let me = self.id();
+        let unreachable =
+            |n: NodeId| self.forward_down_count.load(Ordering::Relaxed) != 0 && lock(&self.forward_down).contains(&n);
         let version = self.sm.routes_version.load(Ordering::Acquire);
+        let topic: &str = &message.topic;
         CACHED.with(|cached| {
             let mut cached = cached.borrow_mut();
-            match &*cached {
-                Some((instance, v, index)) if *instance == self.instance && *v == version => f(index),
-                _ => {
-                    let index = self.route_index(version);
-                    let out = f(&index);
-                    *cached = Some((self.instance, version, index));
-                    out
+            if !cached.as_ref().is_some_and(|c| c.instance == self.instance && c.version == version) {
+                *cached = None;
+            }
+            let c = cached.get_or_insert_with(|| Cached {
+                instance: self.instance,
+                version,
+                index: self.route_index(version),
+                last: None,
+            });
+            match &mut c.last {
+                Some((last, plain)) if last == topic => {
+                    c.index.plan_with(plain, topic, me, &self.shared_turn, &unreachable)
+                }
+                last => {
+                    let plain = c.index.plain_nodes(topic, me);
+                    let plan = c.index.plan_with(&plain, topic, me, &self.shared_turn, &unreachable);
+                    match last {
+                        Some((t, p)) => {
+                            t.clear();
+                            t.push_str(topic);
+                            *p = plain;
+                        }
+                        None => *last = Some((topic.to_string(), plain)),
+                    }
+                    plan
                 }
             }
         })
@@ -1343,14 +1376,6 @@ impl ClusterNode {
 
     fn member_addr(&self, node: NodeId) -> Option<String> {
         self.members().into_iter().find(|(id, _)| *id == node).map(|(_, a)| a)
-    }
-
-    /// Where a message goes: nodes with matching routes, and one node per matching shared group.
-    fn plan(&self, message: &Message) -> crate::state::Plan {
-        let me = self.id();
-        let unreachable =
-            |n: NodeId| self.forward_down_count.load(Ordering::Relaxed) != 0 && lock(&self.forward_down).contains(&n);
-        self.with_route_index(|index| index.plan(&message.topic, me, &self.shared_turn, &unreachable))
     }
 
     /// Records whether `node`'s forward stream can be opened (see `forward_down`).

@@ -205,6 +205,9 @@ pub struct RouteIndex {
     shared: FilterTrie<SharedRoute>,
 }
 
+/// Nodes a message's plain routes lead to: inline for a few (see `Plan::nodes`).
+pub type PlainNodes = smallvec::SmallVec<[NodeId; 4]>;
+
 /// Where one message goes.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Plan {
@@ -230,12 +233,32 @@ impl RouteIndex {
         turn: &std::sync::atomic::AtomicUsize,
         unreachable: &dyn Fn(NodeId) -> bool,
     ) -> Plan {
-        let mut plan = Plan::default();
+        self.plan_with(&self.plain_nodes(topic, me), topic, me, turn, unreachable)
+    }
+
+    /// The nodes other than `me` with a plain route that `topic` matches, each once: the part of a plan that
+    /// depends on the topic and the table alone (so it may be remembered for the next message to the same topic).
+    pub fn plain_nodes(&self, topic: &str, me: NodeId) -> PlainNodes {
+        let mut nodes = PlainNodes::new();
         self.plain.for_each_match(topic, |n| {
-            if *n != me && !plan.nodes.iter().any(|(m, _)| m == n) {
-                plan.nodes.push((*n, Vec::new()));
+            if *n != me && !nodes.contains(n) {
+                nodes.push(*n);
             }
         });
+        nodes
+    }
+
+    /// `plan`, with `plain` the topic's `plain_nodes` (of this index).
+    pub fn plan_with(
+        &self,
+        plain: &[NodeId],
+        topic: &str,
+        me: NodeId,
+        turn: &std::sync::atomic::AtomicUsize,
+        unreachable: &dyn Fn(NodeId) -> bool,
+    ) -> Plan {
+        let mut plan = Plan::default();
+        plan.nodes.extend(plain.iter().map(|n| (*n, Vec::new())));
         if self.shared.is_empty() {
             return plan;
         }
