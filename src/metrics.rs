@@ -95,6 +95,7 @@ pub fn render(broker: &Broker, node: Option<&ClusterNode>, ready: bool) -> Resul
             ("skein_cluster_takeovers_answered_total", "Session take-overs this node answered for other nodes.", Counter(c.takeovers_answered as f64)),
             ("skein_cluster_relaying_sessions", "Sessions that moved from this node and still relay to their new node while the routes change.", Gauge(c.relaying as f64)),
             ("skein_cluster_relayed_total", "Messages relayed to the node a session moved to (also counted in skein_cluster_forwarded_total).", Counter(c.relayed as f64)),
+            ("skein_cluster_duplicates_skipped_total", "Copies of a message not queued for a session that moved here, because it already had the message: while a session moves, a message can reach it two ways.", n(&s.duplicates_skipped)),
         ]);
     }
     if let Some(p) = Process::read() {

@@ -161,4 +161,7 @@ fn cluster_nodes_export_their_view_of_the_cluster() {
     assert!(value(&from, "skein_cluster_forward_batches_total") >= 1.0);
     assert_eq!(value(&from, "skein_cluster_forward_failures_total"), 0.0);
     assert_eq!(value(&from, "skein_cluster_routes"), 1.0);
+    for text in &scrapes {
+        assert_eq!(value(text, "skein_cluster_duplicates_skipped_total"), 0.0, "no session moved");
+    }
 }

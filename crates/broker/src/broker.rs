@@ -687,7 +687,9 @@ impl Broker {
                 // directly can reach it (that waits for this lock): a message relayed there came before such a one.
                 let mut held = self.cluster.take_held(&client_id);
                 held.retain(|out| subscribed(&state, &out.message.topic));
+                let relayed = held.len();
                 held.retain(|out| state.first_delivery(out.message.id, Instant::now));
+                Stats::add(&self.stats.duplicates_skipped, (relayed - held.len()) as u64);
                 for (mut out, sent) in exported.chain(held.into_iter().map(|out| (out, None))) {
                     if persistent
                         && let Some(store) = &self.store
@@ -1150,6 +1152,7 @@ impl Broker {
         if !state.first_delivery(out.message.id, Instant::now) {
             // A session that has just moved here already has this message: it came another way too.
             drop(state);
+            Stats::add(&self.stats.duplicates_skipped, 1);
             tracing::debug!(client_id = %session.client_id, topic = %out.message.topic, "a moved session already has this message; not queued twice");
             return (true, false);
         }

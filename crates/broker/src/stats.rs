@@ -25,6 +25,9 @@ pub struct Stats {
     pub auth_failures: AtomicU64,
     /// Publishes and deliveries the ACL refused.
     pub acl_denied: AtomicU64,
+    /// Copies of a message not queued for a session that moved here from another node, because it already had
+    /// that message: during the move it can come two ways (see `Session::first_delivery`).
+    pub duplicates_skipped: AtomicU64,
 }
 
 impl Stats {
