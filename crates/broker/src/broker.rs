@@ -679,7 +679,7 @@ impl Broker {
                         retain: m.retain,
                         subscription_ids: m.subscription_ids,
                         stored: None,
-                        group: None,
+                        group: m.group,
                     };
                     (out, m.sent)
                 });

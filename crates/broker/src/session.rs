@@ -169,6 +169,8 @@ pub struct ExportedMessage {
     pub subscription_ids: Vec<u32>,
     /// Packet identifier and state if it had been sent.
     pub sent: Option<(u16, InflightState)>,
+    /// The shared group that gave it to the session (see `Outgoing::group`).
+    pub group: Option<ByteString>,
 }
 
 /// Why a message was not queued.
@@ -811,6 +813,7 @@ impl Session {
             retain: o.retain,
             subscription_ids: o.subscription_ids.clone(),
             sent,
+            group: o.group.clone(),
         };
         let mut messages: Vec<ExportedMessage> =
             self.inflight.iter().map(|i| one(&i.out, Some((i.packet_id, i.state)))).collect();

@@ -210,6 +210,7 @@ pub fn to_reply(export: Option<SessionExport>) -> TakeoverReply {
                 subscription_ids: m.subscription_ids.clone(),
                 packet_id: u32::from(packet_id),
                 state: u32::from(state),
+                group: m.group.as_ref().map(|g| g.to_string()).unwrap_or_default(),
             }
         })
         .collect();
@@ -238,6 +239,7 @@ pub fn from_reply(r: TakeoverReply) -> Option<SessionExport> {
             retain: q.retain,
             subscription_ids: q.subscription_ids.clone(),
             sent,
+            group: (!q.group.is_empty()).then(|| q.group.as_str().into()),
         });
     }
     Some(export)
@@ -390,6 +392,7 @@ mod tests {
                     retain: false,
                     subscription_ids: vec![4],
                     sent: Some((9, InflightState::AwaitingPubAck)),
+                    group: Some("$share/g/a/#".into()),
                 },
                 ExportedMessage {
                     message: Message::system("a/c", "two", false),
@@ -397,6 +400,7 @@ mod tests {
                     retain: true,
                     subscription_ids: vec![],
                     sent: None,
+                    group: None,
                 },
             ],
             incoming_qos2: vec![3, 77],
@@ -410,6 +414,8 @@ mod tests {
         assert!(back.messages[1].message.id.is_none());
         assert_eq!(&back.messages[1].message.payload[..], b"two");
         assert!(back.messages[1].retain && back.messages[1].sent.is_none());
+        assert_eq!(back.messages[0].group.as_deref(), Some("$share/g/a/#"), "the shared group that gave it");
+        assert_eq!(back.messages[1].group, None);
         assert!(from_reply(to_reply(None)).is_none());
     }
 }

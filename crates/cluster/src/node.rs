@@ -247,7 +247,7 @@ fn relayed_outgoing(u: handover::Unpacked) -> Option<(skein_codec::ByteString, s
         retain: target.retain,
         subscription_ids: target.subscription_ids,
         stored: None,
-        group: None,
+        group: u.shared_groups.into_iter().next(),
     };
     Some((target.client_id, out))
 }
@@ -1719,7 +1719,9 @@ impl skein_broker::Cluster for ClusterNode {
         };
         let relayed = Outbound {
             message: out.message.clone(),
-            groups: Vec::new(),
+            // A relayed record's groups name the shared group that gave the session the message (see
+            // `relayed_outgoing`), not groups for the receiving node to serve.
+            groups: out.group.iter().map(|g| g.to_string()).collect(),
             retain_seq: 0,
             groups_only: false,
             accepted,
@@ -2581,6 +2583,28 @@ mod tests {
             planned_at: 0,
             barrier: false,
         }
+    }
+
+    #[test]
+    fn a_relayed_message_keeps_the_shared_group_that_gave_it_to_the_session() {
+        let target = handover::Target {
+            client_id: "mover".into(),
+            qos: skein_codec::QoS::AtLeastOnce,
+            retain: false,
+            subscription_ids: Vec::new(),
+        };
+        let mut m = outbound(1);
+        m.groups = vec!["$share/g/t".to_string()];
+        m.target = Some(Box::new(target));
+        let plain = outbound(2);
+        let batch = forward_batch(1, 1, 1, &[m, plain]);
+        let mut packed = batch.packed;
+        let relayed = handover::unpack_message(&mut packed).unwrap().unwrap();
+        let (client_id, out) = relayed_outgoing(relayed).expect("a relayed record");
+        assert_eq!(&*client_id, "mover");
+        assert_eq!(out.group.as_deref(), Some("$share/g/t"), "another member gets it if the session ends first");
+        let plain = handover::unpack_message(&mut packed).unwrap().unwrap();
+        assert!(relayed_outgoing(plain).is_none(), "a plain record is no relayed one");
     }
 
     #[test]
