@@ -1353,14 +1353,11 @@ impl ClusterNode {
                 last => {
                     let plain = c.index.plain_nodes(topic, me);
                     let plan = c.index.plan_with(&plain, topic, me, &self.shared_turn, &unreachable);
-                    match last {
-                        Some((t, p)) => {
-                            t.clear();
-                            t.push_str(topic);
-                            *p = plain;
-                        }
-                        None => *last = Some((topic.to_string(), plain)),
-                    }
+                    // The topic's string is kept across topics: no allocation per change of topic.
+                    let (t, p) = last.get_or_insert_with(Default::default);
+                    t.clear();
+                    t.push_str(topic);
+                    *p = plain;
                     plan
                 }
             }
