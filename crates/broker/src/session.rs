@@ -553,6 +553,12 @@ impl Session {
         Some(out)
     }
 
+    /// Puts back at the front what `pop_queued` took.
+    fn unpop_queued(&mut self, out: Outgoing) {
+        self.queued_bytes += out.message.payload.len();
+        self.queue.push_front(out);
+    }
+
     /// The payload bytes queued (not in flight).
     pub fn queued_bytes(&self) -> usize {
         self.queued_bytes
@@ -655,8 +661,7 @@ impl Session {
                 match self.allocate_packet_id() {
                     Some(id) => id,
                     None => {
-                        self.queued_bytes += out.message.payload.len();
-                        self.queue.push_front(out);
+                        self.unpop_queued(out);
                         break;
                     }
                 }
@@ -670,10 +675,13 @@ impl Session {
                 Some(bare) => {
                     fits(bare.encoded_len(version))
                         && match spliced.as_deref_mut().filter(|_| bare.payload.len() >= SPLICE_MIN) {
-                            Some(spliced) => bare.encode_without_payload(version, buf).is_ok_and(|_| {
-                                spliced.push_back((buf.len(), out.message.payload.clone()));
-                                true
-                            }),
+                            Some(spliced) => {
+                                let encoded = bare.encode_without_payload(version, buf).is_ok();
+                                if encoded {
+                                    spliced.push_back((buf.len(), out.message.payload.clone()));
+                                }
+                                encoded
+                            }
                             None => bare.encode(version, buf).is_ok(),
                         }
                 }
