@@ -73,6 +73,16 @@ pub fn render(broker: &Broker, node: Option<&ClusterNode>, ready: bool) -> Resul
             "Publishes over message_size_limit (acknowledged, not delivered).",
             n(&s.publish_too_large),
         ),
+        (
+            "skein_publish_bytes_received_total",
+            "Payload bytes of PUBLISH packets received from clients.",
+            n(&s.publish_bytes_received),
+        ),
+        (
+            "skein_publish_bytes_sent_total",
+            "Payload bytes of PUBLISH packets sent to clients.",
+            n(&s.publish_bytes_sent),
+        ),
         ("skein_bytes_received_total", "Bytes of MQTT packets received.", n(&s.bytes_received)),
         ("skein_bytes_sent_total", "Bytes of MQTT packets sent.", n(&s.bytes_sent)),
     ];

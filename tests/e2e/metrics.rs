@@ -107,6 +107,9 @@ fn a_node_exports_what_its_clients_did_in_a_format_promtool_accepts() {
     assert_eq!(value(&after, "skein_connections_total"), 5.0, "one subscriber and four publishers");
     assert_eq!(value(&after, "skein_publish_received_total"), 4.0);
     assert_eq!(value(&after, "skein_publish_sent_total"), 4.0);
+    // "m0", "m1", "m2" and "kept", in and out.
+    assert_eq!(value(&after, "skein_publish_bytes_received_total"), 10.0);
+    assert_eq!(value(&after, "skein_publish_bytes_sent_total"), 10.0);
     assert_eq!(value(&after, "skein_retained_messages"), 1.0);
     assert_eq!(value(&after, "skein_sessions"), 1.0);
     assert!(value(&after, "skein_packets_received_total") >= 4.0 + 5.0 + 1.0, "PUBLISH, CONNECT, SUBSCRIBE at least");

@@ -136,6 +136,37 @@ fn sys_counts_expired_and_inactive_sessions_and_shared_subscriptions() {
     }
 }
 
+/// Mosquitto's `$SYS` payload byte counts (`publish/bytes/received`, `publish/bytes/sent`) and heap figures
+/// (`heap/current`, `heap/maximum`).
+#[test]
+fn sys_counts_publish_payload_bytes_and_the_heap() {
+    let broker = Skein::start(&["--sys-interval", "1"]);
+    let (sub, out) = mosquitto_sub(&broker, &["-t", "bytes/t", "-q", "1", "-C", "2"]);
+    for _ in 0..2 {
+        mosquitto_pub(&broker, &["-t", "bytes/t", "-q", "1", "-m", "12345"]);
+    }
+    sub.wait_output(WAIT);
+    assert_eq!(out.final_messages(), ["12345", "12345"]);
+    let (_sys, sys) = mosquitto_sub(&broker, &["-t", "$SYS/broker/publish/bytes/+", "-t", "$SYS/broker/heap/+", "-v"]);
+    // The first value seen may be one published before the two came in (they are retained, and sent each second
+    // that they change): each is waited for until it says what it must.
+    let value = |topic: &str, ok: &dyn Fn(u64) -> bool| -> u64 {
+        let line = sys.wait_for(|l| {
+            l.strip_prefix(topic)
+                .and_then(|rest| rest.strip_prefix(' '))
+                .and_then(|v| v.parse().ok())
+                .is_some_and(|v: u64| ok(v))
+        });
+        line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or_default()
+    };
+    // Only the two publishes came from clients: `$SYS` messages are the broker's own.
+    value("$SYS/broker/publish/bytes/received", &|v| v == 10);
+    // The subscriber's two, and the `$SYS` messages sent so far to this watcher.
+    value("$SYS/broker/publish/bytes/sent", &|v| v >= 10);
+    let current = value("$SYS/broker/heap/current", &|v| v > 0);
+    value("$SYS/broker/heap/maximum", &|v| v >= current);
+}
+
 #[test]
 fn persistent_session_gets_queued_qos1_messages_on_return() {
     let broker = Skein::start(&[]);

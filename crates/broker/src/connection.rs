@@ -1336,7 +1336,7 @@ impl Conn {
         // Allocates only for a persistent session's store updates.
         let mut updates = Vec::new();
         let start = out.outbox.len();
-        let (written, packets) = state.write_pending_to(&mut out.outbox, &mut updates);
+        let written = state.write_pending_to(&mut out.outbox, &mut updates);
         drop(state);
         if !updates.is_empty() {
             self.broker.apply_store_updates(&self.session.client_id, &updates);
@@ -1345,8 +1345,9 @@ impl Conn {
             return false;
         }
         out.sent = out.sent.wrapping_add(1);
-        Stats::add(&self.broker.stats.publish_sent, written as u64);
-        Stats::add(&self.broker.stats.messages_sent, packets);
+        Stats::add(&self.broker.stats.publish_sent, written.publishes as u64);
+        Stats::add(&self.broker.stats.publish_bytes_sent, written.payload_bytes);
+        Stats::add(&self.broker.stats.messages_sent, written.packets);
         Stats::add(&self.broker.stats.bytes_sent, (out.outbox.len() - start) as u64);
         true
     }
@@ -1559,6 +1560,7 @@ impl Conn {
         let broker = &*self.broker;
         let v5 = self.version.is_v5();
         Stats::add(&broker.stats.publish_received, 1);
+        Stats::add(&broker.stats.publish_bytes_received, p.payload.len() as u64);
         if let Some(alias) = p.properties.topic_alias {
             // [MQTT-3.3.2-9]: 0 and anything above our Topic Alias Maximum are invalid.
             let slot = usize::from(alias);

@@ -324,6 +324,17 @@ fn packets_in(mut buf: &[u8]) -> u64 {
     n
 }
 
+/// What one `Session::write_pending_to` wrote.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    /// PUBLISH packets, first sends and resends.
+    pub publishes: usize,
+    /// All packets: those, resent PUBRELs and control packets.
+    pub packets: u64,
+    /// The PUBLISH packets' payload bytes (Mosquitto's `$SYS/broker/publish/bytes/sent`).
+    pub payload_bytes: u64,
+}
+
 /// A client's session. Its client id is the handle's (`SessionHandle::client_id`).
 #[derive(Debug)]
 pub struct Session {
@@ -599,15 +610,16 @@ impl Session {
     /// Appends to `buf` what can be written now: resends, then control packets, then queued messages as far as the
     /// inflight window allows. Durable-copy changes are pushed to `updates`. Returns the messages written.
     pub fn write_pending(&mut self, buf: &mut BytesMut, updates: &mut Vec<StoreUpdate>) -> usize {
-        self.write_into(buf, None, updates)
+        self.write_into(buf, None, updates).publishes
     }
 
     /// `write_pending` into an `Outbox`: a payload of `SPLICE_MIN` bytes or more of a publish without properties is
-    /// spliced in, not copied. Returns the messages written and the packets (those and the control packets).
-    pub fn write_pending_to(&mut self, out: &mut Outbox, updates: &mut Vec<StoreUpdate>) -> (usize, u64) {
+    /// spliced in, not copied. `Written::packets` counts the control packets too.
+    pub fn write_pending_to(&mut self, out: &mut Outbox, updates: &mut Vec<StoreUpdate>) -> Written {
         let control = packets_in(&self.control);
-        let written = self.write_into(&mut out.buf, Some(&mut out.spliced), updates);
-        (written, control + written as u64)
+        let mut written = self.write_into(&mut out.buf, Some(&mut out.spliced), updates);
+        written.packets += control;
+        written
     }
 
     fn write_into(
@@ -615,8 +627,8 @@ impl Session {
         buf: &mut BytesMut,
         mut spliced: Option<&mut VecDeque<(usize, Bytes)>>,
         updates: &mut Vec<StoreUpdate>,
-    ) -> usize {
-        let mut written = 0;
+    ) -> Written {
+        let mut written = Written::default();
         let version = self.version;
         if self.resend {
             self.resend = false;
@@ -624,18 +636,22 @@ impl Session {
                 let packet = match i.state {
                     InflightState::AwaitingPubComp => Packet::PubRel(Ack::new(i.packet_id)),
                     // Resends keep their full topic: aliases are optional per message.
-                    _ => Packet::Publish(i.out.message.to_publish(
-                        version,
-                        i.out.qos,
-                        i.packet_id,
-                        i.out.retain,
-                        true,
-                        &i.out.subscription_ids,
-                    )),
+                    _ => {
+                        written.publishes += 1;
+                        written.payload_bytes += i.out.message.payload.len() as u64;
+                        Packet::Publish(i.out.message.to_publish(
+                            version,
+                            i.out.qos,
+                            i.packet_id,
+                            i.out.retain,
+                            true,
+                            &i.out.subscription_ids,
+                        ))
+                    }
                 };
                 // The packet encoded once already; it cannot fail now.
                 let _ = packet.encode(version, buf);
-                written += 1;
+                written.packets += 1;
             }
         }
         if !self.control.is_empty() {
@@ -700,7 +716,9 @@ impl Session {
                 }
                 continue;
             }
-            written += 1;
+            written.publishes += 1;
+            written.packets += 1;
+            written.payload_bytes += out.message.payload.len() as u64;
             if out.qos != QoS::AtMostOnce {
                 let state = if out.qos == QoS::AtLeastOnce {
                     InflightState::AwaitingPubAck
@@ -1001,7 +1019,9 @@ mod tests {
         }
         s.control.extend_from_slice(&[0x40, 2, 0, 9]); // a PUBACK
         let mut out = Outbox::default();
-        assert_eq!(s.write_pending_to(&mut out, &mut vec![]), (5, 6), "5 publishes, 6 packets with the PUBACK");
+        let written = s.write_pending_to(&mut out, &mut vec![]);
+        assert_eq!((written.publishes, written.packets), (5, 6), "5 publishes, 6 packets with the PUBACK");
+        assert_eq!(written.payload_bytes, 3 * SPLICE_MIN as u64 + 2 * 10, "their payloads");
         assert!(!out.is_contiguous());
         assert!(out.buf.len() < 1000, "the three large payloads are not in the buffer");
         let total = out.len();

@@ -16,6 +16,9 @@ pub struct Stats {
     pub publish_dropped: AtomicU64,
     /// Publishes refused because the payload is over `message_size_limit`.
     pub publish_too_large: AtomicU64,
+    /// Payload bytes of the PUBLISH packets received and sent (Mosquitto's `publish/bytes/*`).
+    pub publish_bytes_received: AtomicU64,
+    pub publish_bytes_sent: AtomicU64,
     pub bytes_received: AtomicU64,
     pub bytes_sent: AtomicU64,
     pub connections_refused: AtomicU64,

@@ -7,12 +7,24 @@ use crate::broker::Broker;
 use crate::message::Message;
 use crate::stats::Stats;
 
+/// Reads the process's heap: bytes in use now, and the most there have been. Process-wide, so set once, by the
+/// binary, which knows its allocator (`set_heap_usage`).
+pub type HeapUsage = fn() -> (u64, u64);
+
+static HEAP_USAGE: std::sync::OnceLock<HeapUsage> = std::sync::OnceLock::new();
+
+/// Has `$SYS/broker/heap/current` and `heap/maximum` published from `usage` (Mosquitto publishes them when built
+/// with memory tracking, as Debian's is). Without it they are not published. The first call counts.
+pub fn set_heap_usage(usage: HeapUsage) {
+    let _ = HEAP_USAGE.set(usage);
+}
+
 /// The topics and their current values.
 pub fn snapshot(broker: &Broker) -> Vec<(&'static str, String)> {
     let s = &broker.stats;
     let connected = Stats::get(&s.clients_connected);
     let sessions = broker.session_count() as u64;
-    vec![
+    let mut topics = vec![
         ("$SYS/broker/version", format!("skein {}", env!("CARGO_PKG_VERSION"))),
         ("$SYS/broker/uptime", format!("{} seconds", broker.started.elapsed().as_secs())),
         ("$SYS/broker/clients/connected", connected.to_string()),
@@ -30,12 +42,20 @@ pub fn snapshot(broker: &Broker) -> Vec<(&'static str, String)> {
         ("$SYS/broker/publish/messages/received", Stats::get(&s.publish_received).to_string()),
         ("$SYS/broker/publish/messages/sent", Stats::get(&s.publish_sent).to_string()),
         ("$SYS/broker/publish/messages/dropped", Stats::get(&s.publish_dropped).to_string()),
+        ("$SYS/broker/publish/bytes/received", Stats::get(&s.publish_bytes_received).to_string()),
+        ("$SYS/broker/publish/bytes/sent", Stats::get(&s.publish_bytes_sent).to_string()),
         ("$SYS/broker/bytes/received", Stats::get(&s.bytes_received).to_string()),
         ("$SYS/broker/bytes/sent", Stats::get(&s.bytes_sent).to_string()),
         ("$SYS/broker/retained messages/count", broker.retained_count().to_string()),
         ("$SYS/broker/subscriptions/count", broker.subscription_count().to_string()),
         ("$SYS/broker/shared_subscriptions/count", broker.shared_subscription_count().to_string()),
-    ]
+    ];
+    if let Some(usage) = HEAP_USAGE.get() {
+        let (current, maximum) = usage();
+        topics.push(("$SYS/broker/heap/current", current.to_string()));
+        topics.push(("$SYS/broker/heap/maximum", maximum.to_string()));
+    }
+    topics
 }
 
 /// Reads one counter.
