@@ -591,12 +591,13 @@ mod tests {
         assert_eq!(show("10.0.0.3:1883", "mq-skein-2:7946"), "10.0.0.3:1883", "a listener on one address shows it");
     }
 
-    /// The process's resident memory, from `/proc/self/statm`.
+    /// The process's resident memory, from `/proc/self/status` (in kB there, whatever the page size).
     #[cfg(target_os = "linux")]
     fn rss_bytes() -> usize {
-        let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
-        let pages: usize = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
-        pages * 4096
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        let kb: usize = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        kb * 1024
     }
 
     /// Memory is resident as it is used, not a huge page at a time (`commit_on_demand`): each thread that allocates
