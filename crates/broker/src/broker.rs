@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use bytestring::ByteString;
 use skein_codec::topic::{self, Filter};
 use skein_codec::{ProtocolVersion, QoS, ReasonCode, RetainHandling, SubscriptionOptions};
-use tokio::sync::{Notify, oneshot, watch};
+use tokio::sync::{Notify, watch};
 
 use crate::auth::Auth;
 use crate::cluster::Cluster;
@@ -107,7 +107,7 @@ impl Drop for Done {
 /// The connection attached to a session: how to close it, and how to know it has finished.
 struct Link {
     id: u64,
-    kick: Option<oneshot::Sender<ReasonCode>>,
+    kick: Option<crate::session::Kick>,
     done: Arc<Finished>,
 }
 
@@ -174,8 +174,6 @@ pub struct Attached {
     pub session: Arc<SessionHandle>,
     pub session_present: bool,
     pub connection_id: u64,
-    /// Fires when another connection takes the session over, with the reason to give the client.
-    pub kicked: oneshot::Receiver<ReasonCode>,
     /// Dropped when this connection has finished its teardown (which tells whoever waits to take the session over).
     pub done: Done,
     /// A later connection of the id on another node, reported during the handshake: that one stays, so this one is
@@ -548,7 +546,7 @@ impl Broker {
         let sessions: Vec<Arc<SessionHandle>> = lock(&self.sessions).values().cloned().collect();
         for session in sessions {
             if let Some(kick) = lock(&session.link).as_mut().and_then(|l| l.kick.take()) {
-                let _ = kick.send(ReasonCode::ServerShuttingDown);
+                kick.send(ReasonCode::ServerShuttingDown);
             }
         }
     }
@@ -620,8 +618,10 @@ impl Broker {
             connected_at,
         } = request;
         let connection_id = self.next_connection.fetch_add(1, Ordering::Relaxed);
+        // The connection's signal, which also carries its kick: when another connection takes the session over,
+        // with the reason to give the client.
         let waker = Arc::new(crate::session::Signal::default());
-        let (kick_tx, kicked) = oneshot::channel();
+        let kick = crate::session::Kick::new(waker.clone());
         let finished = Arc::new(Finished::default());
         let done = Done(finished.clone());
         let session = lock(&self.sessions)
@@ -632,14 +632,14 @@ impl Broker {
             // Both under the link's lock, as `take_over` reads them.
             let mut link = lock(&session.link);
             *lock(&session.attached_at) = Some(connected_at);
-            link.replace(Link { id: connection_id, kick: Some(kick_tx), done: finished })
+            link.replace(Link { id: connection_id, kick: Some(kick), done: finished })
         };
         // Another node reported a later connection of this id while this one was in its handshake.
         let superseded_by =
             lock(&self.connecting).get(&client_id).and_then(|c| c.newer_elsewhere).filter(|t| *t > connected_at);
         if let Some(mut prev) = previous {
             if let Some(kick) = prev.kick.take() {
-                let _ = kick.send(ReasonCode::SessionTakenOver);
+                kick.send(ReasonCode::SessionTakenOver);
             }
             // The old connection publishes its will and lets go of the session; don't let a stuck one hold us.
             let _ = tokio::time::timeout(Duration::from_secs(5), prev.done.wait()).await;
@@ -722,7 +722,7 @@ impl Broker {
             }
         }
         self.cluster.session_attached(&client_id);
-        Ok(Attached { session, session_present, connection_id, kicked, done, waker, superseded_by })
+        Ok(Attached { session, session_present, connection_id, done, waker, superseded_by })
     }
 
     /// Marks a handshake of `client_id` under way until the guard is dropped (after `connect`): a take-over request
@@ -773,7 +773,7 @@ impl Broker {
         };
         if let Some(mut prev) = previous {
             if let Some(kick) = prev.kick.take() {
-                let _ = kick.send(ReasonCode::SessionTakenOver);
+                kick.send(ReasonCode::SessionTakenOver);
             }
             let _ = tokio::time::timeout(Duration::from_secs(5), prev.done.wait()).await;
         }

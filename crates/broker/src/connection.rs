@@ -152,11 +152,11 @@ impl Close {
     }
 }
 
-/// Why the broker closed a connection through its session's kick: a shutdown, or another connection taking the
-/// session (the sender gone means the session was let go of, which only a take-over does).
-fn kicked_close(kick: Result<ReasonCode, tokio::sync::oneshot::error::RecvError>) -> Close {
-    match kick {
-        Ok(ReasonCode::ServerShuttingDown) => Close::Shutdown,
+/// Why the broker closed a connection through its kick (`session::Kick`): a shutdown, or another connection taking
+/// the session.
+fn kicked_close(reason: ReasonCode) -> Close {
+    match reason {
+        ReasonCode::ServerShuttingDown => Close::Shutdown,
         _ => Close::TakenOver,
     }
 }
@@ -306,14 +306,13 @@ enum Parking<R, W> {
 
 /// Parks an idle connection: leaves a waker with its session (signal and kick) that resumes it, and hands its socket
 /// and the rest of it to the parking thread.
-fn park<R: Source, W: 'static>(mut live: Live<W>, reader: R) -> Parking<R, W> {
+fn park<R: Source, W: 'static>(live: Live<W>, reader: R) -> Parking<R, W> {
     let broker = live.client.conn.broker.clone();
     let Some(parking) = broker.parking() else { return Parking::Busy(live, reader) };
     let wake = parking.wake();
     let waker = std::task::Waker::from(wake.clone());
-    let mut cx = std::task::Context::from_waker(&waker);
-    if let std::task::Poll::Ready(k) = std::pin::Pin::new(&mut live.client.kicked).poll(&mut cx) {
-        return Parking::Kicked(live, kicked_close(k));
+    if let Some(reason) = live.client.waker.kicked() {
+        return Parking::Kicked(live, kicked_close(reason));
     }
     if live.client.waker.register(&waker) {
         return Parking::Busy(live, reader);
@@ -394,7 +393,6 @@ pub(crate) struct Client {
     /// Woken when the session has something new for this connection.
     waker: Arc<crate::session::Signal>,
     keep_alive: u16,
-    kicked: tokio::sync::oneshot::Receiver<ReasonCode>,
     /// The last time bytes came from the client, for its keep alive.
     last_read: tokio::time::Instant,
     /// It has parked before (see `Client::park_after`).
@@ -613,7 +611,7 @@ where
 
     // A resumed session may have messages waiting: the first turn of the packet loop sends them.
     attached.waker.notify();
-    let Attached { session, connection_id, kicked, done, waker, .. } = attached;
+    let Attached { session, connection_id, done, waker, .. } = attached;
     let out = Out::new(writer);
     let conn = Conn {
         broker: broker.clone(),
@@ -633,7 +631,6 @@ where
         conn,
         waker,
         keep_alive: accepted.keep_alive,
-        kicked,
         last_read: tokio::time::Instant::now(),
         has_parked: false,
         done,
@@ -1158,7 +1155,7 @@ impl Client {
                     loop {
                         tokio::select! {
                             _ = &mut sleep => break,
-                            k = &mut self.kicked => break 'conn kicked_close(k),
+                            k = std::future::poll_fn(|cx| self.waker.poll_kicked(cx)) => break 'conn kicked_close(k),
                             r = std::future::poll_fn(|cx| self.conn.poll_out(out, &self.waker, cx)) => {
                                 if r.is_err() {
                                     break 'conn Close::Closed;
@@ -1185,7 +1182,7 @@ impl Client {
                     r = drained => if r.is_err() {
                         break 'conn Close::Closed;
                     },
-                    k = &mut self.kicked => break 'conn kicked_close(k),
+                    k = std::future::poll_fn(|cx| self.waker.poll_kicked(cx)) => break 'conn kicked_close(k),
                 }
             }
             if pending.is_empty() {
@@ -1198,7 +1195,7 @@ impl Client {
                 }
                 tokio::select! {
                     biased;
-                    k = &mut self.kicked => break kicked_close(k),
+                    k = std::future::poll_fn(|cx| self.waker.poll_kicked(cx)) => break kicked_close(k),
                     batch = next_commit(&mut commits), if waiting(&commits) => {
                         flush_first = self.conn.finish(batch, out);
                         continue;
@@ -1224,7 +1221,7 @@ impl Client {
             pending.reserve(read_room(pending));
             tokio::select! {
                 biased;
-                k = &mut self.kicked => break kicked_close(k),
+                k = std::future::poll_fn(|cx| self.waker.poll_kicked(cx)) => break kicked_close(k),
                 batch = next_commit(&mut commits), if waiting(&commits) => flush_first = self.conn.finish(batch, out),
                 r = std::future::poll_fn(|cx| self.conn.poll_out(out, &self.waker, cx)) => if r.is_err() {
                     break Close::Closed;

@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -16,9 +16,12 @@ use crate::message::{Message, MessageId};
 
 /// Wakes the connection attached to a session when the session has something new for it: a flag and the
 /// connection task's waker. Lighter than a `Notify` (no waiter list, no lock, no future for the connection to keep).
+/// It also carries the connection's kick (see [`Kick`]): one allocation per connection for both.
 #[derive(Debug, Default)]
 pub struct Signal {
     set: AtomicBool,
+    /// The reason code of a kick (see [`Kick`]); 0 while there is none.
+    kicked: AtomicU8,
     waker: AtomicWaker,
 }
 
@@ -27,6 +30,31 @@ impl Signal {
         if !self.set.swap(true, Ordering::AcqRel) {
             self.waker.wake();
         }
+    }
+
+    /// The reason the connection was kicked with, once it has been (the first kick counts).
+    pub fn kicked(&self) -> Option<ReasonCode> {
+        match self.kicked.load(Ordering::Acquire) {
+            0 => None,
+            code => ReasonCode::from_u8(code),
+        }
+    }
+
+    /// Ready with the kick's reason once the connection is kicked.
+    pub fn poll_kicked(&self, cx: &mut Context<'_>) -> Poll<ReasonCode> {
+        if let Some(reason) = self.kicked() {
+            return Poll::Ready(reason);
+        }
+        self.waker.register(cx.waker());
+        // A kick between the first look and the registration found no waker to wake.
+        self.kicked().map_or(Poll::Pending, Poll::Ready)
+    }
+
+    fn kick(&self, reason: ReasonCode) {
+        let _ = self.kicked.compare_exchange(0, reason as u8, Ordering::AcqRel, Ordering::Acquire);
+        // Woken whatever the flag said: the connection looks at the kick on every wake.
+        self.set.store(true, Ordering::Release);
+        self.waker.wake();
     }
 
     /// Leaves `waker` to be woken by the next notification, without taking one: true if one is already there.
@@ -43,6 +71,32 @@ impl Signal {
         self.waker.register(cx.waker());
         // A notification between the first look and the registration found no waker to wake.
         if self.set.swap(false, Ordering::AcqRel) { Poll::Ready(()) } else { Poll::Pending }
+    }
+}
+
+/// Closes the connection whose [`Signal`] it holds, with a reason: another connection took its session over, or the
+/// broker shuts down. Dropped unsent, it closes the connection as taken over (the session was let go of, which only a
+/// take-over does). The connection hears it as it hears its session: through its signal.
+#[derive(Debug)]
+pub struct Kick(Option<Arc<Signal>>);
+
+impl Kick {
+    pub fn new(signal: Arc<Signal>) -> Kick {
+        Kick(Some(signal))
+    }
+
+    pub fn send(mut self, reason: ReasonCode) {
+        if let Some(signal) = self.0.take() {
+            signal.kick(reason);
+        }
+    }
+}
+
+impl Drop for Kick {
+    fn drop(&mut self) {
+        if let Some(signal) = self.0.take() {
+            signal.kick(ReasonCode::SessionTakenOver);
+        }
     }
 }
 
@@ -903,6 +957,30 @@ mod tests {
     fn sized(topic: &str, qos: QoS, payload: usize) -> Outgoing {
         let message = Arc::new(Message::system(topic.to_string(), "x".repeat(payload), false));
         Outgoing { message, ..out(topic, qos) }
+    }
+
+    #[test]
+    fn a_kick_wakes_the_connection_with_its_reason_and_an_unsent_one_says_taken_over() {
+        let signal = Arc::new(Signal::default());
+        let wakes = Arc::new(Wakes(Default::default()));
+        let waker = std::task::Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        assert!(signal.poll_kicked(&mut cx).is_pending());
+        Kick::new(signal.clone()).send(ReasonCode::ServerShuttingDown);
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "the waiting connection is woken");
+        assert_eq!(signal.poll_kicked(&mut cx), Poll::Ready(ReasonCode::ServerShuttingDown));
+        // The first kick counts.
+        drop(Kick::new(signal.clone()));
+        assert_eq!(signal.kicked(), Some(ReasonCode::ServerShuttingDown));
+
+        // A kick dropped unsent: the session was let go of, which only a take-over does.
+        let signal = Arc::new(Signal::default());
+        assert!(!signal.register(&waker), "nothing yet");
+        drop(Kick::new(signal.clone()));
+        assert_eq!(signal.kicked(), Some(ReasonCode::SessionTakenOver));
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 2);
+        // A connection about to park finds it through the flag as well (see `connection::park`).
+        assert!(signal.register(&waker));
     }
 
     fn session(max_inflight: u32, max_queued: u32) -> Session {
